@@ -1,0 +1,187 @@
+"""Glow's invertible layers and the squeeze: ActNorm, the LU 1x1 convolution, space-to-depth."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from flowood.flows.base import FlowLayer
+
+__all__ = ["ActNorm", "InvertibleConv1x1", "Squeeze", "squeeze2d", "unsqueeze2d"]
+
+
+class ActNorm(FlowLayer):
+    """Per-channel affine map ``y = (x + bias) * exp(log_scale)`` with data-dependent init.
+
+    On its first forward pass the layer sets ``bias`` and ``log_scale`` so that this batch has
+    zero mean and unit variance per channel (per feature for vectors). Under
+    ``torch.distributed`` the statistics are averaged over all processes, so every replica starts
+    from the same parameters. The ``initialized`` buffer is saved with the model, so a loaded
+    checkpoint is never re-initialised.
+
+    Args:
+        num_channels: channels of image inputs ``[B, C, H, W]`` or features of vectors ``[B, C]``.
+        eps: added to the standard deviation at initialisation.
+
+    References:
+        Kingma, Dhariwal. Glow: Generative Flow with Invertible 1x1 Convolutions. NeurIPS 2018.
+
+    Example:
+        >>> layer = ActNorm(3)
+        >>> y, log_det = layer(torch.randn(16, 3, 4, 4) * 5 + 2)
+        >>> bool(y.mean(dim=(0, 2, 3)).abs().max() < 1e-4)
+        True
+    """
+
+    kind = "actnorm"
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        self.eps = eps
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.log_scale = nn.Parameter(torch.zeros(num_channels))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def _shape(self, x: Tensor) -> tuple[int, ...]:
+        return (1, self.num_channels) + (1,) * (x.dim() - 2)
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Set the parameters so that ``x`` comes out with zero mean and unit variance."""
+        dims = [0] + list(range(2, x.dim()))
+        mean = x.mean(dim=dims)
+        mean_sq = (x * x).mean(dim=dims)
+        if dist.is_available() and dist.is_initialized():
+            stats = torch.stack([mean, mean_sq])
+            dist.all_reduce(stats)
+            stats /= dist.get_world_size()
+            mean, mean_sq = stats[0], stats[1]
+        std = torch.sqrt(torch.clamp(mean_sq - mean * mean, min=0.0)) + self.eps
+        self.bias.copy_(-mean)
+        self.log_scale.copy_(-torch.log(std))
+        self.initialized.fill_(True)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if not bool(self.initialized):
+            self.initialize(x)
+        shape = self._shape(x)
+        y = (x + self.bias.view(shape)) * torch.exp(self.log_scale.view(shape))
+        spatial = x[0, 0].numel()
+        log_det = (self.log_scale.sum() * spatial).expand(x.shape[0])
+        return y, log_det
+
+    def inverse(self, y: Tensor) -> Tensor:
+        shape = self._shape(y)
+        return y * torch.exp(-self.log_scale.view(shape)) - self.bias.view(shape)
+
+    def extra_repr(self) -> str:
+        return f"num_channels={self.num_channels}"
+
+
+class InvertibleConv1x1(FlowLayer):
+    """Glow's invertible 1x1 convolution, LU-parametrised: ``W = P L (U + diag(sign * exp(log_s)))``.
+
+    The LU form makes ``log |det W| = sum(log_s)`` free to compute and keeps ``W`` invertible
+    by construction; the inverse is computed from the two triangular factors. Starts from a random
+    rotation, as Glow does.
+
+    Args:
+        num_channels: channels C of ``[B, C, H, W]`` inputs.
+
+    References:
+        Kingma, Dhariwal. Glow: Generative Flow with Invertible 1x1 Convolutions. NeurIPS 2018.
+
+    Example:
+        >>> conv = InvertibleConv1x1(4)
+        >>> x = torch.randn(2, 4, 3, 3)
+        >>> y, log_det = conv(x)
+        >>> torch.allclose(conv.inverse(y), x, atol=1e-5)
+        True
+    """
+
+    kind = "invconv"
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        self.num_channels = num_channels
+        w = torch.linalg.qr(torch.randn(num_channels, num_channels))[0]
+        p, lower, upper = torch.linalg.lu(w)
+        s = torch.diagonal(upper)
+        self.register_buffer("permutation", p)
+        self.register_buffer("sign_s", torch.sign(s))
+        self.register_buffer("lower_mask", torch.tril(torch.ones(num_channels, num_channels), -1))
+        self.register_buffer("eye", torch.eye(num_channels))
+        self.lower = nn.Parameter(lower)
+        self.upper = nn.Parameter(torch.triu(upper, 1))
+        self.log_s = nn.Parameter(torch.log(torch.abs(s)))
+
+    def _factors(self) -> tuple[Tensor, Tensor]:
+        lower = self.lower * self.lower_mask + self.eye
+        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
+        return lower, upper
+
+    def weight(self) -> Tensor:
+        """The C x C matrix W."""
+        lower, upper = self._factors()
+        return self.permutation @ lower @ upper
+
+    def inverse_weight(self) -> Tensor:
+        """``W^-1`` from the triangular factors (no general matrix inverse)."""
+        lower, upper = self._factors()
+        eye = self.eye
+        lower_inv = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
+        upper_inv = torch.linalg.solve_triangular(upper, eye, upper=True)
+        return upper_inv @ lower_inv @ self.permutation.T
+
+    def _multiply(self, x: Tensor, w: Tensor) -> Tensor:
+        if x.dim() == 2:
+            return x @ w.T
+        return F.conv2d(x, w.view(self.num_channels, self.num_channels, 1, 1))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        spatial = x[0, 0].numel()
+        log_det = (self.log_s.sum() * spatial).expand(x.shape[0])
+        return self._multiply(x, self.weight()), log_det
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return self._multiply(y, self.inverse_weight())
+
+    def extra_repr(self) -> str:
+        return f"num_channels={self.num_channels}"
+
+
+def squeeze2d(x: Tensor) -> Tensor:
+    """Space-to-depth: ``[B, C, H, W] -> [B, 4C, H/2, W/2]`` (each 2x2 patch to channels)."""
+    b, c, h, w = x.shape
+    x = x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+    return x.reshape(b, c * 4, h // 2, w // 2)
+
+
+def unsqueeze2d(x: Tensor) -> Tensor:
+    """Depth-to-space, the inverse of :func:`squeeze2d`."""
+    b, c, h, w = x.shape
+    x = x.view(b, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+    return x.reshape(b, c // 4, h * 2, w * 2)
+
+
+class Squeeze(FlowLayer):
+    """Space-to-depth as a flow layer: a permutation, so its log-determinant is zero.
+
+    Example:
+        >>> y, _ = Squeeze()(torch.randn(1, 1, 4, 4))
+        >>> tuple(y.shape)
+        (1, 4, 2, 2)
+    """
+
+    kind = "squeeze"
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if x.shape[2] % 2 or x.shape[3] % 2:
+            raise ValueError(f"squeeze needs even height and width, got {tuple(x.shape[2:])}")
+        return squeeze2d(x), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return unsqueeze2d(y)

@@ -1,0 +1,132 @@
+"""Coupling masks: which part of the input a coupling layer sees and which part it transforms.
+
+A mask is a pair of 0/1 tensors over one sample's shape: ``condition`` (what the st-network
+sees) and ``transform`` (what the layer changes). For the classic masks one is the complement
+of the other; the paper's cycle mask (Kirichenko et al. 2020, Section 6) conditions on one
+quadrant and transforms the next, leaving the other two untouched, so information needs four
+layers to come back around and consecutive layers cannot co-adapt.
+
+Kinds:
+    ``checkerboard`` (RealNVP), ``channel`` (first/second half of the channels), ``horizontal``
+    (top/bottom half), ``vertical`` (left/right half), ``cycle`` (quadrant q -> q + 1) and
+    ``tabular`` (first/second half of a feature vector).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["CouplingMask", "make_mask", "MASK_KINDS", "SPATIAL_MASK_KINDS"]
+
+#: masks over the spatial grid of an image, usable at any scale.
+SPATIAL_MASK_KINDS = ("checkerboard", "horizontal", "vertical", "cycle")
+MASK_KINDS = SPATIAL_MASK_KINDS + ("channel", "tabular")
+
+
+@dataclass(frozen=True)
+class CouplingMask:
+    """A coupling layer's mask for inputs of one sample shape.
+
+    Attributes:
+        kind: one of :data:`MASK_KINDS`.
+        index: the variant: parity 0/1 for two-way masks, the conditioning quadrant 0-3 for cycle.
+        condition: 0/1 tensor of the sample shape: 1 where the st-network sees the input.
+        transform: 0/1 tensor of the sample shape: 1 where the layer transforms the input.
+    """
+
+    kind: str
+    index: int
+    condition: Tensor
+    transform: Tensor
+
+    @property
+    def is_channel_split(self) -> bool:
+        """True when the mask is a split of the channels, which couplings implement by slicing."""
+        return self.kind == "channel"
+
+    def describe(self) -> str:
+        """A short human-readable label, e.g. ``"cycle 2->3"``."""
+        if self.kind == "cycle":
+            return f"cycle {self.index}->{(self.index + 1) % 4}"
+        return f"{self.kind} {self.index}"
+
+
+def _quadrant(shape: tuple[int, ...], q: int) -> Tensor:
+    """Quadrants numbered clockwise from the top left: 0 TL, 1 TR, 2 BR, 3 BL."""
+    c, h, w = shape
+    m = torch.zeros(shape)
+    hs, ws = h // 2, w // 2
+    rows, cols = {0: (slice(0, hs), slice(0, ws)), 1: (slice(0, hs), slice(ws, w)),
+                  2: (slice(hs, h), slice(ws, w)), 3: (slice(hs, h), slice(0, ws))}[q]
+    m[:, rows, cols] = 1.0
+    return m
+
+
+def make_mask(kind: str, shape: tuple[int, ...], index: int = 0) -> CouplingMask:
+    """Build a mask for inputs of one sample shape.
+
+    Args:
+        kind: one of :data:`MASK_KINDS`.
+        shape: ``(C, H, W)`` for images, ``(D,)`` for ``tabular``.
+        index: which variant; two-way masks use ``index % 2``, the cycle mask ``index % 4``
+            (the layer transforms quadrant ``index + 1`` conditioned on quadrant ``index``).
+
+    Returns:
+        The :class:`CouplingMask`.
+
+    Example:
+        >>> m = make_mask("checkerboard", (1, 2, 2))
+        >>> m.condition[0].tolist(), m.transform[0].tolist()
+        ([[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]])
+    """
+    shape = tuple(int(s) for s in shape)
+    if kind == "tabular":
+        if len(shape) != 1 or shape[0] < 2:
+            raise ValueError(f"a tabular mask needs a vector of at least 2 features, got shape {shape}")
+        d = shape[0]
+        cond = torch.zeros(shape)
+        if index % 2 == 0:
+            cond[: d // 2] = 1.0
+        else:
+            cond[d // 2:] = 1.0
+        return CouplingMask(kind, index % 2, cond, 1.0 - cond)
+    if kind not in MASK_KINDS:
+        raise ValueError(f"unknown mask {kind!r}; choose one of {', '.join(MASK_KINDS)}")
+    if len(shape) != 3:
+        raise ValueError(f"a {kind} mask needs an image shape (C, H, W), got {shape}")
+    c, h, w = shape
+    if kind == "checkerboard":
+        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        board = ((yy + xx) % 2 == index % 2).float()
+        cond = board.expand(c, h, w).clone()
+        return CouplingMask(kind, index % 2, cond, 1.0 - cond)
+    if kind == "channel":
+        if c < 2:
+            raise ValueError(f"a channel mask needs at least 2 channels, got {c}; squeeze first")
+        cond = torch.zeros(shape)
+        if index % 2 == 0:
+            cond[c // 2:] = 1.0  # transform the first half, condition on the second
+        else:
+            cond[: c // 2] = 1.0
+        return CouplingMask(kind, index % 2, cond, 1.0 - cond)
+    if kind in ("horizontal", "vertical"):
+        size = h if kind == "horizontal" else w
+        if size < 2:
+            raise ValueError(f"a {kind} mask needs at least 2 pixels along its axis, got shape {shape}")
+        cond = torch.zeros(shape)
+        first = slice(0, size // 2)
+        second = slice(size // 2, size)
+        part = first if index % 2 == 0 else second
+        if kind == "horizontal":
+            cond[:, part, :] = 1.0
+        else:
+            cond[:, :, part] = 1.0
+        return CouplingMask(kind, index % 2, cond, 1.0 - cond)
+    # cycle
+    if h < 2 or w < 2:
+        raise ValueError(f"a cycle mask needs at least 2x2 pixels, got shape {shape}")
+    q = index % 4
+    return CouplingMask(kind, q, _quadrant(shape, q), _quadrant(shape, (q + 1) % 4))

@@ -1,0 +1,264 @@
+"""The flow model: a sequence of invertible steps, a Gaussian prior, and the likelihood API.
+
+A model is a flat list of named steps. Most steps are :class:`~flowood.flows.base.FlowLayer`
+objects; :class:`Split` factors out half of the channels as latents of the current scale
+(the multi-scale architecture of RealNVP and Glow). The latents of all scales are put back
+together into one tensor ``z`` of the input's shape, so ``forward`` and ``inverse`` are plain
+bijections between tensors of the same shape and every latent can be looked at as an image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from flowood.flows.base import FlowLayer, LayerRecord, per_sample_sum
+from flowood.flows.layers import Squeeze, squeeze2d, unsqueeze2d
+from flowood.flows.preprocessing import DEQUANTIZATION_LOG_DET, LogitTransform, dequantize, quantize
+
+__all__ = ["FlowModel", "Split", "StandardNormal", "FlowTrace"]
+
+
+class Split(nn.Module):
+    """Marks where a multi-scale flow factors out the first half of its channels as latents."""
+
+    kind = "split"
+
+
+class StandardNormal(nn.Module):
+    """The standard Gaussian prior ``N(0, I)`` over latents of any shape."""
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """Per-sample log-density, shape ``[B]``."""
+        return per_sample_sum(-0.5 * z * z) - 0.5 * math.log(2 * math.pi) * z[0].numel()
+
+    def sample(self, shape: tuple[int, ...], temperature: float = 1.0, device: Any = None,
+               generator: torch.Generator | None = None) -> Tensor:
+        """Draw from ``N(0, temperature^2 I)``."""
+        return torch.randn(shape, device=device, generator=generator) * temperature
+
+
+@dataclass
+class FlowTrace:
+    """Everything a forward pass computed, for inspection.
+
+    Attributes:
+        records: one :class:`LayerRecord` per step, in order.
+        latents: the latents of each scale, ``{"scale0": ..., "scale1": ...}``: factored-out
+            parts in the shapes they had when factored out; the last scale's is what remains.
+        z: all latents put together in the input's shape.
+        log_det: total per-sample log-determinant (preprocessing included).
+        log_prob: per-sample log-likelihood, as :meth:`FlowModel.log_prob` defines it.
+    """
+
+    records: list[LayerRecord]
+    latents: dict[str, Tensor]
+    z: Tensor
+    log_det: Tensor
+    log_prob: Tensor
+    inputs: Tensor = field(default=None)  # type: ignore[assignment]
+
+
+class FlowModel(nn.Module):
+    """A normalizing flow with a standard Gaussian prior.
+
+    Args:
+        input_shape: one sample's shape, ``(C, H, W)`` or ``(D,)``.
+        steps: ``(name, step)`` pairs: flow layers and :class:`Split` markers.
+        logit_alpha: if not None, inputs are 8-bit images and the RealNVP logit transform with
+            this alpha is the first step; ``log_prob`` then dequantizes and reports nats of the
+            8-bit image. If None, inputs are continuous vectors or images, modelled as they are.
+        config: the configuration the model was built from (kept for checkpoints).
+
+    Calling convention:
+        ``forward(x) -> (z, log_det)`` and ``inverse(z) -> x`` are the bijection on continuous
+        inputs (for image models: dequantized images in (0, 1)). ``log_prob(x)``,
+        ``bits_per_dim(x)`` and ``sample(n)`` work on data as users have it (for image models:
+        8-bit images as uint8 or as floats ``k / 255``).
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], steps: list[tuple[str, nn.Module]],
+                 logit_alpha: float | None = 0.05, config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.step_names = [name for name, _ in steps]
+        self.steps = nn.ModuleList(step for _, step in steps)
+        self.logit = LogitTransform(logit_alpha) if logit_alpha is not None else None
+        self.prior = StandardNormal()
+        self.config = dict(config or {})
+
+    # -- properties ------------------------------------------------------------------------
+    @property
+    def discrete(self) -> bool:
+        """True when the model expects 8-bit images (and dequantizes them)."""
+        return self.logit is not None
+
+    @property
+    def num_dims(self) -> int:
+        """Dimensions of one sample, D."""
+        return math.prod(self.input_shape)
+
+    # -- shapes ----------------------------------------------------------------------------
+    def _assemble(self, h: Tensor, factored: list[Tensor]) -> Tensor:
+        """Put the last scale's output and the factored latents back into the input's shape."""
+        factored = list(factored)
+        for step in reversed(self.steps):
+            if isinstance(step, Split):
+                h = torch.cat((factored.pop(), h), dim=1)
+            elif isinstance(step, Squeeze):
+                h = unsqueeze2d(h)
+        return h
+
+    def _disassemble(self, z: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Inverse of :meth:`_assemble`: the deepest tensor and the factored latents."""
+        factored = []
+        for step in self.steps:
+            if isinstance(step, Split):
+                c = z.shape[1] // 2
+                factored.append(z[:, :c])
+                z = z[:, c:]
+            elif isinstance(step, Squeeze):
+                z = squeeze2d(z)
+        return z, factored
+
+    # -- the bijection ---------------------------------------------------------------------
+    def _run(self, x: Tensor, records: list[LayerRecord] | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
+        log_det = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+        h = x
+        if self.logit is not None:
+            h, ld = self.logit(h)
+            log_det = log_det + ld
+            if records is not None:
+                records.append(LayerRecord("logit", "logit", h, ld))
+        factored: list[Tensor] = []
+        for name, step in zip(self.step_names, self.steps):
+            if isinstance(step, Split):
+                c = h.shape[1] // 2
+                factored.append(h[:, :c])
+                h = h[:, c:]
+                if records is not None:
+                    records.append(LayerRecord(name, "split", factored[-1], torch.zeros_like(log_det)))
+                continue
+            if records is None:
+                h, ld = step(h)
+            else:
+                h, ld, extras = step.trace_forward(h)
+                records.append(LayerRecord(name, step.kind, h, ld, extras))
+            log_det = log_det + ld
+        return h, log_det, factored
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Map continuous inputs to latents: ``(z, log |det dz/dx|)``, z of the input's shape."""
+        h, log_det, factored = self._run(x)
+        return self._assemble(h, factored), log_det
+
+    def inverse(self, z: Tensor) -> Tensor:
+        """Map latents (of the input's shape) back to continuous inputs."""
+        h, factored = self._disassemble(z)
+        for step in reversed(self.steps):
+            if isinstance(step, Split):
+                h = torch.cat((factored.pop(), h), dim=1)
+            else:
+                h = step.inverse(h)
+        if self.logit is not None:
+            h = self.logit.inverse(h)
+        return h
+
+    # -- likelihood API --------------------------------------------------------------------
+    def check_input(self, x: Tensor) -> None:
+        """Raise a clear ``ValueError`` if ``x`` is not a batch this model can score."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a torch.Tensor batch, got {type(x).__name__}")
+        if tuple(x.shape[1:]) != self.input_shape:
+            hint = (" (use flowood.data.adapt_images to convert gray/RGB and resize)"
+                    if len(self.input_shape) == 3 else "")
+            raise ValueError(f"this model takes inputs of shape {self.input_shape} per sample, got batch of shape "
+                             f"{tuple(x.shape)}{hint}")
+        if x.dtype == torch.uint8:
+            return
+        if not torch.is_floating_point(x):
+            raise ValueError(f"expected float or uint8 inputs, got {x.dtype}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("inputs contain NaN or Inf values")
+        if self.discrete:
+            lo, hi = float(x.min()), float(x.max())
+            if lo < -1e-6 or hi > 1 + 1e-6:
+                raise ValueError(f"image inputs must lie in [0, 1] (uint8 / 255), got values in [{lo:.3g}, {hi:.3g}]; "
+                                 "undo any normalisation before scoring")
+
+    def _continuous(self, x: Tensor, noise: str, generator: torch.Generator | None) -> Tensor:
+        if self.discrete:
+            return dequantize(x, noise=noise, generator=generator)
+        return x.float() if x.dtype == torch.uint8 else x
+
+    def log_prob(self, x: Tensor, noise: str = "uniform", generator: torch.Generator | None = None,
+                 validate: bool = True) -> Tensor:
+        """Per-sample log-likelihood in nats, shape ``[B]``.
+
+        For image models ``x`` holds 8-bit images (uint8, or floats ``k / 255`` in [0, 1]); they
+        are dequantized with ``noise`` and the result is the log-probability of the 8-bit image
+        (the ``1 / 256`` bin width of every dimension included), so ``-log_prob / (D ln 2)`` is
+        bits/dim as reported in the literature. For vector models it is the log-density of ``x``.
+
+        Args:
+            x: batch of shape ``[B, *input_shape]``.
+            noise: dequantization noise, ``"uniform"`` or ``"center"`` (deterministic).
+            generator: random generator for the dequantization noise.
+            validate: check shape, range and finiteness first (costs one device sync).
+        """
+        if validate:
+            self.check_input(x)
+        x = self._continuous(x, noise, generator)
+        z, log_det = self.forward(x)
+        log_p = self.prior.log_prob(z) + log_det
+        if self.discrete:
+            log_p = log_p + self.num_dims * DEQUANTIZATION_LOG_DET
+        return log_p
+
+    def bits_per_dim(self, x: Tensor, **kwargs: Any) -> Tensor:
+        """Per-sample negative log-likelihood in bits per dimension, shape ``[B]``."""
+        return -self.log_prob(x, **kwargs) / (self.num_dims * math.log(2.0))
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``n`` samples from the model with latents ``~ N(0, temperature^2 I)``.
+
+        Image models return 8-bit images as floats ``k / 255``; vector models return vectors.
+        """
+        device = next(self.parameters()).device
+        z = self.prior.sample((n,) + self.input_shape, temperature, device="cpu" if generator is not None else device,
+                              generator=generator).to(device)
+        x = self.inverse(z)
+        if self.discrete:
+            x = quantize(torch.clamp(x, 0.0, 1.0))
+        return x
+
+    def trace(self, x: Tensor, noise: str = "center", generator: torch.Generator | None = None) -> FlowTrace:
+        """Run one forward pass and keep every step's output (and each coupling's s and t).
+
+        Args:
+            x: batch as for :meth:`log_prob`.
+            noise: dequantization noise; ``"center"`` by default so pictures are reproducible.
+        """
+        self.check_input(x)
+        xc = self._continuous(x, noise, generator)
+        records: list[LayerRecord] = []
+        h, log_det, factored = self._run(xc, records)
+        z = self._assemble(h, factored)
+        latents = {f"scale{i}": f for i, f in enumerate(factored)}
+        latents[f"scale{len(factored)}"] = h
+        log_p = self.prior.log_prob(z) + log_det
+        if self.discrete:
+            log_p = log_p + self.num_dims * DEQUANTIZATION_LOG_DET
+        return FlowTrace(records, latents, z, log_det, log_p, inputs=xc)
+
+    def coupling_layers(self) -> list[tuple[str, FlowLayer]]:
+        """``(name, layer)`` of every coupling layer, in order."""
+        return [(n, s) for n, s in zip(self.step_names, self.steps) if getattr(s, "kind", "") == "coupling"]
+
+    def extra_repr(self) -> str:
+        return f"input_shape={self.input_shape}, discrete={self.discrete}"
