@@ -1,4 +1,4 @@
-"""Shared fixtures: fixed seeds, torch in doctests, the committed real-image fixtures."""
+"""Shared fixtures: fixed seeds and the committed real-image fixtures."""
 
 from __future__ import annotations
 
@@ -15,11 +15,6 @@ FIXTURES = Path(__file__).parent / "fixtures"
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
-
-
-@pytest.fixture(autouse=True)
-def _doctest_torch(doctest_namespace):
-    doctest_namespace["torch"] = torch
 
 
 @pytest.fixture
