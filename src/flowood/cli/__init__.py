@@ -1,0 +1,1 @@
+"""The flowood command line."""

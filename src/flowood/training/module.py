@@ -1,0 +1,141 @@
+"""The Lightning module and data module that train a flow by maximum likelihood."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from flowood import __version__
+from flowood.data import ArrayDataset, load_dataset
+from flowood.flows import build_flow
+from flowood.training.config import TrainConfig
+
+__all__ = ["FlowModule", "FlowDataModule", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN/Inf losses for too many consecutive steps."""
+
+
+class FlowDataModule(pl.LightningDataModule):
+    """Train and test splits of a registered data set, held in memory.
+
+    Args:
+        config: the training configuration (dataset, data_root, batch_size, sample limits, ...).
+    """
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.train_set: ArrayDataset | None = None
+        self.test_set: ArrayDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        c = self.config
+        train = load_dataset(c.dataset, "train", c.data_root)
+        test = load_dataset(c.dataset, "test", c.data_root)
+        for ds in (train, test):
+            if len(ds) == 0:
+                raise ValueError(f"{ds.name}:{ds.split} is empty; check the data set's files")
+        self.train_set = train.take(c.max_train_samples, seed=c.seed)
+        self.test_set = test.take(c.max_test_samples, seed=c.seed)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        self.setup()
+        return self.train_set.sample_shape
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.config.batch_size, shuffle=True, drop_last=True,
+                          num_workers=self.config.num_workers, persistent_workers=self.config.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_set, batch_size=max(self.config.batch_size, 256), shuffle=False,
+                          num_workers=self.config.num_workers, persistent_workers=self.config.num_workers > 0)
+
+
+class FlowModule(pl.LightningModule):
+    """Maximum-likelihood training of any flowood flow.
+
+    Logs ``train_bpd`` every step and ``test_bpd`` after each test pass (bits per dimension,
+    the 8-bit image's for image data). Steps whose loss is NaN/Inf are skipped (the same on every
+    process under DDP); after ``nan_tolerance`` consecutive ones the run stops with
+    :class:`NonFiniteLossError`, keeping the checkpoints written so far.
+
+    Args:
+        train_config: the training configuration as a dict (kept in checkpoints).
+        input_shape: one sample's shape.
+    """
+
+    def __init__(self, train_config: dict[str, Any], input_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.config = TrainConfig(**train_config)
+        flow_config = self.config.flow_config(input_shape).resolved().to_dict()
+        self.save_hyperparameters({"train_config": train_config, "flow_config": flow_config,
+                                   "flowood_version": __version__})
+        self.flow = build_flow(flow_config)
+        self.nonfinite_streak = 0
+        self.skipped_steps = 0
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.aug and x.dim() == 4:
+            flip = torch.rand(x.shape[0], device=x.device) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        return x
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        x, _ = batch
+        bpd = self.flow.bits_per_dim(self._augment(x), validate=False)
+        loss = bpd.mean()
+        finite = torch.isfinite(loss).float()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() < 1.0:
+            self.nonfinite_streak += 1
+            self.skipped_steps += 1
+            self.print(f"warning: non-finite loss at step {self.global_step}; step skipped "
+                       f"({self.nonfinite_streak}/{self.config.nan_tolerance} in a row)")
+            if self.nonfinite_streak >= self.config.nan_tolerance:
+                raise NonFiniteLossError(
+                    f"training diverged: the loss was NaN/Inf for {self.nonfinite_streak} consecutive steps (at step "
+                    f"{self.global_step}). Lower --lr (now {self.config.lr}) or --max_grad_norm "
+                    f"(now {self.config.max_grad_norm}), then --resume from the last checkpoint")
+            return None
+        self.nonfinite_streak = 0
+        self.log("train_bpd", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, _ = batch
+        bpd = self.flow.bits_per_dim(x, validate=False)
+        self.log("test_bpd", bpd.mean(), prog_bar=True, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
+
+    def configure_optimizers(self) -> Any:
+        c = self.config
+        params = self.flow.parameters()
+        if c.optim == "Adam":
+            opt = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+        elif c.optim == "AdamW":
+            opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        elif c.optim == "RMSprop":
+            opt = torch.optim.RMSprop(params, lr=c.lr, weight_decay=c.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay, momentum=0.9)
+        if not c.lr_anneal:
+            return opt
+        milestones = sorted({max(1, math.floor(0.8 * c.num_epochs)), max(1, math.floor(0.9 * c.num_epochs))})
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["flowood_skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_steps = int(checkpoint.get("flowood_skipped_steps", 0))
