@@ -1,0 +1,125 @@
+"""Training end to end on the committed real FashionMNIST fixture: outputs, resume, bad configs, NaN losses."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from flowood.checkpoints import load_flow
+from flowood.flows import ConfigError, FlowModel
+from flowood.training import NonFiniteLossError, OutputExistsError, load_config, train
+
+TINY = dict(flow="RealNVP", num_blocks=1, num_mid_channels=8, batch_size=32, lr=1e-3, max_test_samples=64)
+
+
+def fm(fixtures_dir):
+    return f"npz:{fixtures_dir}/fashionmnist-small.npz"
+
+
+def config(tmp_path, fixtures_dir, **kw):
+    values = dict(TINY, dataset=fm(fixtures_dir), out=str(tmp_path / "run"), max_steps=12)
+    values.update(kw)
+    return load_config(None, values)
+
+
+def test_train_writes_everything_and_learns(tmp_path, fixtures_dir):
+    result = train(config(tmp_path, fixtures_dir, max_steps=30), progress=False)
+    out = tmp_path / "run"
+    assert result.steps == 30
+    assert (out / "config.yaml").exists() and result.checkpoint.exists()
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["steps"] == 30 and summary["train_samples"] == 600
+    assert result.test_bpd < 7.5  # from about 8 bits/dim at initialisation
+    rows = list(csv.DictReader(open(out / "logs" / "csv" / "metrics.csv")))
+    assert any(r.get("train_bpd_step") for r in rows)
+    assert list((out / "logs" / "tensorboard").glob("events.out.tfevents*"))
+    loaded = load_flow(result.checkpoint)
+    assert loaded.train_config["dataset"] == fm(fixtures_dir)
+    assert loaded.flow.config["flow"] == "RealNVP" and not loaded.flow.training
+
+
+def test_resume_continues_from_last_checkpoint(tmp_path, fixtures_dir):
+    train(config(tmp_path, fixtures_dir, max_steps=6), progress=False)
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        train(config(tmp_path, fixtures_dir, max_steps=6), progress=False)
+    result = train(config(tmp_path, fixtures_dir, max_steps=10), resume=True, progress=False)
+    assert result.steps == 10
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        train(config(tmp_path, fixtures_dir), resume=str(tmp_path / "missing.ckpt"), progress=False)
+    result = train(config(tmp_path, fixtures_dir, max_steps=3), overwrite=True, progress=False)
+    assert result.steps == 3
+
+
+def test_glow_trains_with_rmsprop_and_lr_anneal(tmp_path, fixtures_dir):
+    cfg = config(tmp_path, fixtures_dir, flow="Glow", num_coupling_layers_per_scale=2, st_type="highway",
+                 optim="RMSprop", lr_anneal=True, num_epochs=2, max_steps=None, max_train_samples=64)
+    result = train(cfg, progress=False)
+    assert result.steps == 4  # 2 epochs of 64 samples in batches of 32
+    assert torch.isfinite(torch.tensor(result.test_bpd))
+
+
+def test_nan_losses_are_skipped_then_stop_the_run(tmp_path, fixtures_dir, monkeypatch):
+    original = FlowModel.bits_per_dim
+    calls = {"n": 0}
+
+    def flaky(self, x, **kw):
+        calls["n"] += 1
+        out = original(self, x, **kw)
+        return out * float("nan") if self.training and calls["n"] in (2, 3) else out
+
+    monkeypatch.setattr(FlowModel, "bits_per_dim", flaky)
+    train(config(tmp_path, fixtures_dir, max_steps=6), progress=False)
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["skipped_nonfinite_steps"] == 2
+
+    monkeypatch.setattr(FlowModel, "bits_per_dim", lambda self, x, **kw: original(self, x, **kw) * float("nan"))
+    with pytest.raises(NonFiniteLossError, match="Lower --lr"):
+        train(config(tmp_path, fixtures_dir, nan_tolerance=3), overwrite=True, progress=False)
+
+
+def test_config_files_and_errors(tmp_path):
+    good = tmp_path / "c.yaml"
+    good.write_text("flow: Glow\nlr: 1e-4\nnum_blocks: 3\n")
+    cfg = load_config(good, {"num_blocks": 5})
+    assert cfg.flow == "Glow" and cfg.lr == 1e-4 and cfg.num_blocks == 5  # flags override the file
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("num_block: 3\n")
+    with pytest.raises(ConfigError, match="did you mean 'num_blocks'"):
+        load_config(bad)
+    bad.write_text("optim: Adamm\n")
+    with pytest.raises(ConfigError, match="did you mean 'Adam'"):
+        load_config(bad)
+    bad.write_text("batch_size: 0\n")
+    with pytest.raises(ConfigError, match="batch_size"):
+        load_config(bad)
+    bad.write_text("lr: fast\n")
+    with pytest.raises(ConfigError, match="lr must be a number"):
+        load_config(bad)
+    bad.write_text("aug: 3\n")
+    with pytest.raises(ConfigError, match="true or false"):
+        load_config(bad)
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
+    bad.write_text("a: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_shipped_configs_load(tmp_path):
+    from pathlib import Path
+    for path in sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        cfg.flow_config((1, 28, 28)).resolved()
+
+
+def test_unknown_dataset_fails_before_training(tmp_path):
+    cfg = load_config(None, dict(dataset="fashion-mnst", out=str(tmp_path / "r")))
+    from flowood.data import UnknownDatasetError
+    with pytest.raises(UnknownDatasetError, match="fashionmnist"):
+        train(cfg, progress=False)
