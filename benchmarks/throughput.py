@@ -65,7 +65,7 @@ def bench(name: str, shape: tuple[int, int, int], device: torch.device, steps: i
         score_s = (time.perf_counter() - t) / reps
     return {"model": name, "shape": "x".join(map(str, shape)), "params": sum(p.numel() for p in flow.parameters()),
             "train_steps_s": 1 / train_s, "train_img_s": batch / train_s, "score_img_s": big.shape[0] / score_s,
-            "peak_mib": peak, "final_bpd": float(loss)}
+            "peak_mib": peak, "final_bpd": float(loss.detach())}
 
 
 def main() -> None:

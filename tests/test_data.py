@@ -23,8 +23,8 @@ def fixture(fixtures_dir, name, split="train"):
 def write_idx(path, array, compress=True):
     code = {np.uint8: 0x08}[array.dtype.type]
     header = bytes([0, 0, code, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape)
-    data = header + array.tobytes()
-    (gzip.open if compress else open)(path, "wb").write(data)
+    with (gzip.open if compress else open)(path, "wb") as f:
+        f.write(header + array.tobytes())
 
 
 def make_torchvision_layout(root, folder, images, labels):

@@ -33,7 +33,8 @@ def test_train_writes_everything_and_learns(tmp_path, fixtures_dir):
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 30 and summary["train_samples"] == 600
     assert result.test_bpd < 7.5  # from about 8 bits/dim at initialisation
-    rows = list(csv.DictReader(open(out / "logs" / "csv" / "metrics.csv")))
+    with open(out / "logs" / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     assert any(r.get("train_bpd_step") for r in rows)
     assert list((out / "logs" / "tensorboard").glob("events.out.tfevents*"))
     loaded = load_flow(result.checkpoint)
