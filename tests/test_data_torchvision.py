@@ -70,3 +70,45 @@ def test_torchvision_sets_missing_name_the_fetch_command(tmp_path):
     for name in ("cifar100", "svhn", "omniglot", "celeba", "notmnist"):
         with pytest.raises(DatasetNotFoundError, match=f"flowood data fetch {name}"):
             load_dataset(name, "test", root=tmp_path)
+
+
+def test_omniglot_through_registry(tmp_path, fixtures_dir, monkeypatch):
+    """Omniglot's folder layout; images become 28x28 and inverted (white strokes on black)."""
+    from PIL import Image
+    import torchvision.datasets.omniglot as omniglot
+    monkeypatch.setattr(omniglot.Omniglot, "_check_integrity", lambda self: True)
+    with np.load(fixtures_dir / "mnist-small.npz") as f:
+        digits = f["images_test"][:6, 0]
+    for i, img in enumerate(digits):
+        d = tmp_path / "omniglot-py" / "images_evaluation" / "Alphabet" / f"character{i % 2 + 1:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(255 - img).resize((105, 105)).save(d / f"{i:02d}.png")  # black on white, as Omniglot
+    ds = load_dataset("omniglot", "test", root=tmp_path)
+    assert ds.sample_shape == (1, 28, 28) and len(ds) == 6
+    assert set(ds.labels.tolist()) == {0, 1}
+    assert ds.data.float().mean() < 128  # inverted back to white-on-black
+
+
+def test_celeba_through_registry(tmp_path, rgb_images, monkeypatch):
+    """CelebA's annotation files and aligned images; images become 32x32 center crops."""
+    from PIL import Image
+    import torchvision.datasets.celeba as celeba
+    monkeypatch.setattr(celeba.CelebA, "_check_integrity", lambda self: True)
+    images, _ = rgb_images
+    base = tmp_path / "celeba"
+    (base / "img_align_celeba").mkdir(parents=True)
+    names = [f"{i + 1:06d}.jpg" for i in range(6)]
+    for i, name in enumerate(names):
+        big = Image.fromarray(images[i].transpose(1, 2, 0)).resize((178, 218))
+        big.save(base / "img_align_celeba" / name)
+    split = [0, 0, 2, 2, 2, 1]  # 3 test images
+    (base / "list_eval_partition.txt").write_text("".join(f"{n} {s}\n" for n, s in zip(names, split)))
+    (base / "identity_CelebA.txt").write_text("".join(f"{n} {i}\n" for i, n in enumerate(names)))
+    (base / "list_attr_celeba.txt").write_text("6\nSmiling Young\n" + "".join(f"{n} 1 -1\n" for n in names))
+    (base / "list_bbox_celeba.txt").write_text("6\nimage_id x_1 y_1 width height\n"
+                                               + "".join(f"{n} 1 2 3 4\n" for n in names))
+    (base / "list_landmarks_align_celeba.txt").write_text(
+        "6\n" + " ".join(f"p{i}" for i in range(10)) + "\n" + "".join(f"{n} " + " ".join(["1"] * 10) + "\n"
+                                                                   for n in names))
+    ds = load_dataset("celeba", "test", root=tmp_path)
+    assert ds.sample_shape == (3, 32, 32) and len(ds) == 3 and ds.labels is None

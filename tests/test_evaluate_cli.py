@@ -105,7 +105,7 @@ def test_save_flow_roundtrip_and_wrong_shape_data(tmp_path):
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
-    assert main(["train", "--flow", "RealNVPP", "--out", str(tmp_path / "x")]) == 2
+    assert main(["train", "--flow", "RealNVPP", "--dataset", "npz:/nonexistent.npz", "--out", str(tmp_path / "x")]) == 2
     assert "did you mean 'RealNVP'" in capsys.readouterr().err
     assert main(["train", "--dataset", "cifar-1O", "--out", str(tmp_path / "y")]) == 2
     assert "did you mean 'cifar10'" in capsys.readouterr().err

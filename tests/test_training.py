@@ -124,3 +124,11 @@ def test_unknown_dataset_fails_before_training(tmp_path):
     from flowood.data import UnknownDatasetError
     with pytest.raises(UnknownDatasetError, match="fashionmnist"):
         train(cfg, progress=False)
+
+
+def test_architecture_errors_come_before_data_loading(tmp_path):
+    # the data set does not exist here; the mistyped flow must still be the error reported
+    with pytest.raises(ConfigError, match="did you mean 'RealNVP'"):
+        load_config(None, dict(flow="RealNVPP", dataset="npz:/nonexistent.npz", out=str(tmp_path / "r")))
+    with pytest.raises(ConfigError, match="did you mean 'highway'"):
+        load_config(None, dict(flow="Glow", st_type="higway"))

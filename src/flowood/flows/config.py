@@ -96,8 +96,13 @@ class FlowConfig:
         d["input_shape"] = list(self.input_shape)
         return d
 
-    def resolved(self) -> "FlowConfig":
-        """A copy with aliases expanded, defaults filled in and every value checked."""
+    def resolved(self, check_shape: bool = True) -> "FlowConfig":
+        """A copy with aliases expanded, defaults filled in and every value checked.
+
+        Args:
+            check_shape: also check that ``input_shape`` suits the architecture; without it only
+                the shape-independent values (names, sizes) are checked, e.g. before data are loaded.
+        """
         values = self.to_dict()
         if values["flow"] in FLOW_ALIASES:
             values.update(FLOW_ALIASES[values["flow"]])
@@ -110,7 +115,7 @@ class FlowConfig:
         values["flow"] = name
         cfg = FlowConfig.from_dict(values)
         cfg._fill_defaults()
-        cfg._check()
+        cfg._check(check_shape)
         return cfg
 
     def _fill_defaults(self) -> None:
@@ -126,7 +131,7 @@ class FlowConfig:
             self.st_type = "mlp"
             self.mask = "tabular"
 
-    def _check(self) -> None:
+    def _check(self, check_shape: bool = True) -> None:
         def positive(name: str) -> None:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -143,10 +148,12 @@ class FlowConfig:
             raise ConfigError(f"logit_alpha must be in [0, 0.5), got {self.logit_alpha}")
         shape = self.input_shape
         if self.flow == "RealNVPTabular":
+            if not check_shape:
+                return
             if len(shape) != 1 or shape[0] < 2:
                 raise ConfigError(f"RealNVPTabular models vectors: input_shape must be (D,) with D >= 2, got {shape}")
             return
-        if len(shape) != 3 or min(shape) < 1:
+        if check_shape and (len(shape) != 3 or min(shape) < 1):
             raise ConfigError(f"{self.flow} models images: input_shape must be (C, H, W), got {shape}; "
                               "use flow RealNVPTabular for vectors")
         if self.st_type not in IMAGE_ST_TYPES:
@@ -156,6 +163,8 @@ class FlowConfig:
         if self.mask not in allowed:
             raise ConfigError(f"mask {self.mask!r} does not work with {self.flow}{closest(self.mask, allowed)}; "
                               f"choose one of {', '.join(allowed)}")
+        if not check_shape:
+            return
         _, h, w = shape
         squeezes = self.num_scales - 1 if self.flow == "RealNVP" else self.num_scales
         factor = 2 ** squeezes

@@ -123,6 +123,8 @@ class TrainConfig:
             raise ConfigError(f"max_minutes must be positive, got {self.max_minutes}")
         if self.save_freq < 0 or self.num_workers < 0:
             raise ConfigError("save_freq and num_workers must be >= 0")
+        # the architecture's names and sizes, before any data are loaded (the shape is checked later)
+        self.flow_config(FlowConfig().input_shape).resolved(check_shape=False)
         return self
 
 
