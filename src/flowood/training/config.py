@@ -47,6 +47,8 @@ class TrainConfig:
     dataset: str = "fashionmnist"
     data_root: str | None = None
     out: str = "runs/train"
+    # The flow's options, flat so that YAML keys and flags keep the original scripts' names.
+    # They mirror FlowConfig field for field (a test keeps the defaults equal).
     flow: str = "RealNVP"
     num_scales: int = 2
     num_blocks: int = 8
