@@ -58,6 +58,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
             kind = int
         if f.name == "max_minutes":
             kind = float
+        if f.name == "devices":
+            kind = str  # an int, a list such as "0,1", or "auto"; Lightning parses it
         p.add_argument(flag, dest=f.name, type=kind, default=None, help=helps.get(f.name, f"(default: {default})"))
 
 
