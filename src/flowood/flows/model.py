@@ -212,8 +212,11 @@ class FlowModel(nn.Module):
         """
         if validate:
             self.check_input(x)
-        x = self._continuous(x, noise, generator)
-        z, log_det = self.forward(x)
+        z, log_det = self.forward(self._continuous(x, noise, generator))
+        return self._log_likelihood(z, log_det)
+
+    def _log_likelihood(self, z: Tensor, log_det: Tensor) -> Tensor:
+        """Prior log-density plus log-det, and for image models the 1/256 bin width of every dimension."""
         log_p = self.prior.log_prob(z) + log_det
         if self.discrete:
             log_p = log_p + self.num_dims * DEQUANTIZATION_LOG_DET
@@ -251,10 +254,7 @@ class FlowModel(nn.Module):
         z = self._assemble(h, factored)
         latents = {f"scale{i}": f for i, f in enumerate(factored)}
         latents[f"scale{len(factored)}"] = h
-        log_p = self.prior.log_prob(z) + log_det
-        if self.discrete:
-            log_p = log_p + self.num_dims * DEQUANTIZATION_LOG_DET
-        return FlowTrace(records, latents, z, log_det, log_p, inputs=xc)
+        return FlowTrace(records, latents, z, log_det, self._log_likelihood(z, log_det), inputs=xc)
 
     def coupling_layers(self) -> list[tuple[str, FlowLayer]]:
         """``(name, layer)`` of every coupling layer, in order."""
