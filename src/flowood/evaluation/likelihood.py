@@ -144,7 +144,7 @@ def evaluate(checkpoint: str | Path | LoadedFlow, ood: list[str], out: str | Pat
     root = data_root or cfg.get("data_root")
     if not ood:
         raise ValueError("no OOD data sets given; pass at least one, e.g. --ood mnist")
-    names = [ind_name] + [n for n in ood]
+    names = [ind_name, *ood]
     canon = [canonical_name(n) for n in names]
     if len(set(canon)) != len(canon):
         raise ValueError(f"data set names repeat: {names}")
