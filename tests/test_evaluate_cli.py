@@ -34,7 +34,7 @@ def test_evaluate_writes_metrics_in_the_documented_schema(trained, tmp_path):
     ckpt, fixtures = trained
     mnist = f"npz:{fixtures}/mnist-small.npz"
     code = main(["evaluate", "--checkpoint", str(ckpt), "--ood", mnist, "digits", "noise", "--out", str(tmp_path),
-                 "--no_progress", "--bootstrap", "20"])
+                 "--no_progress", "--bootstrap", "20", "--max_samples", "200"])
     assert code == 0
     m = json.loads((tmp_path / "metrics.json").read_text())
     ind = m["in_distribution"]
@@ -54,24 +54,42 @@ def test_evaluate_writes_metrics_in_the_documented_schema(trained, tmp_path):
     assert (tmp_path / "loglik_hist.png").stat().st_size > 1000
     with np.load(tmp_path / "scores.npz") as s:
         assert list(s["names"])[0] == ind["name"] and s["set1"].shape == (200,)
+        assert np.array_equal(s["likelihood__set1"], s["set1"])
+    # every default score, per OOD set, in the schema of issue 3
+    assert m["scores_computed"] == ["likelihood", "complexity", "complexity_jp2", "typicality", "latent_last_scale",
+                                    "latent_early_scales"]
+    for entry in m["ood"].values():
+        for score in m["scores_computed"]:
+            for key in ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_accuracy"):
+                assert 0.0 <= entry["scores"][score][key] <= 1.0
+    assert m["ood"]["noise"]["scores"]["likelihood"]["auroc"] == m["ood"]["noise"]["auroc"]
+    for score in m["scores_computed"]:
+        assert (tmp_path / f"hist_{score}.png").exists()
+    assert len(list(tmp_path.glob("roc_*.png"))) == 3 and len(list(tmp_path.glob("examples_*_most.png"))) == 4
+    page = (tmp_path / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 6 + 3 + 2 * 4  # histograms, ROC curves, example grids
+    assert "http" not in page.replace("http-equiv", "")  # self-contained: nothing fetched from a network
 
 
 def test_paper_headline_mnist_more_likely_than_fashionmnist(trained):
     """The paper's first finding, on real images: a flow trained on FashionMNIST prefers MNIST."""
     ckpt, fixtures = trained
-    r = evaluate(ckpt, [f"npz:{fixtures}/mnist-small.npz"], progress=False)
+    r = evaluate(ckpt, [f"npz:{fixtures}/mnist-small.npz"], progress=False, scores=["likelihood", "complexity"])
     entry = next(iter(r.metrics["ood"].values()))
     assert entry["bpd_mean"] < r.metrics["in_distribution"]["bpd_mean"]
     assert entry["auroc"] < 0.5
+    # Serra et al.'s complexity correction separates MNIST better than the raw likelihood (issue 3)
+    assert entry["scores"]["complexity"]["auroc"] > entry["scores"]["likelihood"]["auroc"] + 0.3
 
 
 def test_evaluation_is_deterministic(trained):
     ckpt, fixtures = trained
     a = evaluate(ckpt, ["noise"], progress=False, max_samples=50)
     b = evaluate(ckpt, ["noise"], progress=False, max_samples=50)
-    for name in a.scores:
-        assert np.array_equal(a.scores[name], b.scores[name])
-    c = evaluate(ckpt, ["noise"], progress=False, max_samples=50, seed=1)
+    for score, per_set in a.score_values.items():
+        for name in per_set:
+            assert np.array_equal(per_set[name], b.score_values[score][name]), score
+    c = evaluate(ckpt, ["noise"], progress=False, max_samples=50, seed=1, scores=["likelihood"])
     assert not np.array_equal(a.scores["noise"], c.scores["noise"])
 
 
@@ -99,8 +117,8 @@ def test_save_flow_roundtrip_and_wrong_shape_data(tmp_path):
     assert torch.allclose(loaded.flow.log_prob(x, noise="center"), flow.eval().log_prob(x, noise="center"))
     np.savez(tmp_path / "vec.npz", embeddings=np.random.randn(10, 5).astype(np.float32))
     with pytest.raises(ValueError, match="vectors cannot be adapted"):
-        evaluate(loaded, [f"npz:{tmp_path}/vec.npz"], progress=False)
-    r = evaluate(loaded, ["noise"], progress=False)  # in-distribution set from the checkpoint: digits
+        evaluate(loaded, [f"npz:{tmp_path}/vec.npz"], progress=False, scores=["likelihood"])
+    r = evaluate(loaded, ["noise"], progress=False, scores=["likelihood"])  # in-distribution set from the checkpoint: digits
     assert r.metrics["in_distribution"]["name"] == "digits"
 
 

@@ -6,4 +6,12 @@ Out-of-Distribution Data" (NeurIPS 2020).
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "OODDetector"]
+
+
+def __getattr__(name: str):
+    # imported on first use, so `from flowood.flows import Glow` stays light
+    if name == "OODDetector":
+        from flowood.ood.detector import OODDetector
+        return OODDetector
+    raise AttributeError(f"module 'flowood' has no attribute {name!r}")

@@ -71,9 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_train = sub.add_parser("train", help="train a flow", description="Train a flow by maximum likelihood.")
     _add_train_flags(p_train)
 
-    p_eval = sub.add_parser("evaluate", help="OOD metrics of a checkpoint",
-                            description="Score in-distribution test data and OOD sets by bits/dim; write "
-                                        "metrics.json, scores.npz, loglik_hist.png; print a Markdown table.")
+    p_eval = sub.add_parser("evaluate", help="OOD scores and metrics of a checkpoint",
+                            description="Score in-distribution test data and OOD sets with every requested score; "
+                                        "write metrics.json, scores.npz, figures and report.html; print tables.")
     p_eval.add_argument("--checkpoint", required=True, help="checkpoint from flowood train (e.g. OUT/checkpoints/last.ckpt)")
     p_eval.add_argument("--ood", nargs="+", required=True, help="OOD data set names")
     p_eval.add_argument("--out", required=True, help="output directory")
@@ -84,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p_eval.add_argument("--seed", type=int, default=0, help="seeds subsets and dequantization noise")
     p_eval.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for 95%% intervals")
+    p_eval.add_argument("--scores", nargs="+", default=None,
+                        help="scores to compute (default: every score that needs no extra model): likelihood, "
+                             "complexity, complexity_jp2, typicality, latent_last_scale, latent_early_scales, "
+                             "likelihood_ratio, waic")
+    p_eval.add_argument("--ensemble", nargs="+", default=None, metavar="CKPT",
+                        help="more checkpoints trained on the same data, for the waic score")
+    p_eval.add_argument("--background", default=None, metavar="CKPT",
+                        help="background flow for likelihood_ratio (default: train one on perturbed inputs)")
+    p_eval.add_argument("--background_steps", type=int, default=1000,
+                        help="training steps of the perturbation background flow")
+    p_eval.add_argument("--typicality_batch", type=int, default=1,
+                        help="group size of the typicality test (1: single-sample form)")
+    p_eval.add_argument("--fit_samples", type=int, default=10000,
+                        help="in-distribution training samples for scores that fit")
     p_eval.add_argument("--no_progress", action="store_true")
 
     p_data = sub.add_parser("data", help="list or fetch data sets")
@@ -111,19 +125,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from flowood.evaluation import evaluate, markdown_table
+    from flowood.evaluation import evaluate, markdown_table, scores_table
 
     result = evaluate(args.checkpoint, args.ood, out=args.out, dataset=args.dataset, data_root=args.data_root,
                       max_samples=args.max_samples, batch_size=args.batch_size, device=args.device, seed=args.seed,
-                      bootstrap=args.bootstrap, progress=not args.no_progress)
+                      bootstrap=args.bootstrap, scores=args.scores, ensemble=args.ensemble, background=args.background,
+                      background_steps=args.background_steps, typicality_batch=args.typicality_batch,
+                      fit_samples=args.fit_samples, progress=not args.no_progress)
     print(markdown_table(result.metrics))
+    print()
+    print("AUROC of every score (higher = better detection; 0.5 = chance):")
+    print(scores_table(result.metrics))
     ind = result.metrics["in_distribution"]
     for name, m in result.metrics["ood"].items():
         if m["bpd_mean"] < ind["bpd_mean"]:
             print(f"note: {name} gets HIGHER likelihood than {ind['name']} test data "
                   f"({m['bpd_mean']:.3f} vs {ind['bpd_mean']:.3f} bits/dim, AUROC {m['auroc']:.3f}): "
                   "the failure the paper explains")
-    print(f"wrote {Path(args.out) / 'metrics.json'}, scores.npz, loglik_hist.png")
+    print(f"wrote {Path(args.out) / 'report.html'} (open it in a browser), metrics.json, scores.npz, figures")
     return 0
 
 

@@ -99,6 +99,11 @@ class FlowModel(nn.Module):
         return self.logit is not None
 
     @property
+    def num_scales(self) -> int:
+        """Scales of the multi-scale architecture (factor-outs + 1)."""
+        return sum(isinstance(s, Split) for s in self.steps) + 1
+
+    @property
     def num_dims(self) -> int:
         """Dimensions of one sample, D."""
         return math.prod(self.input_shape)
@@ -240,6 +245,12 @@ class FlowModel(nn.Module):
         if self.discrete:
             x = quantize(torch.clamp(x, 0.0, 1.0))
         return x
+
+    def latents_by_scale(self, x: Tensor, noise: str = "uniform", generator: torch.Generator | None = None
+                         ) -> list[Tensor]:
+        """The latents of each scale, earliest first: factored-out parts, then what the last scale outputs."""
+        h, _, factored = self._run(self._continuous(x, noise, generator))
+        return [*factored, h]
 
     def trace(self, x: Tensor, noise: str = "center", generator: torch.Generator | None = None) -> FlowTrace:
         """Run one forward pass and keep every step's output (and each coupling's s and t).

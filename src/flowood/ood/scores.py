@@ -1,0 +1,424 @@
+"""OOD scores computed from trained flows, each with one calling convention.
+
+``score = ScoreClass(flow, ...)``; ``score.fit(train_images)`` if it needs in-distribution
+training data (a no-op otherwise); ``score.score(x)`` returns one number per input (a numpy array,
+``[B]``) where **higher means more anomalous**. All scores work in bits per dimension.
+
+| name | class | paper |
+|---|---|---|
+| ``likelihood`` | :class:`NegativeLogLikelihood` | the baseline (Nalisnick et al. 2019; Kirichenko et al. 2020) |
+| ``likelihood_ratio`` | :class:`LikelihoodRatio` | Ren et al. 2019 (background flow on perturbed inputs); Schirrmeister et al. 2020 (a general-domain flow) |
+| ``complexity`` / ``complexity_jp2`` | :class:`ComplexityCorrected` | Serra et al. 2020 (PNG / lossless JPEG 2000) |
+| ``typicality`` | :class:`Typicality` | Nalisnick et al. 2019 (single-sample form; batch form with ``batch_size``) |
+| ``latent_last_scale`` / ``latent_early_scales`` | :class:`ScaleLikelihood` | Kirichenko et al. 2020 Sec. 5; Schirrmeister et al. 2020 |
+| ``waic`` | :class:`WAIC` | Choi et al. 2018 |
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flowood.flows import FlowModel, build_flow
+
+__all__ = ["OODScore", "NegativeLogLikelihood", "LikelihoodRatio", "ComplexityCorrected", "Typicality",
+           "ScaleLikelihood", "WAIC", "make_score", "SCORE_NAMES", "DEFAULT_SCORES", "compressed_bits_per_dim",
+           "perturb_pixels", "fit_flow", "score_bits_per_dim"]
+
+
+def _batches(x: Tensor, batch_size: int) -> Iterable[Tensor]:
+    for start in range(0, len(x), batch_size):
+        yield x[start:start + batch_size]
+
+
+def _device_of(flow: FlowModel) -> torch.device:
+    return next(flow.parameters()).device
+
+
+@torch.inference_mode()
+def score_bits_per_dim(flow: FlowModel, data: Tensor, batch_size: int = 512, seed: int = 0, noise: str = "uniform",
+                       progress: bool = False, desc: str = "scoring") -> np.ndarray:
+    """Bits/dim of every sample on the flow's device, in batches, with dequantization noise from a
+    generator seeded with ``seed``: the same flow, data and seed give identical numbers on every run.
+
+    Raises:
+        ValueError: no samples, or the model gives non-finite likelihoods (a diverged checkpoint).
+    """
+    from tqdm.auto import tqdm
+
+    if len(data) == 0:
+        raise ValueError(f"{desc}: no samples to score")
+    flow.eval()
+    flow.check_input(data[: min(len(data), 4096)])
+    device = _device_of(flow)
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for batch in tqdm(_batches(data, batch_size), total=math.ceil(len(data) / batch_size), desc=desc, unit="batch",
+                      disable=not progress, leave=False):
+        bpd = flow.bits_per_dim(batch.to(device), noise=noise, generator=generator, validate=False)
+        out.append(bpd.float().cpu())
+    scores = torch.cat(out).numpy().astype(np.float64)
+    if not np.isfinite(scores).all():
+        bad = int((~np.isfinite(scores)).sum())
+        raise ValueError(f"{desc}: the model gave non-finite likelihoods for {bad} of {len(scores)} samples; "
+                         "the checkpoint may be diverged (see flowood train's logs)")
+    return scores
+
+
+class OODScore:
+    """Base class: ``fit`` on in-distribution training data if needed, then ``score`` batches.
+
+    Attributes:
+        name: the score's name in metrics.json and on the command line.
+        needs_fit: whether :meth:`fit` must see in-distribution training data first.
+        needs_training: whether :meth:`fit` trains a model (so it is not computed by default).
+    """
+
+    name = "score"
+    needs_fit = False
+    needs_training = False
+
+    def __init__(self, flow: FlowModel, batch_size: int = 512, seed: int = 0) -> None:
+        self.flow = flow
+        self.batch_size = batch_size
+        self.seed = seed
+        self.fitted = not self.needs_fit
+
+    def fit(self, train: Tensor) -> "OODScore":
+        """Learn what the score needs from in-distribution training samples."""
+        self.fitted = True
+        return self
+
+    def score(self, x: Tensor) -> np.ndarray:  # pragma: no cover - abstract
+        """One score per input, higher = more anomalous."""
+        raise NotImplementedError
+
+    def _require_fit(self) -> None:
+        if not self.fitted:
+            raise RuntimeError(f"score {self.name!r} needs fit(in-distribution training data) before score()")
+
+
+class NegativeLogLikelihood(OODScore):
+    """Bits/dim under the flow: the baseline the paper shows to fail.
+
+    Example:
+        >>> from flowood.flows import RealNVP
+        >>> s = NegativeLogLikelihood(RealNVP((1, 8, 8), num_blocks=1, num_mid_channels=4))
+        >>> s.score(torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)).shape
+        (3,)
+    """
+
+    name = "likelihood"
+
+    def score(self, x: Tensor) -> np.ndarray:
+        return score_bits_per_dim(self.flow, x, self.batch_size, self.seed)
+
+
+def perturb_pixels(x: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
+    """Replace each pixel (all channels at a position) by a uniform random 8-bit value with probability ``rate``.
+
+    The input perturbation of Ren et al. 2019, used to train a background model.
+    """
+    if x.dtype != torch.uint8:
+        raise ValueError("perturb_pixels takes uint8 images")
+    b, c, h, w = x.shape
+    flip = torch.rand((b, 1, h, w), generator=generator) < rate
+    noise = torch.randint(0, 256, x.shape, generator=generator, dtype=torch.uint8)
+    return torch.where(flip.to(x.device), noise.to(x.device), x)
+
+
+def fit_flow(flow: FlowModel, data: Tensor, steps: int, batch_size: int = 64, lr: float = 1e-3,
+             transform: Callable[[Tensor], Tensor] | None = None, seed: int = 0, progress: bool = True) -> FlowModel:
+    """Train ``flow`` by maximum likelihood on ``data`` for ``steps`` Adam steps (a plain loop, no Lightning).
+
+    Used for background models; full training runs belong to ``flowood train``.
+    """
+    from tqdm.auto import tqdm
+
+    g = torch.Generator().manual_seed(seed)
+    device = _device_of(flow)
+    opt = torch.optim.Adam(flow.parameters(), lr=lr)
+    flow.train()
+    bar = tqdm(range(steps), desc="training background flow", unit="step", disable=not progress, leave=False)
+    for _ in bar:
+        idx = torch.randint(0, len(data), (batch_size,), generator=g)
+        batch = data[idx]
+        if transform is not None:
+            batch = transform(batch)
+        loss = flow.bits_per_dim(batch.to(device), validate=False).mean()
+        if not torch.isfinite(loss):
+            continue
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(flow.parameters(), 100.0)
+        opt.step()
+        bar.set_postfix(bpd=f"{loss.item():.3f}")
+    return flow.eval()
+
+
+class LikelihoodRatio(OODScore):
+    """``bpd(x) - bpd_background(x)``: the flow's likelihood relative to a background model.
+
+    With ``background=None``, :meth:`fit` trains a background flow of the same architecture on
+    in-distribution images whose pixels are replaced by noise at ``perturbation_rate`` (Ren et al.
+    2019): it learns the low-level statistics, so the ratio cancels them. With a ``background``
+    flow given (e.g. one trained on a general domain, Schirrmeister et al. 2020) nothing is trained.
+
+    Args:
+        flow: the in-distribution flow.
+        background: a trained background flow with the same input shape, or None.
+        perturbation_rate: Ren et al.'s mu (0.1-0.3 in their experiments).
+        steps, lr, train_batch_size: background training.
+
+    References:
+        Ren et al. Likelihood Ratios for Out-of-Distribution Detection. NeurIPS 2019.
+        Schirrmeister et al. Understanding Anomaly Detection with Deep Invertible Networks through
+        Hierarchies of Distributions and Features. NeurIPS 2020.
+    """
+
+    name = "likelihood_ratio"
+    needs_fit = True
+    needs_training = True
+
+    def __init__(self, flow: FlowModel, background: FlowModel | None = None, perturbation_rate: float = 0.2,
+                 steps: int = 1000, lr: float = 1e-3, train_batch_size: int = 64, batch_size: int = 512,
+                 seed: int = 0, progress: bool = True) -> None:
+        super().__init__(flow, batch_size, seed)
+        self.background = background
+        self.perturbation_rate = perturbation_rate
+        self.steps, self.lr, self.train_batch_size, self.progress = steps, lr, train_batch_size, progress
+        if background is not None:
+            if background.input_shape != flow.input_shape:
+                raise ValueError(f"background flow takes {background.input_shape}, the flow {flow.input_shape}")
+            self.fitted = True
+
+    def fit(self, train: Tensor) -> "LikelihoodRatio":
+        if self.background is None:
+            if not self.flow.discrete:
+                raise ValueError("the perturbation background model is defined for 8-bit images; pass background=")
+            torch.manual_seed(self.seed)
+            bg = build_flow(self.flow.config).to(_device_of(self.flow))
+            g = torch.Generator().manual_seed(self.seed + 1)
+            self.background = fit_flow(bg, train, self.steps, self.train_batch_size, self.lr,
+                                       transform=lambda b: perturb_pixels(b, self.perturbation_rate, g),
+                                       seed=self.seed, progress=self.progress)
+        self.fitted = True
+        return self
+
+    def score(self, x: Tensor) -> np.ndarray:
+        self._require_fit()
+        return (score_bits_per_dim(self.flow, x, self.batch_size, self.seed)
+                - score_bits_per_dim(self.background, x, self.batch_size, self.seed))
+
+
+def compressed_bits_per_dim(x: Tensor, codec: str = "png") -> np.ndarray:
+    """Length in bits per dimension of each 8-bit image under a lossless compressor.
+
+    Args:
+        x: uint8 images ``[B, C, H, W]`` (C = 1 or 3) or floats ``k / 255``.
+        codec: ``"png"`` (zlib, maximum compression) or ``"jp2"`` (lossless JPEG 2000).
+    """
+    from PIL import Image
+
+    if x.dtype != torch.uint8:
+        x = torch.round(x.float() * 255).clamp(0, 255).to(torch.uint8)
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"compressed length needs gray or RGB images [B, C, H, W], got shape {tuple(x.shape)}")
+    arrays = x.permute(0, 2, 3, 1).cpu().numpy()
+    dims = arrays[0].size
+    out = np.empty(len(arrays))
+    for i, a in enumerate(arrays):
+        im = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
+        buf = io.BytesIO()
+        if codec == "png":
+            im.save(buf, format="PNG", optimize=True, compress_level=9)
+        elif codec == "jp2":
+            im.save(buf, format="JPEG2000", irreversible=False)
+        else:
+            raise ValueError(f"unknown codec {codec!r}; use 'png' or 'jp2'")
+        out[i] = 8 * len(buf.getvalue()) / dims
+    return out
+
+
+class ComplexityCorrected(OODScore):
+    """``bpd(x) - L(x)``: the likelihood corrected by the input's complexity (Serra et al. 2020).
+
+    ``L(x)`` is the image's length in bits per dimension under a lossless compressor, a stand-in
+    for a universal model. Simple images (MNIST) get high likelihood from any model and compress
+    well; subtracting ``L`` removes that bias. Higher = more anomalous.
+
+    Args:
+        flow: an image flow.
+        codec: ``"png"`` (the ``complexity`` score) or ``"jp2"`` (``complexity_jp2``).
+
+    References:
+        Serra et al. Input Complexity and Out-of-distribution Detection with Likelihood-based
+        Generative Models. ICLR 2020.
+    """
+
+    name = "complexity"
+
+    def __init__(self, flow: FlowModel, codec: str = "png", batch_size: int = 512, seed: int = 0) -> None:
+        super().__init__(flow, batch_size, seed)
+        if not flow.discrete:
+            raise ValueError("the complexity correction is defined for image flows")
+        self.codec = codec
+        self.name = "complexity" if codec == "png" else f"complexity_{codec}"
+
+    def score(self, x: Tensor) -> np.ndarray:
+        return score_bits_per_dim(self.flow, x, self.batch_size, self.seed) - compressed_bits_per_dim(x, self.codec)
+
+
+class Typicality(OODScore):
+    """Distance of the NLL from the model's entropy estimate (Nalisnick et al. 2019).
+
+    :meth:`fit` estimates the entropy as the mean bits/dim of in-distribution training data. With
+    ``batch_size=1`` (default) the score is the single-sample form ``|bpd(x) - H|``; with
+    ``batch_size=M > 1``, :meth:`score` returns one score per consecutive group of M inputs,
+    ``|mean bpd(group) - H|``, the batch test of the paper (the test statistic for "is this batch typical").
+
+    References:
+        Nalisnick, Matsukawa, Teh, Lakshminarayanan. Detecting Out-of-Distribution Inputs to Deep
+        Generative Models Using Typicality. 2019.
+    """
+
+    name = "typicality"
+    needs_fit = True
+
+    def __init__(self, flow: FlowModel, batch_size: int = 1, scoring_batch_size: int = 512, seed: int = 0,
+                 max_fit_samples: int = 10000) -> None:
+        super().__init__(flow, scoring_batch_size, seed)
+        if batch_size < 1:
+            raise ValueError(f"typicality batch_size must be >= 1, got {batch_size}")
+        self.group = batch_size
+        self.max_fit_samples = max_fit_samples
+        self.entropy: float | None = None
+        if batch_size > 1:
+            self.name = f"typicality_batch{batch_size}"
+
+    def fit(self, train: Tensor) -> "Typicality":
+        if len(train) > self.max_fit_samples:
+            idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))[: self.max_fit_samples]
+            train = train[idx]
+        self.entropy = float(score_bits_per_dim(self.flow, train, self.batch_size, self.seed).mean())
+        self.fitted = True
+        return self
+
+    def score(self, x: Tensor) -> np.ndarray:
+        self._require_fit()
+        bpd = score_bits_per_dim(self.flow, x, self.batch_size, self.seed)
+        if self.group == 1:
+            return np.abs(bpd - self.entropy)
+        n = len(bpd) // self.group
+        if n == 0:
+            raise ValueError(f"need at least {self.group} inputs for the batch typicality test, got {len(bpd)}")
+        return np.abs(bpd[: n * self.group].reshape(n, self.group).mean(1) - self.entropy)
+
+
+class ScaleLikelihood(OODScore):
+    """Negative log-density (bits per latent dimension) of one part of a multi-scale flow's latents.
+
+    ``which="last"``: the latents of the last scale alone, which pass through every layer and
+    hold the most global information; ``which="early"``: all earlier scales' factored-out latents,
+    which the paper argues hold local pixel statistics (Kirichenko et al. 2020, Section 5).
+    The prior's density only: the log-determinant is shared by all scales and not split.
+
+    References:
+        Kirichenko, Izmailov, Wilson. NeurIPS 2020; Schirrmeister et al. NeurIPS 2020.
+    """
+
+    needs_fit = False
+
+    def __init__(self, flow: FlowModel, which: str = "last", batch_size: int = 512, seed: int = 0) -> None:
+        super().__init__(flow, batch_size, seed)
+        if which not in ("last", "early"):
+            raise ValueError(f"which must be 'last' or 'early', got {which!r}")
+        if which == "early" and flow.num_scales < 2:
+            raise ValueError("this flow has a single scale; there are no early-scale latents")
+        self.which = which
+        self.name = f"latent_{which}_scale" + ("s" if which == "early" else "")
+
+    @torch.inference_mode()
+    def score(self, x: Tensor) -> np.ndarray:
+        self.flow.eval()
+        device = _device_of(self.flow)
+        g = torch.Generator().manual_seed(self.seed)
+        out = []
+        for b in _batches(x, self.batch_size):
+            latents = self.flow.latents_by_scale(b.to(device), generator=g)
+            parts = latents[-1:] if self.which == "last" else latents[:-1]
+            dims = sum(p[0].numel() for p in parts)
+            nll = -sum(self.flow.prior.log_prob(p) for p in parts)
+            out.append((nll / (dims * math.log(2))).float().cpu())
+        return torch.cat(out).numpy().astype(np.float64)
+
+
+class WAIC(OODScore):
+    """Watanabe-Akaike criterion over an ensemble of flows (Choi et al. 2018), in bits/dim.
+
+    ``WAIC(x) = mean_k log p_k(x) - var_k log p_k(x)``; the score is ``-WAIC`` per dimension, so
+    inputs on which the ensemble disagrees count as more anomalous.
+
+    Args:
+        flows: two or more flows trained on the same data (different seeds).
+
+    References:
+        Choi, Jang, Alemi. WAIC, but Why? Generative Ensembles for Robust Anomaly Detection. 2018.
+    """
+
+    name = "waic"
+
+    def __init__(self, flows: list[FlowModel], batch_size: int = 512, seed: int = 0) -> None:
+        if len(flows) < 2:
+            raise ValueError(f"WAIC needs an ensemble of at least 2 flows, got {len(flows)}")
+        shapes = {f.input_shape for f in flows}
+        if len(shapes) > 1:
+            raise ValueError(f"ensemble flows take different input shapes: {sorted(shapes)}")
+        super().__init__(flows[0], batch_size, seed)
+        self.flows = flows
+
+    def score(self, x: Tensor) -> np.ndarray:
+        bpd = np.stack([score_bits_per_dim(f, x, self.batch_size, self.seed) for f in self.flows])
+        log_p = -bpd  # log-likelihood in bits per dim, up to the shared factor D ln 2
+        d = self.flow.num_dims * math.log(2)
+        # the variance is taken in nats per image, then brought back to bits/dim
+        waic = log_p.mean(0) - (log_p * d).var(0, ddof=1) / d
+        return -waic
+
+
+#: every score that needs no extra model, computed by ``flowood evaluate`` by default.
+DEFAULT_SCORES = ("likelihood", "complexity", "complexity_jp2", "typicality", "latent_last_scale",
+                  "latent_early_scales")
+SCORE_NAMES = DEFAULT_SCORES + ("likelihood_ratio", "waic")
+
+
+def make_score(name: str, flow: FlowModel, ensemble: list[FlowModel] | None = None,
+               background: FlowModel | None = None, typicality_batch: int = 1, background_steps: int = 1000,
+               batch_size: int = 512, seed: int = 0, progress: bool = True) -> OODScore:
+    """Build a score by name (see :data:`SCORE_NAMES`)."""
+    if name == "likelihood":
+        return NegativeLogLikelihood(flow, batch_size, seed)
+    if name == "complexity":
+        return ComplexityCorrected(flow, "png", batch_size, seed)
+    if name == "complexity_jp2":
+        return ComplexityCorrected(flow, "jp2", batch_size, seed)
+    if name == "typicality":
+        return Typicality(flow, typicality_batch, batch_size, seed)
+    if name == "latent_last_scale":
+        return ScaleLikelihood(flow, "last", batch_size, seed)
+    if name == "latent_early_scales":
+        return ScaleLikelihood(flow, "early", batch_size, seed)
+    if name == "likelihood_ratio":
+        return LikelihoodRatio(flow, background, steps=background_steps, batch_size=batch_size, seed=seed,
+                               progress=progress)
+    if name == "waic":
+        if not ensemble:
+            raise ValueError("the waic score needs an ensemble: pass --ensemble CKPT [CKPT ...]")
+        return WAIC([flow, *ensemble], batch_size, seed)
+    from flowood.flows.config import closest
+    raise ValueError(f"unknown score {name!r}{closest(name, SCORE_NAMES)}; choose from {', '.join(SCORE_NAMES)}")
