@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/flowood train --config configs/demo.yaml --out $(DEMO_OUT)/train --overwrite
 	$(BIN)/flowood evaluate --checkpoint $(DEMO_OUT)/train/checkpoints/last.ckpt \
 		--ood mnist digits noise constant --out $(DEMO_OUT)/eval
-	@echo "demo outputs: $(DEMO_OUT)/train (checkpoints, logs) and $(DEMO_OUT)/eval (metrics.json, loglik_hist.png)"
+	@echo "demo outputs: $(DEMO_OUT)/train (checkpoints, logs) and $(DEMO_OUT)/eval (report.html, metrics.json, figures)"
 
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --doctest-modules src tests

@@ -162,3 +162,25 @@ def test_ood_detector_api(flow, images):
         OODDetector(flow, holdout=1.5)
     with pytest.raises(TypeError):
         det.fit(42)
+
+
+def test_shared_cache_computes_each_likelihood_once(flow, images, monkeypatch):
+    import flowood.ood.scores as scores_module
+    fm, mn = images
+    x = mn[:10]
+    plain = {n: make_score(n, flow).score(x) for n in ("likelihood", "complexity")}
+    calls = {"n": 0}
+    original = scores_module.score_bits_per_dim
+
+    def counting(*args, **kwargs):
+        calls["n"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(scores_module, "score_bits_per_dim", counting)
+    cache: dict = {}
+    shared = {n: make_score(n, flow, cache=cache).score(x) for n in ("likelihood", "complexity")}
+    assert calls["n"] == 1
+    for n in plain:
+        assert np.array_equal(plain[n], shared[n])
+    make_score("likelihood", flow, cache=cache).score(x.clone())  # another tensor is not mistaken for x
+    assert calls["n"] == 2

@@ -189,11 +189,12 @@ def evaluate(checkpoint: str | Path | LoadedFlow, ood: list[str], out: str | Pat
         info[name] = {"n": len(ds), "source": ds.source, "original_shape": list(ds.sample_shape)}
 
     values: dict[str, dict[str, np.ndarray]] = {}
+    cache: dict = {}  # likelihoods shared by the scores that need them
     train_data = None
     for score_name in tqdm(requested, desc="scores", unit="score", disable=not progress):
         scorer = make_score(score_name, flow, ensemble=ensemble_flows, background=background_flow,
                             typicality_batch=typicality_batch, background_steps=background_steps,
-                            batch_size=batch_size, seed=seed, progress=progress)
+                            batch_size=batch_size, seed=seed, progress=progress, cache=cache)
         if scorer.needs_fit and not scorer.fitted:
             if train_data is None:
                 train_set = load_dataset(canon[0], "train", root, shape=flow.input_shape).take(fit_samples, seed=seed)

@@ -83,11 +83,28 @@ class OODScore:
     needs_fit = False
     needs_training = False
 
-    def __init__(self, flow: FlowModel, batch_size: int = 512, seed: int = 0) -> None:
+    def __init__(self, flow: FlowModel, batch_size: int = 512, seed: int = 0, cache: dict | None = None) -> None:
         self.flow = flow
         self.batch_size = batch_size
         self.seed = seed
         self.fitted = not self.needs_fit
+        self.cache = cache
+
+    def _bpd(self, x: Tensor, flow: FlowModel | None = None) -> np.ndarray:
+        """Bits/dim of ``x`` under ``flow`` (default: the score's flow), shared through ``cache`` if one was given.
+
+        Several scores need the same likelihoods of the same data; ``flowood evaluate`` passes them
+        one cache so each is computed once. The key holds the tensor itself, so it stays valid.
+        """
+        flow = flow or self.flow
+        if self.cache is None:
+            return score_bits_per_dim(flow, x, self.batch_size, self.seed)
+        key = (id(flow), id(x), self.seed)
+        hit = self.cache.get(key)
+        if hit is None or hit[0] is not x:
+            hit = (x, score_bits_per_dim(flow, x, self.batch_size, self.seed))
+            self.cache[key] = hit
+        return hit[1]
 
     def fit(self, train: Tensor) -> "OODScore":
         """Learn what the score needs from in-distribution training samples."""
@@ -116,7 +133,7 @@ class NegativeLogLikelihood(OODScore):
     name = "likelihood"
 
     def score(self, x: Tensor) -> np.ndarray:
-        return score_bits_per_dim(self.flow, x, self.batch_size, self.seed)
+        return self._bpd(x)
 
 
 def perturb_pixels(x: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
@@ -187,8 +204,8 @@ class LikelihoodRatio(OODScore):
 
     def __init__(self, flow: FlowModel, background: FlowModel | None = None, perturbation_rate: float = 0.2,
                  steps: int = 1000, lr: float = 1e-3, train_batch_size: int = 64, batch_size: int = 512,
-                 seed: int = 0, progress: bool = True) -> None:
-        super().__init__(flow, batch_size, seed)
+                 seed: int = 0, progress: bool = True, cache: dict | None = None) -> None:
+        super().__init__(flow, batch_size, seed, cache)
         self.background = background
         self.perturbation_rate = perturbation_rate
         self.steps, self.lr, self.train_batch_size, self.progress = steps, lr, train_batch_size, progress
@@ -212,8 +229,8 @@ class LikelihoodRatio(OODScore):
 
     def score(self, x: Tensor) -> np.ndarray:
         self._require_fit()
-        return (score_bits_per_dim(self.flow, x, self.batch_size, self.seed)
-                - score_bits_per_dim(self.background, x, self.batch_size, self.seed))
+        return (self._bpd(x)
+                - self._bpd(x, self.background))
 
 
 def compressed_bits_per_dim(x: Tensor, codec: str = "png") -> np.ndarray:
@@ -263,15 +280,16 @@ class ComplexityCorrected(OODScore):
 
     name = "complexity"
 
-    def __init__(self, flow: FlowModel, codec: str = "png", batch_size: int = 512, seed: int = 0) -> None:
-        super().__init__(flow, batch_size, seed)
+    def __init__(self, flow: FlowModel, codec: str = "png", batch_size: int = 512, seed: int = 0,
+                 cache: dict | None = None) -> None:
+        super().__init__(flow, batch_size, seed, cache)
         if not flow.discrete:
             raise ValueError("the complexity correction is defined for image flows")
         self.codec = codec
         self.name = "complexity" if codec == "png" else f"complexity_{codec}"
 
     def score(self, x: Tensor) -> np.ndarray:
-        return score_bits_per_dim(self.flow, x, self.batch_size, self.seed) - compressed_bits_per_dim(x, self.codec)
+        return self._bpd(x) - compressed_bits_per_dim(x, self.codec)
 
 
 class Typicality(OODScore):
@@ -291,8 +309,8 @@ class Typicality(OODScore):
     needs_fit = True
 
     def __init__(self, flow: FlowModel, batch_size: int = 1, scoring_batch_size: int = 512, seed: int = 0,
-                 max_fit_samples: int = 10000) -> None:
-        super().__init__(flow, scoring_batch_size, seed)
+                 max_fit_samples: int = 10000, cache: dict | None = None) -> None:
+        super().__init__(flow, scoring_batch_size, seed, cache)
         if batch_size < 1:
             raise ValueError(f"typicality batch_size must be >= 1, got {batch_size}")
         self.group = batch_size
@@ -305,13 +323,13 @@ class Typicality(OODScore):
         if len(train) > self.max_fit_samples:
             idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))[: self.max_fit_samples]
             train = train[idx]
-        self.entropy = float(score_bits_per_dim(self.flow, train, self.batch_size, self.seed).mean())
+        self.entropy = float(self._bpd(train).mean())
         self.fitted = True
         return self
 
     def score(self, x: Tensor) -> np.ndarray:
         self._require_fit()
-        bpd = score_bits_per_dim(self.flow, x, self.batch_size, self.seed)
+        bpd = self._bpd(x)
         if self.group == 1:
             return np.abs(bpd - self.entropy)
         n = len(bpd) // self.group
@@ -373,17 +391,17 @@ class WAIC(OODScore):
 
     name = "waic"
 
-    def __init__(self, flows: list[FlowModel], batch_size: int = 512, seed: int = 0) -> None:
+    def __init__(self, flows: list[FlowModel], batch_size: int = 512, seed: int = 0, cache: dict | None = None) -> None:
         if len(flows) < 2:
             raise ValueError(f"WAIC needs an ensemble of at least 2 flows, got {len(flows)}")
         shapes = {f.input_shape for f in flows}
         if len(shapes) > 1:
             raise ValueError(f"ensemble flows take different input shapes: {sorted(shapes)}")
-        super().__init__(flows[0], batch_size, seed)
+        super().__init__(flows[0], batch_size, seed, cache)
         self.flows = flows
 
     def score(self, x: Tensor) -> np.ndarray:
-        bpd = np.stack([score_bits_per_dim(f, x, self.batch_size, self.seed) for f in self.flows])
+        bpd = np.stack([self._bpd(x, f) for f in self.flows])
         log_p = -bpd  # log-likelihood in bits per dim, up to the shared factor D ln 2
         d = self.flow.num_dims * math.log(2)
         # the variance is taken in nats per image, then brought back to bits/dim
@@ -399,26 +417,26 @@ SCORE_NAMES = DEFAULT_SCORES + ("likelihood_ratio", "waic")
 
 def make_score(name: str, flow: FlowModel, ensemble: list[FlowModel] | None = None,
                background: FlowModel | None = None, typicality_batch: int = 1, background_steps: int = 1000,
-               batch_size: int = 512, seed: int = 0, progress: bool = True) -> OODScore:
-    """Build a score by name (see :data:`SCORE_NAMES`)."""
+               batch_size: int = 512, seed: int = 0, progress: bool = True, cache: dict | None = None) -> OODScore:
+    """Build a score by name (see :data:`SCORE_NAMES`); scores given the same ``cache`` share likelihoods."""
+    common = dict(batch_size=batch_size, seed=seed, cache=cache)
     if name == "likelihood":
-        return NegativeLogLikelihood(flow, batch_size, seed)
+        return NegativeLogLikelihood(flow, **common)
     if name == "complexity":
-        return ComplexityCorrected(flow, "png", batch_size, seed)
+        return ComplexityCorrected(flow, "png", **common)
     if name == "complexity_jp2":
-        return ComplexityCorrected(flow, "jp2", batch_size, seed)
+        return ComplexityCorrected(flow, "jp2", **common)
     if name == "typicality":
-        return Typicality(flow, typicality_batch, batch_size, seed)
+        return Typicality(flow, typicality_batch, scoring_batch_size=batch_size, seed=seed, cache=cache)
     if name == "latent_last_scale":
         return ScaleLikelihood(flow, "last", batch_size, seed)
     if name == "latent_early_scales":
         return ScaleLikelihood(flow, "early", batch_size, seed)
     if name == "likelihood_ratio":
-        return LikelihoodRatio(flow, background, steps=background_steps, batch_size=batch_size, seed=seed,
-                               progress=progress)
+        return LikelihoodRatio(flow, background, steps=background_steps, progress=progress, **common)
     if name == "waic":
         if not ensemble:
             raise ValueError("the waic score needs an ensemble: pass --ensemble CKPT [CKPT ...]")
-        return WAIC([flow, *ensemble], batch_size, seed)
+        return WAIC([flow, *ensemble], **common)
     from flowood.flows.config import closest
     raise ValueError(f"unknown score {name!r}{closest(name, SCORE_NAMES)}; choose from {', '.join(SCORE_NAMES)}")
