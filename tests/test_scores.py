@@ -184,3 +184,24 @@ def test_shared_cache_computes_each_likelihood_once(flow, images, monkeypatch):
         assert np.array_equal(plain[n], shared[n])
     make_score("likelihood", flow, cache=cache).score(x.clone())  # another tensor is not mistaken for x
     assert calls["n"] == 2
+
+
+def test_evaluate_with_ensemble_and_background_checkpoints(tmp_path, fixtures_dir):
+    from flowood.checkpoints import save_flow
+    from flowood.evaluation import evaluate
+    paths = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        f = RealNVP((1, 28, 28), num_blocks=1, num_mid_channels=4)
+        f.log_prob(torch.rand(8, 1, 28, 28))
+        paths.append(save_flow(f, tmp_path / f"f{seed}.pt", {"dataset": f"npz:{fixtures_dir}/fashionmnist-small.npz"}))
+    r = evaluate(paths[0], ["noise"], scores=["likelihood", "likelihood_ratio"], ensemble=paths[1:],
+                 background=paths[2], max_samples=40, progress=False)
+    assert r.metrics["scores_computed"] == ["likelihood", "likelihood_ratio", "waic"]
+    entry = r.metrics["ood"]["noise"]["scores"]
+    assert 0.0 <= entry["waic"]["auroc"] <= 1.0 and 0.0 <= entry["likelihood_ratio"]["auroc"] <= 1.0
+    assert r.metrics["provenance"]["background"] == str(paths[2]) and len(r.metrics["provenance"]["ensemble"]) == 2
+    with pytest.raises(ValueError, match="ensemble"):
+        evaluate(paths[0], ["noise"], scores=["waic"], progress=False)
+    with pytest.raises(ValueError, match="did you mean 'typicality'"):
+        evaluate(paths[0], ["noise"], scores=["typicallity"], progress=False)
