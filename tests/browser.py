@@ -7,6 +7,7 @@ tests can skip with a clear message.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -38,8 +39,13 @@ window.addEventListener('load', function () {
 """
 
 
+@functools.lru_cache(maxsize=1)
 def find_chromium() -> tuple[str | None, str]:
-    """(path, "") if Chromium is available or could be installed, else (None, reason)."""
+    """(path, "") if Chromium is available or could be installed, else (None, reason).
+
+    The install is tried once per test session and given at most a few minutes, so a machine without
+    access to Debian's mirrors skips the browser tests instead of hanging.
+    """
     for name in ("chromium", "chromium-browser", "google-chrome"):
         path = shutil.which(name)
         if path:
@@ -49,12 +55,17 @@ def find_chromium() -> tuple[str | None, str]:
     if hasattr(os, "geteuid") and os.geteuid() != 0:
         return None, "Chromium is not installed; run: sudo apt-get install chromium"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    detail = ""
     for cmd in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"],
                 ["apt-get", "install", "-y", "-q", "chromium"]):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        try:
+            result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        except subprocess.TimeoutExpired:
+            return None, f"installing Debian's chromium timed out ({' '.join(cmd)}); no access to the mirrors?"
+        detail = result.stderr.strip()[-200:]
         if cmd[1] == "install" and result.returncode == 0 and shutil.which("chromium"):
             return shutil.which("chromium"), ""
-    return None, f"could not install Debian's chromium package: {result.stderr.strip()[-200:]}"
+    return None, f"could not install Debian's chromium package: {detail}"
 
 
 def check_page(chromium: str, page: Path) -> dict:

@@ -45,3 +45,22 @@ def test_evaluate_on_gpu_equals_cpu(tmp_path, fixtures_dir):
     b = evaluate(path, ["noise"], device="cuda", progress=False, max_samples=100)
     for key in a.scores:
         assert torch.allclose(torch.tensor(a.scores[key]), torch.tensor(b.scores[key]), rtol=1e-4)
+
+
+def test_every_score_on_gpu_equals_cpu(tmp_path, fixtures_dir):
+    from flowood.checkpoints import save_flow
+    from flowood.evaluation import evaluate
+    flow = build_flow(dict(flow="Glow", input_shape=(1, 28, 28), num_coupling_layers_per_scale=2, num_blocks=1,
+                           num_mid_channels=8))
+    flow.log_prob(torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8))
+    path = save_flow(flow, tmp_path / "f.pt", {"dataset": f"npz:{fixtures_dir}/fashionmnist-small.npz"})
+    scores = ["likelihood", "complexity", "typicality", "latent_last_scale", "latent_early_scales"]
+    a = evaluate(path, [f"npz:{fixtures_dir}/mnist-small.npz"], device="cpu", scores=scores, progress=False)
+    b = evaluate(path, [f"npz:{fixtures_dir}/mnist-small.npz"], device="cuda", scores=scores, progress=False)
+    for score in scores:
+        for name in a.score_values[score]:
+            assert torch.allclose(torch.tensor(a.score_values[score][name]), torch.tensor(b.score_values[score][name]),
+                                  rtol=1e-4, atol=1e-4), score
+    r = evaluate(path, ["noise"], device="cuda", scores=["likelihood_ratio"], background_steps=5, max_samples=50,
+                 progress=False)
+    assert 0.0 <= r.metrics["ood"]["noise"]["scores"]["likelihood_ratio"]["auroc"] <= 1.0

@@ -1,7 +1,8 @@
 """The ``flowood`` command: thin subcommands that parse flags, call the library and print.
 
     flowood train     train a flow (YAML config and/or the original scripts' flags)
-    flowood evaluate  bits/dim and OOD metrics of a checkpoint against named OOD sets
+    flowood evaluate  OOD scores and metrics of a checkpoint against named OOD sets
+    flowood inspect   the paper's analyses of a checkpoint: latents, couplings, likelihood maps, samples
     flowood data      list the known data sets, or fetch one by every route flowood knows
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+import numpy as np
 from dataclasses import fields
 from pathlib import Path
 
@@ -100,6 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="in-distribution training samples for scores that fit")
     p_eval.add_argument("--no_progress", action="store_true")
 
+    p_insp = sub.add_parser("inspect", help="look inside a flow: latents, couplings, likelihood maps, samples",
+                            description="The paper's analyses for one checkpoint and chosen images: writes PNG "
+                                        "figures (PDF with --pdf), inspect.json and inspect.html.")
+    p_insp.add_argument("--checkpoint", required=True, help="checkpoint from flowood train")
+    p_insp.add_argument("--images", action="append", required=True, metavar="NAME[:SPLIT[:INDICES]]",
+                        help="images to look at, e.g. fashionmnist:test:0-7 (repeat for more sets)")
+    p_insp.add_argument("--out", required=True, help="output directory")
+    p_insp.add_argument("--noise-samples", dest="noise_samples", type=int, default=40,
+                        help="dequantization noises averaged for the mean latents (paper: 40)")
+    p_insp.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 0.75, 1.0])
+    p_insp.add_argument("--pdf", action="store_true", help="also write every figure as PDF")
+    p_insp.add_argument("--complexity-samples", dest="complexity_samples", type=int, default=500,
+                        help="images per set for the likelihood-vs-complexity scatter")
+    p_insp.add_argument("--data-root", dest="data_root", default=None)
+    p_insp.add_argument("--seed", type=int, default=0)
+    p_insp.add_argument("--no_progress", action="store_true")
+
     p_data = sub.add_parser("data", help="list or fetch data sets")
     data_sub = p_data.add_subparsers(dest="data_command")
     p_list = data_sub.add_parser("list", help="known data sets and whether each is available here")
@@ -146,6 +166,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from flowood.inspect.run import inspect_flow
+
+    if args.noise_samples < 1:
+        raise ValueError("--noise-samples must be at least 1")
+    result = inspect_flow(args.checkpoint, args.images, args.out, noise_samples=args.noise_samples,
+                          temperatures=tuple(args.temperatures), pdf=args.pdf,
+                          complexity_samples=args.complexity_samples, data_root=args.data_root, seed=args.seed,
+                          progress=not args.no_progress)
+    for label, layers in result.numbers["coupling_prediction"].items():
+        r2 = [q["r2"] for q in layers]
+        print(f"{label}: mean R² of -t over {len(r2)} couplings = {np.nanmean(r2):.3f}; "
+              f"log-likelihood {result.numbers['likelihood_contributions'][label]['total_nats']:.1f} nats/image; "
+              f"corr. with PNG complexity {result.numbers['likelihood_vs_complexity_correlation'][label]:.3f}")
+    print(f"wrote {result.html} (open it in a browser), inspect.json and the figures in {result.out}")
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from flowood.data import DATASETS, DatasetNotFoundError, data_root, fetch_dataset, load_dataset
 
@@ -180,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         from flowood import __version__
         print(__version__)
         return 0
-    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "data": _cmd_data}
+    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "inspect": _cmd_inspect, "data": _cmd_data}
     if args.command not in commands:
         parser.print_help()
         return 2

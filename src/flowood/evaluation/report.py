@@ -2,27 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import html
 from pathlib import Path
 from typing import Any
 
+from flowood.htmlpage import figure, page
+
 __all__ = ["write_report"]
-
-_STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-h1{font-size:1.5em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.6em 0} td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-th:first-child,td:first-child{text-align:left} .best{font-weight:bold;background:#e8f4e8}
-.bad{color:#a33} figure{display:inline-block;margin:.4em;vertical-align:top;max-width:48%} figcaption{font-size:.85em;color:#555}
-img{max-width:100%} .note{color:#555;font-size:.9em}
-"""
-
-
-def _img(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-
 
 def write_report(metrics: dict[str, Any], figures: dict[str, Any], path: Path) -> Path:
     """Write the evaluation page.
@@ -36,9 +22,7 @@ def write_report(metrics: dict[str, Any], figures: dict[str, Any], path: Path) -
     prov = metrics["provenance"]
     score_names = metrics["scores_computed"]
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>flowood evaluation: {e(ind['name'])}</title>",
-             f"<style>{_STYLE}</style></head><body>",
-             f"<h1>OOD evaluation of a {e(str(prov['flow']))} trained on {e(ind['name'])}</h1>",
+    parts = [f"<h1>OOD evaluation of a {e(str(prov['flow']))} trained on {e(ind['name'])}</h1>",
              f"<p class='note'>checkpoint {e(prov['checkpoint'])} (sha256 {e(prov['checkpoint_sha256'][:12])}…), "
              f"flowood {e(prov['flowood_version'])}, torch {e(prov['torch_version'])}, device {e(prov['device'])}, "
              f"seed {prov['seed']}. Scores: higher = more anomalous; OOD is the positive class; AUROC 0.5 is chance, "
@@ -67,16 +51,12 @@ def write_report(metrics: dict[str, Any], figures: dict[str, Any], path: Path) -
                      f"<td>{m['auroc']:.3f}</td><td>{m['aupr_in']:.3f}</td><td>{m['aupr_out']:.3f}</td>"
                      f"<td>{m['fpr95']:.3f}</td><td>{m['detection_accuracy']:.3f}</td></tr>")
     parts.append("</table><h2>Score distributions</h2>")
-    for score, png in figures["histograms"].items():
-        parts.append(f"<figure>{_img(png, score)}<figcaption>{e(score)}</figcaption></figure>")
+    parts += [figure(png, score) for score, png in figures["histograms"].items()]
     parts.append("<h2>ROC curves</h2>")
-    for name, png in figures["roc"].items():
-        parts.append(f"<figure>{_img(png, 'ROC ' + name)}<figcaption>{e(name)}</figcaption></figure>")
+    parts += [figure(png, f"ROC {name}") for name, png in figures["roc"].items()]
     parts.append("<h2>Most and least in-distribution inputs of each set (by likelihood)</h2>")
     for name, (most, least) in figures["examples"].items():
-        parts.append(f"<h3>{e(name)}</h3><figure>{_img(most, name + ' most likely')}<figcaption>highest likelihood"
-                     f"</figcaption></figure><figure>{_img(least, name + ' least likely')}<figcaption>lowest likelihood"
-                     "</figcaption></figure>")
-    parts.append("</body></html>")
-    path.write_text("\n".join(parts), encoding="utf-8")
+        parts.append(f"<h3>{e(name)}</h3>" + figure(most, f"{name}: highest likelihood")
+                     + figure(least, f"{name}: lowest likelihood"))
+    path.write_text(page(f"flowood evaluation: {ind['name']}", parts), encoding="utf-8")
     return path

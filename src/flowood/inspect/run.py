@@ -1,0 +1,231 @@
+"""``flowood inspect``: every analysis of the paper's Sections 5 and 6 for one model and chosen images."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from flowood.checkpoints import LoadedFlow, load_flow
+from flowood.data import load_dataset
+from flowood.evaluation.evaluate import fit_to_model
+from flowood.htmlpage import figure, page
+from flowood.inspect import figures as F
+from flowood.inspect.analysis import (averaged_latents, coupling_prediction_quality, likelihood_contributions,
+                                      pearson, pixel_log_likelihood)
+from flowood.ood.scores import compressed_bits_per_dim, score_bits_per_dim
+
+__all__ = ["inspect_flow", "parse_image_spec", "ImageSelection", "InspectionResult"]
+
+_RANGE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+
+
+@dataclass
+class ImageSelection:
+    """Images chosen by a spec such as ``fashionmnist:test:0-7``."""
+
+    name: str
+    split: str
+    indices: list[int]
+
+    @property
+    def label(self) -> str:
+        return self.name.rsplit("/", 1)[-1]
+
+
+def parse_image_spec(spec: str) -> ImageSelection:
+    """``NAME[:SPLIT[:INDICES]]`` with INDICES like ``0-7`` or ``0,3,10-12`` (default ``test:0-7``)."""
+    name, split, indices = spec, "test", "0-7"
+    parts = spec.rsplit(":", 2)
+    if len(parts) == 3 and parts[1] in ("train", "test") and _RANGE.match(parts[2]):
+        name, split, indices = parts
+    elif len(parts) >= 2 and spec.rsplit(":", 1)[1] in ("train", "test"):
+        name, split = spec.rsplit(":", 1)
+    elif len(parts) >= 2 and _RANGE.match(spec.rsplit(":", 1)[1]) and ":" in spec.rsplit(":", 1)[0]:
+        raise ValueError(f"image spec {spec!r}: the split must be 'train' or 'test' (NAME:SPLIT:INDICES)")
+    out: list[int] = []
+    for part in indices.split(","):
+        lo, _, hi = part.partition("-")
+        start, stop = int(lo), int(hi or lo)
+        if stop < start:
+            raise ValueError(f"image spec {spec!r}: range {part} runs backwards")
+        out.extend(range(start, stop + 1))
+    return ImageSelection(name, split, out)
+
+
+@dataclass
+class InspectionResult:
+    """Paths of everything written, and the numbers (also in ``inspect.json``)."""
+
+    out: Path
+    html: Path
+    figures: dict[str, Any]
+    numbers: dict[str, Any]
+
+
+def inspect_flow(checkpoint: str | Path | LoadedFlow, images: list[str], out: str | Path, noise_samples: int = 40,
+                 temperatures: tuple[float, ...] = (0.5, 0.75, 1.0), pdf: bool = False, complexity_samples: int = 500,
+                 data_root: str | None = None, seed: int = 0, progress: bool = True) -> InspectionResult:
+    """Write the figures, ``inspect.json`` and ``inspect.html`` for a checkpoint and image selections.
+
+    Args:
+        checkpoint: a checkpoint path or a loaded flow.
+        images: specs ``NAME[:SPLIT[:INDICES]]``; the first is usually in-distribution, the rest OOD.
+        out: output directory.
+        noise_samples: dequantization noises averaged for the mean latents (the paper uses 40).
+        temperatures: sampling temperatures.
+        pdf: also write every figure as PDF.
+        complexity_samples: images per set for the likelihood-vs-complexity scatter.
+        data_root: the data root (default: the checkpoint's).
+        seed: seeds noise, samples and subsets.
+    """
+    loaded = checkpoint if isinstance(checkpoint, LoadedFlow) else load_flow(checkpoint)
+    flow = loaded.flow.cpu().eval()
+    if not flow.discrete or len(flow.input_shape) != 3:
+        raise ValueError("flowood inspect works on image flows (RealNVP, Glow); this checkpoint models vectors")
+    if not images:
+        raise ValueError("pass at least one image selection, e.g. --images fashionmnist:test:0-7")
+    root = data_root or loaded.train_config.get("data_root")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    selections = [parse_image_spec(s) for s in images]
+    sets: dict[str, torch.Tensor] = {}
+    full: dict[str, torch.Tensor] = {}
+    for sel in selections:
+        ds = load_dataset(sel.name, sel.split, root, shape=flow.input_shape)
+        if max(sel.indices) >= len(ds):
+            raise ValueError(f"{sel.name}:{sel.split} has {len(ds)} images; index {max(sel.indices)} is out of range")
+        data = fit_to_model(ds, flow)
+        label = sel.label if sel.label not in sets else f"{sel.label}:{sel.split}"
+        sets[label] = data[sel.indices]
+        full[label] = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:complexity_samples]]
+    torch.manual_seed(seed)
+    figs: dict[str, Any] = {}
+    numbers: dict[str, Any] = {"checkpoint": str(loaded.path), "checkpoint_sha256": loaded.sha256,
+                               "flow_config": flow.config, "images": {k: len(v) for k, v in sets.items()}}
+    steps = tqdm(total=7, desc="inspect", disable=not progress)
+
+    # 1. latents, per scale, and averaged over dequantization noise
+    rows = []
+    for label, x in sets.items():
+        sel = x[:4]
+        tr = flow.trace(sel)
+        z_mean = averaged_latents(flow, sel, noise_samples, seed)
+        for i in range(len(sel)):
+            rows.append({"label": f"{label} #{i}", "input": sel[i].float() / 255, "z": tr.z[i], "z_mean": z_mean[i],
+                         "scales": {n: lat[i] for n, lat in tr.latents.items()}})
+    figs["latents"] = F.latents_figure(rows, out / "latents.png", pdf, noise_samples)
+    steps.update()
+
+    # 2. coupling layers at work: two inputs of every set side by side
+    pair = torch.cat([x[:2] for x in sets.values()])
+    pair_labels = [f"{label} #{i}" for label, x in sets.items() for i in range(min(2, len(x)))]
+    tr = flow.trace(pair)
+    figs["couplings"] = {}
+    for k, record in enumerate(r for r in tr.records if r.kind == "coupling"):
+        layer = flow.steps[flow.step_names.index(record.name)]
+        cells = [{"label": pair_labels[i], "input": record.extras["input"][i], "mask": record.extras["transform"],
+                  "s": record.extras["s"][i], "minus_t": -record.extras["t"][i], "output": record.output[i]}
+                 for i in range(len(pair))]
+        figs["couplings"][record.name] = F.coupling_figure(record.name, f"mask {layer.mask_kind} {layer.mask_index}",
+                                                           cells, out / f"coupling_{k:02d}.png", pdf)
+    steps.update()
+
+    # 3. numbers behind the pictures
+    quality = {label: coupling_prediction_quality(flow, x) for label, x in sets.items()}
+    contributions = {label: likelihood_contributions(flow, x) for label, x in sets.items()}
+    numbers["coupling_prediction"] = quality
+    numbers["likelihood_contributions"] = contributions
+    figs["prediction"] = F.prediction_quality_figure(quality, out / "coupling_prediction_r2.png", pdf)
+    figs["contributions"] = F.contributions_figure(contributions, out / "likelihood_contributions.png", pdf)
+    steps.update()
+
+    # 4. where the likelihood comes from: per-pixel maps and complexity
+    map_rows = []
+    for label, x in sets.items():
+        sel = x[:4]
+        maps = pixel_log_likelihood(flow, sel)
+        map_rows += [(f"{label} #{i}", sel[i].float() / 255, maps[i]) for i in range(len(sel))]
+    figs["pixel_maps"] = F.pixel_maps_figure(map_rows, out / "pixel_loglik.png", pdf)
+    points, correlation = {}, {}
+    for label, x in full.items():
+        bpd = score_bits_per_dim(flow, x, seed=seed)
+        complexity = compressed_bits_per_dim(x)
+        points[label] = (complexity, bpd)
+        correlation[label] = pearson(complexity, bpd)
+    numbers["likelihood_vs_complexity_correlation"] = correlation
+    figs["complexity"] = F.complexity_scatter(points, out / "loglik_vs_complexity.png", pdf)
+    steps.update()
+
+    # 5. samples and masks
+    g = torch.Generator().manual_seed(seed)
+    samples = {t: flow.sample(8, temperature=t, generator=g) for t in temperatures}
+    figs["samples"] = F.samples_figure(samples, out / "samples.png", pdf)
+    masks = [(name, layer.condition[0], layer.transform[0]) for name, layer in flow.coupling_layers()]
+    figs["masks"] = F.masks_figure(masks, out / "masks.png", pdf)
+    steps.update()
+
+    (out / "inspect.json").write_text(json.dumps(_finite_or_null(numbers), indent=2))
+    steps.update()
+    page_path = _write_page(numbers, figs, out / "inspect.html")
+    steps.update()
+    steps.close()
+    return InspectionResult(out, page_path, figs, numbers)
+
+
+def _finite_or_null(value: Any) -> Any:
+    """NaN (a correlation of a constant set, say) as JSON null, so inspect.json stays valid JSON."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
+def _write_page(numbers: dict[str, Any], figs: dict[str, Any], path: Path) -> Path:
+    e = html.escape
+    cfg = numbers["flow_config"]
+    labels = list(numbers["coupling_prediction"])
+    body = [f"<h1>Inside a {e(str(cfg.get('flow')))} (mask {e(str(cfg.get('mask')))}, st-network "
+            f"{e(str(cfg.get('st_type')))})</h1>",
+            f"<p class='note'>checkpoint {e(numbers['checkpoint'])} (sha256 {e(numbers['checkpoint_sha256'][:12])}…); "
+            f"images: {e(', '.join(f'{k} ({v})' for k, v in numbers['images'].items()))}. Kirichenko et al. (2020) "
+            "show that the likelihood is high whenever coupling layers predict the masked pixels well, for in- and "
+            "out-of-distribution images alike; these pages show it for this model.</p>",
+            "<h2>1. Latent representations</h2>", figure(figs["latents"], "inputs, z, z averaged over noise, per-scale latents", wide=True),
+            "<h2>2. How well each coupling predicts the pixels it transforms</h2><table><tr><th>layer</th><th>mask</th>"]
+    body += [f"<th>R² {e(l)}</th><th>corr {e(l)}</th>" for l in labels]
+    body.append("</tr>")
+    for i, first in enumerate(numbers["coupling_prediction"][labels[0]]):
+        cells = "".join(f"<td>{numbers['coupling_prediction'][l][i]['r2']:.3f}</td>"
+                        f"<td>{numbers['coupling_prediction'][l][i]['corr']:.3f}</td>" for l in labels)
+        body.append(f"<tr><td>{e(first['name'])}</td><td>{e(first['mask'])}</td>{cells}</tr>")
+    body.append("</table>")
+    body += [figure(figs["prediction"], "R² of -t per coupling layer"),
+             figure(figs["contributions"], "shares of the log-likelihood")]
+    body.append("<h2>3. Where the log-likelihood comes from</h2><table><tr><th>set</th><th>total (nats/image)</th>"
+                + "".join(f"<th>prior {e(s['name'])}</th>" for s in numbers["likelihood_contributions"][labels[0]]["scales"])
+                + "<th>corr. with PNG complexity</th></tr>")
+    for l in labels:
+        c = numbers["likelihood_contributions"][l]
+        body.append(f"<tr><td>{e(l)}</td><td>{c['total_nats']:.1f}</td>"
+                    + "".join(f"<td>{s['prior_nats']:.1f}</td>" for s in c["scales"])
+                    + f"<td>{numbers['likelihood_vs_complexity_correlation'].get(l, float('nan')):.3f}</td></tr>")
+    body.append("</table>")
+    body += [figure(figs["pixel_maps"], "per-pixel log-likelihood", wide=True),
+             figure(figs["complexity"], "bits/dim against PNG length")]
+    body.append("<h2>4. Coupling layers at work</h2><p class='note'>For each coupling: its input, the part it "
+                "transforms, the log-scale s and the prediction -t of its st-network, and its output (channel 0).</p>")
+    body += [figure(p, name) for name, p in figs["couplings"].items()]
+    body += ["<h2>5. Samples and masks</h2>", figure(figs["samples"], "samples"), figure(figs["masks"], "masks")]
+    path.write_text(page("flowood inspect", body), encoding="utf-8")
+    return path
