@@ -1,8 +1,8 @@
 """Training flows with Lightning: configuration, the Lightning module, and the ``train`` entry point."""
 
 from flowood.training.config import OPTIMIZERS, TrainConfig, load_config
-from flowood.training.module import FlowDataModule, FlowModule, NonFiniteLossError
+from flowood.training.module import FlowDataModule, FlowModule, NonFiniteLossError, negative_training_loss
 from flowood.training.run import OutputExistsError, TrainResult, train
 
 __all__ = ["FlowDataModule", "FlowModule", "NonFiniteLossError", "OPTIMIZERS", "OutputExistsError", "TrainConfig",
-           "TrainResult", "load_config", "train"]
+           "TrainResult", "load_config", "negative_training_loss", "train"]

@@ -42,6 +42,9 @@ class TrainConfig:
         aug: random horizontal flips of training images (for CIFAR-10, CelebA; not digits).
         nan_tolerance: consecutive steps with a NaN/Inf loss that are skipped before the run stops.
         test_every_n_epochs: evaluate test bits/dim every this many epochs.
+        ood_dataset: negative training (the paper's Appendix B): a data set whose likelihood is pushed down.
+        negative_val: only OOD samples whose log-likelihood (nats per image) is still above this value are
+            pushed down (the original uses -100000 for CIFAR-10, CelebA, SVHN and -30000 for MNIST, FashionMNIST).
     """
 
     dataset: str = "fashionmnist"
@@ -88,6 +91,8 @@ class TrainConfig:
     aug: bool = False
     nan_tolerance: int = 10
     test_every_n_epochs: int = 1
+    ood_dataset: str | None = None
+    negative_val: float = -100000.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def flow_config(self, input_shape: tuple[int, ...]) -> FlowConfig:

@@ -11,11 +11,29 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from flowood import __version__
-from flowood.data import ArrayDataset, load_dataset
-from flowood.flows import build_flow
+from flowood.data import ArrayDataset, adapt_images, load_dataset
+from flowood.flows import ActNorm, build_flow
 from flowood.training.config import TrainConfig
 
-__all__ = ["FlowModule", "FlowDataModule", "NonFiniteLossError"]
+__all__ = ["FlowModule", "FlowDataModule", "NonFiniteLossError", "negative_training_loss"]
+
+
+def negative_training_loss(loglik_in: torch.Tensor, loglik_ood: torch.Tensor, negative_val: float
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's Appendix B objective, in nats per image.
+
+    ``0.5 * (mean NLL of the in-distribution batch + mean log-likelihood of the OOD samples whose
+    log-likelihood is still above negative_val)``, or the in-distribution NLL alone when no OOD sample
+    is above it (as the original code does).
+
+    Returns:
+        ``(loss, share of OOD samples above negative_val)``.
+    """
+    nll_in = -loglik_in.mean()
+    above = loglik_ood > negative_val
+    if bool(above.any()):
+        return 0.5 * (nll_in + loglik_ood[above].mean()), above.float().mean()
+    return nll_in, above.float().mean()
 
 
 class NonFiniteLossError(RuntimeError):
@@ -34,6 +52,7 @@ class FlowDataModule(pl.LightningDataModule):
         self.config = config
         self.train_set: ArrayDataset | None = None
         self.test_set: ArrayDataset | None = None
+        self.ood_set: torch.Tensor | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -46,6 +65,15 @@ class FlowDataModule(pl.LightningDataModule):
                 raise ValueError(f"{ds.name}:{ds.split} is empty; check the data set's files")
         self.train_set = train.take(c.max_train_samples, seed=c.seed)
         self.test_set = test.take(c.max_test_samples, seed=c.seed)
+        if c.ood_dataset:
+            ood = load_dataset(c.ood_dataset, "train", c.data_root, shape=train.sample_shape)
+            if ood.is_image and train.is_image:
+                self.ood_set = adapt_images(ood.data, train.sample_shape)
+            elif ood.sample_shape == train.sample_shape:
+                self.ood_set = ood.data
+            else:
+                raise ValueError(f"--ood_dataset {c.ood_dataset} has samples of shape {ood.sample_shape}; the "
+                                 f"in-distribution data have {train.sample_shape}")
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -83,6 +111,7 @@ class FlowModule(pl.LightningModule):
         self.flow = build_flow(flow_config)
         self.nonfinite_streak = 0
         self.skipped_steps = 0
+        self.ood_data: torch.Tensor | None = None  # set by train() for negative training
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         if self.config.aug and x.dim() == 4:
@@ -90,10 +119,28 @@ class FlowModule(pl.LightningModule):
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         return x
 
+    def _loss(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean bits/dim; with an OOD set, the negative-training objective in the same units."""
+        if self.ood_data is None:
+            return self.flow.bits_per_dim(x, validate=False).mean()
+        if any(isinstance(m, ActNorm) and not bool(m.initialized) for m in self.flow.modules()):
+            with torch.no_grad():  # data-dependent init from in-distribution data only
+                self.flow.log_prob(x, validate=False)
+        idx = torch.randint(0, len(self.ood_data), (x.shape[0],))
+        x_ood = self.ood_data[idx].to(x.device)
+        both = self.flow.log_prob(torch.cat((x, x_ood.to(x.dtype))), validate=False)
+        loglik_in, loglik_ood = both[: x.shape[0]], both[x.shape[0]:]
+        loss, share = negative_training_loss(loglik_in, loglik_ood, self.config.negative_val)
+        scale = self.flow.num_dims * math.log(2.0)
+        self.log("train_bpd_in", -loglik_in.mean().detach() / scale, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        self.log("train_ood_loglik", loglik_ood.mean().detach(), prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=x.shape[0])
+        self.log("train_ood_share_above_negative_val", share, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        return loss / scale
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         x, _ = batch
-        bpd = self.flow.bits_per_dim(self._augment(x), validate=False)
-        loss = bpd.mean()
+        loss = self._loss(self._augment(x))
         finite = torch.isfinite(loss).float()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)

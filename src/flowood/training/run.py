@@ -87,6 +87,7 @@ def train(config: TrainConfig, resume: str | bool | None = None, overwrite: bool
     data = FlowDataModule(config)
     data.setup()
     module = FlowModule(config.to_dict(), data.sample_shape)
+    module.ood_data = data.ood_set
     ckpt_dir = out / "checkpoints"
     checkpointing = ModelCheckpoint(dirpath=ckpt_dir, save_last=True,
                                     save_top_k=-1 if config.save_freq else 0,
