@@ -89,6 +89,18 @@ def coupling_figure(name: str, mask_label: str, rows: list[dict], path: Path, pd
     return _grid(grid, path, pdf, f"{name} ({mask_label})")
 
 
+def _per_layer_axes(fig, ax, ticks, labels: list[str], ylabel: str, title: str, path: Path, pdf: bool) -> Path:
+    """Finish a chart with one tick per layer: rotated layer names, zero line, title, legend; save it."""
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(labels, rotation=70, fontsize=6)
+    ax.set_ylabel(ylabel)
+    ax.axhline(0, color="gray", lw=0.6)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path, pdf)
+
+
 def prediction_quality_figure(quality: dict[str, list[dict]], path: Path, pdf: bool = False) -> Path:
     """R^2 of -t for the transformed pixels, per coupling layer, one line per image set."""
     plt = _plt()
@@ -96,14 +108,9 @@ def prediction_quality_figure(quality: dict[str, list[dict]], path: Path, pdf: b
     for label, layers in quality.items():
         ax.plot(range(len(layers)), [q["r2"] for q in layers], marker="o", ms=3, label=label)
     layers = next(iter(quality.values()))
-    ax.set_xticks(range(len(layers)))
-    ax.set_xticklabels([q["name"] for q in layers], rotation=70, fontsize=6)
-    ax.set_ylabel("R² of -t for the masked input")
-    ax.axhline(0, color="gray", lw=0.6)
-    ax.set_title("How well each coupling predicts the pixels it transforms", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, path, pdf)
+    return _per_layer_axes(fig, ax, np.arange(len(layers)), [q["name"] for q in layers],
+                           "R² of -t for the masked input",
+                           "How well each coupling predicts the pixels it transforms", path, pdf)
 
 
 def contributions_figure(contributions: dict[str, dict], path: Path, pdf: bool = False) -> Path:
@@ -116,14 +123,8 @@ def contributions_figure(contributions: dict[str, dict], path: Path, pdf: bool =
     for i, (label, c) in enumerate(contributions.items()):
         shares = [l["share"] for l in c["layers"]] + [s["share"] for s in c["scales"]]
         ax.bar(np.arange(len(names)) + i * width, shares, width, label=f"{label} ({c['total_nats']:.0f} nats)")
-    ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2)
-    ax.set_xticklabels(names, rotation=70, fontsize=6)
-    ax.set_ylabel("share of log-likelihood")
-    ax.axhline(0, color="gray", lw=0.6)
-    ax.set_title("Where the log-likelihood comes from (negative share = raises the likelihood)", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, path, pdf)
+    return _per_layer_axes(fig, ax, np.arange(len(names)) + 0.4 - width / 2, names, "share of log-likelihood",
+                           "Where the log-likelihood comes from (negative share = raises the likelihood)", path, pdf)
 
 
 def pixel_maps_figure(rows: list[tuple[str, Tensor, Tensor]], path: Path, pdf: bool = False) -> Path:
