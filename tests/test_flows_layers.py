@@ -200,3 +200,24 @@ def test_logit_log_det_formula_matches_hand_computation():
     s = alpha + (1 - 2 * alpha) * x
     expected = (math.log(1 - 2 * alpha) - torch.log(s) - torch.log(1 - s)).sum()
     assert torch.allclose(log_det, expected.view(1))
+
+
+@pytest.mark.parametrize("dim,hidden,layers", [(2, 4, 0), (5, 3, 1), (6, 16, 2)])
+def test_maf_layer_invertible_and_log_det_exact(dim, hidden, layers):
+    from flowood.flows.autoregressive import MaskedAffineAutoregressive
+    check_layer(randomise(MaskedAffineAutoregressive(dim, hidden, layers)), torch.randn(3, dim))
+
+
+def test_made_is_autoregressive():
+    """Output i (scale and shift) depends on inputs < i only: its Jacobian is strictly lower triangular."""
+    from flowood.flows.autoregressive import MADE
+    made = randomise(MADE(5, hidden_units=7, num_hidden_layers=1)).double()
+    jac = jacobian(made, torch.randn(1, 5, dtype=torch.float64))[0, :, 0, :]  # [2D, D]
+    for block in (jac[:5], jac[5:]):
+        assert torch.all(block.triu() == 0)
+        assert block.tril(-1).abs().sum() > 0  # and it does use the earlier ones
+
+
+def test_reverse_permutation():
+    from flowood.flows.autoregressive import ReversePermutation
+    check_layer(ReversePermutation(), torch.randn(3, 4))

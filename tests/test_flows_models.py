@@ -66,8 +66,9 @@ def test_image_flow_invertible_and_log_det_exact(name):
     assert torch.allclose(ld, expected.view(1), rtol=1e-6, atol=1e-6), (ld, expected)
 
 
-def test_tabular_flow_invertible_and_log_det_exact():
-    flow = ready(dict(flow="RealNVPTabular", input_shape=(5,), num_coupling_layers=3, num_hidden_units=8))
+@pytest.mark.parametrize("name", ["RealNVPTabular", "MAF"])
+def test_tabular_flow_invertible_and_log_det_exact(name):
+    flow = ready(dict(flow=name, input_shape=(5,), num_coupling_layers=3, num_hidden_units=8))
     x = torch.randn(4, 5)
     z, _ = flow(x)
     assert (flow.inverse(z) - x).abs().max() < 1e-4
@@ -192,3 +193,15 @@ def test_config_roundtrip_rebuilds_identical_model():
 def test_realnvp_tabular_helper():
     flow = RealNVPTabular(6, num_coupling_layers=2, num_hidden_units=8)
     assert not flow.discrete and flow.input_shape == (6,)
+
+
+def test_maf_helper_and_config_name():
+    from flowood.flows import MAF
+    flow = MAF(6, num_coupling_layers=2, num_hidden_units=8)
+    assert flow.config["flow"] == "MAF" and not flow.discrete
+    kinds = [getattr(s, "kind", "") for s in flow.steps]
+    assert kinds == ["actnorm", "autoregressive", "permutation", "autoregressive"]
+    with pytest.raises(ConfigError, match="vectors"):
+        build_flow(flow="MAF", input_shape=(1, 4, 4))
+    with pytest.raises(ConfigError, match="MAF"):
+        build_flow(flow="MAFF", input_shape=(4,))

@@ -3,6 +3,7 @@
     flowood train     train a flow (YAML config and/or the original scripts' flags)
     flowood evaluate  OOD scores and metrics of a checkpoint against named OOD sets
     flowood inspect   the paper's analyses of a checkpoint: latents, couplings, likelihood maps, samples
+    flowood embed     image sets -> classifier features (.npz) for flows on embeddings
     flowood data      list the known data sets, or fetch one by every route flowood knows
 """
 
@@ -23,9 +24,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from flowood.data import DatasetNotFoundError, UnknownDatasetError
     from flowood.flows.config import ConfigError
     from flowood.training.module import NonFiniteLossError
+    from flowood.training.persistence import CheckpointWriteError, DiskSpaceError
     from flowood.training.run import OutputExistsError
     return (ConfigError, DatasetNotFoundError, UnknownDatasetError, CheckpointError, OutputExistsError,
-            NonFiniteLossError, FileNotFoundError, ValueError)
+            NonFiniteLossError, CheckpointWriteError, DiskSpaceError, FileNotFoundError, ValueError)
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -39,10 +41,12 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", dest="data_root", default=None,
                    help="data root (default: $FLOWOOD_DATA or ~/.cache/flowood)")
     helps = {"dataset": "in-distribution data set (flowood data list)", "out": "output directory",
-             "flow": "RealNVP, Glow, RealNVPTabular, or RealNVPCycleMask / RealNVPMaskHorizontal / RealNVP8Layers / "
+             "flow": "RealNVP, Glow, RealNVPTabular, MAF, or RealNVPCycleMask / RealNVPMaskHorizontal / RealNVP8Layers / "
                      "RealNVPSmall", "mask": "checkerboard, horizontal, vertical, cycle (Glow also: channel)",
              "st_type": "resnet, convnet, highway, autoencoder, resnet_ae", "optim": "Adam, RMSprop, AdamW, SGD",
-             "devices": "devices per node (int, list or 'auto')", "max_minutes": "stop training after this many minutes"}
+             "devices": "devices per node (int, list or 'auto')", "max_minutes": "stop training after this many minutes",
+             "nan_policy": "on a NaN/Inf loss or gradient: skip (default) or rollback (last good state, lower lr)",
+             "checkpoint_every_n_steps": "also write last.ckpt every N steps (0: epoch ends only)"}
     for f in fields(TrainConfig):
         if f.name in ("extra", "data_root"):
             continue
@@ -120,6 +124,35 @@ def build_parser() -> argparse.ArgumentParser:
     p_insp.add_argument("--seed", type=int, default=0)
     p_insp.add_argument("--no_progress", action="store_true")
 
+    p_emb = sub.add_parser("embed", help="image sets -> feature vectors (.npz) for a tabular flow",
+                           description="Extract the features before a classifier's last layer for the in-distribution "
+                                       "set (train and test) and OOD sets (test), through one backbone and transform. "
+                                       "Then: flowood train --dataset npz:OUT --flow MAF; flowood evaluate --ood "
+                                       "npz:OUT_STEM-NAME.npz.")
+    p_emb.add_argument("--backbone", default="smallcnn",
+                       help="smallcnn (flowood's, fast on CPU) or any torchvision classification model, e.g. resnet18, "
+                            "efficientnet_b4 (the paper's 1792-dim features)")
+    p_emb.add_argument("--dataset", required=True, help="in-distribution image set")
+    p_emb.add_argument("--out", required=True, help="output .npz; OOD sets go to OUT_STEM-NAME.npz beside it")
+    p_emb.add_argument("--ood", nargs="*", default=[], help="OOD image sets to embed the same way")
+    p_emb.add_argument("--weights", default=None,
+                       help="DEFAULT (or a torchvision weights name) to download pretrained weights; a file (a "
+                            "classifier from --train-classifier, or a torchvision state_dict)")
+    p_emb.add_argument("--train-classifier", dest="train_classifier", action="store_true",
+                       help="train the backbone on the in-distribution labels first (no download needed)")
+    p_emb.add_argument("--epochs", type=int, default=2, help="classifier training epochs")
+    p_emb.add_argument("--lr", type=float, default=1e-3, help="classifier learning rate (Adam)")
+    p_emb.add_argument("--batch_size", type=int, default=128)
+    p_emb.add_argument("--image-size", dest="image_size", type=int, default=None,
+                       help="resize images to this before the backbone")
+    p_emb.add_argument("--embedding-dim", dest="embedding_dim", type=int, default=64, help="smallcnn's feature size")
+    p_emb.add_argument("--max_train_samples", type=int, default=None)
+    p_emb.add_argument("--device", default="auto")
+    p_emb.add_argument("--seed", type=int, default=0)
+    p_emb.add_argument("--overwrite", action="store_true")
+    p_emb.add_argument("--data-root", dest="data_root", default=None)
+    p_emb.add_argument("--no_progress", action="store_true")
+
     p_data = sub.add_parser("data", help="list or fetch data sets")
     data_sub = p_data.add_subparsers(dest="data_command")
     p_list = data_sub.add_parser("list", help="known data sets and whether each is available here")
@@ -184,6 +217,32 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from flowood.embed import embed
+
+    for name in ("epochs", "batch_size", "embedding_dim"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+    result = embed(args.backbone, args.dataset, args.out, args.ood, weights=args.weights,
+                   train_classifier=args.train_classifier, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                   image_size=args.image_size, embedding_dim=args.embedding_dim, device=args.device,
+                   data_root=args.data_root, max_train_samples=args.max_train_samples, seed=args.seed,
+                   overwrite=args.overwrite, progress=not args.no_progress)
+    if result.test_accuracy is not None:
+        print(f"classifier test accuracy on {args.dataset}: {result.test_accuracy:.4f}")
+    if result.classifier is not None:
+        print(f"classifier: {result.classifier} (reuse with --weights {result.classifier})")
+    for warning in result.warnings:
+        print(f"warning: {warning}")
+    print(f"wrote {result.out} ({result.dim}-dim embeddings, {result.seconds:.0f} s)")
+    for name, path in result.ood_files.items():
+        print(f"wrote {path} ({name})")
+    ood = " ".join(f"npz:{p}" for p in result.ood_files.values()) or "npz:OTHER.npz"
+    print(f"next: flowood train --dataset npz:{result.out} --flow MAF --out runs/emb_flow && "
+          f"flowood evaluate --checkpoint runs/emb_flow/checkpoints/last.ckpt --ood {ood} --out runs/emb_eval")
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from flowood.data import DATASETS, DatasetNotFoundError, data_root, fetch_dataset, load_dataset
 
@@ -218,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         from flowood import __version__
         print(__version__)
         return 0
-    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "inspect": _cmd_inspect, "data": _cmd_data}
+    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "inspect": _cmd_inspect, "embed": _cmd_embed,
+                "data": _cmd_data}
     if args.command not in commands:
         parser.print_help()
         return 2

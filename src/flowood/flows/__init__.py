@@ -1,4 +1,4 @@
-"""Normalizing flows in pure PyTorch: layers, masks, st-networks, RealNVP, Glow, tabular RealNVP.
+"""Normalizing flows in pure PyTorch: layers, masks, st-networks, RealNVP, Glow, tabular RealNVP, MAF.
 
 No Lightning, no I/O: ``from flowood.flows import Glow`` pulls in torch and nothing heavy.
 
@@ -9,9 +9,10 @@ Example:
     torch.Size([4])
 """
 
-from flowood.flows.architectures import Glow, RealNVP, RealNVPTabular, build_flow
+from flowood.flows.architectures import MAF, Glow, RealNVP, RealNVPTabular, build_flow
+from flowood.flows.autoregressive import MADE, MaskedAffineAutoregressive, ReversePermutation
 from flowood.flows.base import FlowLayer, LayerRecord
-from flowood.flows.config import FLOW_ALIASES, FLOW_NAMES, ConfigError, FlowConfig
+from flowood.flows.config import FLOW_ALIASES, FLOW_NAMES, TABULAR_FLOWS, ConfigError, FlowConfig
 from flowood.flows.coupling import AffineCoupling
 from flowood.flows.layers import ActNorm, InvertibleConv1x1, Squeeze
 from flowood.flows.masks import MASK_KINDS, CouplingMask, make_mask
@@ -22,6 +23,6 @@ from flowood.flows.preprocessing import LogitTransform, dequantize, quantize
 __all__ = [
     "ActNorm", "AffineCoupling", "ConfigError", "CouplingMask", "FLOW_ALIASES", "FLOW_NAMES", "FlowConfig",
     "FlowLayer", "FlowModel", "FlowTrace", "Glow", "InvertibleConv1x1", "LayerRecord", "LogitTransform",
-    "MASK_KINDS", "RealNVP", "RealNVPTabular", "ST_TYPES", "Split", "Squeeze", "StandardNormal", "build_flow",
+    "MADE", "MAF", "MASK_KINDS", "MaskedAffineAutoregressive", "ReversePermutation", "TABULAR_FLOWS", "RealNVP", "RealNVPTabular", "ST_TYPES", "Split", "Squeeze", "StandardNormal", "build_flow",
     "dequantize", "make_mask", "make_st_net", "quantize",
 ]

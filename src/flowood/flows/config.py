@@ -9,9 +9,11 @@ from typing import Any
 from flowood.flows.masks import SPATIAL_MASK_KINDS
 from flowood.flows.nets import IMAGE_ST_TYPES
 
-__all__ = ["FlowConfig", "FLOW_NAMES", "FLOW_ALIASES", "ConfigError", "closest"]
+__all__ = ["FlowConfig", "FLOW_NAMES", "TABULAR_FLOWS", "FLOW_ALIASES", "ConfigError", "closest"]
 
-FLOW_NAMES = ("RealNVP", "Glow", "RealNVPTabular")
+FLOW_NAMES = ("RealNVP", "Glow", "RealNVPTabular", "MAF")
+#: flows over vectors ``(D,)``; the others model images.
+TABULAR_FLOWS = ("RealNVPTabular", "MAF")
 
 #: the original code's fixed variants, each a setting of the general models here.
 FLOW_ALIASES: dict[str, dict[str, Any]] = {
@@ -38,7 +40,8 @@ class FlowConfig:
     """Architecture of a flow. Names follow the paper's original training scripts.
 
     Attributes:
-        flow: ``RealNVP``, ``Glow`` or ``RealNVPTabular`` (or an alias of the original's fixed
+        flow: ``RealNVP``, ``Glow``, ``RealNVPTabular`` or ``MAF`` (masked autoregressive flow for
+            vectors; or an alias of the original's fixed
             variants: ``RealNVPCycleMask``, ``RealNVPMaskHorizontal``, ``RealNVP8Layers``, ``RealNVPSmall``).
         input_shape: one sample's shape, ``(C, H, W)`` for images, ``(D,)`` for vectors.
         num_scales: scales of the multi-scale architecture.
@@ -55,9 +58,9 @@ class FlowConfig:
         skip: skip connections in resnet st-networks (the original's ``--no_skip`` is False).
         init_zeros: zero-initialise each st-network's output layer, so couplings start as identity.
         logit_alpha: the logit preprocessing's alpha for image flows.
-        num_coupling_layers: tabular couplings.
-        num_hidden_layers: hidden layers of a tabular st-network after the first.
-        num_hidden_units: width of a tabular st-network.
+        num_coupling_layers: tabular couplings (MAF: autoregressive layers).
+        num_hidden_layers: hidden layers of a tabular st-network (MAF: of each MADE) after the first.
+        num_hidden_units: width of a tabular st-network (MAF: of each MADE).
         actnorm: tabular flows start with an ActNorm layer, which standardises the features from
             the first batch (and is then learned).
     """
@@ -107,7 +110,7 @@ class FlowConfig:
         if values["flow"] in FLOW_ALIASES:
             values.update(FLOW_ALIASES[values["flow"]])
         by_lower = {n.lower(): n for n in FLOW_NAMES}
-        by_lower.update({"tabular": "RealNVPTabular"})
+        by_lower.update({"tabular": "RealNVPTabular", "realnvp_tabular": "RealNVPTabular"})
         name = by_lower.get(str(values["flow"]).lower())
         if name is None:
             raise ConfigError(f"unknown flow {values['flow']!r}{closest(values['flow'], FLOW_NAMES + tuple(FLOW_ALIASES))}; "
@@ -127,9 +130,12 @@ class FlowConfig:
             self.mask = self.mask or "channel"
             if self.num_coupling_layers_per_scale is None:
                 self.num_coupling_layers_per_scale = 8
-        else:
+        elif self.flow == "RealNVPTabular":
             self.st_type = "mlp"
             self.mask = "tabular"
+        else:
+            self.st_type = "made"
+            self.mask = "autoregressive"
 
     def _check(self, check_shape: bool = True) -> None:
         def positive(name: str) -> None:
@@ -147,15 +153,15 @@ class FlowConfig:
         if not 0.0 <= float(self.logit_alpha) < 0.5:
             raise ConfigError(f"logit_alpha must be in [0, 0.5), got {self.logit_alpha}")
         shape = self.input_shape
-        if self.flow == "RealNVPTabular":
+        if self.flow in TABULAR_FLOWS:
             if not check_shape:
                 return
             if len(shape) != 1 or shape[0] < 2:
-                raise ConfigError(f"RealNVPTabular models vectors: input_shape must be (D,) with D >= 2, got {shape}")
+                raise ConfigError(f"{self.flow} models vectors: input_shape must be (D,) with D >= 2, got {shape}")
             return
         if check_shape and (len(shape) != 3 or min(shape) < 1):
             raise ConfigError(f"{self.flow} models images: input_shape must be (C, H, W), got {shape}; "
-                              "use flow RealNVPTabular for vectors")
+                              "use flow RealNVPTabular or MAF for vectors")
         if self.st_type not in IMAGE_ST_TYPES:
             raise ConfigError(f"unknown st_type {self.st_type!r}{closest(self.st_type, IMAGE_ST_TYPES)}; "
                               f"choose one of {', '.join(IMAGE_ST_TYPES)}")
