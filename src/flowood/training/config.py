@@ -40,7 +40,13 @@ class TrainConfig:
         num_workers: DataLoader worker processes (data sit in memory; 0 is usually fastest).
         save_freq: keep a checkpoint every this many epochs (``last.ckpt`` is always kept).
         aug: random horizontal flips of training images (for CIFAR-10, CelebA; not digits).
-        nan_tolerance: consecutive steps with a NaN/Inf loss that are skipped before the run stops.
+        nan_tolerance: consecutive steps with a NaN/Inf loss or gradient before the run stops.
+        nan_policy: ``skip`` (leave the weights as they were) or ``rollback`` (return to the last good
+            weights and optimizer state and multiply the learning rate by ``nan_lr_factor``).
+        nan_lr_factor: learning-rate factor applied at each rollback.
+        rollback_every: steps between the in-memory snapshots that ``rollback`` returns to.
+        checkpoint_every_n_steps: also write ``last.ckpt`` every this many steps (0: at epoch ends only),
+            so a killed run loses at most this many steps.
         test_every_n_epochs: evaluate test bits/dim every this many epochs.
         ood_dataset: negative training (the paper's Appendix B): a data set whose likelihood is pushed down.
         negative_val: only OOD samples whose log-likelihood (nats per image) is still above this value are
@@ -90,6 +96,10 @@ class TrainConfig:
     save_freq: int = 0
     aug: bool = False
     nan_tolerance: int = 10
+    nan_policy: str = "skip"
+    nan_lr_factor: float = 0.5
+    rollback_every: int = 50
+    checkpoint_every_n_steps: int = 0
     test_every_n_epochs: int = 1
     ood_dataset: str | None = None
     negative_val: float = -100000.0
@@ -114,7 +124,15 @@ class TrainConfig:
                               f"choose one of {', '.join(OPTIMIZERS)}")
         if self.prior != "Gaussian":
             raise ConfigError(f"prior {self.prior!r} is not supported; flowood uses the original's 'Gaussian' prior")
-        for name in ("batch_size", "num_epochs", "num_nodes", "nan_tolerance", "test_every_n_epochs"):
+        if self.nan_policy not in ("skip", "rollback"):
+            raise ConfigError(f"nan_policy must be 'skip' or 'rollback', got {self.nan_policy!r}"
+                              f"{closest(self.nan_policy, ('skip', 'rollback'))}")
+        if not 0.0 < float(self.nan_lr_factor) <= 1.0:
+            raise ConfigError(f"nan_lr_factor must be in (0, 1], got {self.nan_lr_factor}")
+        if not isinstance(self.checkpoint_every_n_steps, int) or self.checkpoint_every_n_steps < 0:
+            raise ConfigError(f"checkpoint_every_n_steps must be >= 0, got {self.checkpoint_every_n_steps!r}")
+        for name in ("batch_size", "num_epochs", "num_nodes", "nan_tolerance", "test_every_n_epochs",
+                     "rollback_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")

@@ -16,8 +16,10 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from flowood.checkpoints import CheckpointError, load_flow
 from flowood.training.config import TrainConfig
 from flowood.training.module import FlowDataModule, FlowModule
+from flowood.training.persistence import AtomicCheckpointIO, check_disk_space
 
 __all__ = ["train", "TrainResult", "OutputExistsError"]
 
@@ -56,6 +58,10 @@ def _prepare_out(out: Path, resume: str | bool | None, overwrite: bool) -> Path 
         path = ckpt_dir / "last.ckpt" if resume is True else Path(resume)
         if not path.is_file():
             raise FileNotFoundError(f"cannot resume: checkpoint {path} does not exist")
+        try:
+            load_flow(path)  # verified before Lightning reads it: a bad file gives one clear error
+        except CheckpointError as err:
+            raise CheckpointError(f"cannot resume: {err}") from err
         return path
     if _is_launched_child():
         return None
@@ -88,16 +94,28 @@ def train(config: TrainConfig, resume: str | bool | None = None, overwrite: bool
     data.setup()
     module = FlowModule(config.to_dict(), data.sample_shape)
     module.ood_data = data.ood_set
+    module.check_batch = data.test_set.data[:16].clone()
     ckpt_dir = out / "checkpoints"
+    if not _is_launched_child():
+        # weights, Adam's two moments, and room for the temporary file of an atomic write
+        n_params = sum(p.numel() for p in module.parameters())
+        check_disk_space(out, 2 * 3 * 4 * n_params * (2 if config.save_freq else 1) + (1 << 20))
     checkpointing = ModelCheckpoint(dirpath=ckpt_dir, save_last=True,
                                     save_top_k=-1 if config.save_freq else 0,
                                     every_n_epochs=config.save_freq or 1, filename="epoch={epoch}",
                                     auto_insert_metric_name=False)
     callbacks: list[Any] = [checkpointing]
+    if config.checkpoint_every_n_steps:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                                         every_n_train_steps=config.checkpoint_every_n_steps))
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
+    # A resumed run logs its CSV rows beside the earlier ones (Lightning's CSV logger would replace them).
+    csv_version = ""
+    if resume_path is not None and (out / "logs" / "csv" / "metrics.csv").exists():
+        csv_version = f"resume_{len(list((out / 'logs' / 'csv').glob('resume_*'))) + 1}"
     loggers = [TensorBoardLogger(str(out / "logs"), name="tensorboard", version=""),
-               CSVLogger(str(out / "logs"), name="csv", version="")]
+               CSVLogger(str(out / "logs"), name="csv", version=csv_version)]
     devices = config.devices
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
@@ -106,7 +124,7 @@ def train(config: TrainConfig, resume: str | bool | None = None, overwrite: bool
         max_time=timedelta(minutes=config.max_minutes) if config.max_minutes else None,
         gradient_clip_val=config.max_grad_norm, devices=devices, num_nodes=config.num_nodes,
         accelerator=config.accelerator, strategy=config.strategy, precision=config.precision,
-        logger=loggers, callbacks=callbacks, default_root_dir=str(out), enable_progress_bar=progress,
+        logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=str(out), enable_progress_bar=progress,
         enable_model_summary=progress, check_val_every_n_epoch=config.test_every_n_epochs,
         log_every_n_steps=10, num_sanity_val_steps=0)
     if trainer.is_global_zero:
@@ -121,6 +139,7 @@ def train(config: TrainConfig, resume: str | bool | None = None, overwrite: bool
     if trainer.is_global_zero:
         summary = {"test_bpd": test_bpd, "steps": result.steps, "epochs": int(trainer.current_epoch),
                    "seconds": round(result.seconds, 1), "skipped_nonfinite_steps": module.skipped_steps,
+                   "rollbacks": module.rollbacks, "invertibility_error": module.invertibility_error,
                    "checkpoint": str(last), "dataset": config.dataset,
                    "train_samples": len(data.train_set), "test_samples": len(data.test_set)}
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2))

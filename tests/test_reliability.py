@@ -1,0 +1,201 @@
+"""Reliability: runs killed with SIGKILL resume to the same result, atomic checkpoints, NaN/Inf handling
+(skip, rollback with a lower learning rate), invertibility checks, disk space, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flowood.checkpoints import CheckpointError, load_flow
+from flowood.training import NonFiniteLossError, load_config, train
+from flowood.training.persistence import (AtomicCheckpointIO, CheckpointWriteError, DiskSpaceError,
+                                          EpochPermutationSampler, check_disk_space)
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def fm(fixtures_dir):
+    return f"npz:{fixtures_dir}/fashionmnist-small.npz"
+
+
+def train_args(fixtures_dir, out, *extra):
+    return [sys.executable, "-m", "flowood.cli.main", "train", "--dataset", fm(fixtures_dir), "--flow", "RealNVP",
+            "--num_blocks", "1", "--num_mid_channels", "8", "--batch_size", "32", "--max_steps", "45",
+            "--num_epochs", "100", "--max_test_samples", "64", "--checkpoint_every_n_steps", "4", "--aug",
+            "--out", str(out), "--no_progress", *extra]
+
+
+def run(args, **kw):
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+def final_state(out):
+    return load_flow(out / "checkpoints" / "last.ckpt").flow.state_dict()
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_matches_an_uninterrupted_run(tmp_path, fixtures_dir):
+    reference = run(train_args(fixtures_dir, tmp_path / "ref"))
+    assert reference.wait(timeout=300) == 0, reference.stdout.read().decode()[-2000:]
+    rng = random.Random(0)
+    out = tmp_path / "killed"
+    ckpt = out / "checkpoints" / "last.ckpt"
+    kills = 0
+    proc = run(train_args(fixtures_dir, out))
+    for _ in range(2):  # killed twice, each time at a random moment after a checkpoint exists
+        deadline = time.time() + 120
+        while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        mtime = ckpt.stat().st_mtime
+        load_flow(ckpt)  # whatever moment the kill came, the checkpoint on disk is complete
+        proc = run(train_args(fixtures_dir, out, "--resume"))
+        while proc.poll() is None and ckpt.stat().st_mtime == mtime:
+            time.sleep(0.05)  # wait until the resumed run has written a checkpoint of its own
+    assert proc.wait(timeout=300) == 0, proc.stdout.read().decode()[-2000:]
+    assert kills >= 1
+    expected, got = final_state(tmp_path / "ref"), final_state(out)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key  # bitwise on CPU
+    ref_summary = json.loads((tmp_path / "ref" / "train_summary.json").read_text())
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["test_bpd"] == ref_summary["test_bpd"] and summary["steps"] == 45
+
+
+def test_resume_mid_epoch_in_process_is_exact(tmp_path, fixtures_dir):
+    """The same promise without processes: stop after 13 steps (mid-epoch), resume to 30."""
+    def cfg(out, steps):
+        return load_config(None, dict(dataset=fm(fixtures_dir), flow="Glow", num_scales=1,
+                                      num_coupling_layers_per_scale=2, num_blocks=1, num_mid_channels=8,
+                                      batch_size=32, max_test_samples=64, max_steps=steps, num_epochs=100,
+                                      out=str(out), aug=True))
+    full = train(cfg(tmp_path / "full", 30), progress=False)
+    train(cfg(tmp_path / "part", 13), progress=False)
+    resumed = train(cfg(tmp_path / "part", 30), resume=True, progress=False)
+    assert resumed.steps == 30 and resumed.test_bpd == full.test_bpd
+    a, b = final_state(tmp_path / "full"), final_state(tmp_path / "part")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "part" / "logs" / "csv" / "metrics.csv").exists()
+    assert (tmp_path / "part" / "logs" / "csv" / "resume_1" / "metrics.csv").exists()  # earlier rows kept
+
+
+def test_epoch_permutation_sampler_resumes_part_way():
+    s = EpochPermutationSampler(10, seed=3, batch_size=2)
+    epoch0, epoch1 = list(s), list(s)
+    assert sorted(epoch0) == list(range(10)) and epoch0 != epoch1 and s.epoch == 1
+    s.set_epoch(7)  # ignored: the sampler counts its own passes
+    s.resume_at(0, 4)
+    assert list(s) == epoch0[4:] and s.epoch == 0 and s.skip == 4
+    assert list(s) == epoch1  # the skip applies once, then the next epoch follows
+    s.resume_at(0, 9)  # fewer than a batch left: that epoch was done
+    assert list(s) == epoch1 and s.epoch == 1
+
+
+def test_atomic_checkpoint_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"a": torch.ones(2)}, path)
+    import errno
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointWriteError, match="no space left.*previous checkpoint is intact.*--resume"):
+        io.save_checkpoint({"a": torch.zeros(2)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path)["a"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_disk_space_is_checked_before_training(tmp_path, fixtures_dir, monkeypatch, capsys):
+    class Usage:
+        free = 1000
+    with pytest.raises(DiskSpaceError, match="MiB free"):
+        check_disk_space(tmp_path / "new" / "dir", 10**6, usage=lambda p: Usage())
+    import shutil
+
+    from flowood.cli.main import main
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage())
+    code = main(["train", "--dataset", fm(fixtures_dir), "--num_blocks", "1", "--num_mid_channels", "8",
+                 "--max_steps", "2", "--out", str(tmp_path / "r"), "--no_progress"])
+    assert code == 2 and "free space or choose another --out" in capsys.readouterr().err
+
+
+def tiny(tmp_path, fixtures_dir, **kw):
+    values = dict(dataset=fm(fixtures_dir), flow="RealNVP", num_blocks=1, num_mid_channels=8, batch_size=32,
+                  max_test_samples=64, max_steps=12, out=str(tmp_path / "run"))
+    values.update(kw)
+    return load_config(None, values)
+
+
+def test_rollback_restores_last_good_state_and_lowers_the_lr(tmp_path, fixtures_dir, monkeypatch):
+    from flowood.training.module import FlowModule
+    original = FlowModule._loss
+    calls = {"n": 0}
+
+    def sometimes_nan(self, x):
+        calls["n"] += 1
+        loss = original(self, x)
+        return loss * float("nan") if calls["n"] in (6, 7) else loss
+    monkeypatch.setattr(FlowModule, "_loss", sometimes_nan)
+    result = train(tiny(tmp_path, fixtures_dir, nan_policy="rollback", nan_lr_factor=0.25, rollback_every=2,
+                        max_steps=10, lr=1e-3), progress=False)
+    summary = json.loads((result.out / "train_summary.json").read_text())
+    assert summary["rollbacks"] == 2 and summary["skipped_nonfinite_steps"] == 2
+    ckpt = torch.load(result.checkpoint, weights_only=True)
+    lr = ckpt["optimizer_states"][0]["param_groups"][0]["lr"]
+    assert lr == pytest.approx(1e-3 * 0.25 ** 2)
+
+
+def test_nonfinite_gradients_are_caught_at_the_step(tmp_path, fixtures_dir, monkeypatch):
+    from flowood.training.module import FlowModule
+    original = FlowModule.on_before_optimizer_step
+
+    def poison(self, optimizer):
+        for p in self.flow.parameters():
+            if p.grad is not None:
+                p.grad.fill_(float("inf"))
+        original(self, optimizer)
+    monkeypatch.setattr(FlowModule, "on_before_optimizer_step", poison)
+    with pytest.raises(NonFiniteLossError, match="gradient was NaN/Inf for 3 consecutive"):
+        train(tiny(tmp_path, fixtures_dir, nan_tolerance=3), progress=False)
+
+
+def test_invertibility_is_checked_at_each_checkpoint(tmp_path, fixtures_dir):
+    result = train(tiny(tmp_path, fixtures_dir), progress=False)
+    summary = json.loads((result.out / "train_summary.json").read_text())
+    assert 0.0 <= summary["invertibility_error"] < 1e-4
+    assert torch.load(result.checkpoint, weights_only=True)["flowood_invertibility_error"] < 1e-4
+
+
+def test_resume_from_a_corrupt_checkpoint_is_one_clear_error(tmp_path, fixtures_dir, capsys):
+    from flowood.cli.main import main
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"\x80\x02garbage")
+    code = main(["train", "--dataset", fm(fixtures_dir), "--out", str(tmp_path / "run"), "--resume", "--no_progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot resume" in err and "corrupt or truncated" in err and "Traceback" not in err
+
+
+def test_bad_training_options_are_refused(tmp_path, fixtures_dir):
+    from flowood.flows import ConfigError
+    with pytest.raises(ConfigError, match="did you mean 'rollback'"):
+        tiny(tmp_path, fixtures_dir, nan_policy="rollbak").check()
+    with pytest.raises(ConfigError, match="nan_lr_factor"):
+        tiny(tmp_path, fixtures_dir, nan_lr_factor=2.0).check()
