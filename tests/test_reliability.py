@@ -199,3 +199,72 @@ def test_bad_training_options_are_refused(tmp_path, fixtures_dir):
         tiny(tmp_path, fixtures_dir, nan_policy="rollbak").check()
     with pytest.raises(ConfigError, match="nan_lr_factor"):
         tiny(tmp_path, fixtures_dir, nan_lr_factor=2.0).check()
+
+
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory):
+    from flowood.checkpoints import save_flow
+    from flowood.flows import RealNVP
+    flow = RealNVP((1, 28, 28), num_blocks=1, num_mid_channels=4)
+    flow.log_prob(torch.rand(4, 1, 28, 28))
+    return save_flow(flow, tmp_path_factory.mktemp("ckpt") / "f.pt", {"dataset": "digits"})
+
+
+def bad_npz(tmp_path, name, **arrays):
+    np.savez(tmp_path / f"{name}.npz", **arrays)
+    return f"npz:{tmp_path}/{name}.npz"
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("unknown_set", "did you mean 'mnist'"),
+    ("unknown_score", "did you mean 'complexity'"),
+    ("float_images", "must be uint8"),
+    ("nan_vectors", "NaN or Inf"),
+    ("empty", "empty"),
+    ("vectors_for_images", "vectors cannot be adapted"),
+    ("bad_rank", r"must be \[N,H,W\]"),
+    ("missing_npz", "does not exist"),
+    ("foreign_ckpt", "not a flowood checkpoint"),
+    ("out_is_file", "is a file"),
+])
+def test_evaluate_bad_input_is_one_line(case, expect, tmp_path, small_ckpt, capsys):
+    """Every bad input to `flowood evaluate` exits with code 2 and one line naming the problem."""
+    from flowood.cli.main import main
+    ood, extra, ckpt = ["noise"], [], str(small_ckpt)
+    if case == "unknown_set":
+        ood = ["mnsit"]
+    elif case == "unknown_score":
+        extra = ["--scores", "complexty"]
+    elif case == "float_images":
+        ood = [bad_npz(tmp_path, case, images=np.random.rand(3, 28, 28))]
+    elif case == "nan_vectors":
+        ood = [bad_npz(tmp_path, case, embeddings=np.full((3, 4), np.nan, np.float32))]
+    elif case == "empty":
+        ood = [bad_npz(tmp_path, case, images=np.zeros((0, 28, 28), np.uint8))]
+    elif case == "vectors_for_images":
+        ood = [bad_npz(tmp_path, case, embeddings=np.zeros((3, 4), np.float32))]
+    elif case == "bad_rank":
+        ood = [bad_npz(tmp_path, case, images=np.zeros((3, 2, 28, 28, 1), np.uint8))]
+    elif case == "missing_npz":
+        ood = [f"npz:{tmp_path}/nothing.npz"]
+    elif case == "foreign_ckpt":
+        torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+        ckpt = str(tmp_path / "foreign.pt")
+    elif case == "out_is_file":
+        (tmp_path / "file").write_text("x")
+    out = tmp_path / ("file" if case == "out_is_file" else "eval")
+    code = main(["evaluate", "--checkpoint", ckpt, "--ood", *ood, "--out", str(out), "--no_progress", *extra])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert __import__("re").search(expect, err), err
+
+
+def test_flow_api_rejects_wrong_shape_range_dtype_and_nan():
+    from flowood.flows import RealNVP
+    flow = RealNVP((1, 8, 8), num_blocks=1, num_mid_channels=4).eval()
+    for bad, match in [(torch.rand(2, 1, 4, 4), "adapt_images"), (torch.rand(2, 1, 8, 8) * 3, r"\[0, 1\]"),
+                       (torch.full((2, 1, 8, 8), float("nan")), "NaN"), (torch.zeros(2, 1, 8, 8, dtype=torch.int32),
+                                                                         "uint8|float")]:
+        with pytest.raises(ValueError, match=match):
+            flow.log_prob(bad)

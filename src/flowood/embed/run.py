@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from flowood.paths import check_output_dir
 from flowood.data import ArrayDataset, adapt_images, load_dataset
 from flowood.embed.backbones import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, build_backbone, feature_extractor,
                                      last_linear, pretrained_weights)
@@ -214,6 +215,7 @@ def embed(backbone: str = "smallcnn", dataset: str = "fashionmnist", out: str | 
     out = Path(out)
     if out.suffix != ".npz":
         raise ValueError(f"--out must be a .npz file, got {out}")
+    check_output_dir(out.parent)
     ood_files = {name: out.with_name(f"{out.stem}-{_safe(name)}.npz") for name in ood}
     classifier_path = out.with_name(f"{out.stem}.classifier.pt") if train_classifier else None
     existing = [p for p in [out, classifier_path, *ood_files.values()] if p is not None and p.exists()]

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from flowood import __version__
 from flowood.checkpoints import LoadedFlow, load_flow
+from flowood.paths import check_output_dir
 from flowood.data import ArrayDataset, adapt_images, canonical_name, load_dataset
 from flowood.flows import FlowModel
 from flowood.ood.metrics import ood_metrics
@@ -42,6 +43,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def fit_to_model(dataset: ArrayDataset, flow: FlowModel) -> torch.Tensor:
     """The samples of ``dataset`` in the model's input shape (images converted gray/RGB and resized)."""
+    if len(dataset) == 0:
+        raise ValueError(f"{dataset.name}:{dataset.split} is empty: there is nothing to score; check its files")
     if dataset.is_image and len(flow.input_shape) == 3:
         return adapt_images(dataset.data, flow.input_shape)
     if tuple(dataset.sample_shape) != flow.input_shape:
@@ -167,6 +170,8 @@ def evaluate(checkpoint: str | Path | LoadedFlow, ood: list[str], out: str | Pat
     canon = [canonical_name(n) for n in names]
     if len(set(canon)) != len(canon):
         raise ValueError(f"data set names repeat: {names}")
+    if out is not None:
+        check_output_dir(out)
     requested = list(scores) if scores else [s for s in DEFAULT_SCORES if _applicable(s, flow)]
     if "waic" in requested and not ensemble:
         raise ValueError("the waic score needs an ensemble: pass --ensemble CKPT [CKPT ...]")

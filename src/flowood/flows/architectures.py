@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from flowood.flows.autoregressive import MaskedAffineAutoregressive, ReversePermutation
-from flowood.flows.config import TABULAR_FLOWS, FlowConfig
+from flowood.flows.config import TABULAR_FLOWS, ConfigError, FlowConfig
 from flowood.flows.coupling import AffineCoupling
 from flowood.flows.layers import ActNorm, InvertibleConv1x1, Squeeze
 from flowood.flows.masks import make_mask
@@ -120,14 +120,12 @@ def build_flow(config: FlowConfig | dict[str, Any] | None = None, **overrides: A
         values.update(overrides)
         config = FlowConfig.from_dict(values)
     cfg = config.resolved()
-    if cfg.flow == "RealNVP":
-        steps = _realnvp_steps(cfg)
-    elif cfg.flow == "Glow":
-        steps = _glow_steps(cfg)
-    elif cfg.flow == "RealNVPTabular":
-        steps = _tabular_steps(cfg)
-    else:
-        steps = _maf_steps(cfg)
+    builders = {"RealNVP": _realnvp_steps, "Glow": _glow_steps, "RealNVPTabular": _tabular_steps, "MAF": _maf_steps}
+    try:
+        steps = builders[cfg.flow](cfg)
+    except ValueError as err:  # a layer that cannot exist at some scale, e.g. a spatial mask on 1x1 pixels
+        raise ConfigError(f"{cfg.flow} cannot be built for input shape {cfg.input_shape} with these options: {err}. "
+                          "Use fewer num_scales, larger images, or another mask") from err
     alpha = None if cfg.flow in TABULAR_FLOWS else cfg.logit_alpha
     return FlowModel(cfg.input_shape, steps, logit_alpha=alpha, config=cfg.to_dict())
 

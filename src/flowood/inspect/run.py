@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from flowood.checkpoints import LoadedFlow, load_flow
+from flowood.paths import check_output_dir
 from flowood.data import load_dataset
 from flowood.evaluation.evaluate import fit_to_model
 from flowood.htmlpage import figure, page
@@ -93,8 +94,7 @@ def inspect_flow(checkpoint: str | Path | LoadedFlow, images: list[str], out: st
     if not images:
         raise ValueError("pass at least one image selection, e.g. --images fashionmnist:test:0-7")
     root = data_root or loaded.train_config.get("data_root")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(out, create=True)
     selections = [parse_image_spec(s) for s in images]
     sets: dict[str, torch.Tensor] = {}
     full: dict[str, torch.Tensor] = {}

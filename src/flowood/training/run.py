@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from flowood.checkpoints import CheckpointError, load_flow
+from flowood.paths import check_output_dir
 from flowood.training.config import TrainConfig
 from flowood.training.module import FlowDataModule, FlowModule
 from flowood.training.persistence import AtomicCheckpointIO, check_disk_space
@@ -53,6 +54,7 @@ def _is_launched_child() -> bool:
 
 
 def _prepare_out(out: Path, resume: str | bool | None, overwrite: bool) -> Path | None:
+    check_output_dir(out)
     ckpt_dir = out / "checkpoints"
     if resume:
         path = ckpt_dir / "last.ckpt" if resume is True else Path(resume)

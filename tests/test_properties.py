@@ -1,0 +1,112 @@
+"""Property-based tests (hypothesis) over flow configurations, tensor shapes and metric inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from torch.autograd.functional import jacobian
+
+from flowood.flows import ConfigError, build_flow
+from flowood.flows.preprocessing import DEQUANTIZATION_LOG_DET
+from flowood.ood.metrics import auroc, fpr_at_tpr, ood_metrics
+
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def perturbed(flow, seed):
+    flow.train()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(4, *flow.input_shape, generator=g)
+    flow.log_prob(x) if flow.discrete else flow.log_prob(torch.randn(4, *flow.input_shape, generator=g))
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return flow.eval()
+
+
+def check_bijection(flow, x):
+    z, log_det = flow(x)
+    assert z.shape == x.shape and log_det.shape == (x.shape[0],)
+    assert torch.isfinite(z).all() and torch.isfinite(log_det).all()
+    assert (flow.inverse(z) - x).abs().max() < 1e-4
+    if x[0].numel() <= 48:  # brute-force Jacobian on small inputs
+        f64, x64 = flow.double(), x[:1].double()
+        jac = jacobian(lambda v: f64(v.view_as(x64))[0].reshape(-1), x64.reshape(-1))
+        assert torch.allclose(f64(x64)[1], torch.linalg.slogdet(jac)[1].view(1), atol=1e-6)
+        flow.float()
+
+
+image_configs = st.fixed_dictionaries({
+    "flow": st.sampled_from(["RealNVP", "Glow"]),
+    "channels": st.sampled_from([1, 2, 3]),
+    "size": st.sampled_from([2, 4, 6, 8]),
+    "num_scales": st.integers(1, 3),
+    "mask": st.sampled_from([None, "checkerboard", "horizontal", "vertical", "cycle", "channel"]),
+    "st_type": st.sampled_from([None, "resnet", "convnet", "highway", "autoencoder", "resnet_ae"]),
+    "num_coupling_layers_per_scale": st.sampled_from([None, 1, 2]),
+    "batch": st.integers(1, 3),
+    "seed": st.integers(0, 1000),
+})
+
+
+@SETTINGS
+@given(image_configs)
+def test_any_image_config_builds_or_refuses_clearly_and_is_a_bijection(c):
+    try:
+        flow = build_flow(flow=c["flow"], input_shape=(c["channels"], c["size"], c["size"]),
+                          num_scales=c["num_scales"], mask=c["mask"], st_type=c["st_type"],
+                          num_coupling_layers_per_scale=c["num_coupling_layers_per_scale"], num_blocks=1,
+                          num_mid_channels=4, latent_dim=3)
+    except ConfigError:
+        assume(False)  # an invalid combination is refused with a ConfigError, never another exception
+        return
+    flow = perturbed(flow, c["seed"])
+    g = torch.Generator().manual_seed(c["seed"])
+    x = torch.rand(c["batch"], *flow.input_shape, generator=g) * 0.98 + 0.01
+    check_bijection(flow, x)
+    images = torch.randint(0, 256, (c["batch"], *flow.input_shape), generator=g, dtype=torch.uint8)
+    lp = flow.log_prob(images, noise="center")
+    z, log_det = flow(flow._continuous(images, "center", None))
+    expected = flow.prior.log_prob(z) + log_det + DEQUANTIZATION_LOG_DET * flow.num_dims
+    assert torch.allclose(lp, expected, rtol=1e-5, atol=1e-3)
+
+
+@SETTINGS
+@given(flow=st.sampled_from(["RealNVPTabular", "MAF"]), dim=st.integers(2, 7), layers=st.integers(1, 3),
+       hidden=st.integers(2, 16), depth=st.integers(0, 2), batch=st.integers(1, 4), seed=st.integers(0, 1000))
+def test_any_tabular_config_is_a_bijection(flow, dim, layers, hidden, depth, batch, seed):
+    model = perturbed(build_flow(flow=flow, input_shape=(dim,), num_coupling_layers=layers, num_hidden_units=hidden,
+                                 num_hidden_layers=depth), seed)
+    x = torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed)) * 2
+    check_bijection(model, x)
+    assert torch.allclose(model.log_prob(x), model.prior.log_prob(model(x)[0]) + model(x)[1], atol=1e-4)
+
+
+scores = st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=50)
+
+
+@settings(max_examples=80, deadline=None)
+@given(scores, scores)
+def test_auroc_symmetry_range_and_monotone_invariance(a, b):
+    a, b = np.array(a), np.array(b)
+    value = auroc(a, b)
+    assert 0.0 <= value <= 1.0
+    assert value + auroc(b, a) == pytest.approx(1.0, abs=1e-12)
+    assert auroc(4.0 * a, 4.0 * b) == pytest.approx(value, abs=1e-12)  # increasing maps exact in floats
+    assert auroc(-b, -a) == pytest.approx(value, abs=1e-12)
+    assert auroc(a[::-1], b[::-1]) == pytest.approx(value, abs=1e-12)  # order of samples does not matter
+
+
+@settings(max_examples=60, deadline=None)
+@given(scores, scores)
+def test_other_metrics_stay_in_range(a, b):
+    m = ood_metrics(np.array(a), np.array(b))
+    for name in ("aupr_in", "aupr_out", "fpr95", "detection_accuracy"):
+        assert 0.0 <= m[name] <= 1.0 and math.isfinite(m[name]), name
+    assert m["detection_accuracy"] >= 0.5
+    assert 0.0 <= fpr_at_tpr(np.array(a), np.array(b), tpr=0.5) <= 1.0
