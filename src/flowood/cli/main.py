@@ -4,6 +4,7 @@
     flowood evaluate  OOD scores and metrics of a checkpoint against named OOD sets
     flowood inspect   the paper's analyses of a checkpoint: latents, couplings, likelihood maps, samples
     flowood embed     image sets -> classifier features (.npz) for flows on embeddings
+    flowood reproduce run a suite of the paper's experiments and write results.md / results.html
     flowood data      list the known data sets, or fetch one by every route flowood knows
 """
 
@@ -153,6 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     p_emb.add_argument("--data-root", dest="data_root", default=None)
     p_emb.add_argument("--no_progress", action="store_true")
 
+    p_rep = sub.add_parser("reproduce", help="run the paper's experiments (configs/paper) and write a results page",
+                           description="Embed, train, evaluate and inspect every experiment of a suite at a scale; "
+                                       "write OUT/results.md and OUT/results.html. Run the same command again to "
+                                       "resume an interrupted suite.")
+    p_rep.add_argument("--suite", default="all", help="suite name (see --list); default: all")
+    p_rep.add_argument("--scale", default="cpu", help="smoke (minutes), cpu (hours on 2 cores), paper (GPU)")
+    p_rep.add_argument("--out", default=None, help="output directory (default: runs/reproduce/SUITE-SCALE)")
+    p_rep.add_argument("--only", nargs="+", default=None, metavar="EXPERIMENT", help="run only these experiments")
+    p_rep.add_argument("--configs", default=None, help="experiment folder (default: configs/paper)")
+    p_rep.add_argument("--list", action="store_true", help="list the suite's experiments and exit")
+    p_rep.add_argument("--data-root", dest="data_root", default=None)
+    p_rep.add_argument("--progress", action="store_true", help="show progress bars of each stage")
+
     p_data = sub.add_parser("data", help="list or fetch data sets")
     data_sub = p_data.add_subparsers(dest="data_command")
     p_list = data_sub.add_parser("list", help="known data sets and whether each is available here")
@@ -243,6 +257,22 @@ def _cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from flowood.reproduce import load_experiments, reproduce
+
+    if args.list:
+        for exp in load_experiments(args.configs, args.scale, args.suite, args.only):
+            print(f"{exp.name:34s} {exp.title} [{exp.paper}] suites: {', '.join(exp.suites)}")
+        return 0
+    out = args.out or f"runs/reproduce/{args.suite}-{args.scale}"
+    result = reproduce(args.suite, args.scale, out, args.configs, args.only, args.data_root, args.progress,
+                       say=lambda line: print(line, flush=True))
+    counts = {s: list(result.statuses.values()).count(s) for s in sorted(set(result.statuses.values()))}
+    print(f"{', '.join(f'{n} {s}' for s, n in counts.items())} in {result.seconds / 60:.1f} min")
+    print(f"wrote {result.markdown} and {result.html}")
+    return 0 if "failed" not in counts else 1
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from flowood.data import DATASETS, DatasetNotFoundError, data_root, fetch_dataset, load_dataset
 
@@ -278,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "inspect": _cmd_inspect, "embed": _cmd_embed,
-                "data": _cmd_data}
+                "reproduce": _cmd_reproduce, "data": _cmd_data}
     if args.command not in commands:
         parser.print_help()
         return 2
