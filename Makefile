@@ -1,13 +1,17 @@
 # flowood: the two commands.
 #   make demo   set up .venv, get FashionMNIST and MNIST, train a small RealNVP on CPU, evaluate OOD
 #   make test   set up .venv and run the test suite
+#   make bench  set up .venv-bench (flowood + the peer libraries) and run benchmarks/compare.py
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= runs/demo
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup clean-demo
+BENCH_VENV ?= .venv-bench
+PEERS ?= normflows==1.7.3 nflows==0.14 zuko==1.6.0
+
+.PHONY: demo test setup clean-demo bench bench-setup
 
 setup: $(VENV)/.installed
 
@@ -31,3 +35,16 @@ test: setup
 
 clean-demo:
 	rm -rf $(DEMO_OUT)
+
+# Peers are installed into their own environment, never into .venv or flowood's dependencies.
+bench-setup: $(BENCH_VENV)/.installed
+
+$(BENCH_VENV)/.installed: pyproject.toml
+	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -c "import torch, torchvision" 2>/dev/null || $(BENCH_VENV)/bin/python -m pip install -q $(TORCH)
+	$(BENCH_VENV)/bin/python -m pip install -q -e . $(PEERS)
+	@touch $@
+
+bench: bench-setup
+	$(BENCH_VENV)/bin/python benchmarks/compare.py

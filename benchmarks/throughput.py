@@ -1,10 +1,10 @@
-"""Training and scoring throughput of flowood's flows on one device (flowood alone; no peer yet).
+"""Training and scoring throughput of flowood's flows on one device (flowood alone; peers: compare.py).
 
 Usage: python benchmarks/throughput.py [--device cpu|cuda] [--steps 20] [--batch 64]
 
 Prints, for RealNVP and Glow on 1x28x28 and 3x32x32 batches: training steps/s and images/s
 (forward + backward + Adam step), scoring images/s (log_prob under torch.inference_mode), and
-peak GPU memory. The peer comparisons the performance issue asks for are not in this script yet.
+peak GPU memory. benchmarks/compare.py measures the same against normflows, nflows and zuko.
 """
 
 from __future__ import annotations

@@ -91,6 +91,27 @@ class FlowModel(nn.Module):
         self.logit = LogitTransform(logit_alpha) if logit_alpha is not None else None
         self.prior = StandardNormal()
         self.config = dict(config or {})
+        self._compiled_forward: Any = None
+
+    def optimize(self, channels_last: bool | None = None, compile: bool = False) -> "FlowModel":
+        """Speed-ups that leave the numbers unchanged (log-likelihoods equal to 1e-4 relative, tested).
+
+        Args:
+            channels_last: keep convolution weights (and so activations) in channels-last memory
+                format, which oneDNN (CPU) and cuDNN convolutions run faster; None: on for image flows.
+            compile: run the density pass (``forward``) through ``torch.compile``, which fuses the
+                many element-wise operations of couplings into few kernels. The first call compiles
+                (tens of seconds on a CPU), so it pays off when scoring or training on many inputs.
+
+        Returns:
+            the model itself.
+        """
+        if channels_last is None:
+            channels_last = len(self.input_shape) == 3
+        if channels_last and len(self.input_shape) == 3:
+            self.to(memory_format=torch.channels_last)
+        self._compiled_forward = torch.compile(self.forward) if compile else None
+        return self
 
     # -- properties ------------------------------------------------------------------------
     @property
@@ -218,7 +239,8 @@ class FlowModel(nn.Module):
         """
         if validate:
             self.check_input(x)
-        z, log_det = self.forward(self._continuous(x, noise, generator))
+        density = self._compiled_forward or self.forward
+        z, log_det = density(self._continuous(x, noise, generator))
         return self._log_likelihood(z, log_det)
 
     def _log_likelihood(self, z: Tensor, log_det: Tensor) -> Tensor:

@@ -47,6 +47,9 @@ class TrainConfig:
         rollback_every: steps between the in-memory snapshots that ``rollback`` returns to.
         checkpoint_every_n_steps: also write ``last.ckpt`` every this many steps (0: at epoch ends only),
             so a killed run loses at most this many steps.
+        channels_last: keep convolutions in channels-last memory format (same numbers, tested; faster
+            or as fast on CPU in benchmarks/compare.py; ``--no_channels_last`` turns it off).
+        compile: train through ``torch.compile`` (same numbers; slow first steps).
         test_every_n_epochs: evaluate test bits/dim every this many epochs.
         ood_dataset: negative training (the paper's Appendix B): a data set whose likelihood is pushed down.
         negative_val: only OOD samples whose log-likelihood (nats per image) is still above this value are
@@ -100,6 +103,8 @@ class TrainConfig:
     nan_lr_factor: float = 0.5
     rollback_every: int = 50
     checkpoint_every_n_steps: int = 0
+    channels_last: bool = True
+    compile: bool = False
     test_every_n_epochs: int = 1
     ood_dataset: str | None = None
     negative_val: float = -100000.0

@@ -137,6 +137,8 @@ class FlowModule(pl.LightningModule):
         self.save_hyperparameters({"train_config": train_config, "flow_config": flow_config,
                                    "flowood_version": __version__})
         self.flow = build_flow(flow_config)
+        if self.config.channels_last or self.config.compile:
+            self.flow.optimize(channels_last=self.config.channels_last, compile=self.config.compile)
         self.nonfinite_streak = 0
         self.skipped_steps = 0
         self.rollbacks = 0

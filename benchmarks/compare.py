@@ -1,0 +1,301 @@
+"""flowood against the libraries users would pick instead, same architecture, same machine, same run.
+
+Usage (peers are installed into their own environment by ``make bench-setup``)::
+
+    .venv-bench/bin/python benchmarks/compare.py [--device cpu|cuda] [--steps 20] [--cases glow-1x28x28 ...]
+
+Cases:
+    glow-1x28x28, glow-3x32x32        Glow, 2 levels of 8 steps (ActNorm, LU 1x1 conv, affine coupling with a
+                                      3x3-1x1-3x3 conv net of 64 channels): flowood vs normflows (GlowBlock)
+    realnvp-1x28x28, realnvp-3x32x32  2-scale RealNVP (3 checkerboard, squeeze, 3 channel couplings, split, 4
+                                      checkerboard), same conv nets, widths doubled after the squeeze:
+                                      flowood vs normflows (AffineCouplingBlock)
+    maf-1792                          MAF on 1792-dim vectors (the paper's EfficientNet features), 5 layers of
+                                      MADE with two hidden layers of 512: flowood vs nflows and zuko
+
+flowood runs as it is by default (``flowood``), with channels-last convolutions (``flowood-cl``,
+``FlowModel.optimize()``; what ``flowood evaluate`` uses), and with channels-last plus ``torch.compile``
+(``flowood-compile``; compilation happens in the warm-up steps, outside the timing).
+
+Every (case, library) runs in its own process: training steps/s (forward, backward, Adam step; batch 64, or 256
+for vectors), peak memory of training (GPU: max allocated; CPU: growth of the process's peak RSS), scoring
+images/s (log-likelihood under ``torch.inference_mode``, batch 1024) and bits/dim on held-out data after the
+timed steps, so speed is never bought with a worse model. Image data: the committed FashionMNIST fixture
+(RGB-replicated and resized for 3x32x32), dequantized and logit-transformed the same way for every library.
+Ratios (flowood / best peer) are printed last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = {
+    "glow-1x28x28": ("glow", (1, 28, 28), ("flowood", "flowood-cl", "flowood-compile", "normflows")),
+    "glow-3x32x32": ("glow", (3, 32, 32), ("flowood", "flowood-cl", "normflows")),
+    "realnvp-1x28x28": ("realnvp", (1, 28, 28), ("flowood", "flowood-cl", "flowood-compile", "normflows")),
+    "realnvp-3x32x32": ("realnvp", (3, 32, 32), ("flowood", "flowood-cl", "normflows")),
+    "maf-1792": ("maf", (1792,), ("flowood", "nflows", "zuko")),
+}
+HIDDEN, STEPS_PER_LEVEL, LEVELS = 64, 8, 2
+MAF_LAYERS, MAF_HIDDEN = 5, 512
+ALPHA = 0.05  # the logit transform of RealNVP, applied to every library's input
+
+
+# -- models ----------------------------------------------------------------------------------------
+def flowood_model(kind: str, shape: tuple[int, ...]):
+    from flowood.flows import build_flow
+    if kind == "glow":
+        return build_flow(flow="Glow", input_shape=shape, num_scales=LEVELS, num_coupling_layers_per_scale=STEPS_PER_LEVEL,
+                          st_type="convnet", num_blocks=2, num_mid_channels=HIDDEN)
+    if kind == "realnvp":
+        return build_flow(flow="RealNVP", input_shape=shape, num_scales=2, st_type="convnet", num_blocks=2,
+                          num_mid_channels=HIDDEN)
+    return build_flow(flow="MAF", input_shape=shape, num_coupling_layers=MAF_LAYERS, num_hidden_units=MAF_HIDDEN,
+                      num_hidden_layers=1, actnorm=False)
+
+
+def normflows_model(kind: str, shape: tuple[int, ...]):
+    import normflows as nf
+    c, h, w = shape
+    if kind == "glow":  # normflows' own multi-scale Glow recipe
+        q0, merges, flows = [], [], []
+        for i in range(LEVELS):
+            level = [nf.flows.GlowBlock(c * 2 ** (LEVELS + 1 - i), HIDDEN, split_mode="channel", scale=True)
+                     for _ in range(STEPS_PER_LEVEL)]
+            flows.append(level + [nf.flows.Squeeze()])
+            if i > 0:
+                merges.append(nf.flows.Merge())
+                latent = (c * 2 ** (LEVELS - i), h // 2 ** (LEVELS - i), w // 2 ** (LEVELS - i))
+            else:
+                latent = (c * 2 ** (LEVELS + 1), h // 2 ** LEVELS, w // 2 ** LEVELS)
+            q0.append(nf.distributions.DiagGaussian(latent, trainable=False))
+        return nf.MultiscaleFlow(q0, flows, merges, class_cond=False)
+
+    def coupling(channels_in: int, channels_out: int, width: int, mode: str):
+        net = nf.nets.ConvNet2d([channels_in, width, width, 2 * channels_out], [3, 1, 3], init_zeros=True)
+        return nf.flows.AffineCouplingBlock(net, scale=True, scale_map="exp", split_mode=mode)
+
+    # generative direction: coarse level (2C, H/2, W/2) first, then merge, channel couplings, unsqueeze, checkerboard
+    coarse = [coupling(2 * c, 2 * c, 2 * HIDDEN, "checkerboard" if k % 2 else "checkerboard_inv") for k in range(4)]
+    fine = [coupling(2 * c, 2 * c, 2 * HIDDEN, "channel" if k % 2 else "channel_inv") for k in range(3)]
+    fine += [nf.flows.Squeeze()]
+    fine += [coupling(c, c, HIDDEN, "checkerboard" if k % 2 else "checkerboard_inv") for k in range(3)]
+    q0 = [nf.distributions.DiagGaussian((2 * c, h // 2, w // 2), trainable=False),
+          nf.distributions.DiagGaussian((2 * c, h // 2, w // 2), trainable=False)]
+    return nf.MultiscaleFlow(q0, [coarse, fine], [nf.flows.Merge()], class_cond=False)
+
+
+def nflows_model(shape: tuple[int, ...]):
+    from nflows.distributions.normal import StandardNormal
+    from nflows.flows.base import Flow
+    from nflows.transforms import CompositeTransform, MaskedAffineAutoregressiveTransform, ReversePermutation
+    (d,) = shape
+    transforms = []
+    for i in range(MAF_LAYERS):
+        if i:
+            transforms.append(ReversePermutation(features=d))
+        transforms.append(MaskedAffineAutoregressiveTransform(features=d, hidden_features=MAF_HIDDEN, num_blocks=1,
+                                                              use_residual_blocks=False))
+    return Flow(CompositeTransform(transforms), StandardNormal([d]))
+
+
+def zuko_model(shape: tuple[int, ...]):
+    import zuko
+    return zuko.flows.MAF(features=shape[0], context=0, transforms=MAF_LAYERS, hidden_features=(MAF_HIDDEN, MAF_HIDDEN))
+
+
+# -- one library, one case, in this process ---------------------------------------------------------
+def data(kind: str, shape: tuple[int, ...], n: int) -> torch.Tensor:
+    if kind == "maf":
+        g = torch.Generator().manual_seed(0)
+        mixing = torch.randn(shape[0], shape[0], generator=g) / math.sqrt(shape[0])
+        return torch.tanh(torch.randn(n, shape[0], generator=g)) @ mixing
+    from flowood.data import adapt_images, load_dataset
+    images = load_dataset(f"npz:{ROOT}/tests/fixtures/fashionmnist-small.npz", "train").data
+    images = adapt_images(images, shape)
+    return images[torch.arange(n) % len(images)]
+
+
+def continuous(x_uint8: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dequantize and logit-transform 8-bit images as flowood does; returns (y, log-det incl. the 1/256 bins)."""
+    from flowood.flows.preprocessing import LogitTransform, dequantize
+    x = dequantize(x_uint8, "uniform", generator)
+    y, log_det = LogitTransform(ALPHA)(x)
+    return y, log_det - math.log(256.0) * x[0].numel()
+
+
+def log_prob_fn(library: str, kind: str, model):
+    if library.startswith("flowood"):
+        return lambda x, g=None: model.log_prob(x, validate=False, generator=g)
+    if kind == "maf":
+        if library == "zuko":
+            return lambda x, g=None: model().log_prob(x)
+        return lambda x, g=None: model.log_prob(x)
+
+    def peer(x, g=None):
+        y, log_det = continuous(x, g)
+        return model.log_prob(y, None) + log_det
+    return peer
+
+
+def peak_rss_reset() -> int:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
+    except OSError:
+        pass
+    return _status("VmRSS")
+
+
+def _status(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def worker(case: str, library: str, device: str, steps: int) -> dict:
+    kind, shape, _ = CASES[case]
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    if library.startswith("flowood"):
+        model = flowood_model(kind, shape)
+        if library != "flowood":
+            model.optimize(channels_last=True, compile=library == "flowood-compile")
+    elif library == "normflows":
+        model = normflows_model(kind, shape)
+    elif library == "nflows":
+        model = nflows_model(shape)
+    else:
+        model = zuko_model(shape)
+    model.to(dev)
+    batch = 256 if kind == "maf" else 64
+    train_x = data(kind, shape, 4096 if kind == "maf" else 600).to(dev)
+    test_x = data(kind, shape, 1024 + 4096 if kind == "maf" else 600)[-1024:].to(dev)
+    log_prob = log_prob_fn(library, kind, model)
+    dims = math.prod(shape)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step(i: int) -> float:
+        idx = torch.arange(i * batch, (i + 1) * batch) % len(train_x)
+        loss = -log_prob(train_x[idx]).mean() / (dims * math.log(2))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    model.train()
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    if dev.type == "cuda":  # peak memory of training, warm-up included, over what model and data take
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+    else:
+        base = peak_rss_reset()
+    with torch.no_grad():  # data-dependent initialisations (ActNorm) on the first batch
+        log_prob(train_x[:batch])
+    for i in range(3):  # warm-up (for flowood-compile: compilation happens here)
+        step(i)
+    sync()
+    start = time.perf_counter()
+    for i in range(steps):
+        step(3 + i)
+    sync()
+    train_s = (time.perf_counter() - start) / steps
+    peak = (torch.cuda.max_memory_allocated(dev) - base) if dev.type == "cuda" else (_status("VmHWM") - base)
+    model.eval()
+    g = torch.Generator(device=dev).manual_seed(1)
+    score_batch = 1024
+    with torch.inference_mode():
+        bpd = float(-log_prob(test_x, g).mean() / (dims * math.log(2)))
+        big = test_x[torch.arange(score_batch) % len(test_x)]
+        log_prob(big)
+        sync()
+        start = time.perf_counter()
+        reps = 3
+        for _ in range(reps):
+            log_prob(big)
+        sync()
+        score_s = (time.perf_counter() - start) / reps
+    return {"case": case, "library": library, "params": sum(p.numel() for p in model.parameters()),
+            "train_steps_s": 1.0 / train_s, "score_per_s": score_batch / score_s, "peak_mib": peak / 2**20,
+            "test_bpd": bpd, "steps": steps + 3}
+
+
+# -- driver ----------------------------------------------------------------------------------------
+def versions() -> str:
+    out = [f"torch {torch.__version__}"]
+    from importlib.metadata import PackageNotFoundError, version
+    for name in ("normflows", "nflows", "zuko"):
+        try:
+            out.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            out.append(f"{name} not installed")
+    return ", ".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--worker", nargs=2, metavar=("CASE", "LIBRARY"), help=argparse.SUPPRESS)
+    parser.add_argument("--json", default=None, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args.worker[0], args.worker[1], args.device, args.steps)))
+        return
+    dev_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else \
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    print(f"device: {args.device} ({dev_name}); {versions()}; threads {torch.get_num_threads()}; "
+          f"{args.steps} timed steps")
+    rows = []
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for case in args.cases:
+        for library in CASES[case][2]:
+            proc = subprocess.run([sys.executable, __file__, "--worker", case, library, "--device", args.device,
+                                   "--steps", str(args.steps)], capture_output=True, text=True, env=env)
+            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            if line is None:
+                print(f"{case} / {library}: failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+                continue
+            rows.append(json.loads(line[7:]))
+            r = rows[-1]
+            print(f"{case:16s} {library:9s} params {r['params']:>10,}  train {r['train_steps_s']:7.2f} steps/s  "
+                  f"score {r['score_per_s']:9.0f}/s  peak {r['peak_mib']:8.1f} MiB  bpd {r['test_bpd']:.3f}",
+                  flush=True)
+    print("\n| case | library | params | train steps/s | score samples/s | peak MiB | bits/dim after "
+          f"{args.steps + 3} steps |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['case']} | {r['library']} | {r['params']:,} | {r['train_steps_s']:.2f} | {r['score_per_s']:.0f} | "
+              f"{r['peak_mib']:.1f} | {r['test_bpd']:.3f} |")
+    print("\nRatios, flowood / best peer (training and scoring: higher is better; memory: lower is better):")
+    print("| case | best peer | train | score | peak memory | params |")
+    print("|---|---|---:|---:|---:|---:|")
+    for case in args.cases:
+        peers = [r for r in rows if r["case"] == case and not r["library"].startswith("flowood")]
+        for ours in [r for r in rows if r["case"] == case and r["library"].startswith("flowood")]:
+            if not peers:
+                continue
+            best = max(peers, key=lambda r: r["train_steps_s"])
+            print(f"| {case} ({ours['library']}) | {best['library']} | "
+                  f"{ours['train_steps_s'] / best['train_steps_s']:.2f}x | "
+                  f"{ours['score_per_s'] / max(p['score_per_s'] for p in peers):.2f}x | "
+                  f"{ours['peak_mib'] / max(best['peak_mib'], 1e-9):.2f}x | {ours['params'] / best['params']:.3f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
