@@ -30,6 +30,16 @@ def trained_like(config, seed=0):
     return flow
 
 
+def assert_same_gradients(reference, fast, x):
+    """One backward pass of bits/dim through each model gives the same parameter gradients."""
+    for model in (reference, fast):
+        model.zero_grad()
+        model.bits_per_dim(x, noise="center").mean().backward()
+    for (name, p), q in zip(reference.named_parameters(), fast.parameters()):
+        if p.grad is not None:
+            assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
+
+
 def close(a, b, rel=1e-4):
     return bool(((a - b).abs() <= rel * b.abs().clamp_min(1.0)).all())
 
@@ -43,12 +53,7 @@ def test_channels_last_gives_the_same_log_likelihoods_and_gradients(name):
     with torch.inference_mode():
         assert close(fast.log_prob(x, noise="center"), flow.log_prob(x, noise="center"))
     flow.train(), fast.train()
-    for model in (flow, fast):
-        model.zero_grad()
-        model.bits_per_dim(x, noise="center").mean().backward()
-    for (n, p), q in zip(flow.named_parameters(), fast.parameters()):
-        if p.grad is not None:
-            assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), n
+    assert_same_gradients(flow, fast, x)
 
 
 def test_channels_last_is_the_default_for_image_flows_only():
@@ -66,13 +71,7 @@ def test_compiled_density_pass_gives_the_same_numbers():
     x = torch.randint(0, 256, (5, 1, 4, 4), dtype=torch.uint8)
     with torch.inference_mode():
         assert close(compiled.log_prob(x, noise="center"), flow.log_prob(x, noise="center"))
-    # training through the compiled pass: the same gradients
-    for model in (flow, compiled):
-        model.zero_grad()
-        model.bits_per_dim(x, noise="center").mean().backward()
-    for (n, p), q in zip(flow.named_parameters(), compiled.parameters()):
-        if p.grad is not None:
-            assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), n
+    assert_same_gradients(flow, compiled, x)  # training through the compiled pass
 
 
 def test_training_with_channels_last_matches_the_default(tmp_path, fixtures_dir):
