@@ -177,6 +177,16 @@ def test_nonfinite_gradients_are_caught_at_the_step(tmp_path, fixtures_dir, monk
         train(tiny(tmp_path, fixtures_dir, nan_tolerance=3), progress=False)
 
 
+def test_exploding_loss_is_caught_at_the_step(tmp_path, fixtures_dir, monkeypatch):
+    from flowood.training.module import FlowModule
+    original = FlowModule._loss
+    monkeypatch.setattr(FlowModule, "_loss", lambda self, x: original(self, x) * 1e5)  # finite but huge
+    with pytest.raises(NonFiniteLossError, match="exploding log-determinant"):
+        train(tiny(tmp_path, fixtures_dir, nan_tolerance=2), progress=False)
+    monkeypatch.setattr(FlowModule, "_loss", lambda self, x: original(self, x) * 2)
+    assert train(tiny(tmp_path / "ok", fixtures_dir, explode_bpd=1e4), progress=False).steps == 12
+
+
 def test_invertibility_is_checked_at_each_checkpoint(tmp_path, fixtures_dir):
     result = train(tiny(tmp_path, fixtures_dir), progress=False)
     summary = json.loads((result.out / "train_summary.json").read_text())

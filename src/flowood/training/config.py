@@ -44,6 +44,8 @@ class TrainConfig:
         nan_policy: ``skip`` (leave the weights as they were) or ``rollback`` (return to the last good
             weights and optimizer state and multiply the learning rate by ``nan_lr_factor``).
         nan_lr_factor: learning-rate factor applied at each rollback.
+        explode_bpd: a training loss whose magnitude exceeds this many bits/dim (an exploding log-determinant)
+            is handled like a NaN/Inf one (0 turns the check off).
         rollback_every: steps between the in-memory snapshots that ``rollback`` returns to.
         checkpoint_every_n_steps: also write ``last.ckpt`` every this many steps (0: at epoch ends only),
             so a killed run loses at most this many steps.
@@ -100,6 +102,7 @@ class TrainConfig:
     aug: bool = False
     nan_tolerance: int = 10
     nan_policy: str = "skip"
+    explode_bpd: float = 1.0e4
     nan_lr_factor: float = 0.5
     rollback_every: int = 50
     checkpoint_every_n_steps: int = 0
@@ -132,6 +135,8 @@ class TrainConfig:
         if self.nan_policy not in ("skip", "rollback"):
             raise ConfigError(f"nan_policy must be 'skip' or 'rollback', got {self.nan_policy!r}"
                               f"{closest(self.nan_policy, ('skip', 'rollback'))}")
+        if not float(self.explode_bpd) >= 0.0:
+            raise ConfigError(f"explode_bpd must be >= 0 (0 turns the check off), got {self.explode_bpd}")
         if not 0.0 < float(self.nan_lr_factor) <= 1.0:
             raise ConfigError(f"nan_lr_factor must be in (0, 1], got {self.nan_lr_factor}")
         if not isinstance(self.checkpoint_every_n_steps, int) or self.checkpoint_every_n_steps < 0:

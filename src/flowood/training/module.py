@@ -220,6 +220,10 @@ class FlowModule(pl.LightningModule):
         if not self._all_finite(loss):
             self._nonfinite("loss")
             return None
+        bound = self.config.explode_bpd
+        if bound and not self._all_finite(torch.where(loss.detach().abs() > bound, torch.nan, 1.0)):
+            self._nonfinite(f"loss (an exploding log-determinant: |loss| above explode_bpd = {bound:g} bits/dim)")
+            return None
         self.log("train_bpd", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
         return loss
 
