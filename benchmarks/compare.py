@@ -15,7 +15,9 @@ Cases:
 
 flowood runs as it is by default (``flowood``), with channels-last convolutions (``flowood-cl``,
 ``FlowModel.optimize()``; what ``flowood evaluate`` uses), and with channels-last plus ``torch.compile``
-(``flowood-compile``; compilation happens in the warm-up steps, outside the timing).
+(``flowood-compile``; compilation happens in the warm-up steps, outside the timing). A ``+malloc`` row runs
+with glibc's allocator told to keep freed memory (``flowood.allocator.tune_allocator``, which the ``flowood``
+command line applies at start); every peer is measured both ways too, and the best peer row is the reference.
 
 Every (case, library) runs in its own process: training steps/s (forward, backward, Adam step; batch 64, or 256
 for vectors), peak memory of training (GPU: max allocated; CPU: growth of the process's peak RSS), scoring
@@ -41,12 +43,13 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+_IMAGE_ROWS = ("flowood", "flowood-cl", "flowood-cl+malloc", "normflows", "normflows+malloc")
 CASES = {
-    "glow-1x28x28": ("glow", (1, 28, 28), ("flowood", "flowood-cl", "flowood-compile", "normflows")),
-    "glow-3x32x32": ("glow", (3, 32, 32), ("flowood", "flowood-cl", "normflows")),
-    "realnvp-1x28x28": ("realnvp", (1, 28, 28), ("flowood", "flowood-cl", "flowood-compile", "normflows")),
-    "realnvp-3x32x32": ("realnvp", (3, 32, 32), ("flowood", "flowood-cl", "normflows")),
-    "maf-1792": ("maf", (1792,), ("flowood", "nflows", "zuko")),
+    "glow-1x28x28": ("glow", (1, 28, 28), _IMAGE_ROWS + ("flowood-compile+malloc",)),
+    "glow-3x32x32": ("glow", (3, 32, 32), _IMAGE_ROWS),
+    "realnvp-1x28x28": ("realnvp", (1, 28, 28), _IMAGE_ROWS + ("flowood-compile+malloc",)),
+    "realnvp-3x32x32": ("realnvp", (3, 32, 32), _IMAGE_ROWS),
+    "maf-1792": ("maf", (1792,), ("flowood", "flowood+malloc", "nflows", "nflows+malloc", "zuko", "zuko+malloc")),
 }
 HIDDEN, STEPS_PER_LEVEL, LEVELS = 64, 8, 2
 MAF_LAYERS, MAF_HIDDEN = 5, 512
@@ -165,8 +168,13 @@ def _status(key: str) -> int:
     return 0
 
 
-def worker(case: str, library: str, device: str, steps: int) -> dict:
+def worker(case: str, row: str, device: str, steps: int) -> dict:
     kind, shape, _ = CASES[case]
+    library, _, tuning = row.partition("+")
+    if tuning == "malloc":
+        from flowood.allocator import tune_allocator
+        if not tune_allocator(enabled=True):
+            raise SystemExit("the allocator tuning needs Linux with glibc")
     torch.manual_seed(0)
     dev = torch.device(device)
     if library.startswith("flowood"):
@@ -227,7 +235,7 @@ def worker(case: str, library: str, device: str, steps: int) -> dict:
             log_prob(big)
         sync()
         score_s = (time.perf_counter() - start) / reps
-    return {"case": case, "library": library, "params": sum(p.numel() for p in model.parameters()),
+    return {"case": case, "library": row, "params": sum(p.numel() for p in model.parameters()),
             "train_steps_s": 1.0 / train_s, "score_per_s": score_batch / score_s, "peak_mib": peak / 2**20,
             "test_bpd": bpd, "steps": steps + 3}
 
@@ -271,7 +279,7 @@ def main() -> None:
                 continue
             rows.append(json.loads(line[7:]))
             r = rows[-1]
-            print(f"{case:16s} {library:9s} params {r['params']:>10,}  train {r['train_steps_s']:7.2f} steps/s  "
+            print(f"{case:16s} {library:22s} params {r['params']:>10,}  train {r['train_steps_s']:7.2f} steps/s  "
                   f"score {r['score_per_s']:9.0f}/s  peak {r['peak_mib']:8.1f} MiB  bpd {r['test_bpd']:.3f}",
                   flush=True)
     print("\n| case | library | params | train steps/s | score samples/s | peak MiB | bits/dim after "

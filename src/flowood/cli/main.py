@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="in-distribution training samples for scores that fit")
     p_eval.add_argument("--compile", action="store_true",
                         help="score through torch.compile: same numbers, faster on large sets after a slow first batch")
+    p_eval.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="st-networks in bf16/fp16, log-determinants in fp32 (for GPUs; default fp32)")
     p_eval.add_argument("--no_progress", action="store_true")
 
     p_insp = sub.add_parser("inspect", help="look inside a flow: latents, couplings, likelihood maps, samples",
@@ -200,7 +202,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                       max_samples=args.max_samples, batch_size=args.batch_size, device=args.device, seed=args.seed,
                       bootstrap=args.bootstrap, scores=args.scores, ensemble=args.ensemble, background=args.background,
                       background_steps=args.background_steps, typicality_batch=args.typicality_batch,
-                      fit_samples=args.fit_samples, compile=args.compile, progress=not args.no_progress)
+                      fit_samples=args.fit_samples, compile=args.compile, precision=args.precision,
+                      progress=not args.no_progress)
     print(markdown_table(result.metrics))
     print()
     print("AUROC of every score (higher = better detection; 0.5 = chance):")
@@ -314,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command not in commands:
         parser.print_help()
         return 2
+    from flowood.allocator import tune_allocator
+    tune_allocator()  # CPU steps reuse freed memory instead of faulting it in again (FLOWOOD_MALLOC_TUNING=0: off)
     try:
         return commands[args.command](args)
     except _user_errors() as err:
