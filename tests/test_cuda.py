@@ -64,3 +64,29 @@ def test_every_score_on_gpu_equals_cpu(tmp_path, fixtures_dir):
     r = evaluate(path, ["noise"], device="cuda", scores=["likelihood_ratio"], background_steps=5, max_samples=50,
                  progress=False)
     assert 0.0 <= r.metrics["ood"]["noise"]["scores"]["likelihood_ratio"]["auroc"] <= 1.0
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_gpu_keeps_log_det_fp32_and_the_inverse_exact(precision):
+    flow = build_flow(dict(flow="Glow", input_shape=(3, 32, 32), num_coupling_layers_per_scale=2, num_blocks=2,
+                           num_mid_channels=32))
+    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    flow.log_prob(x)
+    flow.cuda().eval()
+    with torch.no_grad():
+        full = flow.log_prob(x.cuda(), noise="center")
+        mixed = flow.mixed_precision(precision).log_prob(x.cuda(), noise="center")
+        z, log_det = flow(torch.rand(4, 3, 32, 32, device="cuda") * 0.9 + 0.05)
+        back = flow.inverse(z)
+    assert mixed.dtype == torch.float32 and log_det.dtype == torch.float32
+    assert torch.allclose(mixed, full, rtol=2e-2)
+    assert back.dtype == torch.float32
+
+
+def test_training_on_gpu_with_bf16_mixed_precision(tmp_path, fixtures_dir):
+    from flowood.training import load_config, train
+    cfg = load_config(None, dict(dataset=f"npz:{fixtures_dir}/fashionmnist-small.npz", out=str(tmp_path / "bf16"),
+                                 num_blocks=1, num_mid_channels=8, max_steps=10, max_test_samples=64,
+                                 accelerator="gpu", devices=1, precision="bf16-mixed"))
+    result = train(cfg, progress=False)
+    assert result.steps == 10 and result.test_bpd < 8.5

@@ -134,7 +134,8 @@ def evaluate(checkpoint: str | Path | LoadedFlow, ood: list[str], out: str | Pat
              batch_size: int = 512, device: str = "auto", seed: int = 0, bootstrap: int = 0,
              scores: list[str] | None = None, ensemble: list[str | Path] | None = None,
              background: str | Path | None = None, background_steps: int = 1000, typicality_batch: int = 1,
-             fit_samples: int = 10000, compile: bool = False, progress: bool = True) -> EvaluationResult:
+             fit_samples: int = 10000, compile: bool = False, precision: str = "fp32",
+             progress: bool = True) -> EvaluationResult:
     """Score the in-distribution test set and each OOD set with every requested score; compute metrics.
 
     Args:
@@ -157,7 +158,11 @@ def evaluate(checkpoint: str | Path | LoadedFlow, ood: list[str], out: str | Pat
         typicality_batch: group size of the typicality test (1: the single-sample form).
         fit_samples: in-distribution training samples used by scores that fit (typicality, background).
         compile: score through ``torch.compile`` (same numbers; pays off for large sets, see FlowModel.optimize).
+        precision: ``fp32``, or ``bf16``/``fp16`` to run the st-networks of every flow at that precision (the
+            log-determinants stay fp32; for GPUs, see FlowModel.mixed_precision). Recorded in metrics.json.
     """
+    from flowood.flows.precision import parse_precision
+    st_dtype = parse_precision(precision)  # unknown names fail here, before anything is loaded
     loaded = checkpoint if isinstance(checkpoint, LoadedFlow) else load_flow(checkpoint)
     flow = loaded.flow
     cfg = loaded.train_config
@@ -183,9 +188,10 @@ def evaluate(checkpoint: str | Path | LoadedFlow, ood: list[str], out: str | Pat
             make_score(s, flow)  # raises with the closest valid name
     requested = ["likelihood"] + [s for s in dict.fromkeys(requested) if s != "likelihood"]
     dev = resolve_device(device)
-    flow.to(dev).optimize(compile=compile)  # channels-last convolutions; the numbers do not change
-    ensemble_flows = [load_flow(p).flow.to(dev).optimize() for p in (ensemble or [])]
-    background_flow = load_flow(background).flow.to(dev).optimize() if background else None
+    flow.to(dev).optimize(compile=compile).mixed_precision(st_dtype)  # channels-last: the numbers do not change
+    ensemble_flows = [load_flow(p).flow.to(dev).optimize().mixed_precision(st_dtype) for p in (ensemble or [])]
+    background_flow = (load_flow(background).flow.to(dev).optimize().mixed_precision(st_dtype)
+                       if background else None)
 
     data: dict[str, torch.Tensor] = {}
     info: dict[str, dict[str, Any]] = {}
@@ -232,7 +238,7 @@ def evaluate(checkpoint: str | Path | LoadedFlow, ood: list[str], out: str | Pat
         "checkpoint": str(loaded.path), "checkpoint_sha256": loaded.sha256, "flow": flow.config.get("flow"),
         "flow_config": flow.config, "trained_by_flowood": loaded.version, "flowood_version": __version__,
         "torch_version": torch.__version__, "numpy_version": np.__version__, "python": sys.version.split()[0],
-        "platform": platform.platform(), "device": str(dev), "seed": seed, "max_samples": max_samples,
+        "platform": platform.platform(), "device": str(dev), "precision": precision, "seed": seed, "max_samples": max_samples,
         "dequantization": "uniform noise from a generator seeded with `seed`", "data_root": str(root) if root else None,
         "typicality_batch": typicality_batch, "fit_samples": fit_samples if train_data is not None else 0,
         "ensemble": [str(p) for p in ensemble or []], "background": str(background) if background else None,

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowood.flows.base import FlowLayer, zeros_log_det
+from flowood.flows.precision import run_st_net
 
 __all__ = ["MaskedLinear", "MADE", "MaskedAffineAutoregressive", "ReversePermutation"]
 
@@ -97,7 +98,7 @@ class MaskedAffineAutoregressive(FlowLayer):
         self.rescale = nn.Parameter(torch.ones(dim))
 
     def _st(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        raw_s, t = self.made(x).chunk(2, dim=1)
+        raw_s, t = run_st_net(self.made, x).chunk(2, dim=1)
         return self.rescale * torch.tanh(raw_s), t
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from flowood.flows.base import FlowLayer, per_sample_sum
 from flowood.flows.masks import CouplingMask
+from flowood.flows.precision import run_st_net
 
 __all__ = ["AffineCoupling"]
 
@@ -79,7 +80,7 @@ class AffineCoupling(FlowLayer):
         return torch.cat((changed, kept), 1) if self.transformed_first else torch.cat((kept, changed), 1)
 
     def _st(self, cond_input: Tensor) -> tuple[Tensor, Tensor]:
-        raw = self.st_net(cond_input)
+        raw = run_st_net(self.st_net, cond_input)  # fp32 out, also under mixed precision
         raw_s, t = raw.chunk(2, dim=1)
         s = self.rescale * torch.tanh(raw_s)
         return s, t
