@@ -104,6 +104,7 @@ def test_squeeze_roundtrip_and_layout():
 
 @pytest.mark.parametrize("kind,shape,index", [
     ("checkerboard", (2, 4, 4), 0), ("checkerboard", (2, 4, 4), 1),
+    ("checkerboard_packed", (2, 4, 4), 0), ("checkerboard_packed", (1, 3, 4), 1),
     ("channel", (4, 3, 3), 0), ("channel", (4, 3, 3), 1), ("channel", (3, 2, 2), 0),
     ("horizontal", (1, 4, 4), 0), ("horizontal", (1, 4, 4), 1),
     ("vertical", (1, 4, 4), 1),
@@ -221,3 +222,33 @@ def test_made_is_autoregressive():
 def test_reverse_permutation():
     from flowood.flows.autoregressive import ReversePermutation
     check_layer(ReversePermutation(), torch.randn(3, 4))
+
+
+@pytest.mark.parametrize("index", [0, 1])
+def test_packed_checkerboard_transforms_the_checkerboard_pixels_seeing_only_the_others(index):
+    shape = (2, 5, 6)
+    mask = make_mask("checkerboard_packed", shape, index)
+    assert torch.equal(mask.transform, make_mask("checkerboard", shape, index).transform)
+    net = make_st_net("convnet", 2, 4, mid_channels=4, num_blocks=1)
+    layer = randomise(AffineCoupling(mask, net))
+    x = torch.randn(3, *shape)
+    # pack/unpack are inverse permutations, and the packed halves hold exactly the two checkerboard halves
+    kept, changed = layer._pack(x)
+    assert kept.shape == changed.shape == (3, 2, 5, 3)
+    assert torch.equal(layer._unpack(kept, changed), x)
+    assert torch.equal(kept.flatten().sort().values, x[:, mask.condition.bool()].flatten().sort().values)
+    y, _ = layer(x)
+    keep = mask.condition.bool().expand_as(x)
+    assert torch.equal(y[keep], x[keep]) and not torch.equal(y[~keep], x[~keep])
+    # the st-network sees only the conditioning pixels: changing a transformed pixel changes no s or t
+    x2 = x.clone()
+    x2[:, ~mask.condition.bool()] += 1.0
+    _, _, extras = layer.trace_forward(x)
+    _, _, extras2 = layer.trace_forward(x2)
+    assert torch.equal(extras["s"], extras2["s"]) and torch.equal(extras["t"], extras2["t"])
+    assert (extras["s"][keep] == 0).all()  # full-size s and t are zero where nothing is transformed
+
+
+def test_packed_checkerboard_needs_an_even_width():
+    with pytest.raises(ValueError, match="even width"):
+        make_mask("checkerboard_packed", (1, 4, 5))

@@ -15,6 +15,8 @@ TINY = dict(num_blocks=1, num_mid_channels=4, latent_dim=3)
 
 IMAGE_CONFIGS = {
     "realnvp-checkerboard-2scales": dict(flow="RealNVP", input_shape=(1, 4, 4), num_scales=2, **TINY),
+    "realnvp-packed-2scales": dict(flow="RealNVP", input_shape=(2, 4, 4), mask="checkerboard_packed", num_scales=2,
+                                   **TINY),
     "realnvp-3scales-rgb": dict(flow="RealNVP", input_shape=(3, 4, 4), num_scales=3, **TINY),
     "realnvp-horizontal": dict(flow="RealNVP", input_shape=(1, 4, 4), mask="horizontal", num_scales=1,
                                num_coupling_layers_per_scale=4, **TINY),
@@ -31,6 +33,8 @@ IMAGE_CONFIGS = {
                              st_type="highway", **TINY),
     "glow-checkerboard": dict(flow="Glow", input_shape=(1, 4, 4), num_scales=1, num_coupling_layers_per_scale=2,
                               mask="checkerboard", **TINY),
+    "glow-packed-autoencoder": dict(flow="Glow", input_shape=(1, 8, 8), num_scales=1, num_coupling_layers_per_scale=2,
+                                    mask="checkerboard_packed", st_type="autoencoder", **TINY),
     "glow-cycle-autoencoder": dict(flow="Glow", input_shape=(1, 8, 8), num_scales=1, num_coupling_layers_per_scale=2,
                                    mask="cycle", st_type="autoencoder", **TINY),
 }

@@ -22,6 +22,8 @@ CONFIGS = {
                       num_mid_channels=4, st_type="highway"),
     "cycle-bottleneck-rgb": dict(flow="RealNVPCycleMask", input_shape=(3, 8, 8), st_type="autoencoder",
                                  num_mid_channels=4, latent_dim=3),
+    "realnvp-packed-checkerboard": dict(flow="RealNVP", input_shape=(1, 28, 28), mask="checkerboard_packed",
+                                        num_blocks=1, num_mid_channels=4),
     "glow-rgb-checkerboard": dict(flow="Glow", input_shape=(3, 8, 8), num_scales=2, num_coupling_layers_per_scale=1,
                                   mask="checkerboard", num_blocks=1, num_mid_channels=4),
 }

@@ -43,11 +43,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="data root (default: $FLOWOOD_DATA or ~/.cache/flowood)")
     helps = {"dataset": "in-distribution data set (flowood data list)", "out": "output directory",
              "flow": "RealNVP, Glow, RealNVPTabular, MAF, or RealNVPCycleMask / RealNVPMaskHorizontal / RealNVP8Layers / "
-                     "RealNVPSmall", "mask": "checkerboard, horizontal, vertical, cycle (Glow also: channel)",
+                     "RealNVPSmall", "mask": "checkerboard, checkerboard_packed, horizontal, vertical, cycle (Glow also: channel)",
              "st_type": "resnet, convnet, highway, autoencoder, resnet_ae", "optim": "Adam, RMSprop, AdamW, SGD",
              "devices": "devices per node (int, list or 'auto')", "max_minutes": "stop training after this many minutes",
              "nan_policy": "on a NaN/Inf loss or gradient: skip (default) or rollback (last good state, lower lr)",
-             "checkpoint_every_n_steps": "also write last.ckpt every N steps (0: epoch ends only)"}
+             "checkpoint_every_n_steps": "also write last.ckpt every N steps (0: epoch ends only)",
+             "precision": "32-true (default); bf16-mixed or 16-mixed (GPU) run the st-networks in low precision, "
+                          "log-determinants stay fp32"}
     for f in fields(TrainConfig):
         if f.name in ("extra", "data_root"):
             continue

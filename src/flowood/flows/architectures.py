@@ -30,6 +30,8 @@ def _coupling(cfg: FlowConfig, mask_kind: str, shape: tuple[int, int, int], inde
         out = 2 * (c - cond)
     else:
         cond, out = c, 2 * c
+    if mask.is_packed:
+        w = w // 2  # the st-network sees half of each row
     net = make_st_net(cfg.st_type, cond, out, (h, w), mid, cfg.num_blocks, cfg.latent_dim, cfg.batchnorm,
                       cfg.skip, cfg.init_zeros)
     return AffineCoupling(mask, net)

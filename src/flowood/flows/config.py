@@ -51,8 +51,10 @@ class FlowConfig:
             4 at the last scale, as in Dinh et al.); Glow: steps per scale (8 if None).
         st_type: ``resnet``, ``convnet``, ``highway``, ``autoencoder``, ``resnet_ae``
             (None: resnet for RealNVP, convnet for Glow).
-        mask: RealNVP's spatial mask, ``checkerboard`` (default), ``horizontal``, ``vertical``
-            or ``cycle``; Glow's coupling mask, ``channel`` (default) or one of the spatial ones.
+        mask: RealNVP's spatial mask, ``checkerboard`` (default), ``checkerboard_packed`` (the same
+            pixels, st-networks on half-width gathered tensors: about twice as fast, not the paper's
+            model), ``horizontal``, ``vertical`` or ``cycle``; Glow's coupling mask, ``channel``
+            (default) or one of the spatial ones.
         latent_dim: bottleneck size l of ``autoencoder`` and ``resnet_ae`` st-networks.
         batchnorm: BatchNorm inside resnet st-networks (the original's ``--no_batchnorm`` is False).
         skip: skip connections in resnet st-networks (the original's ``--no_skip`` is False).

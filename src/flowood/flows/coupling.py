@@ -26,7 +26,9 @@ class AffineCoupling(FlowLayer):
     """Affine coupling layer ``y_b = (x_b + t(x_a)) * exp(s(x_a))`` for any :class:`CouplingMask`.
 
     Channel masks are applied by slicing (the st-network sees only the conditioning channels, as
-    in RealNVP and Glow); all other masks multiply: the st-network sees ``x * condition`` and
+    in RealNVP and Glow); ``checkerboard_packed`` gathers each half of the checkerboard into a tensor of
+    half the width (row ``i`` keeps its own pixels of that half, in order), so the st-network sees and
+    predicts only those; all other masks multiply: the st-network sees ``x * condition`` and
     ``s``, ``t`` act only where ``transform`` is 1. Works on images ``[B, C, H, W]`` and on
     vectors ``[B, D]``.
 
@@ -55,7 +57,12 @@ class AffineCoupling(FlowLayer):
         self.mask_kind = mask.kind
         self.mask_index = mask.index
         self.channel_split = mask.is_channel_split
+        self.packed = mask.is_packed
         num_channels = mask.condition.shape[0]
+        if self.packed:
+            # row i's conditioning pixels sit in the even columns when condition[:, i, 0] is 1
+            self.register_buffer("condition_in_even_columns",
+                                 mask.condition[0, :, 0].bool().view(1, 1, -1, 1), persistent=False)
         self.register_buffer("condition", mask.condition.unsqueeze(0), persistent=False)
         self.register_buffer("transform", mask.transform.unsqueeze(0), persistent=False)
         if self.channel_split:
@@ -79,6 +86,21 @@ class AffineCoupling(FlowLayer):
     def _join(self, changed: Tensor, kept: Tensor) -> Tensor:
         return torch.cat((changed, kept), 1) if self.transformed_first else torch.cat((kept, changed), 1)
 
+    def _pack(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(conditioning half, transformed half) of a checkerboard, each ``[B, C, H, W/2]``."""
+        b, c, h, w = x.shape
+        pairs = x.reshape(b, c, h, w // 2, 2)
+        even, odd = pairs[..., 0], pairs[..., 1]
+        sel = self.condition_in_even_columns
+        return torch.where(sel, even, odd), torch.where(sel, odd, even)
+
+    def _unpack(self, kept: Tensor, changed: Tensor) -> Tensor:
+        """Inverse of :meth:`_pack`."""
+        sel = self.condition_in_even_columns
+        pairs = torch.stack((torch.where(sel, kept, changed), torch.where(sel, changed, kept)), dim=-1)
+        b, c, h, half = kept.shape
+        return pairs.reshape(b, c, h, 2 * half)
+
     def _st(self, cond_input: Tensor) -> tuple[Tensor, Tensor]:
         raw = run_st_net(self.st_net, cond_input)  # fp32 out, also under mixed precision
         raw_s, t = raw.chunk(2, dim=1)
@@ -91,6 +113,10 @@ class AffineCoupling(FlowLayer):
             x_b, x_a = self._parts(x)
             s, t = self._st(x_a)
             y = self._join((x_b + t) * torch.exp(s), x_a)
+        elif self.packed:
+            x_a, x_b = self._pack(x)
+            s, t = self._st(x_a)
+            y = self._unpack(x_a, (x_b + t) * torch.exp(s))
         else:
             s, t = self._st(x * self.condition)
             s = s * self.transform
@@ -107,6 +133,10 @@ class AffineCoupling(FlowLayer):
             y_b, y_a = self._parts(y)
             s, t = self._st(y_a)
             return self._join(y_b * torch.exp(-s) - t, y_a)
+        if self.packed:
+            y_a, y_b = self._pack(y)
+            s, t = self._st(y_a)
+            return self._unpack(y_a, y_b * torch.exp(-s) - t)
         s, t = self._st(y * self.condition)
         s = s * self.transform
         t = t * self.transform
@@ -115,8 +145,8 @@ class AffineCoupling(FlowLayer):
     def trace_forward(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """Forward pass that also returns the input, s, t and the masks as full-size tensors.
 
-        For channel masks ``s`` and ``t`` are placed into zero tensors of the input's shape, so
-        every mask kind is inspected the same way.
+        For channel and packed checkerboard masks ``s`` and ``t`` are placed into zero tensors of the
+        input's shape, so every mask kind is inspected the same way.
         """
         y, log_det, s, t = self._forward(x)
         if self.channel_split:
@@ -124,6 +154,8 @@ class AffineCoupling(FlowLayer):
             target = slice(0, self.split) if self.transformed_first else slice(self.split, None)
             full_s[:, target], full_t[:, target] = s, t
             s, t = full_s, full_t
+        elif self.packed:
+            s, t = self._unpack(torch.zeros_like(s), s), self._unpack(torch.zeros_like(t), t)
         return y, log_det, {"input": x, "s": s, "t": t,
                             "condition": self.condition.expand_as(x[:1])[0],
                             "transform": self.transform.expand_as(x[:1])[0]}

@@ -36,7 +36,9 @@ class TrainConfig:
         max_minutes: stop after this much wall-clock time (None: no limit).
         max_train_samples, max_test_samples: use a random subset (seeded) of each split.
         seed: seeds every random number generator.
-        devices, num_nodes, accelerator, strategy, precision: passed to Lightning's Trainer.
+        devices, num_nodes, accelerator, strategy, precision: passed to Lightning's Trainer. Under
+            ``bf16-mixed`` or ``16-mixed`` only the st-networks run in low precision; the bijection and its
+            log-determinant stay fp32 (see :mod:`flowood.flows.precision`).
         num_workers: DataLoader worker processes (data sit in memory; 0 is usually fastest).
         save_freq: keep a checkpoint every this many epochs (``last.ckpt`` is always kept).
         aug: random horizontal flips of training images (for CIFAR-10, CelebA; not digits).
