@@ -33,7 +33,12 @@ def check_bijection(flow, x):
     z, log_det = flow(x)
     assert z.shape == x.shape and log_det.shape == (x.shape[0],)
     assert torch.isfinite(z).all() and torch.isfinite(log_det).all()
-    assert (flow.inverse(z) - x).abs().max() < 1e-4
+    # float32 round-off grows with how far the (randomly perturbed) flow stretches its inputs
+    assert (flow.inverse(z) - x).abs().max() < 1e-4 * max(1.0, float(z.abs().max()))
+    f64 = flow.double()
+    z64, _ = f64(x.double())
+    assert (f64.inverse(z64) - x.double()).abs().max() < 1e-8  # in float64 the inverse is exact
+    flow.float()
     if x[0].numel() <= 48:  # brute-force Jacobian on small inputs
         f64, x64 = flow.double(), x[:1].double()
         jac = jacobian(lambda v: f64(v.view_as(x64))[0].reshape(-1), x64.reshape(-1))
@@ -46,7 +51,8 @@ image_configs = st.fixed_dictionaries({
     "channels": st.sampled_from([1, 2, 3]),
     "size": st.sampled_from([2, 4, 6, 8]),
     "num_scales": st.integers(1, 3),
-    "mask": st.sampled_from([None, "checkerboard", "horizontal", "vertical", "cycle", "channel"]),
+    "mask": st.sampled_from([None, "checkerboard", "checkerboard_packed", "horizontal", "vertical", "cycle",
+                             "channel"]),
     "st_type": st.sampled_from([None, "resnet", "convnet", "highway", "autoencoder", "resnet_ae"]),
     "num_coupling_layers_per_scale": st.sampled_from([None, 1, 2]),
     "batch": st.integers(1, 3),
