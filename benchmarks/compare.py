@@ -2,7 +2,7 @@
 
 Usage (peers are installed into their own environment by ``make bench-setup``)::
 
-    .venv-bench/bin/python benchmarks/compare.py [--device cpu|cuda] [--steps 20] [--cases glow-1x28x28 ...]
+    .venv-bench/bin/python benchmarks/compare.py [--device cpu|cuda] [--steps 20] [--repeats 3] [--cases glow-1x28x28 ...]
 
 Cases:
     glow-1x28x28, glow-3x32x32        Glow, 2 levels of 8 steps (ActNorm, LU 1x1 conv, affine coupling with a
@@ -17,7 +17,12 @@ flowood runs as it is by default (``flowood``), with channels-last convolutions 
 ``FlowModel.optimize()``; what ``flowood evaluate`` uses), and with channels-last plus ``torch.compile``
 (``flowood-compile``; compilation happens in the warm-up steps, outside the timing). A ``+malloc`` row runs
 with glibc's allocator told to keep freed memory (``flowood.allocator.tune_allocator``, which the ``flowood``
-command line applies at start); every peer is measured both ways too, and the best peer row is the reference.
+command line applies at start); every peer is measured both ways too. A ``-bf16`` row runs training and scoring
+under ``torch.autocast(dtype=torch.bfloat16)``: flowood narrows it to its st-networks (log-determinants in fp32,
+``FlowModel.mixed_precision``), a peer runs wholly under it, as a user would run it. Each flowood row is compared
+with the best peer row of the same precision (fp32 or bf16). A ``-packed`` row is flowood's RealNVP with
+``mask="checkerboard_packed"``: its checkerboard couplings gather each half into a half-width tensor as
+normflows' do (same parameters, half the convolution work; a different model from the paper's masked one).
 
 Every (case, library) runs in its own process: training steps/s (forward, backward, Adam step; batch 64, or 256
 for vectors), peak memory of training (GPU: max allocated; CPU: growth of the process's peak RSS), scoring
@@ -43,13 +48,16 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-_IMAGE_ROWS = ("flowood", "flowood-cl", "flowood-cl+malloc", "normflows", "normflows+malloc")
+_IMAGE_ROWS = ("flowood", "flowood-cl", "flowood-cl+malloc", "normflows", "normflows+malloc",
+               "flowood-cl-bf16+malloc", "normflows-bf16+malloc")
+_PACKED_ROWS = ("flowood-cl-packed+malloc", "flowood-cl-packed-bf16+malloc")
 CASES = {
     "glow-1x28x28": ("glow", (1, 28, 28), _IMAGE_ROWS + ("flowood-compile+malloc",)),
     "glow-3x32x32": ("glow", (3, 32, 32), _IMAGE_ROWS),
-    "realnvp-1x28x28": ("realnvp", (1, 28, 28), _IMAGE_ROWS + ("flowood-compile+malloc",)),
-    "realnvp-3x32x32": ("realnvp", (3, 32, 32), _IMAGE_ROWS),
-    "maf-1792": ("maf", (1792,), ("flowood", "flowood+malloc", "nflows", "nflows+malloc", "zuko", "zuko+malloc")),
+    "realnvp-1x28x28": ("realnvp", (1, 28, 28), _IMAGE_ROWS + ("flowood-compile+malloc",) + _PACKED_ROWS),
+    "realnvp-3x32x32": ("realnvp", (3, 32, 32), _IMAGE_ROWS + _PACKED_ROWS),
+    "maf-1792": ("maf", (1792,), ("flowood", "flowood+malloc", "nflows", "nflows+malloc", "zuko", "zuko+malloc",
+                                  "flowood-bf16+malloc", "zuko-bf16+malloc")),
 }
 HIDDEN, STEPS_PER_LEVEL, LEVELS = 64, 8, 2
 MAF_LAYERS, MAF_HIDDEN = 5, 512
@@ -57,14 +65,14 @@ ALPHA = 0.05  # the logit transform of RealNVP, applied to every library's input
 
 
 # -- models ----------------------------------------------------------------------------------------
-def flowood_model(kind: str, shape: tuple[int, ...]):
+def flowood_model(kind: str, shape: tuple[int, ...], packed: bool = False):
     from flowood.flows import build_flow
     if kind == "glow":
         return build_flow(flow="Glow", input_shape=shape, num_scales=LEVELS, num_coupling_layers_per_scale=STEPS_PER_LEVEL,
                           st_type="convnet", num_blocks=2, num_mid_channels=HIDDEN)
     if kind == "realnvp":
         return build_flow(flow="RealNVP", input_shape=shape, num_scales=2, st_type="convnet", num_blocks=2,
-                          num_mid_channels=HIDDEN)
+                          num_mid_channels=HIDDEN, mask="checkerboard_packed" if packed else "checkerboard")
     return build_flow(flow="MAF", input_shape=shape, num_coupling_layers=MAF_LAYERS, num_hidden_units=MAF_HIDDEN,
                       num_hidden_layers=1, actnorm=False)
 
@@ -171,6 +179,10 @@ def _status(key: str) -> int:
 def worker(case: str, row: str, device: str, steps: int) -> dict:
     kind, shape, _ = CASES[case]
     library, _, tuning = row.partition("+")
+    bf16 = library.endswith("-bf16")
+    library = library.removesuffix("-bf16")
+    packed = "-packed" in library
+    library = library.replace("-packed", "")
     if tuning == "malloc":
         from flowood.allocator import tune_allocator
         if not tune_allocator(enabled=True):
@@ -178,7 +190,7 @@ def worker(case: str, row: str, device: str, steps: int) -> dict:
     torch.manual_seed(0)
     dev = torch.device(device)
     if library.startswith("flowood"):
-        model = flowood_model(kind, shape)
+        model = flowood_model(kind, shape, packed)
         if library != "flowood":
             model.optimize(channels_last=True, compile=library == "flowood-compile")
     elif library == "normflows":
@@ -192,6 +204,12 @@ def worker(case: str, row: str, device: str, steps: int) -> dict:
     train_x = data(kind, shape, 4096 if kind == "maf" else 600).to(dev)
     test_x = data(kind, shape, 1024 + 4096 if kind == "maf" else 600)[-1024:].to(dev)
     log_prob = log_prob_fn(library, kind, model)
+    if bf16:
+        fp32_log_prob = log_prob
+
+        def log_prob(x, g=None):
+            with torch.autocast(dev.type, dtype=torch.bfloat16):
+                return fp32_log_prob(x, g).float()
     dims = math.prod(shape)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
 
@@ -241,6 +259,17 @@ def worker(case: str, row: str, device: str, steps: int) -> dict:
 
 
 # -- driver ----------------------------------------------------------------------------------------
+def median_row(runs: list[dict]) -> dict:
+    """One row from repeated runs of it: the median of every measurement, and the range of training speed."""
+    row = dict(runs[0])
+    for key in ("train_steps_s", "score_per_s", "peak_mib", "test_bpd"):
+        row[key] = float(np.median([r[key] for r in runs]))
+    row["train_min"] = min(r["train_steps_s"] for r in runs)
+    row["train_max"] = max(r["train_steps_s"] for r in runs)
+    row["runs"] = len(runs)
+    return row
+
+
 def versions() -> str:
     out = [f"torch {torch.__version__}"]
     from importlib.metadata import PackageNotFoundError, version
@@ -258,6 +287,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "LIBRARY"), help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run every row this many times, in rounds over all rows so that drift of the machine "
+                             "hits every library alike; report the median (and the range of training steps/s)")
     parser.add_argument("--json", default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
     if args.worker:
@@ -266,34 +298,41 @@ def main() -> None:
     dev_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else \
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     print(f"device: {args.device} ({dev_name}); {versions()}; threads {torch.get_num_threads()}; "
-          f"{args.steps} timed steps")
-    rows = []
+          f"{args.steps} timed steps; {args.repeats} run(s) per row")
+    runs: dict[tuple[str, str], list[dict]] = {}
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for case in args.cases:
-        for library in CASES[case][2]:
-            proc = subprocess.run([sys.executable, __file__, "--worker", case, library, "--device", args.device,
-                                   "--steps", str(args.steps)], capture_output=True, text=True, env=env)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
-            if line is None:
-                print(f"{case} / {library}: failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
-                continue
-            rows.append(json.loads(line[7:]))
-            r = rows[-1]
-            print(f"{case:16s} {library:22s} params {r['params']:>10,}  train {r['train_steps_s']:7.2f} steps/s  "
-                  f"score {r['score_per_s']:9.0f}/s  peak {r['peak_mib']:8.1f} MiB  bpd {r['test_bpd']:.3f}",
-                  flush=True)
-    print("\n| case | library | params | train steps/s | score samples/s | peak MiB | bits/dim after "
+    for repeat in range(args.repeats):
+        for case in args.cases:
+            for library in CASES[case][2]:
+                proc = subprocess.run([sys.executable, __file__, "--worker", case, library, "--device", args.device,
+                                       "--steps", str(args.steps)], capture_output=True, text=True, env=env)
+                line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+                if line is None:
+                    print(f"{case} / {library}: failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
+                    continue
+                r = json.loads(line[7:])
+                runs.setdefault((case, library), []).append(r)
+                print(f"[{repeat + 1}/{args.repeats}] {case:16s} {library:22s} params {r['params']:>10,}  train "
+                      f"{r['train_steps_s']:7.2f} steps/s  score {r['score_per_s']:9.0f}/s  peak {r['peak_mib']:8.1f} "
+                      f"MiB  bpd {r['test_bpd']:.3f}", flush=True)
+    rows = [median_row(rs) for rs in runs.values()]
+    print(f"\nMedians of {args.repeats} run(s):")
+    print("| case | library | params | train steps/s | (range) | score samples/s | peak MiB | bits/dim after "
           f"{args.steps + 3} steps |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['case']} | {r['library']} | {r['params']:,} | {r['train_steps_s']:.2f} | {r['score_per_s']:.0f} | "
-              f"{r['peak_mib']:.1f} | {r['test_bpd']:.3f} |")
-    print("\nRatios, flowood / best peer (training and scoring: higher is better; memory: lower is better):")
+        print(f"| {r['case']} | {r['library']} | {r['params']:,} | {r['train_steps_s']:.2f} | "
+              f"{r['train_min']:.2f}-{r['train_max']:.2f} | {r['score_per_s']:.0f} | {r['peak_mib']:.1f} | "
+              f"{r['test_bpd']:.3f} |")
+    print("\nRatios, flowood / best peer of the same precision (training and scoring: higher is better; memory: "
+          "lower is better):")
     print("| case | best peer | train | score | peak memory | params |")
     print("|---|---|---:|---:|---:|---:|")
     for case in args.cases:
-        peers = [r for r in rows if r["case"] == case and not r["library"].startswith("flowood")]
         for ours in [r for r in rows if r["case"] == case and r["library"].startswith("flowood")]:
+            bf16_row = "-bf16" in ours["library"]
+            peers = [r for r in rows if r["case"] == case and not r["library"].startswith("flowood")
+                     and ("-bf16" in r["library"]) == bf16_row]
             if not peers:
                 continue
             best = max(peers, key=lambda r: r["train_steps_s"])
