@@ -64,7 +64,7 @@ class MADE(nn.Module):
         previous = in_degrees
         for _ in range(num_hidden_layers + 1):
             mask = (hidden_degrees[:, None] >= previous[None, :])
-            layers += [MaskedLinear(len(previous), hidden_units, mask), nn.ReLU()]
+            layers += [MaskedLinear(len(previous), hidden_units, mask), nn.ReLU(inplace=True)]
             previous = hidden_degrees
         out_degrees = in_degrees.repeat(2)
         out_mask = out_degrees[:, None] > previous[None, :]

@@ -104,7 +104,9 @@ class AffineCoupling(FlowLayer):
     def _st(self, cond_input: Tensor) -> tuple[Tensor, Tensor]:
         raw = run_st_net(self.st_net, cond_input)  # fp32 out, also under mixed precision
         raw_s, t = raw.chunk(2, dim=1)
-        s = self.rescale * torch.tanh(raw_s)
+        # a channel slice of a channels-last tensor is strided, and unary ops on strided tensors take a slow
+        # path (tanh 4-5x slower on the CPU); one contiguous copy of the slice is cheaper
+        s = self.rescale * torch.tanh(raw_s.contiguous())
         return s, t
 
     # -- flow API --------------------------------------------------------------------------

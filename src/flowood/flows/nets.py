@@ -13,6 +13,10 @@ Types (``st_type``, the original code's names):
     predict (Kirichenko et al. 2020, Section 6).
     ``resnet_ae``: RealNVP's ResNet with a fully connected ``latent_dim`` bottleneck halfway.
     ``mlp``: a multilayer perceptron for vectors (tabular flows).
+
+Activations are applied in place wherever their input is a fresh output that nothing else needs (a
+convolution's, a linear layer's, BatchNorm's): the same numbers, one full pass over the largest tensors fewer,
+which on a CPU whose memory bandwidth is the limit saves about a third of each activation's time.
 """
 
 from __future__ import annotations
@@ -44,14 +48,15 @@ def _maybe_zero(layer: nn.Module, init_zeros: bool) -> nn.Module:
 class _ResidualBlock(nn.Module):
     def __init__(self, channels: int, batchnorm: bool) -> None:
         super().__init__()
+        self.batchnorm = batchnorm
         self.in_norm = nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
         self.in_conv = nn.Conv2d(channels, channels, 3, padding=1, bias=not batchnorm)
         self.out_norm = nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
         self.out_conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.in_conv(F.relu(self.in_norm(x)))
-        h = self.out_conv(F.relu(self.out_norm(h)))
+        h = self.in_conv(F.relu(self.in_norm(x), inplace=self.batchnorm))  # in place only on a fresh BN output
+        h = self.out_conv(F.relu(self.out_norm(h), inplace=True))
         return x + h
 
 
@@ -81,6 +86,7 @@ class ResNetST(nn.Module):
                  batchnorm: bool = True, skip: bool = True, init_zeros: bool = True,
                  bottleneck: tuple[int, tuple[int, int]] | None = None) -> None:
         super().__init__()
+        self.batchnorm = batchnorm
         self.in_norm = nn.BatchNorm2d(in_channels) if batchnorm else nn.Identity()
         self.in_conv = nn.Conv2d(2 * in_channels, mid_channels, 3, padding=1)
         self.blocks = nn.ModuleList(_ResidualBlock(mid_channels, batchnorm) for _ in range(num_blocks))
@@ -101,7 +107,7 @@ class ResNetST(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.in_norm(x)
-        x = self.in_conv(F.relu(torch.cat((x, -x), dim=1)))
+        x = self.in_conv(F.relu(torch.cat((x, -x), dim=1), inplace=True))
         if self.bottleneck is not None and self.bottleneck_after < 0:
             x = self.bottleneck(x)
         x_skip = self.in_skip(x) if self.skip else None
@@ -113,7 +119,7 @@ class ResNetST(nn.Module):
                 x = self.bottleneck(x)
         if self.skip:
             x = x_skip
-        return self.out_conv(F.relu(self.out_norm(x)))
+        return self.out_conv(F.relu(self.out_norm(x), inplace=self.batchnorm))
 
 
 class ResNetBottleneckST(ResNetST):
@@ -142,9 +148,9 @@ class ConvNetST(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, mid_channels: int = 512, num_blocks: int = 2,
                  init_zeros: bool = True) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, mid_channels, 3, padding=1), nn.ReLU()]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, mid_channels, 3, padding=1), nn.ReLU(inplace=True)]
         for _ in range(max(num_blocks - 1, 0)):
-            layers += [nn.Conv2d(mid_channels, mid_channels, 1), nn.ReLU()]
+            layers += [nn.Conv2d(mid_channels, mid_channels, 1), nn.ReLU(inplace=True)]
         layers.append(_maybe_zero(nn.Conv2d(mid_channels, out_channels, 3, padding=1), init_zeros))
         self.net = nn.Sequential(*layers)
 
@@ -160,7 +166,7 @@ class _HighwayLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         gate = torch.sigmoid(self.conv_gate(x))
-        return F.relu(self.conv_h(x)) * gate + x * (1.0 - gate)
+        return F.relu(self.conv_h(x), inplace=True) * gate + x * (1.0 - gate)
 
 
 class HighwayST(nn.Module):
@@ -178,7 +184,7 @@ class HighwayST(nn.Module):
         self.out_conv = _maybe_zero(nn.Conv2d(mid_channels, out_channels, 1), init_zeros)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out_conv(self.layers(F.relu(self.in_conv(x))))
+        return self.out_conv(self.layers(F.relu(self.in_conv(x), inplace=True)))
 
 
 class BottleneckST(nn.Module):
@@ -207,19 +213,19 @@ class BottleneckST(nn.Module):
         super().__init__()
         h, w = spatial
         widths, sizes = [mid_channels], [(h, w)]
-        encoder: list[nn.Module] = [nn.Conv2d(in_channels, mid_channels, 3, padding=1), nn.LeakyReLU()]
+        encoder: list[nn.Module] = [nn.Conv2d(in_channels, mid_channels, 3, padding=1), nn.LeakyReLU(inplace=True)]
         while max(sizes[-1]) > 4:
             c_next = min(2 * widths[-1], 2 * mid_channels)
-            encoder += [nn.Conv2d(widths[-1], c_next, 3, stride=2, padding=1), nn.LeakyReLU()]
+            encoder += [nn.Conv2d(widths[-1], c_next, 3, stride=2, padding=1), nn.LeakyReLU(inplace=True)]
             sizes.append((math.ceil(sizes[-1][0] / 2), math.ceil(sizes[-1][1] / 2)))
             widths.append(c_next)
         features = widths[-1] * sizes[-1][0] * sizes[-1][1]
         encoder += [nn.Flatten(), nn.Linear(features, latent_dim)]
-        decoder: list[nn.Module] = [nn.Linear(latent_dim, features), nn.LeakyReLU(),
+        decoder: list[nn.Module] = [nn.Linear(latent_dim, features), nn.LeakyReLU(inplace=True),
                                     nn.Unflatten(1, (widths[-1],) + sizes[-1])]
         for i in range(len(sizes) - 1, 0, -1):
             decoder += [nn.Upsample(size=sizes[i - 1], mode="nearest"),
-                        nn.Conv2d(widths[i], widths[i - 1], 3, padding=1), nn.LeakyReLU()]
+                        nn.Conv2d(widths[i], widths[i - 1], 3, padding=1), nn.LeakyReLU(inplace=True)]
         decoder.append(_maybe_zero(nn.Conv2d(widths[0], out_channels, 3, padding=1), init_zeros))
         self.encoder = nn.Sequential(*encoder)
         self.decoder = nn.Sequential(*decoder)
@@ -242,9 +248,9 @@ class MLPST(nn.Module):
     def __init__(self, in_features: int, out_features: int, hidden_units: int = 256, num_hidden_layers: int = 1,
                  init_zeros: bool = True) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Linear(in_features, hidden_units), nn.ReLU()]
+        layers: list[nn.Module] = [nn.Linear(in_features, hidden_units), nn.ReLU(inplace=True)]
         for _ in range(num_hidden_layers):
-            layers += [nn.Linear(hidden_units, hidden_units), nn.ReLU()]
+            layers += [nn.Linear(hidden_units, hidden_units), nn.ReLU(inplace=True)]
         layers.append(_maybe_zero(nn.Linear(hidden_units, out_features), init_zeros))
         self.net = nn.Sequential(*layers)
 
