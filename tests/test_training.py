@@ -98,6 +98,8 @@ def test_config_files_and_errors(tmp_path):
     ("aug: 3\n", "true or false"),
     ("- a\n- b\n", "mapping"),
     ("a: [\n", "not valid YAML"),
+    ("precision: bf16-true\n", "use bf16-mixed or 16-mixed"),
+    ("precision: 16-true\n", "log-determinants"),
 ])
 def test_bad_config_files_are_refused(tmp_path, text, match):
     bad = tmp_path / "bad.yaml"

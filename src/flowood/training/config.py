@@ -137,6 +137,10 @@ class TrainConfig:
         if self.nan_policy not in ("skip", "rollback"):
             raise ConfigError(f"nan_policy must be 'skip' or 'rollback', got {self.nan_policy!r}"
                               f"{closest(self.nan_policy, ('skip', 'rollback'))}")
+        precision = str(self.precision).lower()
+        if precision in ("16-true", "bf16-true") or precision.startswith("transformer-engine"):
+            raise ConfigError(f"precision {self.precision!r} would run the whole flow, log-determinants included, in "
+                              "16 bits; use bf16-mixed or 16-mixed (st-networks in 16 bits, log-determinants in fp32)")
         if not float(self.explode_bpd) >= 0.0:
             raise ConfigError(f"explode_bpd must be >= 0 (0 turns the check off), got {self.explode_bpd}")
         if not 0.0 < float(self.nan_lr_factor) <= 1.0:
