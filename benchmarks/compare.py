@@ -2,7 +2,8 @@
 
 Usage (peers are installed into their own environment by ``make bench-setup``)::
 
-    .venv-bench/bin/python benchmarks/compare.py [--device cpu|cuda] [--steps 20] [--repeats 3] [--cases glow-1x28x28 ...]
+    .venv-bench/bin/python benchmarks/compare.py [--device cpu|cuda] [--steps 20] [--repeats 3]
+        [--cases glow-1x28x28 ...]
 
 Cases:
     glow-1x28x28, glow-3x32x32        Glow, 2 levels of 8 steps (ActNorm, LU 1x1 conv, affine coupling with a

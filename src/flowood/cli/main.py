@@ -43,7 +43,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="data root (default: $FLOWOOD_DATA or ~/.cache/flowood)")
     helps = {"dataset": "in-distribution data set (flowood data list)", "out": "output directory",
              "flow": "RealNVP, Glow, RealNVPTabular, MAF, or RealNVPCycleMask / RealNVPMaskHorizontal / RealNVP8Layers / "
-                     "RealNVPSmall", "mask": "checkerboard, checkerboard_packed, horizontal, vertical, cycle (Glow also: channel)",
+                     "RealNVPSmall",
+             "mask": "checkerboard, checkerboard_packed, horizontal, vertical, cycle (Glow also: channel)",
              "st_type": "resnet, convnet, highway, autoencoder, resnet_ae", "optim": "Adam, RMSprop, AdamW, SGD",
              "devices": "devices per node (int, list or 'auto')", "max_minutes": "stop training after this many minutes",
              "nan_policy": "on a NaN/Inf loss or gradient: skip (default) or rollback (last good state, lower lr)",
