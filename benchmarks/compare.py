@@ -51,7 +51,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 _IMAGE_ROWS = ("flowood", "flowood-cl", "flowood-cl+malloc", "normflows", "normflows+malloc",
                "flowood-cl-bf16+malloc", "normflows-bf16+malloc")
-_PACKED_ROWS = ("flowood-cl-packed+malloc", "flowood-cl-packed-bf16+malloc")
+_IMAGE_ROWS += ("stnets-cl+malloc", "stnets-cl-bf16+malloc")
+_PACKED_ROWS = ("flowood-cl-packed+malloc", "flowood-cl-packed-bf16+malloc", "stnets-cl-packed+malloc",
+                "stnets-cl-packed-bf16+malloc")
 CASES = {
     "glow-1x28x28": ("glow", (1, 28, 28), _IMAGE_ROWS + ("flowood-compile+malloc",)),
     "glow-3x32x32": ("glow", (3, 32, 32), _IMAGE_ROWS),
@@ -76,6 +78,40 @@ def flowood_model(kind: str, shape: tuple[int, ...], packed: bool = False):
                           num_mid_channels=HIDDEN, mask="checkerboard_packed" if packed else "checkerboard")
     return build_flow(flow="MAF", input_shape=shape, num_coupling_layers=MAF_LAYERS, num_hidden_units=MAF_HIDDEN,
                       num_hidden_layers=1, actnorm=False)
+
+
+class StNetsOnly(torch.nn.Module):
+    """The st-networks of a flowood flow alone, fed stored inputs of the shapes the flow hands them.
+
+    This is the convolution work that any implementation of the same model has to do (forward, and backward
+    including the gradient for each st-network's input), with nothing of the flow around it: its speed bounds
+    what any library calling PyTorch's convolutions can reach on this model.
+    """
+
+    def __init__(self, flow, example: torch.Tensor) -> None:
+        super().__init__()
+        from flowood.flows.coupling import AffineCoupling
+        self.nets = torch.nn.ModuleList(m.st_net for m in flow.modules() if isinstance(m, AffineCoupling))
+        seen: list[tuple[tuple[int, ...], bool]] = []  # (shape of one input, whether the flow needs its gradient)
+        hooks = [net.register_forward_pre_hook(lambda _, args: seen.append((tuple(args[0].shape[1:]),
+                                                                             args[0].requires_grad)))
+                 for net in self.nets]
+        flow.log_prob(example, validate=False)
+        for h in hooks:
+            h.remove()
+        self.shapes = [shape for shape, _ in seen]
+        self.needs_input_grad = [needs for _, needs in seen]
+        self._inputs: dict[tuple[int, bool], list[torch.Tensor]] = {}
+
+    def per_sample(self, batch: int) -> torch.Tensor:
+        """Run every st-network on a batch of its stored inputs; one number per sample, to train on or discard."""
+        key = (batch, torch.is_grad_enabled())
+        if key not in self._inputs:
+            device = next(self.parameters()).device
+            made = [torch.randn(batch, *shape, device=device) for shape in self.shapes]
+            made = [t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in made]
+            self._inputs[key] = [t.requires_grad_(key[1] and needs) for t, needs in zip(made, self.needs_input_grad)]
+        return sum(net(x).flatten(1).mean(1) for net, x in zip(self.nets, self._inputs[key]))
 
 
 def normflows_model(kind: str, shape: tuple[int, ...]):
@@ -149,6 +185,8 @@ def continuous(x_uint8: torch.Tensor, generator: torch.Generator | None) -> tupl
 
 
 def log_prob_fn(library: str, kind: str, model):
+    if library.startswith("stnets"):
+        return lambda x, g=None: model.per_sample(x.shape[0])
     if library.startswith("flowood"):
         return lambda x, g=None: model.log_prob(x, validate=False, generator=g)
     if kind == "maf":
@@ -190,7 +228,10 @@ def worker(case: str, row: str, device: str, steps: int) -> dict:
             raise SystemExit("the allocator tuning needs Linux with glibc")
     torch.manual_seed(0)
     dev = torch.device(device)
-    if library.startswith("flowood"):
+    if library.startswith("stnets"):
+        flow = flowood_model(kind, shape, packed).optimize(channels_last=True)
+        model = StNetsOnly(flow, data(kind, shape, 64))
+    elif library.startswith("flowood"):
         model = flowood_model(kind, shape, packed)
         if library != "flowood":
             model.optimize(channels_last=True, compile=library == "flowood-compile")
@@ -244,7 +285,7 @@ def worker(case: str, row: str, device: str, steps: int) -> dict:
     g = torch.Generator(device=dev).manual_seed(1)
     score_batch = 1024
     with torch.inference_mode():
-        bpd = float(-log_prob(test_x, g).mean() / (dims * math.log(2)))
+        bpd = float(-log_prob(test_x, g).mean() / (dims * math.log(2))) if not library.startswith("stnets") else float("nan")
         big = test_x[torch.arange(score_batch) % len(test_x)]
         log_prob(big)
         sync()
@@ -287,6 +328,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--rows", nargs="+", default=None, metavar="ROW",
+                        help="run only these rows of each case (e.g. flowood-cl+malloc normflows+malloc)")
     parser.add_argument("--worker", nargs=2, metavar=("CASE", "LIBRARY"), help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=1,
                         help="run every row this many times, in rounds over all rows so that drift of the machine "
@@ -305,6 +348,8 @@ def main() -> None:
     for repeat in range(args.repeats):
         for case in args.cases:
             for library in CASES[case][2]:
+                if args.rows and library not in args.rows:
+                    continue
                 proc = subprocess.run([sys.executable, __file__, "--worker", case, library, "--device", args.device,
                                        "--steps", str(args.steps)], capture_output=True, text=True, env=env)
                 line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
@@ -332,7 +377,7 @@ def main() -> None:
     for case in args.cases:
         for ours in [r for r in rows if r["case"] == case and r["library"].startswith("flowood")]:
             bf16_row = "-bf16" in ours["library"]
-            peers = [r for r in rows if r["case"] == case and not r["library"].startswith("flowood")
+            peers = [r for r in rows if r["case"] == case and not r["library"].startswith(("flowood", "stnets"))
                      and ("-bf16" in r["library"]) == bf16_row]
             if not peers:
                 continue
@@ -341,6 +386,25 @@ def main() -> None:
                   f"{ours['train_steps_s'] / best['train_steps_s']:.2f}x | "
                   f"{ours['score_per_s'] / max(p['score_per_s'] for p in peers):.2f}x | "
                   f"{ours['peak_mib'] / max(best['peak_mib'], 1e-9):.2f}x | {ours['params'] / best['params']:.3f} |")
+    ceilings = [r for r in rows if r["library"].startswith("stnets")]
+    if ceilings:
+        print("\nCeiling: the st-networks alone (the convolutions every implementation of the model runs) / best "
+              "peer of the same precision, and the share of flowood's time they take:")
+        print("| case | st-networks | best peer | train | score | flowood row | its train | its score |")
+        print("|---|---|---|---:|---:|---|---:|---:|")
+    for c in ceilings:
+        bf16_row = "-bf16" in c["library"]
+        peers = [r for r in rows if r["case"] == c["case"] and not r["library"].startswith(("flowood", "stnets"))
+                 and ("-bf16" in r["library"]) == bf16_row]
+        ours = next((r for r in rows if r["case"] == c["case"] and r["library"] == c["library"].replace("stnets",
+                     "flowood")), None)
+        if not peers or ours is None:
+            continue
+        best = max(peers, key=lambda r: r["train_steps_s"])
+        print(f"| {c['case']} | {c['library']} | {best['library']} | "
+              f"{c['train_steps_s'] / best['train_steps_s']:.2f}x | "
+              f"{c['score_per_s'] / max(p['score_per_s'] for p in peers):.2f}x | {ours['library']} | "
+              f"{ours['train_steps_s'] / c['train_steps_s']:.0%} | {ours['score_per_s'] / c['score_per_s']:.0%} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
