@@ -24,6 +24,10 @@ under ``torch.autocast(dtype=torch.bfloat16)``: flowood narrows it to its st-net
 with the best peer row of the same precision (fp32 or bf16). A ``-packed`` row is flowood's RealNVP with
 ``mask="checkerboard_packed"``: its checkerboard couplings gather each half into a half-width tensor as
 normflows' do (same parameters, half the convolution work; a different model from the paper's masked one).
+A ``stnets`` row runs only the st-networks of flowood's model (channels-last), on stored inputs of the shapes the
+flow hands them, with the gradient of every input the flow needs: the convolution work that every implementation
+of the same model has to do. Its speed against the best peer is the ceiling for any library built on PyTorch's
+convolutions, printed in a last table with the share of flowood's time that this work takes.
 
 Every (case, library) runs in its own process: training steps/s (forward, backward, Adam step; batch 64, or 256
 for vectors), peak memory of training (GPU: max allocated; CPU: growth of the process's peak RSS), scoring
