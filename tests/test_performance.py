@@ -178,3 +178,30 @@ def test_in_place_activations_give_the_same_numbers_and_gradients(config, monkey
     assert len(grads_in_place) == len(grads_copy) > 0
     for a, b in zip(grads_in_place, grads_copy):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_invertible_1x1_conv_gives_the_same_numbers_on_both_memory_layouts(monkeypatch):
+    """On a [B, C, H, W] tensor the 1x1 convolution is a batched matrix product (faster than oneDNN's
+    convolution there); on channels-last input it stays a convolution. Outputs, inverses and gradients agree."""
+    from flowood.flows import InvertibleConv1x1
+    torch.manual_seed(0)
+    layer = InvertibleConv1x1(6)
+    with torch.no_grad():
+        layer.upper.add_(0.1 * torch.randn_like(layer.upper))
+    x = torch.randn(3, 6, 5, 4)
+    import torch.nn.functional as F
+    conv2d, conv_calls = F.conv2d, []
+    monkeypatch.setattr(F, "conv2d", lambda *a, **k: conv_calls.append(1) or conv2d(*a, **k))
+    results = []
+    for inp in (x.clone(), x.contiguous(memory_format=torch.channels_last)):
+        inp.requires_grad_(True)
+        conv_calls.clear()
+        y, log_det = layer(inp)
+        assert len(conv_calls) == (0 if inp.is_contiguous() else 1)  # matrix product / convolution
+        layer.zero_grad()
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        results.append((y.detach(), log_det.detach(), inp.grad.clone(), layer.upper.grad.clone(),
+                        layer.inverse(y.detach())))
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(results[0][4], x, atol=1e-5)

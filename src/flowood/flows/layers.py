@@ -139,6 +139,10 @@ class InvertibleConv1x1(FlowLayer):
     def _multiply(self, x: Tensor, w: Tensor) -> Tensor:
         if x.dim() == 2:
             return x @ w.T
+        if x.is_contiguous():
+            # on a [B, C, H, W] tensor a batched matrix product over the C channels is 2-9x faster than a
+            # convolution (oneDNN reorders the input); channels-last inputs are the convolution's fast case
+            return torch.matmul(w, x.flatten(2)).view(x.shape)
         return F.conv2d(x, w.view(self.num_channels, self.num_channels, 1, 1))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
