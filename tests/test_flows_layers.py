@@ -71,6 +71,41 @@ def test_actnorm_data_dependent_init():
     bias = layer.bias.detach().clone()
     layer(torch.randn(8, 3, 5, 5))
     assert torch.equal(bias, layer.bias.detach())
+    # loading a state that is not initialised yet makes the next batch initialise again
+    layer.load_state_dict(ActNorm(3).state_dict())
+    y, _ = layer(x)
+    assert bool(layer.initialized) and torch.allclose(y.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)
+
+
+@pytest.mark.parametrize("config", [
+    dict(flow="Glow", input_shape=(1, 8, 8), num_scales=2, num_coupling_layers_per_scale=2, num_blocks=1,
+         num_mid_channels=4),
+    dict(flow="RealNVP", input_shape=(1, 8, 8), num_blocks=1, num_mid_channels=4),
+    dict(flow="MAF", input_shape=(6,), num_hidden_units=8),
+], ids=["glow", "realnvp", "maf"])
+def test_flow_passes_read_no_tensor_values_on_the_host_once_initialised(config):
+    """A value read from a tensor (``bool(t)``, ``.item()``) makes a GPU wait for the host; once ActNorm is
+    initialised, density passes (forward and backward) and sampling read none."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from flowood.flows import build_flow
+
+    reads = []
+
+    class RecordReads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                reads.append(func)
+            return func(*args, **(kwargs or {}))
+
+    flow = build_flow(config)
+    x = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8) if flow.discrete else torch.randn(4, 6)
+    flow.log_prob(x)  # initialises ActNorm
+    with RecordReads():
+        flow.log_prob(x, validate=False).sum().backward()
+        with torch.no_grad():
+            flow.sample(2)
+    assert reads == []
 
 
 def test_actnorm_init_survives_state_dict():

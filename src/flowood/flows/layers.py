@@ -44,6 +44,9 @@ class ActNorm(FlowLayer):
         self.bias = nn.Parameter(torch.zeros(num_channels))
         self.log_scale = nn.Parameter(torch.zeros(num_channels))
         self.register_buffer("initialized", torch.tensor(False))
+        # a Python mirror of the buffer once it is known to be True: reading the buffer in every forward would
+        # synchronise a GPU with the host once per layer and pass
+        self._known_initialized = False
 
     def _shape(self, x: Tensor) -> tuple[int, ...]:
         return (1, self.num_channels) + (1,) * (x.dim() - 2)
@@ -63,10 +66,17 @@ class ActNorm(FlowLayer):
         self.bias.copy_(-mean)
         self.log_scale.copy_(-torch.log(std))
         self.initialized.fill_(True)
+        self._known_initialized = True
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialized = False  # read the loaded buffer again on the next forward
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if not bool(self.initialized):
-            self.initialize(x)
+        if not self._known_initialized:
+            if not bool(self.initialized):
+                self.initialize(x)
+            self._known_initialized = True
         shape = self._shape(x)
         y = (x + self.bias.view(shape)) * torch.exp(self.log_scale.view(shape))
         spatial = x[0, 0].numel()
