@@ -205,3 +205,27 @@ def test_invertible_1x1_conv_gives_the_same_numbers_on_both_memory_layouts(monke
     for a, b in zip(*results):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
     assert torch.allclose(results[0][4], x, atol=1e-5)
+
+
+def test_training_optimizers_use_multi_tensor_kernels_and_give_the_same_updates():
+    """``flowood train``'s Adam is PyTorch's fused kernel (one call for all parameter tensors instead of a loop
+    over them); after five steps on the same gradients the parameters equal those of the default Adam."""
+    from flowood.training import make_optimizer
+    reference = trained_like(CONFIGS["glow-convnet-rgb"])
+    fast = copy.deepcopy(reference)
+    optimizers = (torch.optim.Adam(reference.parameters(), lr=1e-3, weight_decay=1e-4),
+                  make_optimizer(fast.parameters(), "Adam", lr=1e-3, weight_decay=1e-4))
+    assert optimizers[1].defaults["fused"] is True
+    x = torch.randint(0, 256, (8, *reference.input_shape), dtype=torch.uint8)
+    for _ in range(5):
+        for model, opt in zip((reference, fast), optimizers):
+            opt.zero_grad()
+            model.bits_per_dim(x, noise="center").mean().backward()
+            opt.step()
+    for (name, p), q in zip(reference.named_parameters(), fast.parameters()):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
+    assert make_optimizer(fast.parameters(), "AdamW").defaults["fused"] is True
+    for name in ("RMSprop", "SGD"):
+        assert make_optimizer(fast.parameters(), name).defaults["foreach"] is True
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer(fast.parameters(), "Lion")

@@ -2,7 +2,8 @@
 
 from flowood.training.config import OPTIMIZERS, TrainConfig, load_config
 from flowood.training.module import FlowDataModule, FlowModule, NonFiniteLossError, negative_training_loss
+from flowood.training.optim import make_optimizer
 from flowood.training.run import OutputExistsError, TrainResult, train
 
 __all__ = ["FlowDataModule", "FlowModule", "NonFiniteLossError", "OPTIMIZERS", "OutputExistsError", "TrainConfig",
-           "TrainResult", "load_config", "negative_training_loss", "train"]
+           "TrainResult", "load_config", "make_optimizer", "negative_training_loss", "train"]

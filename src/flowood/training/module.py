@@ -18,6 +18,7 @@ from flowood import __version__
 from flowood.data import ArrayDataset, adapt_images, load_dataset
 from flowood.flows import ActNorm, build_flow
 from flowood.training.config import TrainConfig
+from flowood.training.optim import make_optimizer
 from flowood.training.persistence import EpochPermutationSampler, ResumableDataLoader
 
 __all__ = ["FlowModule", "FlowDataModule", "NonFiniteLossError", "negative_training_loss"]
@@ -231,7 +232,8 @@ class FlowModule(pl.LightningModule):
         grads = [p.grad for p in self.flow.parameters() if p.grad is not None]
         if not grads:
             return
-        if self._all_finite(torch.stack([g.detach().abs().sum() for g in grads])):
+        # one L1 norm over all gradients (foreach: a few kernels, not one per parameter tensor); non-finite if any is
+        if self._all_finite(torch.nn.utils.get_total_norm(grads, norm_type=1.0, foreach=True)):
             self.nonfinite_streak = 0
             return
         for p in self.flow.parameters():
@@ -270,15 +272,7 @@ class FlowModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         c = self.config
-        params = self.flow.parameters()
-        if c.optim == "Adam":
-            opt = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
-        elif c.optim == "AdamW":
-            opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        elif c.optim == "RMSprop":
-            opt = torch.optim.RMSprop(params, lr=c.lr, weight_decay=c.weight_decay)
-        else:
-            opt = torch.optim.SGD(params, lr=c.lr, weight_decay=c.weight_decay, momentum=0.9)
+        opt = make_optimizer(self.flow.parameters(), c.optim, lr=c.lr, weight_decay=c.weight_decay)
         if not c.lr_anneal:
             return opt
         milestones = sorted({max(1, math.floor(0.8 * c.num_epochs)), max(1, math.floor(0.9 * c.num_epochs))})
