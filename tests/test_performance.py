@@ -225,6 +225,8 @@ def test_training_optimizers_use_multi_tensor_kernels_and_give_the_same_updates(
     for (name, p), q in zip(reference.named_parameters(), fast.parameters()):
         assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
     assert make_optimizer(fast.parameters(), "AdamW").defaults["fused"] is True
+    unfused = make_optimizer(fast.parameters(), "Adam", fused=False).defaults  # what bf16-mixed training uses
+    assert not unfused["fused"] and unfused["foreach"] is True
     for name in ("RMSprop", "SGD"):
         assert make_optimizer(fast.parameters(), name).defaults["foreach"] is True
     with pytest.raises(ValueError, match="unknown optimizer"):

@@ -26,18 +26,19 @@ def _can_fuse(params: list[torch.Tensor]) -> bool:
 
 
 def make_optimizer(params: Iterable[torch.Tensor], name: str = "Adam", lr: float = 1e-3,
-                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+                   weight_decay: float = 0.0, fused: bool | None = None) -> torch.optim.Optimizer:
     """The optimizer ``name`` (one of :data:`~flowood.training.OPTIMIZERS`) over ``params``.
 
     Adam and AdamW use the fused kernel where every parameter is a floating-point tensor on one CPU or CUDA
-    device, and the multi-tensor (foreach) loop otherwise; RMSprop and SGD (momentum 0.9) use the multi-tensor
-    loop. Call it after the parameters are on their device.
+    device (``fused=None``, or ``True``), and the multi-tensor (foreach) loop otherwise or with ``fused=False``
+    (Lightning refuses gradient clipping with a fused optimizer under mixed precision); RMSprop and SGD
+    (momentum 0.9) use the multi-tensor loop. Call it after the parameters are on their device.
     """
     params = list(params)
     if not params:
         raise ValueError("the model has no trainable parameters")
     if name in ("Adam", "AdamW"):
-        fused = _can_fuse(params)
+        fused = _can_fuse(params) and fused is not False
         return getattr(torch.optim, name)(params, lr=lr, weight_decay=weight_decay, fused=fused or None,
                                           foreach=None if fused else True)
     if name == "RMSprop":
