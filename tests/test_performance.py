@@ -207,27 +207,15 @@ def test_invertible_1x1_conv_gives_the_same_numbers_on_both_memory_layouts(monke
     assert torch.allclose(results[0][4], x, atol=1e-5)
 
 
-def test_training_optimizers_use_multi_tensor_kernels_and_give_the_same_updates():
-    """``flowood train``'s Adam is PyTorch's fused kernel (one call for all parameter tensors instead of a loop
-    over them); after five steps on the same gradients the parameters equal those of the default Adam."""
+def test_training_optimizers_are_pytorchs_defaults():
+    """``make_optimizer`` builds the optimizers ``flowood train`` offers with PyTorch's default implementation
+    (the fused and multi-tensor Adam trained the demo to worse bits/dim), and refuses unknown names."""
     from flowood.training import make_optimizer
-    reference = trained_like(CONFIGS["glow-convnet-rgb"])
-    fast = copy.deepcopy(reference)
-    optimizers = (torch.optim.Adam(reference.parameters(), lr=1e-3, weight_decay=1e-4),
-                  make_optimizer(fast.parameters(), "Adam", lr=1e-3, weight_decay=1e-4))
-    assert optimizers[1].defaults["fused"] is True
-    x = torch.randint(0, 256, (8, *reference.input_shape), dtype=torch.uint8)
-    for _ in range(5):
-        for model, opt in zip((reference, fast), optimizers):
-            opt.zero_grad()
-            model.bits_per_dim(x, noise="center").mean().backward()
-            opt.step()
-    for (name, p), q in zip(reference.named_parameters(), fast.parameters()):
-        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
-    assert make_optimizer(fast.parameters(), "AdamW").defaults["fused"] is True
-    unfused = make_optimizer(fast.parameters(), "Adam", fused=False).defaults  # what bf16-mixed training uses
-    assert not unfused["fused"] and unfused["foreach"] is True
-    for name in ("RMSprop", "SGD"):
-        assert make_optimizer(fast.parameters(), name).defaults["foreach"] is True
+    flow = trained_like(CONFIGS["glow-convnet-rgb"])
+    for name in ("Adam", "AdamW", "RMSprop", "SGD"):
+        opt = make_optimizer(flow.parameters(), name, lr=1e-3)
+        assert type(opt).__name__ == name
+        assert not opt.defaults.get("fused") and opt.defaults.get("foreach") is None
+    assert make_optimizer(flow.parameters(), "SGD").defaults["momentum"] == 0.9
     with pytest.raises(ValueError, match="unknown optimizer"):
-        make_optimizer(fast.parameters(), "Lion")
+        make_optimizer(flow.parameters(), "Lion")

@@ -272,10 +272,7 @@ class FlowModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         c = self.config
-        mixed = str(c.precision).lower() in ("16", "16-mixed", "bf16", "bf16-mixed")
-        # Lightning refuses to clip gradients for a fused optimizer under mixed precision
-        fused = False if mixed and c.max_grad_norm else None
-        opt = make_optimizer(self.flow.parameters(), c.optim, lr=c.lr, weight_decay=c.weight_decay, fused=fused)
+        opt = make_optimizer(self.flow.parameters(), c.optim, lr=c.lr, weight_decay=c.weight_decay)
         if not c.lr_anneal:
             return opt
         milestones = sorted({max(1, math.floor(0.8 * c.num_epochs)), max(1, math.floor(0.9 * c.num_epochs))})
