@@ -316,6 +316,14 @@ def median_row(runs: list[dict]) -> dict:
     return row
 
 
+def peer_rows(rows: list[dict], row: dict) -> tuple[list[dict], dict | None]:
+    """The peer rows of ``row``'s case at its precision (fp32 or bf16), and the one that trains fastest."""
+    bf16 = "-bf16" in row["library"]
+    peers = [r for r in rows if r["case"] == row["case"] and not r["library"].startswith(("flowood", "stnets"))
+             and ("-bf16" in r["library"]) == bf16]
+    return peers, max(peers, key=lambda r: r["train_steps_s"], default=None)
+
+
 def versions() -> str:
     out = [f"torch {torch.__version__}"]
     from importlib.metadata import PackageNotFoundError, version
@@ -380,12 +388,9 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|")
     for case in args.cases:
         for ours in [r for r in rows if r["case"] == case and r["library"].startswith("flowood")]:
-            bf16_row = "-bf16" in ours["library"]
-            peers = [r for r in rows if r["case"] == case and not r["library"].startswith(("flowood", "stnets"))
-                     and ("-bf16" in r["library"]) == bf16_row]
+            peers, best = peer_rows(rows, ours)
             if not peers:
                 continue
-            best = max(peers, key=lambda r: r["train_steps_s"])
             print(f"| {case} ({ours['library']}) | {best['library']} | "
                   f"{ours['train_steps_s'] / best['train_steps_s']:.2f}x | "
                   f"{ours['score_per_s'] / max(p['score_per_s'] for p in peers):.2f}x | "
@@ -397,14 +402,11 @@ def main() -> None:
         print("| case | st-networks | best peer | train | score | flowood row | its train | its score |")
         print("|---|---|---|---:|---:|---|---:|---:|")
     for c in ceilings:
-        bf16_row = "-bf16" in c["library"]
-        peers = [r for r in rows if r["case"] == c["case"] and not r["library"].startswith(("flowood", "stnets"))
-                 and ("-bf16" in r["library"]) == bf16_row]
+        peers, best = peer_rows(rows, c)
         ours = next((r for r in rows if r["case"] == c["case"] and r["library"] == c["library"].replace("stnets",
                      "flowood")), None)
         if not peers or ours is None:
             continue
-        best = max(peers, key=lambda r: r["train_steps_s"])
         print(f"| {c['case']} | {c['library']} | {best['library']} | "
               f"{c['train_steps_s'] / best['train_steps_s']:.2f}x | "
               f"{c['score_per_s'] / max(p['score_per_s'] for p in peers):.2f}x | {ours['library']} | "
