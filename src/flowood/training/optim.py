@@ -1,9 +1,10 @@
 """The optimizers ``flowood train`` offers, built in one place.
 
-PyTorch's fused and multi-tensor Adam would make the optimizer step of a Glow or RealNVP (a few hundred small
-parameter tensors) 2-5x faster on a CPU, but on the demo's RealNVP they trained to worse bits/dim than the
-one-tensor-at-a-time Adam in each of four seeds (150 steps: 0.02-0.14 bits/dim worse), so flowood keeps
-PyTorch's default implementation.
+PyTorch's fused Adam makes the optimizer step of a Glow or RealNVP (a few hundred small parameter tensors)
+2.3x-4.9x faster on a 2-core CPU (the multi-tensor one 1.6x), but on the demo's RealNVP the fused Adam trained
+to worse test bits/dim than the one-tensor-at-a-time Adam in each of four seeds (after 150 steps: 0.02-0.14
+bits/dim worse; the multi-tensor Adam, tried on one seed, matched the fused one), so flowood keeps PyTorch's
+default implementation.
 """
 
 from __future__ import annotations
