@@ -10,8 +10,8 @@ Kinds:
     ``checkerboard`` (RealNVP), ``checkerboard_packed`` (the same pixels, but the coupling gathers each half
     into a tensor of half the width, so its st-network convolves half as many pixels: faster, as in
     normflows; a different st-network geometry, so not the paper's model), ``channel`` (first/second half
-    of the channels), ``horizontal`` (top/bottom half), ``vertical`` (left/right half), ``cycle`` (quadrant q -> q + 1) and
-    ``tabular`` (first/second half of a feature vector).
+    of the channels), ``horizontal`` (top/bottom half), ``vertical`` (left/right half), ``cycle`` (quadrant
+    q -> q + 1) and ``tabular`` (first/second half of a feature vector).
 """
 
 from __future__ import annotations
