@@ -74,6 +74,29 @@ def test_compiled_density_pass_gives_the_same_numbers():
     assert_same_gradients(flow, compiled, x)  # training through the compiled pass
 
 
+@pytest.mark.slow
+def test_compiled_density_initialises_eagerly_and_compiles_without_graph_breaks():
+    from torch._dynamo.utils import counters
+    config = dict(flow="Glow", input_shape=(1, 4, 4), num_scales=1, num_coupling_layers_per_scale=1, num_blocks=1,
+                  num_mid_channels=4)
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    flow = build_flow(config).optimize(channels_last=False, compile=True)
+    x = torch.randint(0, 256, (6, 1, 4, 4), dtype=torch.uint8)
+    assert not counters["stats"]["unique_graphs"]
+    first = flow.log_prob(x, noise="center")  # ActNorm initialises from this batch, eagerly
+    assert not counters["stats"]["unique_graphs"]
+    assert close(flow.log_prob(x, noise="center"), first)  # compiled from now on
+    assert counters["stats"]["unique_graphs"] >= 1
+    reloaded = build_flow(config)
+    reloaded.load_state_dict(flow.state_dict())  # initialised state: read once (eagerly), then compiled
+    reloaded.optimize(channels_last=False, compile=True)
+    for _ in range(2):
+        assert close(reloaded.log_prob(x, noise="center"), first)
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
 def test_training_with_channels_last_matches_the_default(tmp_path, fixtures_dir):
     from flowood.training import load_config, train
     results = []

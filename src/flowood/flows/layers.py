@@ -51,6 +51,11 @@ class ActNorm(FlowLayer):
     def _shape(self, x: Tensor) -> tuple[int, ...]:
         return (1, self.num_channels) + (1,) * (x.dim() - 2)
 
+    @property
+    def initialization_pending(self) -> bool:
+        """True until a forward pass has seen the layer initialised (its next pass may initialise it from data)."""
+        return not self._known_initialized
+
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
         """Set the parameters so that ``x`` comes out with zero mean and unit variance."""

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from flowood.flows.base import FlowLayer, LayerRecord, per_sample_sum
-from flowood.flows.layers import Squeeze, squeeze2d, unsqueeze2d
+from flowood.flows.layers import ActNorm, Squeeze, squeeze2d, unsqueeze2d
 from flowood.flows.precision import flow_precision, parse_precision
 from flowood.flows.preprocessing import DEQUANTIZATION_LOG_DET, LogitTransform, dequantize, quantize
 
@@ -92,7 +92,8 @@ class FlowModel(nn.Module):
         self.logit = LogitTransform(logit_alpha) if logit_alpha is not None else None
         self.prior = StandardNormal()
         self.config = dict(config or {})
-        self._compiled_forward: Any = None
+        self._compiled_density: Any = None
+        self._lazy_layers: list[ActNorm] = []  # layers that initialise themselves from their first batch
         self.st_dtype: torch.dtype | None = None  # mixed precision of the st-networks; None: fp32
 
     def mixed_precision(self, precision: str | torch.dtype | None = "bf16") -> "FlowModel":
@@ -118,9 +119,11 @@ class FlowModel(nn.Module):
         Args:
             channels_last: keep convolution weights (and so activations) in channels-last memory
                 format, which oneDNN (CPU) and cuDNN convolutions run faster; None: on for image flows.
-            compile: run the density pass (``forward``) through ``torch.compile``, which fuses the
-                many element-wise operations of couplings into few kernels. The first call compiles
-                (tens of seconds on a CPU), so it pays off when scoring or training on many inputs.
+            compile: run the density pass (``forward`` and the prior) through ``torch.compile``, which
+                fuses the many element-wise operations of couplings into few kernels. The first call compiles
+                (tens of seconds on a CPU), so it pays off when scoring or training on many inputs. Passes
+                that still initialise a layer from data (ActNorm's first batch) run eagerly, so the compiled
+                graph has no data-dependent branch and no graph break.
 
         Returns:
             the model itself.
@@ -129,8 +132,13 @@ class FlowModel(nn.Module):
             channels_last = len(self.input_shape) == 3
         if channels_last and len(self.input_shape) == 3:
             self.to(memory_format=torch.channels_last)
-        self._compiled_forward = torch.compile(self.forward) if compile else None
+        self._compiled_density = torch.compile(self._density) if compile else None
+        self._lazy_layers = [m for m in self.modules() if isinstance(m, ActNorm)]
         return self
+
+    def _ready_to_compile(self) -> bool:
+        """True once no layer has a data-dependent initialisation left (read from a host flag, no sync)."""
+        return not any(m.initialization_pending for m in self._lazy_layers)
 
     # -- properties ------------------------------------------------------------------------
     @property
@@ -263,8 +271,14 @@ class FlowModel(nn.Module):
         """
         if validate:
             self.check_input(x)
-        density = self._compiled_forward or self.forward
-        z, log_det = density(self._continuous(x, noise, generator))
+        y = self._continuous(x, noise, generator)
+        if self._compiled_density is not None and self._ready_to_compile():
+            return self._compiled_density(y)
+        return self._density(y)
+
+    def _density(self, y: Tensor) -> Tensor:
+        """Log-likelihood of continuous inputs: the flow, the prior and the bin width (what ``compile`` compiles)."""
+        z, log_det = self.forward(y)
         return self._log_likelihood(z, log_det)
 
     def _log_likelihood(self, z: Tensor, log_det: Tensor) -> Tensor:
