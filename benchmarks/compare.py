@@ -30,9 +30,11 @@ of the same model has to do. Its speed against the best peer is the ceiling for 
 convolutions, printed in a last table with the share of flowood's time that this work takes.
 
 Every (case, library) runs in its own process: training steps/s (forward, backward, Adam step; batch 64, or 256
-for vectors), peak memory of training (GPU: max allocated; CPU: growth of the process's peak RSS), scoring
-images/s (log-likelihood under ``torch.inference_mode``, batch 1024) and bits/dim on held-out data after the
-timed steps, so speed is never bought with a worse model. Image data: the committed FashionMNIST fixture
+for vectors), peak memory of a training step (the tensor memory one more, untimed step allocates above what is
+held when it starts, from PyTorch's allocation records: the GPU allocator's statistics, the CPU profiler's memory
+timeline; the same from run to run) and, on the CPU, the growth of the process's peak RSS over the warm-up and
+timed steps (what ``top`` shows; noisy), scoring images/s (log-likelihood under ``torch.inference_mode``, batch
+1024) and bits/dim on held-out data after these steps, so speed is never bought with a worse model. Image data: the committed FashionMNIST fixture
 (RGB-replicated and resized for 3x32x32), dequantized and logit-transformed the same way for every library.
 Ratios (flowood / best peer) are printed last.
 """
@@ -59,7 +61,7 @@ _PACKED_ROWS = ("flowood-cl-packed+malloc", "flowood-cl-packed-bf16+malloc", "st
                 "stnets-cl-packed-bf16+malloc")
 CASES = {
     "glow-1x28x28": ("glow", (1, 28, 28), _IMAGE_ROWS + ("flowood-compile+malloc",)),
-    "glow-3x32x32": ("glow", (3, 32, 32), _IMAGE_ROWS),
+    "glow-3x32x32": ("glow", (3, 32, 32), _IMAGE_ROWS + ("flowood-compile+malloc",)),
     "realnvp-1x28x28": ("realnvp", (1, 28, 28), _IMAGE_ROWS + ("flowood-compile+malloc",) + _PACKED_ROWS),
     "realnvp-3x32x32": ("realnvp", (3, 32, 32), _IMAGE_ROWS + _PACKED_ROWS),
     "maf-1792": ("maf", (1792,), ("flowood", "flowood+malloc", "nflows", "nflows+malloc", "zuko", "zuko+malloc",
@@ -203,6 +205,31 @@ def log_prob_fn(library: str, kind: str, model):
     return peer
 
 
+def step_peak_memory(step, dev: torch.device) -> float:
+    """Peak tensor memory (bytes) that one call of ``step`` allocates above what is held when it starts.
+
+    Counted from PyTorch's own allocation records, so it is the same from run to run (unlike the process's
+    RSS): on a GPU from the caching allocator's statistics, on the CPU from the profiler's memory timeline.
+    """
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        step()
+        torch.cuda.synchronize(dev)
+        return float(torch.cuda.max_memory_allocated(dev) - base)
+    import tempfile
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "memory.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())  # [times, per-time sizes by category]
+    totals = [sum(per_category) for per_category in sizes]
+    return float(max(totals) - totals[0]) if totals else float("nan")
+
+
 def peak_rss_reset() -> int:
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
@@ -268,11 +295,7 @@ def worker(case: str, row: str, device: str, steps: int) -> dict:
 
     model.train()
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    if dev.type == "cuda":  # peak memory of training, warm-up included, over what model and data take
-        torch.cuda.reset_peak_memory_stats(dev)
-        base = torch.cuda.memory_allocated(dev)
-    else:
-        base = peak_rss_reset()
+    rss_base = peak_rss_reset()  # the process's peak RSS during training, warm-up included, over model and data
     with torch.no_grad():  # data-dependent initialisations (ActNorm) on the first batch
         log_prob(train_x[:batch])
     for i in range(3):  # warm-up (for flowood-compile: compilation happens here)
@@ -283,7 +306,8 @@ def worker(case: str, row: str, device: str, steps: int) -> dict:
         step(3 + i)
     sync()
     train_s = (time.perf_counter() - start) / steps
-    peak = (torch.cuda.max_memory_allocated(dev) - base) if dev.type == "cuda" else (_status("VmHWM") - base)
+    rss = float("nan") if dev.type == "cuda" else float(_status("VmHWM") - rss_base)
+    peak = step_peak_memory(lambda: step(3 + steps), dev)  # one more step, not timed
     model.eval()
     g = torch.Generator(device=dev).manual_seed(1)
     score_batch = 1024
@@ -301,14 +325,14 @@ def worker(case: str, row: str, device: str, steps: int) -> dict:
         score_s = (time.perf_counter() - start) / reps
     return {"case": case, "library": row, "params": sum(p.numel() for p in model.parameters()),
             "train_steps_s": 1.0 / train_s, "score_per_s": score_batch / score_s, "peak_mib": peak / 2**20,
-            "test_bpd": bpd, "steps": steps + 3}
+            "rss_mib": rss / 2**20, "test_bpd": bpd, "steps": steps + 4}
 
 
 # -- driver ----------------------------------------------------------------------------------------
 def median_row(runs: list[dict]) -> dict:
     """One row from repeated runs of it: the median of every measurement, and the range of training speed."""
     row = dict(runs[0])
-    for key in ("train_steps_s", "score_per_s", "peak_mib", "test_bpd"):
+    for key in ("train_steps_s", "score_per_s", "peak_mib", "rss_mib", "test_bpd"):
         row[key] = float(np.median([r[key] for r in runs]))
     row["train_min"] = min(r["train_steps_s"] for r in runs)
     row["train_max"] = max(r["train_steps_s"] for r in runs)
@@ -378,16 +402,17 @@ def main() -> None:
                 r = json.loads(line[7:])
                 runs.setdefault((case, library), []).append(r)
                 print(f"[{repeat + 1}/{args.repeats}] {case:16s} {library:22s} params {r['params']:>10,}  train "
-                      f"{r['train_steps_s']:7.2f} steps/s  score {r['score_per_s']:9.0f}/s  peak {r['peak_mib']:8.1f} "
-                      f"MiB  bpd {r['test_bpd']:.3f}", flush=True)
+                      f"{r['train_steps_s']:7.2f} steps/s  score {r['score_per_s']:9.0f}/s  peak {r['peak_mib']:7.1f} MiB "
+                      f"(RSS {r['rss_mib']:6.1f})  bpd {r['test_bpd']:.3f}", flush=True)
     rows = [median_row(rs) for rs in runs.values()]
     print(f"\nMedians of {args.repeats} run(s):")
-    print("| case | library | params | train steps/s | (range) | score samples/s | peak MiB | bits/dim after "
-          f"{args.steps + 3} steps |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| case | library | params | train steps/s | (range) | score samples/s | peak MiB | RSS MiB | bits/dim "
+          f"after {args.steps + 4} steps |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        rss = "–" if math.isnan(r["rss_mib"]) else f"{r['rss_mib']:.1f}"
         print(f"| {r['case']} | {r['library']} | {r['params']:,} | {r['train_steps_s']:.2f} | "
-              f"{r['train_min']:.2f}-{r['train_max']:.2f} | {r['score_per_s']:.0f} | {r['peak_mib']:.1f} | "
+              f"{r['train_min']:.2f}-{r['train_max']:.2f} | {r['score_per_s']:.0f} | {r['peak_mib']:.1f} | {rss} | "
               f"{r['test_bpd']:.3f} |")
     print("\nRatios, flowood / best peer of the same precision (training and scoring: higher is better; memory: "
           "lower is better):")
