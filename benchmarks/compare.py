@@ -34,8 +34,9 @@ for vectors), peak memory of a training step (the tensor memory one more, untime
 held when it starts, from PyTorch's allocation records: the GPU allocator's statistics, the CPU profiler's memory
 timeline; the same from run to run) and, on the CPU, the growth of the process's peak RSS over the warm-up and
 timed steps (what ``top`` shows; noisy), scoring images/s (log-likelihood under ``torch.inference_mode``, batch
-1024) and bits/dim on held-out data after these steps, so speed is never bought with a worse model. Image data: the committed FashionMNIST fixture
-(RGB-replicated and resized for 3x32x32), dequantized and logit-transformed the same way for every library.
+1024) and bits/dim on held-out data after these steps, so speed is never bought with a worse model. Image data:
+the committed FashionMNIST fixture (RGB-replicated and resized for 3x32x32), dequantized and logit-transformed the
+same way for every library.
 Ratios (flowood / best peer) are printed last.
 """
 
@@ -76,7 +77,8 @@ ALPHA = 0.05  # the logit transform of RealNVP, applied to every library's input
 def flowood_model(kind: str, shape: tuple[int, ...], packed: bool = False):
     from flowood.flows import build_flow
     if kind == "glow":
-        return build_flow(flow="Glow", input_shape=shape, num_scales=LEVELS, num_coupling_layers_per_scale=STEPS_PER_LEVEL,
+        return build_flow(flow="Glow", input_shape=shape, num_scales=LEVELS,
+                          num_coupling_layers_per_scale=STEPS_PER_LEVEL,
                           st_type="convnet", num_blocks=2, num_mid_channels=HIDDEN)
     if kind == "realnvp":
         return build_flow(flow="RealNVP", input_shape=shape, num_scales=2, st_type="convnet", num_blocks=2,
@@ -295,7 +297,8 @@ def worker(case: str, row: str, device: str, steps: int) -> dict:
 
     model.train()
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    rss_base = peak_rss_reset()  # the process's peak RSS during training, warm-up included, over model and data
+    # the process's peak RSS during training, warm-up included, over model and data (CPU rows only)
+    rss_base = peak_rss_reset() if dev.type != "cuda" else 0
     with torch.no_grad():  # data-dependent initialisations (ActNorm) on the first batch
         log_prob(train_x[:batch])
     for i in range(3):  # warm-up (for flowood-compile: compilation happens here)
@@ -402,8 +405,8 @@ def main() -> None:
                 r = json.loads(line[7:])
                 runs.setdefault((case, library), []).append(r)
                 print(f"[{repeat + 1}/{args.repeats}] {case:16s} {library:22s} params {r['params']:>10,}  train "
-                      f"{r['train_steps_s']:7.2f} steps/s  score {r['score_per_s']:9.0f}/s  peak {r['peak_mib']:7.1f} MiB "
-                      f"(RSS {r['rss_mib']:6.1f})  bpd {r['test_bpd']:.3f}", flush=True)
+                      f"{r['train_steps_s']:7.2f} steps/s  score {r['score_per_s']:9.0f}/s  "
+                      f"peak {r['peak_mib']:7.1f} MiB (RSS {r['rss_mib']:6.1f})  bpd {r['test_bpd']:.3f}", flush=True)
     rows = [median_row(rs) for rs in runs.values()]
     print(f"\nMedians of {args.repeats} run(s):")
     print("| case | library | params | train steps/s | (range) | score samples/s | peak MiB | RSS MiB | bits/dim "
