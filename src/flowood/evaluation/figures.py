@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flowood.outputs import atomic_write, save_figure
+
 __all__ = ["score_histogram", "roc_curves", "image_grid"]
 
 _LABELS = {"likelihood": "bits/dim (negative log-likelihood)"}
@@ -36,7 +38,7 @@ def score_histogram(values: dict[str, np.ndarray], ind_name: str, aurocs: dict[s
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -53,7 +55,7 @@ def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: s
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
     return path
 
@@ -72,5 +74,6 @@ def image_grid(images: np.ndarray, path: Path, scale: int = 3) -> Path:
         canvas[pad:pad + h, x0:x0 + w] = img.transpose(1, 2, 0)
     im = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
     im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
-    im.save(path)
+    with atomic_write(path) as tmp:
+        im.save(tmp)
     return path

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from flowood.htmlpage import figure, page
+from flowood.outputs import write_text_atomic
 
 __all__ = ["write_report"]
 
@@ -58,5 +59,5 @@ def write_report(metrics: dict[str, Any], figures: dict[str, Any], path: Path) -
     for name, (most, least) in figures["examples"].items():
         parts.append(f"<h3>{e(name)}</h3>" + figure(most, f"{name}: highest likelihood")
                      + figure(least, f"{name}: lowest likelihood"))
-    path.write_text(page(f"flowood evaluation: {ind['name']}", parts), encoding="utf-8")
+    write_text_atomic(path, page(f"flowood evaluation: {ind['name']}", parts))
     return path

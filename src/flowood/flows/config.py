@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from flowood.errors import FlowoodError, closest
 from flowood.flows.masks import SPATIAL_MASK_KINDS
 from flowood.flows.nets import IMAGE_ST_TYPES
 
@@ -25,14 +25,8 @@ FLOW_ALIASES: dict[str, dict[str, Any]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(FlowoodError, ValueError):
     """A configuration value that cannot work, with the reason and the fix in its message."""
-
-
-def closest(name: str, choices: Any) -> str:
-    """``" (did you mean 'x'?)"`` for the closest of ``choices``, or an empty string."""
-    match = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 @dataclass

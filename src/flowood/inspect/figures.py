@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from flowood.inspect.analysis import pearson
+from flowood.outputs import save_figure
 
 __all__ = ["show_image", "latents_figure", "coupling_figure", "prediction_quality_figure", "contributions_figure",
            "pixel_maps_figure", "complexity_scatter", "samples_figure", "masks_figure"]
@@ -23,9 +24,9 @@ def _plt():
 
 
 def _save(fig, path: Path, pdf: bool) -> Path:
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    save_figure(fig, path, dpi=100, bbox_inches="tight")
     if pdf:
-        fig.savefig(path.with_suffix(".pdf"), bbox_inches="tight")
+        save_figure(fig, path.with_suffix(".pdf"), bbox_inches="tight")
     _plt().close(fig)
     return path
 

@@ -4,13 +4,13 @@ and each of the paper's claims marked reproduced or not on our numbers."""
 from __future__ import annotations
 
 import html
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from flowood import __version__
 from flowood.htmlpage import figure, page
+from flowood.outputs import write_text_atomic
 from flowood.reproduce.experiments import Check, Experiment
 
 __all__ = ["write_results", "metric_value", "evaluate_check"]
@@ -174,14 +174,10 @@ def write_results(out: Path, experiments: list[Experiment], states: dict[str, di
                     "", _md_table(claims) if claim_rows else "(no checks)", "", "## Experiments", "",
                     *sections_md])
     md_path, html_path = out / "results.md", out / "results.html"
-    tmp = md_path.with_name("results.md.tmp")
-    tmp.write_text(md + "\n")
-    os.replace(tmp, md_path)
+    write_text_atomic(md_path, md + "\n")
     doc = page(title, [f"<h1>{html.escape(title)}</h1>",
                        *(f"<p class='note'>{html.escape(h.replace('`', ''))}</p>" for h in header if h),
                        "<h2>Summary</h2>", _html_table(summary), "<h2>The paper's claims</h2>",
                        _html_table(claims), "<h2>Experiments</h2>", *sections_html])
-    tmp = html_path.with_name("results.html.tmp")
-    tmp.write_text(doc)
-    os.replace(tmp, html_path)
+    write_text_atomic(html_path, doc)
     return md_path, html_path
