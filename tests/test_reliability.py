@@ -116,7 +116,7 @@ def test_atomic_checkpoint_write_keeps_the_old_file_on_failure(tmp_path, monkeyp
         f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(CheckpointWriteError, match="no space left.*previous checkpoint is intact.*--resume"):
+    with pytest.raises(CheckpointWriteError, match="no space left.*previous checkpoint is intact.*resume"):
         io.save_checkpoint({"a": torch.zeros(2)}, path)
     monkeypatch.undo()
     assert torch.equal(torch.load(path)["a"], torch.ones(2))
@@ -165,15 +165,13 @@ def test_rollback_restores_last_good_state_and_lowers_the_lr(tmp_path, fixtures_
 
 def test_nonfinite_gradients_are_caught_at_the_step(tmp_path, fixtures_dir, monkeypatch):
     from flowood.training.module import FlowModule
-    original = FlowModule.on_before_optimizer_step
 
-    def poison(self, optimizer):
+    def poison(self):  # right after backward, before the guard looks at the gradients
         for p in self.flow.parameters():
             if p.grad is not None:
                 p.grad.fill_(float("inf"))
-        original(self, optimizer)
-    monkeypatch.setattr(FlowModule, "on_before_optimizer_step", poison)
-    with pytest.raises(NonFiniteLossError, match="gradient was NaN/Inf for 3 consecutive"):
+    monkeypatch.setattr(FlowModule, "on_after_backward", poison)
+    with pytest.raises(NonFiniteLossError, match="3 consecutive steps had a NaN/Inf gradient"):
         train(tiny(tmp_path, fixtures_dir, nan_tolerance=3), progress=False)
 
 
@@ -278,3 +276,31 @@ def test_flow_api_rejects_wrong_shape_range_dtype_and_nan():
                                                                          "uint8|float")]:
         with pytest.raises(ValueError, match=match):
             flow.log_prob(bad)
+
+
+def test_rollback_recovers_from_a_far_too_high_learning_rate(tmp_path, fixtures_dir):
+    """At lr 10 every early step explodes; the rollbacks return to checked states (the start, if need be) with
+    ever lower rates until training works. The kept "good" state used to be the damaged one after step 1, so
+    the run never recovered and stopped."""
+    result = train(tiny(tmp_path, fixtures_dir, lr=10.0, nan_policy="rollback", rollback_every=5, max_steps=200,
+                        num_epochs=1000), progress=False)
+    summary = json.loads((result.out / "train_summary.json").read_text())
+    assert summary["steps"] == 200 and summary["rollbacks"] >= 3
+    assert result.test_bpd < 7.5  # the untrained model scores about 9.8 bits/dim on this data
+
+
+def test_the_final_error_names_only_checkpoints_that_exist(tmp_path, fixtures_dir, monkeypatch):
+    from flowood.training.module import FlowModule
+    original = FlowModule._loss
+    calls = {"n": 0}
+
+    def nan_after(self, x):
+        calls["n"] += 1
+        loss = original(self, x)
+        return loss * float("nan") if calls["n"] > 6 else loss
+    monkeypatch.setattr(FlowModule, "_loss", nan_after)
+    with pytest.raises(NonFiniteLossError, match="no checkpoint was written before this"):
+        train(tiny(tmp_path / "a", fixtures_dir, nan_tolerance=3), progress=False)
+    calls["n"] = 0
+    with pytest.raises(NonFiniteLossError, match=r"resume from .*last\.ckpt"):
+        train(tiny(tmp_path / "b", fixtures_dir, nan_tolerance=3, checkpoint_every_n_steps=2), progress=False)

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from flowood.checkpoints import load_flow
+from flowood.checkpoints import CheckpointError, load_flow
 from flowood.flows import ConfigError, FlowModel
 from flowood.training import NonFiniteLossError, OutputExistsError, load_config, train
 
@@ -44,11 +44,11 @@ def test_train_writes_everything_and_learns(tmp_path, fixtures_dir):
 
 def test_resume_continues_from_last_checkpoint(tmp_path, fixtures_dir):
     train(config(tmp_path, fixtures_dir, max_steps=6), progress=False)
-    with pytest.raises(OutputExistsError, match="--overwrite"):
+    with pytest.raises(OutputExistsError, match="overwrite=True"):
         train(config(tmp_path, fixtures_dir, max_steps=6), progress=False)
     result = train(config(tmp_path, fixtures_dir, max_steps=10), resume=True, progress=False)
     assert result.steps == 10
-    with pytest.raises(FileNotFoundError, match="cannot resume"):
+    with pytest.raises(CheckpointError, match="cannot resume"):
         train(config(tmp_path, fixtures_dir), resume=str(tmp_path / "missing.ckpt"), progress=False)
     result = train(config(tmp_path, fixtures_dir, max_steps=3), overwrite=True, progress=False)
     assert result.steps == 3
@@ -77,7 +77,7 @@ def test_nan_losses_are_skipped_then_stop_the_run(tmp_path, fixtures_dir, monkey
     assert summary["skipped_nonfinite_steps"] == 2
 
     monkeypatch.setattr(FlowModel, "bits_per_dim", lambda self, x, **kw: original(self, x, **kw) * float("nan"))
-    with pytest.raises(NonFiniteLossError, match="Lower --lr"):
+    with pytest.raises(NonFiniteLossError, match="Lower `lr`"):
         train(config(tmp_path, fixtures_dir, nan_tolerance=3), overwrite=True, progress=False)
 
 

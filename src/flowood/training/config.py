@@ -48,7 +48,11 @@ class TrainConfig:
         nan_lr_factor: learning-rate factor applied at each rollback.
         explode_bpd: a training loss whose magnitude exceeds this many bits/dim (an exploding log-determinant)
             is handled like a NaN/Inf one (0 turns the check off).
-        rollback_every: steps between the in-memory snapshots that ``rollback`` returns to.
+        divergence_bpd: with ``rollback``, a training loss whose running mean rises this many bits/dim above
+            its best is handled like a NaN/Inf one (0 turns it off; not used in negative training, whose loss
+            jumps by design).
+        rollback_every: steps between the in-memory snapshots that ``rollback`` returns to (a snapshot becomes
+            the state a rollback returns to once ``rollback_every`` clean steps followed it).
         checkpoint_every_n_steps: also write ``last.ckpt`` every this many steps (0: at epoch ends only),
             so a killed run loses at most this many steps.
         channels_last: keep convolutions in channels-last memory format (same numbers, tested; faster
@@ -106,6 +110,7 @@ class TrainConfig:
     nan_policy: str = "skip"
     explode_bpd: float = 1.0e4
     nan_lr_factor: float = 0.5
+    divergence_bpd: float = 1.0
     rollback_every: int = 50
     checkpoint_every_n_steps: int = 0
     channels_last: bool = True
@@ -141,6 +146,8 @@ class TrainConfig:
         if precision in ("16-true", "bf16-true") or precision.startswith("transformer-engine"):
             raise ConfigError(f"precision {self.precision!r} would run the whole flow, log-determinants included, in "
                               "16 bits; use bf16-mixed or 16-mixed (st-networks in 16 bits, log-determinants in fp32)")
+        if not float(self.divergence_bpd) >= 0.0:
+            raise ConfigError(f"divergence_bpd must be >= 0 (0 turns the check off), got {self.divergence_bpd}")
         if not float(self.explode_bpd) >= 0.0:
             raise ConfigError(f"explode_bpd must be >= 0 (0 turns the check off), got {self.explode_bpd}")
         if not 0.0 < float(self.nan_lr_factor) <= 1.0:

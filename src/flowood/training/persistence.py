@@ -9,9 +9,9 @@ and optimizer state the uninterrupted run would have used.
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,52 +19,37 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Sampler
 
-__all__ = ["AtomicCheckpointIO", "CheckpointWriteError", "EpochPermutationSampler", "ResumableDataLoader",
+from flowood.errors import FlowoodError
+from flowood.outputs import atomic_write
+
+__all__ = ["AtomicCheckpointIO", "CheckpointWriteError", "EpochPermutationSampler", "PassPosition",
+           "ResumableDataLoader",
            "check_disk_space", "DiskSpaceError"]
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(FlowoodError, OSError):
     """A checkpoint could not be written (e.g. the disk is full); the previous one is intact."""
 
 
-class DiskSpaceError(OSError):
+class DiskSpaceError(FlowoodError, OSError):
     """Not enough free disk space for the run's checkpoints."""
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO that writes a temporary file, flushes it to disk, then renames it over
-    the old checkpoint, so a crash mid-write never leaves a truncated ``last.ckpt``."""
+    """Lightning checkpoint IO that writes through :func:`~flowood.outputs.atomic_write` (a temporary file,
+    flushed, then renamed over the old checkpoint), so a crash mid-write never leaves a truncated
+    ``last.ckpt``, and the run folder's manifest names every checkpoint before it exists."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
-            with open(tmp, "wb") as f:
+            with atomic_write(path) as tmp, open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise CheckpointWriteError(
                     err.errno, f"no space left on the device while writing checkpoint {path}; the previous "
-                               f"checkpoint is intact. Free some space and continue with --resume") from err
+                               f"checkpoint is intact. Free some space and resume the run") from err
             raise CheckpointWriteError(err.errno or 0, f"could not write checkpoint {path}: {err}") from err
 
 
@@ -78,13 +63,49 @@ def check_disk_space(folder: Path, needed_bytes: int, usage: Callable[[str], Any
     if free < needed_bytes:
         raise DiskSpaceError(errno.ENOSPC, f"only {free / 2**20:.1f} MiB free under {probe}, but the run's "
                                            f"checkpoints need about {needed_bytes / 2**20:.1f} MiB; free space or "
-                                           "choose another --out")
+                                           "choose another `out`")
+
+
+@dataclass
+class PassPosition:
+    """How many batches of the sampler's current pass the model has trained on: the sampler starts passes,
+    a callback (:class:`~flowood.training.callbacks.TrainedBatches`) counts batches, and the loader saves the
+    position in checkpoints. The loader cannot count by itself: Lightning fetches one batch ahead.
+
+    Example:
+        >>> p = PassPosition()
+        >>> p.start_pass(); p.count(); p.count(); p.done()
+        2
+        >>> p.start_pass(); p.done()
+        0
+    """
+
+    pass_id: int = 0
+    counted_pass: int = -1
+    batches: int = 0
+
+    def start_pass(self) -> None:
+        self.pass_id += 1
+
+    def count(self) -> None:
+        if self.counted_pass != self.pass_id:
+            self.counted_pass, self.batches = self.pass_id, 0
+        self.batches += 1
+
+    def done(self) -> int:
+        return self.batches if self.counted_pass == self.pass_id else 0
 
 
 class EpochPermutationSampler(Sampler[int]):
     """Shuffles with its own generator, seeded by ``(seed, epoch)``, and counts its own epochs (one per
     pass), so the order of every epoch is known in advance and a pass can start part-way: exact
     mid-epoch resume, whatever epoch number the training loop believes it is in.
+
+    Args:
+        num_samples: size of the data set.
+        seed: seeds every epoch's order.
+        batch_size: a resumed pass with fewer samples left than one batch starts the next epoch.
+        position: told when a pass starts (see :class:`PassPosition`).
 
     Example:
         >>> s = EpochPermutationSampler(5, seed=0, batch_size=1)
@@ -96,13 +117,14 @@ class EpochPermutationSampler(Sampler[int]):
         1
     """
 
-    def __init__(self, num_samples: int, seed: int = 0, batch_size: int = 1) -> None:
+    def __init__(self, num_samples: int, seed: int = 0, batch_size: int = 1,
+                 position: PassPosition | None = None) -> None:
         self.num_samples = num_samples
         self.seed = seed
         self.batch_size = batch_size
+        self.position = position
         self.epoch = -1  # the epoch of the current pass
         self.skip = 0  # samples skipped at the start of the current pass
-        self.pass_id = 0
         self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -119,7 +141,9 @@ class EpochPermutationSampler(Sampler[int]):
             self._resume = None
             if self.num_samples - skip < self.batch_size:  # that epoch was finished: start the next one
                 epoch, skip = epoch + 1, 0
-        self.epoch, self.skip, self.pass_id = epoch, skip, self.pass_id + 1
+        self.epoch, self.skip = epoch, skip
+        if self.position is not None:
+            self.position.start_pass()
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(self.num_samples, generator=generator)
         return iter(order[skip:].tolist())
@@ -131,16 +155,19 @@ class EpochPermutationSampler(Sampler[int]):
 class ResumableDataLoader(DataLoader):
     """A training DataLoader whose position Lightning saves in checkpoints and restores on resume.
 
-    ``batches_done()`` returns how many batches of the sampler's current pass the model has trained
-    on; it is supplied by the training module (Lightning prefetches one batch ahead, so the
-    sampler's own count would be one batch too far).
+    Args:
+        dataset: the training set.
+        position: the batches of the current pass trained on (see :class:`PassPosition`).
+        **kwargs: DataLoader's; ``sampler`` must be an :class:`EpochPermutationSampler`.
     """
 
-    batches_done: Callable[[], int] | None = None
+    def __init__(self, dataset: Any, *args: Any, position: PassPosition | None = None, **kwargs: Any) -> None:
+        super().__init__(dataset, *args, **kwargs)
+        self.position = position
 
     def state_dict(self) -> dict[str, int]:
         sampler = self.sampler
-        done = self.batches_done() if self.batches_done is not None else 0
+        done = self.position.done() if self.position is not None else 0
         return {"epoch": int(sampler.epoch), "samples": int(sampler.skip + done * self.batch_size)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import lightning.pytorch as pl
 import yaml
@@ -17,16 +16,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from flowood.checkpoints import CheckpointError, load_flow
-from flowood.paths import check_output_dir
+from flowood.data import dataset_inputs
+from flowood.outputs import OutputExistsError, OutputFolder, open_output_folder, write_text_atomic
+from flowood.training.callbacks import InvertibilityCheck, NonFiniteGuard, RandomState, RecordLogs, TrainedBatches
 from flowood.training.config import TrainConfig
 from flowood.training.module import FlowDataModule, FlowModule
 from flowood.training.persistence import AtomicCheckpointIO, check_disk_space
 
 __all__ = ["train", "TrainResult", "OutputExistsError"]
-
-
-class OutputExistsError(FileExistsError):
-    """The output directory holds an earlier run; refusing to overwrite it."""
 
 
 @dataclass
@@ -53,30 +50,35 @@ def _is_launched_child() -> bool:
     return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
 
 
-def _prepare_out(out: Path, resume: str | bool | None, overwrite: bool) -> Path | None:
-    check_output_dir(out)
-    ckpt_dir = out / "checkpoints"
-    if resume:
-        path = ckpt_dir / "last.ckpt" if resume is True else Path(resume)
-        if not path.is_file():
-            raise FileNotFoundError(f"cannot resume: checkpoint {path} does not exist")
-        try:
-            load_flow(path)  # verified before Lightning reads it: a bad file gives one clear error
-        except CheckpointError as err:
-            raise CheckpointError(f"cannot resume: {err}") from err
-        return path
+def _resume_checkpoint(out: Path, resume: str | bool | None) -> Path | None:
+    """The checkpoint to resume from, verified before anything else happens (None: a fresh run)."""
+    if not resume:
+        return None
+    path = out / "checkpoints" / "last.ckpt" if resume is True else Path(resume)
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume: checkpoint {path} does not exist")
+    try:
+        load_flow(path)  # verified before Lightning reads it: a bad file gives one clear error
+    except CheckpointError as err:
+        raise CheckpointError(f"cannot resume: {err}") from err
+    return path
+
+
+def _open_out(config: TrainConfig, resume_path: Path | None, overwrite: bool, inputs: Iterable[str | Path]
+              ) -> OutputFolder | None:
+    """Check, lock and claim the output folder before any data are loaded (None in launched DDP ranks)."""
     if _is_launched_child():
         return None
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(f"output directory {out} already holds a run; pass --overwrite to replace it, "
-                                    f"--resume to continue it, or choose another --out")
-        shutil.rmtree(out)
-    return None
+    out = Path(config.out)
+    continues = resume_path is not None and resume_path.resolve().is_relative_to(out.resolve())
+    inputs = [*dataset_inputs([config.dataset, config.ood_dataset], config.data_root), *inputs]
+    if resume_path is not None and not continues:
+        inputs.append(resume_path)
+    return open_output_folder(out, "train", inputs, overwrite=overwrite, resume=continues)
 
 
 def train(config: TrainConfig, resume: str | bool | None = None, overwrite: bool = False,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, inputs: Iterable[str | Path] = ()) -> TrainResult:
     """Train a flow as ``config`` says and write everything under ``config.out``.
 
     Writes ``config.yaml``, ``checkpoints/last.ckpt`` (and ``epoch=N.ckpt`` every ``save_freq``
@@ -85,18 +87,37 @@ def train(config: TrainConfig, resume: str | bool | None = None, overwrite: bool
     Args:
         config: the checked training configuration.
         resume: True to continue from ``out/checkpoints/last.ckpt``, or a checkpoint path.
-        overwrite: replace an existing output directory.
+        overwrite: replace an earlier run in ``config.out`` (only the files that run wrote are removed;
+            see :func:`flowood.outputs.open_output_folder` for the folders flowood refuses to write into).
         progress: show Lightning's progress bar.
+        inputs: further files the run reads (e.g. its YAML config), which the output folder must not hold.
+
+    Raises:
+        OutputError: ``config.out`` is unsafe, not writable, holds an earlier run (without ``overwrite`` or
+            ``resume``), or is being written by another process.
+        CheckpointError: the checkpoint to resume from is missing or unreadable.
     """
     start = time.time()
     out = Path(config.out)
-    resume_path = _prepare_out(out, resume, overwrite)
+    resume_path = _resume_checkpoint(out, resume)
+    folder = _open_out(config, resume_path, overwrite, inputs)
+    try:
+        return _fit(config, out, resume_path, folder, progress, start)
+    finally:
+        if folder is not None:
+            folder.close()
+
+
+def _fit(config: TrainConfig, out: Path, resume_path: Path | None, folder: OutputFolder | None, progress: bool,
+         start: float) -> TrainResult:
     pl.seed_everything(config.seed, workers=True, verbose=False)
     data = FlowDataModule(config)
     data.setup()
-    module = FlowModule(config.to_dict(), data.sample_shape)
-    module.ood_data = data.ood_set
-    module.check_batch = data.test_set.data[:16].clone()
+    module = FlowModule(config.to_dict(), data.sample_shape, ood_data=data.ood_set)
+    guard = NonFiniteGuard(config.nan_policy, config.nan_tolerance, config.nan_lr_factor, config.explode_bpd,
+                           config.rollback_every, 0.0 if config.ood_dataset else config.divergence_bpd,
+                           config_hint=f"`lr` (now {config.lr}) or `max_grad_norm` (now {config.max_grad_norm})")
+    inverse_check = InvertibilityCheck(data.test_set.data[:16].clone())
     ckpt_dir = out / "checkpoints"
     if not _is_launched_child():
         # weights, Adam's two moments, and room for the temporary file of an atomic write
@@ -105,11 +126,14 @@ def train(config: TrainConfig, resume: str | bool | None = None, overwrite: bool
     checkpointing = ModelCheckpoint(dirpath=ckpt_dir, save_last=True,
                                     save_top_k=-1 if config.save_freq else 0,
                                     every_n_epochs=config.save_freq or 1, filename="epoch={epoch}",
-                                    auto_insert_metric_name=False)
-    callbacks: list[Any] = [checkpointing]
+                                    auto_insert_metric_name=False, enable_version_counter=False)
+    callbacks: list[Any] = [guard, inverse_check, RandomState(), TrainedBatches(data.position), checkpointing]
     if config.checkpoint_every_n_steps:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                                         every_n_train_steps=config.checkpoint_every_n_steps))
+                                         every_n_train_steps=config.checkpoint_every_n_steps,
+                                         enable_version_counter=False))
+    if folder is not None:
+        callbacks.append(RecordLogs(folder))
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     # A resumed run logs its CSV rows beside the earlier ones (Lightning's CSV logger would replace them).
@@ -118,6 +142,9 @@ def train(config: TrainConfig, resume: str | bool | None = None, overwrite: bool
         csv_version = f"resume_{len(list((out / 'logs' / 'csv').glob('resume_*'))) + 1}"
     loggers = [TensorBoardLogger(str(out / "logs"), name="tensorboard", version=""),
                CSVLogger(str(out / "logs"), name="csv", version=csv_version)]
+    if folder is not None:  # named before they exist: a crash cannot leave a log file the manifest misses
+        csv_dir = Path("logs") / "csv" / csv_version
+        folder.record(csv_dir / "metrics.csv", csv_dir / "hparams.yaml", Path("logs") / "tensorboard" / "hparams.yaml")
     devices = config.devices
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
@@ -126,23 +153,24 @@ def train(config: TrainConfig, resume: str | bool | None = None, overwrite: bool
         max_time=timedelta(minutes=config.max_minutes) if config.max_minutes else None,
         gradient_clip_val=config.max_grad_norm, devices=devices, num_nodes=config.num_nodes,
         accelerator=config.accelerator, strategy=config.strategy, precision=config.precision,
-        logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=str(out), enable_progress_bar=progress,
-        enable_model_summary=progress, check_val_every_n_epoch=config.test_every_n_epochs,
-        log_every_n_steps=10, num_sanity_val_steps=0)
+        logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=str(out),
+        enable_progress_bar=progress, enable_model_summary=progress,
+        check_val_every_n_epoch=config.test_every_n_epochs, log_every_n_steps=10, num_sanity_val_steps=0)
     if trainer.is_global_zero:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+        write_text_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     trainer.fit(module, datamodule=data, ckpt_path=str(resume_path) if resume_path else None)
     last = ckpt_dir / "last.ckpt"
     trainer.save_checkpoint(last)  # the final state, also when max_steps/max_minutes stopped mid-epoch
     final = trainer.validate(module, datamodule=data, verbose=False)
+    if folder is not None:
+        folder.record_tree("logs")  # the final validation may open a new event file
     test_bpd = float(final[0]["test_bpd"]) if final else float("nan")
     result = TrainResult(out, last, test_bpd, int(trainer.global_step), time.time() - start)
     if trainer.is_global_zero:
         summary = {"test_bpd": test_bpd, "steps": result.steps, "epochs": int(trainer.current_epoch),
-                   "seconds": round(result.seconds, 1), "skipped_nonfinite_steps": module.skipped_steps,
-                   "rollbacks": module.rollbacks, "invertibility_error": module.invertibility_error,
+                   "seconds": round(result.seconds, 1), "skipped_nonfinite_steps": guard.skipped,
+                   "rollbacks": guard.rollbacks, "invertibility_error": inverse_check.error,
                    "checkpoint": str(last), "dataset": config.dataset,
                    "train_samples": len(data.train_set), "test_samples": len(data.test_set)}
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        write_text_atomic(out / "train_summary.json", json.dumps(summary, indent=2))
     return result
