@@ -206,3 +206,64 @@ def test_notmnist_folder_skips_unreadable_files(tmp_path, fixtures_dir):
     # the generic folder: loader is strict about the same file
     with pytest.raises(ValueError, match="cannot read image"):
         load_dataset(f"folder:{tmp_path / 'notMNIST_small'}", "test")
+
+
+def test_huge_or_constant_features_are_data_problems_named_by_set_and_feature(tmp_path):
+    from flowood.errors import DataError
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5)).astype(np.float32)
+    x[3, 2] = 1e30
+    np.savez(tmp_path / "huge.npz", embeddings=x)
+    with pytest.raises(DataError, match=r"huge.npz:train: feature 2 has values as large as 1e\+30"):
+        load_dataset(f"npz:{tmp_path / 'huge.npz'}", "train").check_values(training=True)
+    y = rng.normal(size=(64, 5)).astype(np.float32)
+    y[:, 4] = 7.0
+    np.savez(tmp_path / "constant.npz", embeddings=y)
+    ds = load_dataset(f"npz:{tmp_path / 'constant.npz'}", "train")
+    with pytest.raises(DataError, match=r"1 feature\(s\) \(4\) have the same value in every sample"):
+        ds.check_values(training=True)
+    assert ds.check_values() is ds  # a constant feature is no problem for scoring
+
+
+def test_training_and_evaluation_blame_the_data_not_the_learning_rate_or_checkpoint(tmp_path, capsys):
+    from flowood.cli.main import main
+
+    rng = np.random.default_rng(1)
+    good = rng.normal(size=(96, 4)).astype(np.float32)
+    huge = good.copy()
+    huge[:, 1] *= 1e20
+    np.savez(tmp_path / "good.npz", embeddings=good)
+    np.savez(tmp_path / "huge.npz", embeddings=huge)
+    common = ["--flow", "MAF", "--num_coupling_layers", "2", "--num_hidden_units", "8", "--batch_size", "32",
+              "--max_steps", "3", "--no_progress"]
+    assert main(["train", "--dataset", f"npz:{tmp_path / 'huge.npz'}", "--out", str(tmp_path / "a"), *common]) == 2
+    err = capsys.readouterr().err
+    assert "huge.npz:train: feature 1 has values as large as" in err and "--lr" not in err
+    assert main(["train", "--dataset", f"npz:{tmp_path / 'good.npz'}", "--out", str(tmp_path / "b"), *common]) == 0
+    code = main(["evaluate", "--checkpoint", str(tmp_path / "b" / "checkpoints" / "last.ckpt"), "--ood",
+                 f"npz:{tmp_path / 'huge.npz'}", "--out", str(tmp_path / "e"), "--no_progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "huge.npz:test: feature 1" in err and "checkpoint" not in err.split("error:")[1]
+
+
+def test_downloads_are_https_only_and_checked_against_known_sizes(tmp_path, monkeypatch):
+    import io
+    import urllib.request
+
+    from flowood.data.registry import NOTMNIST_DOWNLOAD, UCI_DOWNLOADS, Download, DownloadError, download
+
+    assert NOTMNIST_DOWNLOAD.url.startswith("https://") and NOTMNIST_DOWNLOAD.size == 8_458_043
+    assert all(d.url.startswith("https://") for items in UCI_DOWNLOADS.values() for d in items)
+    with pytest.raises(DownloadError, match="plain http"):
+        download(Download("http://example.org/a.tar.gz"), tmp_path / "a.tar.gz")
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(b"truncated"))
+    with pytest.raises(DownloadError, match="has 9 bytes, not the known 8458043"):
+        download(NOTMNIST_DOWNLOAD, tmp_path / "n.tar.gz")
+    with pytest.raises(DownloadError, match="SHA-256"):
+        download(Download("https://example.org/x", sha256="0" * 64), tmp_path / "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing unverified is kept
+    target = download(Download("https://example.org/x", size=9), tmp_path / "x")
+    assert target.read_bytes() == b"truncated"
+    lines = fetch_dataset("notmnist", tmp_path / "root")
+    assert "failed" in lines[0] and NOTMNIST_DOWNLOAD.url in lines[0] and lines[-1].startswith("failed")

@@ -103,16 +103,23 @@ def test_uci_sets_load_by_class_and_cache(tmp_path):
 
 
 def test_uci_fetch_downloads_then_loads(tmp_path, monkeypatch):
+    import io
     import urllib.request
     source = tmp_path / "src.txt"
     write_miniboone(source)
-    monkeypatch.setattr(urllib.request, "urlretrieve", lambda url, target: target.write_bytes(source.read_bytes()))
+    urls = []
+
+    def serve(url, timeout):
+        urls.append(url)
+        return io.BytesIO(source.read_bytes())
+    monkeypatch.setattr(urllib.request, "urlopen", serve)
     lines = fetch_dataset("miniboone1", tmp_path / "root")
     assert lines[0].startswith("download: UCI miniboone") and lines[-1].startswith("ok:")
+    assert urls and all(url.startswith("https://") for url in urls)
 
-    def offline(url, target):
+    def offline(url, timeout):
         raise OSError("network is unreachable")
-    monkeypatch.setattr(urllib.request, "urlretrieve", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     lines = fetch_dataset("hepmass0", tmp_path / "root")
     assert "failed" in lines[0] and "1000_train.csv.gz" in lines[0] and lines[-1].startswith("failed")
 

