@@ -71,7 +71,7 @@ def test_embed_trains_a_classifier_and_writes_every_set(tmp_path, fixtures_dir):
     again = embed("smallcnn", fm(fixtures_dir), tmp_path / "again.npz", weights=str(result.classifier), progress=False)
     with np.load(again.out) as f:
         np.testing.assert_allclose(f["embeddings_test"], first, atol=1e-5)
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="overwrite=True"):
         embed("smallcnn", fm(fixtures_dir), out, train_classifier=True, epochs=1, progress=False)
 
 

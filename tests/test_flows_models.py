@@ -209,3 +209,20 @@ def test_maf_helper_and_config_name():
         build_flow(flow="MAF", input_shape=(1, 4, 4))
     with pytest.raises(ConfigError, match="MAF"):
         build_flow(flow="MAFF", input_shape=(4,))
+
+
+def test_api_inputs_of_another_dtype_or_outside_the_unit_interval_raise_value_errors():
+    flow = RealNVP((1, 8, 8), num_blocks=1, num_mid_channels=4, num_scales=1)
+    x = torch.rand(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="expected torch.float32 inputs .* got torch.float64"):
+        flow.log_prob(x.double())  # used to be a raw "mixed dtype" RuntimeError from a convolution
+    with pytest.raises(ValueError, match="open interval \\(0, 1\\)"):
+        flow(x * 3 - 1)  # used to return NaN silently
+    with pytest.raises(ValueError, match="score 8-bit images with log_prob"):
+        flow(torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8))
+    z, log_det = flow(x.clamp(0.01, 0.99))
+    assert torch.isfinite(z).all() and torch.isfinite(log_det).all()
+    tabular = RealNVPTabular(4, num_coupling_layers=2, num_hidden_units=8)
+    with pytest.raises(ValueError, match="float64"):
+        tabular.log_prob(torch.randn(3, 4, dtype=torch.float64))
+    assert tabular.double().log_prob(torch.randn(3, 4, dtype=torch.float64)).dtype == torch.float64

@@ -134,3 +134,26 @@ def test_cli_reproduce_smoke_on_shipped_tabular_experiment(tmp_path, capsys):
                  "--out", str(tmp_path / "r")]) == 0
     assert "1 done" in capsys.readouterr().out
     assert "tabular_breastcancer" in (tmp_path / "r" / "results.md").read_text()
+
+
+def test_experiment_names_cannot_leave_the_output_folder(tmp_path):
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "x.yaml").write_text("name: ../../escaped\ntitle: t\ntrain: {dataset: digits}\nevaluate: {ood: [noise]}\n")
+    with pytest.raises(ConfigError, match="must be a plain folder name"):
+        reproduce("all", "smoke", tmp_path / "out" / "suite", configs, say=print)
+    assert not (tmp_path / "escaped").exists() and not (tmp_path / "out").exists()
+
+
+def test_every_file_a_suite_writes_is_in_a_manifest(tmp_path, fixtures_dir):
+    """What --overwrite (and a changed config) may remove is exactly what flowood wrote: nothing is missed."""
+    from flowood.outputs import MANIFEST
+
+    configs, out = tmp_path / "configs", tmp_path / "out"
+    write_suite(configs, fixtures_dir)
+    reproduce("mini", "smoke", out, configs, only=["cycle"], say=print)
+    recorded = set()
+    for manifest in out.rglob(MANIFEST):
+        recorded |= {manifest.parent / f for f in json.loads(manifest.read_text())["files"]}
+    written = {p for p in out.rglob("*") if p.is_file() and p.name != MANIFEST}
+    assert written and written <= recorded

@@ -9,7 +9,7 @@ which the flow is rebuilt. :func:`load_flow` accepts those, and also plain files
 from __future__ import annotations
 
 import hashlib
-import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,15 +17,42 @@ from typing import Any
 import torch
 
 from flowood import __version__
+from flowood.errors import FlowoodError
 from flowood.flows import FlowModel, build_flow
+from flowood.outputs import atomic_write
 
-__all__ = ["CheckpointError", "LoadedFlow", "load_flow", "save_flow", "file_sha256"]
+__all__ = ["CheckpointError", "LoadedFlow", "load_flow", "save_flow", "file_sha256", "read_weights_file"]
 
 FORMAT = "flowood-flow"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, corrupt, truncated or not a flowood checkpoint."""
+class CheckpointError(FlowoodError, ValueError):
+    """A checkpoint that is missing, corrupt, truncated, unsafe or not a flowood checkpoint."""
+
+
+def read_weights_file(path: str | Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
+    """``torch.load`` of a file that may hold only tensors and plain containers (never code to run).
+
+    Raises:
+        CheckpointError: (naming the file as ``what``) the file is missing, a folder, holds objects that are not plain tensors (refused:
+            unpickling them could run arbitrary code), or is corrupt or truncated.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a {what}")
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
+        if isinstance(err, pickle.UnpicklingError) and "global" in str(err).lower():
+            # a class or function to import: not a plain container of tensors
+            raise CheckpointError(f"{what} {path} was refused: it holds objects that are not plain tensors, and "
+                                  "loading those could run code from the file (flowood only loads weights). Use a "
+                                  "file written by flowood, or save a plain state_dict") from err
+        detail = (str(err).strip().splitlines() or [""])[-1][:200]
+        raise CheckpointError(f"cannot read {what} {path}: it is corrupt or truncated ({type(err).__name__}: "
+                              f"{detail}); use another file, e.g. an earlier checkpoint") from err
 
 
 @dataclass
@@ -61,9 +88,8 @@ def save_flow(flow: FlowModel, path: str | Path, train_config: dict[str, Any] | 
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "flowood_version": __version__, "flow_config": flow.config,
                "train_config": dict(train_config or {}), "state_dict": flow.state_dict()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
@@ -74,14 +100,7 @@ def load_flow(path: str | Path, map_location: str | torch.device = "cpu") -> Loa
         CheckpointError: the file is missing, unreadable, truncated, or from something else.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated and cannot be read "
-                              f"({type(err).__name__}: {str(err)[:200]}); use another checkpoint, e.g. an earlier "
-                              "epoch's") from err
+    payload = read_weights_file(path, map_location)
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path} is not a flowood checkpoint (it holds a {type(payload).__name__})")
     if payload.get("format") == FORMAT:
@@ -96,7 +115,7 @@ def load_flow(path: str | Path, map_location: str | torch.device = "cpu") -> Loa
         version = hp.get("flowood_version", "unknown")
     else:
         raise CheckpointError(f"{path} is not a flowood checkpoint (no flow configuration inside); "
-                              "pass a checkpoint written by `flowood train`")
+                              "pass a checkpoint written by flowood's train")
     try:
         flow = build_flow(flow_config)
         flow.load_state_dict(state)

@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+import warnings
 
 import numpy as np
 from dataclasses import fields
@@ -19,16 +21,46 @@ from pathlib import Path
 
 __all__ = ["main", "build_parser"]
 
+class Accumulate(argparse.Action):
+    """A list flag that may be repeated: ``--ood A --ood B`` is ``--ood A B`` (argparse's own ``nargs='+'``
+    keeps only the last occurrence, silently). The first occurrence replaces the default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = getattr(namespace, "_accumulated", set())
+        current = list(getattr(namespace, self.dest) or []) if self.dest in seen else []
+        setattr(namespace, self.dest, current + list(values))
+        namespace._accumulated = seen | {self.dest}
+
+
+def as_flags(message: str) -> str:
+    """A library message in command-line words: ```overwrite=True``` -> ``--overwrite``, ```lr``` -> ``--lr``,
+    ```device='cpu'``` -> ``--device cpu``.
+
+    Example:
+        >>> as_flags("pass `overwrite=True` or lower `lr`")
+        'pass --overwrite or lower --lr'
+    """
+    def flag(match: re.Match) -> str:
+        name, _, value = match.group(1).partition("=")
+        option = "--" + name
+        if not value or value == "True":
+            return option
+        if value == "False":
+            return "--no_" + name
+        value = value.strip("'\"[]").replace("', '", " ").replace("'", "")
+        return f"{option} {value}"
+    return re.sub(r"`([A-Za-z_][A-Za-z0-9_]*(?:=[^`]*)?)`", flag, message)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each, without the source line Python would print."""
+    print(f"warning: {as_flags(str(message))}", file=sys.stderr)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input: printed as one line, never as a traceback."""
-    from flowood.checkpoints import CheckpointError
-    from flowood.data import DatasetNotFoundError, UnknownDatasetError
-    from flowood.flows.config import ConfigError
-    from flowood.training.module import NonFiniteLossError
-    from flowood.training.persistence import CheckpointWriteError, DiskSpaceError
-    from flowood.training.run import OutputExistsError
-    return (ConfigError, DatasetNotFoundError, UnknownDatasetError, CheckpointError, OutputExistsError,
-            NonFiniteLossError, CheckpointWriteError, DiskSpaceError, FileNotFoundError, ValueError)
+    from flowood.errors import FlowoodError
+    return (FlowoodError, FileNotFoundError, ValueError)
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -37,7 +69,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file of options (flags below override it)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
                    help="continue from CKPT, or from OUT/checkpoints/last.ckpt if no path is given")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --out (only the files flowood wrote there are removed)")
     p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     p.add_argument("--data-root", dest="data_root", default=None,
                    help="data root (default: $FLOWOOD_DATA or ~/.cache/flowood)")
@@ -86,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Score in-distribution test data and OOD sets with every requested score; "
                                         "write metrics.json, scores.npz, figures and report.html; print tables.")
     p_eval.add_argument("--checkpoint", required=True, help="checkpoint from flowood train (e.g. OUT/checkpoints/last.ckpt)")
-    p_eval.add_argument("--ood", nargs="+", required=True, help="OOD data set names")
+    p_eval.add_argument("--ood", nargs="+", action=Accumulate, required=True,
+                        help="OOD data set names (repeatable)")
     p_eval.add_argument("--out", required=True, help="output directory")
     p_eval.add_argument("--dataset", help="in-distribution set (default: the checkpoint's training set)")
     p_eval.add_argument("--data-root", dest="data_root", default=None, help="data root")
@@ -95,11 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p_eval.add_argument("--seed", type=int, default=0, help="seeds subsets and dequantization noise")
     p_eval.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for 95%% intervals")
-    p_eval.add_argument("--scores", nargs="+", default=None,
+    p_eval.add_argument("--scores", nargs="+", action=Accumulate, default=None,
                         help="scores to compute (default: every score that needs no extra model): likelihood, "
                              "complexity, complexity_jp2, typicality, latent_last_scale, latent_early_scales, "
                              "likelihood_ratio, waic")
-    p_eval.add_argument("--ensemble", nargs="+", default=None, metavar="CKPT",
+    p_eval.add_argument("--ensemble", nargs="+", action=Accumulate, default=None, metavar="CKPT",
                         help="more checkpoints trained on the same data, for the waic score")
     p_eval.add_argument("--background", default=None, metavar="CKPT",
                         help="background flow for likelihood_ratio (default: train one on perturbed inputs)")
@@ -114,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                         help="st-networks in bf16/fp16, log-determinants in fp32 (for GPUs; default fp32)")
     p_eval.add_argument("--no_progress", action="store_true")
+    p_eval.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier evaluation in --out (only the files flowood wrote there are removed)")
 
     p_insp = sub.add_parser("inspect", help="look inside a flow: latents, couplings, likelihood maps, samples",
                             description="The paper's analyses for one checkpoint and chosen images: writes PNG "
@@ -124,13 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_insp.add_argument("--out", required=True, help="output directory")
     p_insp.add_argument("--noise-samples", dest="noise_samples", type=int, default=40,
                         help="dequantization noises averaged for the mean latents (paper: 40)")
-    p_insp.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 0.75, 1.0])
+    p_insp.add_argument("--temperatures", type=float, nargs="+", action=Accumulate, default=[0.5, 0.75, 1.0])
     p_insp.add_argument("--pdf", action="store_true", help="also write every figure as PDF")
     p_insp.add_argument("--complexity-samples", dest="complexity_samples", type=int, default=500,
                         help="images per set for the likelihood-vs-complexity scatter")
     p_insp.add_argument("--data-root", dest="data_root", default=None)
     p_insp.add_argument("--seed", type=int, default=0)
     p_insp.add_argument("--no_progress", action="store_true")
+    p_insp.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier inspection in --out (only the files flowood wrote there are removed)")
 
     p_emb = sub.add_parser("embed", help="image sets -> feature vectors (.npz) for a tabular flow",
                            description="Extract the features before a classifier's last layer for the in-distribution "
@@ -142,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "efficientnet_b4 (the paper's 1792-dim features)")
     p_emb.add_argument("--dataset", required=True, help="in-distribution image set")
     p_emb.add_argument("--out", required=True, help="output .npz; OOD sets go to OUT_STEM-NAME.npz beside it")
-    p_emb.add_argument("--ood", nargs="*", default=[], help="OOD image sets to embed the same way")
+    p_emb.add_argument("--ood", nargs="+", action=Accumulate, default=[],
+                       help="OOD image sets to embed the same way (repeatable)")
     p_emb.add_argument("--weights", default=None,
                        help="DEFAULT (or a torchvision weights name) to download pretrained weights; a file (a "
                             "classifier from --train-classifier, or a torchvision state_dict)")
@@ -168,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep.add_argument("--suite", default="all", help="suite name (see --list); default: all")
     p_rep.add_argument("--scale", default="cpu", help="smoke (minutes), cpu (hours on 2 cores), paper (GPU)")
     p_rep.add_argument("--out", default=None, help="output directory (default: runs/reproduce/SUITE-SCALE)")
-    p_rep.add_argument("--only", nargs="+", default=None, metavar="EXPERIMENT", help="run only these experiments")
+    p_rep.add_argument("--only", nargs="+", action=Accumulate, default=None, metavar="EXPERIMENT",
+                       help="run only these experiments (repeatable)")
     p_rep.add_argument("--configs", default=None, help="experiment folder (default: configs/paper)")
     p_rep.add_argument("--list", action="store_true", help="list the suite's experiments and exit")
     p_rep.add_argument("--data-root", dest="data_root", default=None)
@@ -179,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_list = data_sub.add_parser("list", help="known data sets and whether each is available here")
     p_list.add_argument("--data-root", dest="data_root", default=None)
     p_fetch = data_sub.add_parser("fetch", help="get a data set by every route flowood knows")
-    p_fetch.add_argument("names", nargs="+")
+    p_fetch.add_argument("names", nargs="+", help="data set names (flowood data list)")
     p_fetch.add_argument("--data-root", dest="data_root", default=None)
     return parser
 
@@ -191,7 +231,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     names = {f.name for f in fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
     config = load_config(args.config, overrides)
-    result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                   inputs=[args.config] if args.config else [])
     print(f"test bits/dim: {result.test_bpd:.4f} after {result.steps} steps ({result.seconds:.0f} s)")
     print(f"checkpoint: {result.checkpoint}")
     print(f"logs: {result.out / 'logs'} (tensorboard --logdir {result.out / 'logs' / 'tensorboard'})")
@@ -206,7 +247,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                       bootstrap=args.bootstrap, scores=args.scores, ensemble=args.ensemble, background=args.background,
                       background_steps=args.background_steps, typicality_batch=args.typicality_batch,
                       fit_samples=args.fit_samples, compile=args.compile, precision=args.precision,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, overwrite=args.overwrite)
     print(markdown_table(result.metrics))
     print()
     print("AUROC of every score (higher = better detection; 0.5 = chance):")
@@ -229,7 +270,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     result = inspect_flow(args.checkpoint, args.images, args.out, noise_samples=args.noise_samples,
                           temperatures=tuple(args.temperatures), pdf=args.pdf,
                           complexity_samples=args.complexity_samples, data_root=args.data_root, seed=args.seed,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, overwrite=args.overwrite)
     for label, layers in result.numbers["coupling_prediction"].items():
         r2 = [q["r2"] for q in layers]
         print(f"{label}: mean R² of -t over {len(r2)} couplings = {np.nanmean(r2):.3f}; "
@@ -323,9 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     from flowood.allocator import tune_allocator
     tune_allocator()  # CPU steps reuse freed memory instead of faulting it in again (FLOWOOD_MALLOC_TUNING=0: off)
     try:
-        return commands[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return commands[args.command](args)
     except _user_errors() as err:
-        print(f"flowood {args.command}: error: {err}", file=sys.stderr)
+        print(f"flowood {args.command}: error: {as_flags(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"flowood {args.command}: interrupted; checkpoints written so far are kept (use --resume)",

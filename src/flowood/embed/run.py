@@ -10,7 +10,6 @@ internet, where pretrained weights cannot be downloaded).
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -23,8 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from flowood.paths import check_output_dir
-from flowood.data import ArrayDataset, adapt_images, load_dataset
+from flowood.data import ArrayDataset, adapt_images, dataset_inputs, load_dataset
+from flowood.errors import DataError
+from flowood.outputs import atomic_write, check_output_file
 from flowood.embed.backbones import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, build_backbone, feature_extractor,
                                      last_linear, pretrained_weights)
 
@@ -132,19 +132,17 @@ def save_classifier(path: Path, model: nn.Module, backbone: str, preprocess: Pre
     head = last_linear(model)[2]
     payload = {"format": CLASSIFIER_FORMAT, "backbone": backbone, "num_classes": head.out_features,
                "preprocess": preprocess.to_dict(), "state_dict": model.state_dict(), "info": info}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_classifier(path: str | Path, backbone: str) -> tuple[nn.Module, Preprocess, str]:
     """A backbone and its transform from ``--weights PATH``: a classifier written by flowood, or a
     plain torchvision ``state_dict`` of ``backbone`` (then ImageNet's transform is used)."""
+    from flowood.checkpoints import read_weights_file
+
     path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is one clear error
-        raise ValueError(f"cannot read weights file {path}: {type(err).__name__}: {err}") from err
+    payload = read_weights_file(path, what="weights file")
     if isinstance(payload, dict) and payload.get("format") == CLASSIFIER_FORMAT:
         name = payload["backbone"]
         if backbone not in (name, "auto"):
@@ -180,9 +178,20 @@ def _safe(name: str) -> str:
 
 
 def _write_npz(path: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        np.savez(tmp, meta=np.array(json.dumps(meta)), **arrays)
+
+
+def is_embed_output(path: Path) -> bool:
+    """True for files ``flowood embed`` writes: embeddings (``.npz`` with flowood's ``meta``) and classifiers."""
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                return "meta" in f.files and "flowood_version" in json.loads(str(f["meta"]))
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return isinstance(payload, dict) and payload.get("format") == CLASSIFIER_FORMAT
+    except Exception:  # noqa: BLE001 - anything unreadable is not a file flowood wrote
+        return False
 
 
 def embed(backbone: str = "smallcnn", dataset: str = "fashionmnist", out: str | Path = "runs/embeddings/emb.npz",
@@ -214,14 +223,13 @@ def embed(backbone: str = "smallcnn", dataset: str = "fashionmnist", out: str | 
     torch.manual_seed(seed)
     out = Path(out)
     if out.suffix != ".npz":
-        raise ValueError(f"--out must be a .npz file, got {out}")
-    check_output_dir(out.parent)
+        raise DataError(f"`out` must name an .npz file, got {out}")
     ood_files = {name: out.with_name(f"{out.stem}-{_safe(name)}.npz") for name in ood}
     classifier_path = out.with_name(f"{out.stem}.classifier.pt") if train_classifier else None
-    existing = [p for p in [out, classifier_path, *ood_files.values()] if p is not None and p.exists()]
-    if existing and not overwrite:
-        from flowood.training.run import OutputExistsError
-        raise OutputExistsError(f"{existing[0]} exists; pass --overwrite to replace it")
+    inputs = [*dataset_inputs([dataset, *ood], data_root), weights if weights and Path(weights).exists() else None]
+    for target in [out, classifier_path, *ood_files.values()]:
+        if target is not None:
+            check_output_file(target, is_embed_output, inputs, overwrite)  # before any data are loaded
     if weights is None and not train_classifier:
         raise ValueError("features of an untrained backbone are meaningless: pass --weights DEFAULT (pretrained, "
                          "downloads), --weights PATH (a weights file), or --train-classifier (train on the labels here)")
@@ -268,7 +276,6 @@ def embed(backbone: str = "smallcnn", dataset: str = "fashionmnist", out: str | 
                                                      f"{dataset}:{split}", progress)
         if ds.labels is not None:
             arrays[f"labels_{split}"] = ds.labels.numpy()
-    out.parent.mkdir(parents=True, exist_ok=True)
     if classifier_path is not None:
         save_classifier(classifier_path, model, backbone, preprocess,
                         {"dataset": dataset, "test_accuracy": accuracy, "embedding_dim": embedding_dim,

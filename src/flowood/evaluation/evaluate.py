@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 
 from flowood import __version__
 from flowood.checkpoints import LoadedFlow, load_flow
-from flowood.paths import check_output_dir
-from flowood.data import ArrayDataset, adapt_images, canonical_name, load_dataset
-from flowood.flows import FlowModel
+from flowood.data import ArrayDataset, adapt_images, canonical_name, dataset_inputs, load_dataset
+from flowood.errors import DataError, FlowoodError
+from flowood.outputs import OutputFolder, atomic_write, open_output_folder, write_text_atomic
+from flowood.flows import ConfigError, FlowModel
 from flowood.ood.metrics import ood_metrics
 from flowood.ood.scores import DEFAULT_SCORES, SCORE_NAMES, make_score, score_bits_per_dim
 
@@ -32,23 +33,28 @@ __all__ = ["evaluate", "EvaluationResult", "markdown_table", "scores_table", "re
            "score_bits_per_dim"]
 
 
+class DeviceError(FlowoodError, ValueError):
+    """A device that this machine does not have."""
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """``"auto"``: the GPU if there is one, else the CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
+        raise DeviceError(f"device {device!r} requested but CUDA is not available; use `device='cpu'`")
     return torch.device(device)
 
 
 def fit_to_model(dataset: ArrayDataset, flow: FlowModel) -> torch.Tensor:
     """The samples of ``dataset`` in the model's input shape (images converted gray/RGB and resized)."""
     if len(dataset) == 0:
-        raise ValueError(f"{dataset.name}:{dataset.split} is empty: there is nothing to score; check its files")
+        raise DataError(f"{dataset.name}:{dataset.split} is empty: there is nothing to score; check its files")
+    dataset.check_values()
     if dataset.is_image and len(flow.input_shape) == 3:
         return adapt_images(dataset.data, flow.input_shape)
     if tuple(dataset.sample_shape) != flow.input_shape:
-        raise ValueError(f"{dataset.name} has samples of shape {dataset.sample_shape} but the model takes "
+        raise DataError(f"{dataset.name} has samples of shape {dataset.sample_shape} but the model takes "
                          f"{flow.input_shape}; vectors cannot be adapted, use data of the model's dimension")
     return dataset.data
 
@@ -135,7 +141,7 @@ def evaluate(checkpoint: str | Path | LoadedFlow, ood: list[str], out: str | Pat
              scores: list[str] | None = None, ensemble: list[str | Path] | None = None,
              background: str | Path | None = None, background_steps: int = 1000, typicality_batch: int = 1,
              fit_samples: int = 10000, compile: bool = False, precision: str = "fp32",
-             progress: bool = True) -> EvaluationResult:
+             progress: bool = True, overwrite: bool = False) -> EvaluationResult:
     """Score the in-distribution test set and each OOD set with every requested score; compute metrics.
 
     Args:
@@ -160,6 +166,12 @@ def evaluate(checkpoint: str | Path | LoadedFlow, ood: list[str], out: str | Pat
         compile: score through ``torch.compile`` (same numbers; pays off for large sets, see FlowModel.optimize).
         precision: ``fp32``, or ``bf16``/``fp16`` to run the st-networks of every flow at that precision (the
             log-determinants stay fp32; for GPUs, see FlowModel.mixed_precision). Recorded in metrics.json.
+        progress: show progress bars.
+        overwrite: replace an earlier evaluation in ``out`` (only the files it wrote are removed).
+
+    Raises:
+        OutputError: ``out`` is unsafe (see :func:`flowood.outputs.open_output_folder`), not writable, or holds
+            an earlier evaluation without ``overwrite``; checked before any data are loaded.
     """
     from flowood.flows.precision import parse_precision
     st_dtype = parse_precision(precision)  # unknown names fail here, before anything is loaded
@@ -168,19 +180,34 @@ def evaluate(checkpoint: str | Path | LoadedFlow, ood: list[str], out: str | Pat
     cfg = loaded.train_config
     ind_name = dataset or cfg.get("dataset")
     if not ind_name:
-        raise ValueError("the checkpoint does not say which data set it was trained on; pass --dataset")
+        raise DataError("the checkpoint does not say which data set it was trained on; pass `dataset`")
     root = data_root or cfg.get("data_root")
     if not ood:
-        raise ValueError("no OOD data sets given; pass at least one, e.g. --ood mnist")
+        raise DataError("no OOD data sets given; pass at least one, e.g. `ood=['mnist']`")
     names = [ind_name, *ood]
     canon = [canonical_name(n) for n in names]
     if len(set(canon)) != len(canon):
-        raise ValueError(f"data set names repeat: {names}")
-    if out is not None:
-        check_output_dir(out)
+        raise DataError(f"data set names repeat: {names}")
+    inputs = [loaded.path, *(ensemble or []), background, *dataset_inputs(canon, root)]
+    folder = open_output_folder(out, "evaluate", inputs, overwrite=overwrite) if out is not None else None
+    try:
+        return _evaluate(loaded, canon, folder, root, max_samples, batch_size, device, seed, bootstrap, scores,
+                         ensemble, background, background_steps, typicality_batch, fit_samples, compile, precision,
+                         st_dtype, progress)
+    finally:
+        if folder is not None:
+            folder.close()
+
+
+def _evaluate(loaded: LoadedFlow, canon: list[str], folder: OutputFolder | None, root: str | None,
+              max_samples: int | None, batch_size: int, device: str, seed: int, bootstrap: int,
+              scores: list[str] | None, ensemble: list[str | Path] | None, background: str | Path | None,
+              background_steps: int, typicality_batch: int, fit_samples: int, compile: bool, precision: str,
+              st_dtype: Any, progress: bool) -> EvaluationResult:
+    flow = loaded.flow
     requested = list(scores) if scores else [s for s in DEFAULT_SCORES if _applicable(s, flow)]
     if "waic" in requested and not ensemble:
-        raise ValueError("the waic score needs an ensemble: pass --ensemble CKPT [CKPT ...]")
+        raise ConfigError("the waic score needs an ensemble: pass `ensemble=[checkpoint, ...]`")
     if ensemble and "waic" not in requested:
         requested.append("waic")
     for s in requested:
@@ -245,16 +272,16 @@ def evaluate(checkpoint: str | Path | LoadedFlow, ood: list[str], out: str | Pat
         "ensemble": [str(p) for p in ensemble or []], "background": str(background) if background else None,
         "background_steps": background_steps if "likelihood_ratio" in values and not background else None,
     }
-    out_path = Path(out) if out is not None else None
+    out_path = folder.path if folder is not None else None
     if out_path is not None:
         from flowood.evaluation.report import write_report
 
-        out_path.mkdir(parents=True, exist_ok=True)
-        (out_path / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_text_atomic(out_path / "metrics.json", json.dumps(metrics, indent=2))
         arrays = {f"set{i}": like[n] for i, n in enumerate(canon)}
         for s, per_set in values.items():
             arrays.update({f"{s}__set{i}": per_set[n] for i, n in enumerate(canon)})
-        np.savez(out_path / "scores.npz", names=np.array(canon), scores=np.array(list(values)), **arrays)
+        with atomic_write(out_path / "scores.npz") as tmp:
+            np.savez(tmp, names=np.array(canon), scores=np.array(list(values)), **arrays)
         figures = _figures(metrics, values, data, flow, out_path)
         write_report(metrics, figures, out_path / "report.html")
     return EvaluationResult(metrics, like, values, out_path)

@@ -209,8 +209,22 @@ class FlowModel(nn.Module):
             log_det = log_det + ld
         return h, log_det, factored
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Map continuous inputs to latents: ``(z, log |det dz/dx|)``, z of the input's shape."""
+    def forward(self, x: Tensor, validate: bool = True) -> tuple[Tensor, Tensor]:
+        """Map continuous inputs to latents: ``(z, log |det dz/dx|)``, z of the input's shape.
+
+        Args:
+            x: continuous inputs ``[B, *input_shape]``: for image models dequantized images in (0, 1) (see
+                :func:`~flowood.flows.dequantize`), else vectors.
+            validate: check shape, dtype, finiteness and range first (costs one device sync).
+
+        Raises:
+            ValueError: inputs of the wrong shape or dtype, NaN/Inf, or image values outside (0, 1).
+        """
+        if validate:
+            self._check_continuous(x)
+        return self._transform(x)
+
+    def _transform(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h, log_det, factored = self._run(x)
         return self._assemble(h, factored), log_det
 
@@ -228,8 +242,13 @@ class FlowModel(nn.Module):
         return h
 
     # -- likelihood API --------------------------------------------------------------------
-    def check_input(self, x: Tensor) -> None:
-        """Raise a clear ``ValueError`` if ``x`` is not a batch this model can score."""
+    def check_input(self, x: Tensor, image_range: tuple[float, float] | None = (0.0, 1.0)) -> None:
+        """Raise a clear ``ValueError`` if ``x`` is not a batch this model can score.
+
+        Args:
+            x: the batch.
+            image_range: for image models, the closed range float inputs must lie in (None: not checked).
+        """
         if not isinstance(x, Tensor):
             raise TypeError(f"expected a torch.Tensor batch, got {type(x).__name__}")
         if tuple(x.shape[1:]) != self.input_shape:
@@ -239,15 +258,32 @@ class FlowModel(nn.Module):
                              f"{tuple(x.shape)}{hint}")
         if x.dtype == torch.uint8:
             return
-        if not torch.is_floating_point(x):
-            raise ValueError(f"expected float or uint8 inputs, got {x.dtype}")
+        dtype = self._param_dtype()
+        if x.dtype != dtype:
+            raise ValueError(f"expected {dtype} inputs (the model's dtype) or uint8 images, got {x.dtype}; convert "
+                             f"them with x.to({dtype}) (or the model with model.to({x.dtype}))")
         if not bool(torch.isfinite(x).all()):
             raise ValueError("inputs contain NaN or Inf values")
-        if self.discrete:
+        if self.discrete and image_range is not None:
             lo, hi = float(x.min()), float(x.max())
-            if lo < -1e-6 or hi > 1 + 1e-6:
+            if lo < image_range[0] - 1e-6 or hi > image_range[1] + 1e-6:
                 raise ValueError(f"image inputs must lie in [0, 1] (uint8 / 255), got values in [{lo:.3g}, {hi:.3g}]; "
                                  "undo any normalisation before scoring")
+
+    def _param_dtype(self) -> torch.dtype:
+        return next((p.dtype for p in self.parameters() if torch.is_floating_point(p)), torch.float32)
+
+    def _check_continuous(self, x: Tensor) -> None:
+        """Refuse what :meth:`forward` cannot map: wrong shape or dtype, NaN/Inf, image values outside (0, 1)."""
+        if not isinstance(x, Tensor) or x.dtype == torch.uint8:
+            raise ValueError("forward() maps continuous inputs (float tensors); score 8-bit images with log_prob()")
+        self.check_input(x, image_range=None)
+        if self.discrete:
+            lo, hi = float(x.min()), float(x.max())
+            if lo <= 0.0 or hi >= 1.0:
+                raise ValueError(f"forward() of an image model takes dequantized images in the open interval (0, 1), "
+                                 f"got values in [{lo:.3g}, {hi:.3g}]; for 8-bit images use log_prob() (it "
+                                 "dequantizes), or flowood.flows.dequantize(x) first")
 
     def _continuous(self, x: Tensor, noise: str, generator: torch.Generator | None) -> Tensor:
         if self.discrete:
@@ -278,7 +314,7 @@ class FlowModel(nn.Module):
 
     def _density(self, y: Tensor) -> Tensor:
         """Log-likelihood of continuous inputs: the flow, the prior and the bin width (what ``compile`` compiles)."""
-        z, log_det = self.forward(y)
+        z, log_det = self._transform(y)
         return self._log_likelihood(z, log_det)
 
     def _log_likelihood(self, z: Tensor, log_det: Tensor) -> Tensor:

@@ -14,8 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from flowood.checkpoints import LoadedFlow, load_flow
-from flowood.paths import check_output_dir
-from flowood.data import load_dataset
+from flowood.data import dataset_inputs, load_dataset
+from flowood.errors import DataError
+from flowood.outputs import OutputFolder, open_output_folder, write_text_atomic
 from flowood.evaluation.evaluate import fit_to_model
 from flowood.htmlpage import figure, page
 from flowood.inspect import figures as F
@@ -50,13 +51,13 @@ def parse_image_spec(spec: str) -> ImageSelection:
     elif len(parts) >= 2 and spec.rsplit(":", 1)[1] in ("train", "test"):
         name, split = spec.rsplit(":", 1)
     elif len(parts) >= 2 and _RANGE.match(spec.rsplit(":", 1)[1]) and ":" in spec.rsplit(":", 1)[0]:
-        raise ValueError(f"image spec {spec!r}: the split must be 'train' or 'test' (NAME:SPLIT:INDICES)")
+        raise DataError(f"image spec {spec!r}: the split must be 'train' or 'test' (NAME:SPLIT:INDICES)")
     out: list[int] = []
     for part in indices.split(","):
         lo, _, hi = part.partition("-")
         start, stop = int(lo), int(hi or lo)
         if stop < start:
-            raise ValueError(f"image spec {spec!r}: range {part} runs backwards")
+            raise DataError(f"image spec {spec!r}: range {part} runs backwards")
         out.extend(range(start, stop + 1))
     return ImageSelection(name, split, out)
 
@@ -73,7 +74,8 @@ class InspectionResult:
 
 def inspect_flow(checkpoint: str | Path | LoadedFlow, images: list[str], out: str | Path, noise_samples: int = 40,
                  temperatures: tuple[float, ...] = (0.5, 0.75, 1.0), pdf: bool = False, complexity_samples: int = 500,
-                 data_root: str | None = None, seed: int = 0, progress: bool = True) -> InspectionResult:
+                 data_root: str | None = None, seed: int = 0, progress: bool = True,
+                 overwrite: bool = False) -> InspectionResult:
     """Write the figures, ``inspect.json`` and ``inspect.html`` for a checkpoint and image selections.
 
     Args:
@@ -86,22 +88,37 @@ def inspect_flow(checkpoint: str | Path | LoadedFlow, images: list[str], out: st
         complexity_samples: images per set for the likelihood-vs-complexity scatter.
         data_root: the data root (default: the checkpoint's).
         seed: seeds noise, samples and subsets.
+        progress: show a progress bar.
+        overwrite: replace an earlier inspection in ``out`` (only the files it wrote are removed).
+
+    Raises:
+        OutputError: ``out`` is unsafe, not writable, or holds an earlier inspection without ``overwrite``
+            (see :func:`flowood.outputs.open_output_folder`); checked before any data are loaded.
     """
     loaded = checkpoint if isinstance(checkpoint, LoadedFlow) else load_flow(checkpoint)
     flow = loaded.flow.cpu().eval()
     if not flow.discrete or len(flow.input_shape) != 3:
-        raise ValueError("flowood inspect works on image flows (RealNVP, Glow); this checkpoint models vectors")
+        raise DataError("flowood inspect works on image flows (RealNVP, Glow); this checkpoint models vectors")
     if not images:
-        raise ValueError("pass at least one image selection, e.g. --images fashionmnist:test:0-7")
+        raise DataError("pass at least one image selection, e.g. `images=['fashionmnist:test:0-7']`")
     root = data_root or loaded.train_config.get("data_root")
-    out = check_output_dir(out, create=True)
     selections = [parse_image_spec(s) for s in images]
+    inputs = [loaded.path, *dataset_inputs([sel.name for sel in selections], root)]
+    with open_output_folder(out, "inspect", inputs, overwrite=overwrite) as folder:
+        return _inspect(loaded, flow, selections, folder, noise_samples, temperatures, pdf, complexity_samples, root,
+                        seed, progress)
+
+
+def _inspect(loaded: LoadedFlow, flow: Any, selections: list[ImageSelection], folder: OutputFolder,
+             noise_samples: int, temperatures: tuple[float, ...], pdf: bool, complexity_samples: int,
+             root: str | None, seed: int, progress: bool) -> InspectionResult:
+    out = folder.path
     sets: dict[str, torch.Tensor] = {}
     full: dict[str, torch.Tensor] = {}
     for sel in selections:
         ds = load_dataset(sel.name, sel.split, root, shape=flow.input_shape)
         if max(sel.indices) >= len(ds):
-            raise ValueError(f"{sel.name}:{sel.split} has {len(ds)} images; index {max(sel.indices)} is out of range")
+            raise DataError(f"{sel.name}:{sel.split} has {len(ds)} images; index {max(sel.indices)} is out of range")
         data = fit_to_model(ds, flow)
         label = sel.label if sel.label not in sets else f"{sel.label}:{sel.split}"
         sets[label] = data[sel.indices]
@@ -172,7 +189,7 @@ def inspect_flow(checkpoint: str | Path | LoadedFlow, images: list[str], out: st
     figs["masks"] = F.masks_figure(masks, out / "masks.png", pdf)
     steps.update()
 
-    (out / "inspect.json").write_text(json.dumps(_finite_or_null(numbers), indent=2))
+    write_text_atomic(out / "inspect.json", json.dumps(_finite_or_null(numbers), indent=2))
     steps.update()
     page_path = _write_page(numbers, figs, out / "inspect.html")
     steps.update()
@@ -227,5 +244,5 @@ def _write_page(numbers: dict[str, Any], figs: dict[str, Any], path: Path) -> Pa
                 "transforms, the log-scale s and the prediction -t of its st-network, and its output (channel 0).</p>")
     body += [figure(p, name) for name, p in figs["couplings"].items()]
     body += ["<h2>5. Samples and masks</h2>", figure(figs["samples"], "samples"), figure(figs["masks"], "masks")]
-    path.write_text(page("flowood inspect", body), encoding="utf-8")
+    write_text_atomic(path, page("flowood inspect", body))
     return path

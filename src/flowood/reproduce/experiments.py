@@ -22,17 +22,20 @@ One file per experiment::
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from flowood.flows.config import ConfigError, closest
+from flowood.errors import closest
+from flowood.flows.config import ConfigError
 
 __all__ = ["Experiment", "Check", "load_experiments", "default_config_dir", "SCALES"]
 
 SCALES = ("smoke", "cpu", "paper")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _KEYS = {"name", "title", "paper", "suites", "embed", "train", "scales", "evaluate", "inspect", "checks",
          "paper_numbers", "notes"}
 _CHECK_KEYS = {"claim", "metric", "ood", "below", "above", "better_than", "worse_than"}
@@ -100,6 +103,9 @@ def _parse(path: Path, scale: str) -> Experiment:
     for key in ("name", "title", "train", "evaluate"):
         if key not in raw:
             raise ConfigError(f"{path}: missing {key!r}")
+    if not _NAME.match(str(raw["name"])):
+        raise ConfigError(f"{path}: experiment name {raw['name']!r} must be a plain folder name (letters, digits, "
+                          "'_', '-', '.'; not starting with '.'), because results are written to OUT/NAME")
     scales = raw.get("scales") or {}
     for s in scales:
         if s not in SCALES:

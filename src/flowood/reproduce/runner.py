@@ -15,9 +15,10 @@ from typing import Any, Callable
 
 import torch
 
-from flowood.data import DatasetNotFoundError, load_dataset
-from flowood.paths import check_output_dir
-from flowood.reproduce.experiments import Experiment, load_experiments
+from flowood.data import DatasetNotFoundError, data_root as default_data_root, load_dataset
+from flowood.outputs import open_output_folder, remove_output_folder, write_text_atomic
+from flowood.flows.config import ConfigError
+from flowood.reproduce.experiments import Experiment, default_config_dir, load_experiments
 from flowood.reproduce.report import write_results
 
 __all__ = ["reproduce", "ReproduceResult", "machine_description"]
@@ -48,9 +49,7 @@ def _spec_hash(exp: Experiment) -> str:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def _available(name: str, root: str | None, shape: tuple[int, ...] | None = None) -> str | None:
@@ -115,7 +114,7 @@ def _run_one(exp: Experiment, exp_dir: Path, state: dict[str, Any], data_root: s
         e = dict(exp.evaluate)
         e.pop("ood", None)
         start = time.time()
-        result = evaluate(ckpt, ood, out=exp_dir / "eval", data_root=data_root, progress=progress, **e)
+        result = evaluate(ckpt, ood, out=exp_dir / "eval", data_root=data_root, progress=progress, overwrite=True, **e)
         m = result.metrics
         stages["evaluate"] = {
             "test_bpd": m["in_distribution"]["bpd_mean"], "seconds": round(time.time() - start, 1),
@@ -134,7 +133,7 @@ def _run_one(exp: Experiment, exp_dir: Path, state: dict[str, Any], data_root: s
             start = time.time()
             values = {k: v for k, v in exp.inspect.items() if k != "images"}
             result = inspect_flow(loaded, images, exp_dir / "inspect", data_root=data_root, progress=progress,
-                                  **values)
+                                  overwrite=True, **values)
             r2 = {label: float(sum(q["r2"] for q in layers) / max(1, len(layers)))
                   for label, layers in result.numbers["coupling_prediction"].items()}
             stages["inspect"] = {"seconds": round(time.time() - start, 1), "mean_r2": r2}
@@ -155,13 +154,21 @@ def reproduce(suite: str = "all", scale: str = "cpu", out: str | Path = "runs/re
     """
     start = time.time()
     experiments = load_experiments(config_dir, scale, suite, only)
-    out = check_output_dir(out, create=True)
+    folder_inputs = [config_dir or default_config_dir(), default_data_root(data_root)]
+    with open_output_folder(out, "reproduce", folder_inputs, resume=True) as folder:
+        return _reproduce(experiments, folder.path, suite, scale, data_root, progress, say, start)
+
+
+def _reproduce(experiments: list[Experiment], out: Path, suite: str, scale: str, data_root: str | None,
+               progress: bool, say: Callable[[str], None], start: float) -> ReproduceResult:
     command = "flowood " + " ".join(sys.argv[1:]) if sys.argv and "flowood" in sys.argv[0] else \
         f"flowood reproduce --suite {suite} --scale {scale} --out {out}"
     run_info = {"suite": suite, "scale": scale, "command": command, "machine": machine_description()}
     states: dict[str, dict[str, Any]] = {}
     for exp in experiments:
         exp_dir = out / exp.name
+        if exp_dir.resolve().parent != out.resolve():  # names are checked on loading; never leave the suite folder
+            raise ConfigError(f"experiment name {exp.name!r} would write outside {out}")
         exp_dir.mkdir(parents=True, exist_ok=True)
         status_path = exp_dir / "status.json"
         state = json.loads(status_path.read_text()) if status_path.exists() else {}
@@ -170,8 +177,7 @@ def reproduce(suite: str = "all", scale: str = "cpu", out: str | Path = "runs/re
             say(f"{exp.name}: its configuration changed since the last run; starting it again")
             state = {}
             for sub in ("train", "eval", "inspect"):
-                import shutil
-                shutil.rmtree(exp_dir / sub, ignore_errors=True)
+                remove_output_folder(exp_dir / sub)  # only the files flowood wrote there
         state["spec"] = spec
         state["title"] = exp.title
         if state.get("status") in ("done", "skipped"):

@@ -1,0 +1,53 @@
+"""The command line (flowood.cli.main): repeated list flags, warnings and errors as one line each."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from flowood.cli.main import as_flags, build_parser, main
+
+
+@pytest.mark.parametrize("args, dest, expected", [
+    (["evaluate", "--checkpoint", "c", "--out", "o", "--ood", "a", "--ood", "b", "c"], "ood", ["a", "b", "c"]),
+    (["evaluate", "--checkpoint", "c", "--out", "o", "--ood", "a", "--scores", "likelihood", "--scores", "waic"],
+     "scores", ["likelihood", "waic"]),
+    (["evaluate", "--checkpoint", "c", "--out", "o", "--ood", "a", "--ensemble", "x", "--ensemble", "y"],
+     "ensemble", ["x", "y"]),
+    (["inspect", "--checkpoint", "c", "--out", "o", "--images", "a", "--images", "b"], "images", ["a", "b"]),
+    (["inspect", "--checkpoint", "c", "--out", "o", "--images", "a", "--temperatures", "1", "--temperatures", "2"],
+     "temperatures", [1.0, 2.0]),
+    (["embed", "--dataset", "d", "--out", "o.npz", "--ood", "a", "--ood", "b"], "ood", ["a", "b"]),
+    (["reproduce", "--only", "a", "--only", "b", "c"], "only", ["a", "b", "c"]),
+    (["data", "fetch", "a", "b"], "names", ["a", "b"]),
+])
+def test_repeated_list_flags_accumulate(args, dest, expected):
+    """``--ood A --ood B`` is ``--ood A B`` in every command (argparse alone keeps only B, silently)."""
+    assert getattr(build_parser().parse_args(args), dest) == expected
+
+
+def test_list_defaults_are_replaced_not_extended():
+    args = build_parser().parse_args(["inspect", "--checkpoint", "c", "--out", "o", "--images", "a",
+                                      "--temperatures", "0.3"])
+    assert args.temperatures == [0.3]
+
+
+def test_evaluate_scores_every_repeated_ood_set(tmp_path):
+    from flowood.checkpoints import save_flow
+    from flowood.flows import RealNVP
+
+    flow = RealNVP((1, 8, 8), num_blocks=1, num_mid_channels=4, num_scales=1)
+    flow.log_prob(torch.rand(4, 1, 8, 8))
+    ckpt = save_flow(flow, tmp_path / "f.pt", {"dataset": "digits"})
+    code = main(["evaluate", "--checkpoint", str(ckpt), "--ood", "noise", "--ood", "constant", "--scores",
+                 "likelihood", "--out", str(tmp_path / "e"), "--no_progress"])
+    assert code == 0
+    assert list(json.loads((tmp_path / "e" / "metrics.json").read_text())["ood"]) == ["noise", "constant"]
+
+
+def test_library_words_become_flags():
+    assert as_flags("pass `overwrite=True`, lower `lr` or use `nan_policy='rollback'`; `flowood train` ran") == \
+        "pass --overwrite, lower --lr or use --nan_policy rollback; `flowood train` ran"
+    assert as_flags("pass `ood=['mnist']`") == "pass --ood mnist"
