@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/flowood data fetch fashionmnist mnist
-	$(BIN)/flowood train --config configs/demo.yaml --out $(DEMO_OUT)/train --overwrite
+	$(BIN)/flowood train --config demo --out $(DEMO_OUT)/train --overwrite
 	$(BIN)/flowood evaluate --checkpoint $(DEMO_OUT)/train/checkpoints/last.ckpt \
 		--ood mnist digits noise constant --out $(DEMO_OUT)/eval --overwrite
 	@echo "demo outputs: $(DEMO_OUT)/train (checkpoints, logs) and $(DEMO_OUT)/eval (report.html, metrics.json, figures)"

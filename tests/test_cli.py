@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from flowood.cli.flags import given_options
 from flowood.cli.main import as_flags, build_parser, main
 
 
@@ -25,13 +26,22 @@ from flowood.cli.main import as_flags, build_parser, main
 ])
 def test_repeated_list_flags_accumulate(args, dest, expected):
     """``--ood A --ood B`` is ``--ood A B`` in every command (argparse alone keeps only B, silently)."""
-    assert getattr(build_parser().parse_args(args), dest) == expected
+    from flowood.inspect.run import InspectOptions
+    from flowood.options import from_mapping
+
+    parsed = build_parser().parse_args(args)
+    if dest == "temperatures":  # typed by the option's definition, after parsing
+        parsed = from_mapping(InspectOptions, given_options(parsed, InspectOptions))
+    assert getattr(parsed, dest) == expected
 
 
 def test_list_defaults_are_replaced_not_extended():
+    from flowood.inspect.run import InspectOptions
+    from flowood.options import from_mapping
+
     args = build_parser().parse_args(["inspect", "--checkpoint", "c", "--out", "o", "--images", "a",
                                       "--temperatures", "0.3"])
-    assert args.temperatures == [0.3]
+    assert from_mapping(InspectOptions, given_options(args, InspectOptions)).temperatures == [0.3]
 
 
 def test_evaluate_scores_every_repeated_ood_set(tmp_path):

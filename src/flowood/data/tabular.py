@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flowood.errors import DataError
+
 __all__ = ["read_miniboone", "read_hepmass", "class_split", "drop_repeated_minimum_features", "SKLEARN_TABULAR"]
 
 #: scikit-learn sets for class-wise OOD on small real data: name -> (loader name, classes, features).
@@ -36,11 +38,11 @@ def read_miniboone(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     with _open_text(path) as f:
         header = f.readline().split()
         if len(header) != 2:
-            raise ValueError(f"{path}: first line must hold the signal and background counts, got {header!r}")
+            raise DataError(f"{path}: first line must hold the signal and background counts, got {header!r}")
         n_signal, n_background = int(header[0]), int(header[1])
         data = np.loadtxt(f, dtype=np.float64, ndmin=2)
     if len(data) != n_signal + n_background:
-        raise ValueError(f"{path}: header promises {n_signal + n_background} events, file has {len(data)}; "
+        raise DataError(f"{path}: header promises {n_signal + n_background} events, file has {len(data)}; "
                          "the download is incomplete, fetch it again")
     n = min(n_signal, n_background)
     features = np.concatenate((data[:n], data[n_signal:n_signal + n]))
@@ -78,7 +80,7 @@ def read_hepmass(folder: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray
         arrays.append((features, labels))
     (x_train, y_train), (x_test, y_test) = arrays
     if x_train.shape[1] != x_test.shape[1]:
-        raise ValueError(f"{folder}: train has {x_train.shape[1]} features but test {x_test.shape[1]} "
+        raise DataError(f"{folder}: train has {x_train.shape[1]} features but test {x_test.shape[1]} "
                          "(after dropping the test file's last column); are these UCI's 1000_*.csv files?")
     x_train, x_test = drop_repeated_minimum_features(x_train, x_test)
     return x_train, x_test, y_train, y_test
@@ -92,7 +94,7 @@ def class_split(features: np.ndarray, labels: np.ndarray, class_idx: int, split:
 
     chosen = features[labels == class_idx]
     if len(chosen) < 2:
-        raise ValueError(f"class {class_idx} has {len(chosen)} samples; classes present: {sorted(set(labels.tolist()))}")
+        raise DataError(f"class {class_idx} has {len(chosen)} samples; classes present: {sorted(set(labels.tolist()))}")
     train, test = train_test_split(chosen, test_size=test_size, random_state=seed)
     return train if split == "train" else test
 

@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowood.errors import DataError, InputError, closest
+from flowood.options import ConfigError
+
 __all__ = ["SmallCNN", "Preprocess", "backbone_names", "build_backbone", "last_linear", "replace_head",
            "feature_extractor", "pretrained_weights"]
 
@@ -80,7 +83,7 @@ class Preprocess:
             elif self.channels == 1 and x.shape[1] == 3:
                 x = (x * torch.tensor((0.299, 0.587, 0.114), device=x.device).view(1, 3, 1, 1)).sum(1, keepdim=True)
             else:
-                raise ValueError(f"cannot feed {x.shape[1]}-channel images to a backbone that takes {self.channels}")
+                raise InputError(f"cannot feed {x.shape[1]}-channel images to a backbone that takes {self.channels}")
         if self.size is not None:
             h, w = x.shape[2:]
             scale = self.size / min(h, w)
@@ -115,8 +118,7 @@ def backbone_names() -> list[str]:
 def _check_name(name: str) -> None:
     names = backbone_names()
     if name not in names:
-        from flowood.flows.config import closest
-        raise ValueError(f"unknown backbone {name!r}{closest(name, names)}; use smallcnn or a torchvision "
+        raise ConfigError(f"unknown backbone {name!r}{closest(name, names)}; use smallcnn or a torchvision "
                          f"classification model such as resnet18 or efficientnet_b4")
 
 
@@ -127,7 +129,7 @@ def pretrained_weights(name: str, weights: str) -> Any:
     try:
         return enum.DEFAULT if weights.upper() == "DEFAULT" else enum[weights]
     except KeyError:
-        raise ValueError(f"{name} has no weights {weights!r}; choose DEFAULT or one of "
+        raise ConfigError(f"{name} has no weights {weights!r}; choose DEFAULT or one of "
                          f"{', '.join(w.name for w in enum)}") from None
 
 
@@ -143,9 +145,8 @@ def build_backbone(name: str, num_classes: int | None = None, in_channels: int =
         try:
             model = torchvision.models.get_model(name, weights=weights)
         except OSError as err:  # URLError is an OSError
-            raise ValueError(f"could not download {name} weights {weights.name} ({err}); without internet, train a "
-                             "classifier here with --train-classifier, or pass a weights file with --weights PATH"
-                             ) from err
+            raise DataError(f"could not download {name} weights {weights.name} ({err}); without internet, train a "
+                            "classifier here with `train_classifier=True`, or pass a weights file as `weights`") from err
         if num_classes is not None and last_linear(model)[2].out_features != num_classes:
             replace_head(model, num_classes)
         return model
@@ -160,7 +161,7 @@ def last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
         if isinstance(module, nn.Linear):
             name = module_name
     if name is None:
-        raise ValueError(f"{type(model).__name__} has no linear classifier layer to take features before")
+        raise ConfigError(f"{type(model).__name__} has no linear classifier layer to take features before")
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     return parent, attr, getattr(parent, attr)

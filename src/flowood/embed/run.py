@@ -22,13 +22,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from flowood import __version__
 from flowood.data import ArrayDataset, adapt_images, dataset_inputs, load_dataset
 from flowood.errors import DataError
+from flowood.options import merge_options, option
 from flowood.outputs import atomic_write, check_output_file
+from flowood.runtime import data_root_option, device_option, resolve_device, seed_option
 from flowood.embed.backbones import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, build_backbone, feature_extractor,
                                      last_linear, pretrained_weights)
 
-__all__ = ["embed", "EmbedResult", "load_classifier", "save_classifier", "fit_classifier", "embed_images"]
+__all__ = ["embed", "EmbedOptions", "EmbedResult", "Embedder", "make_embedder", "load_classifier", "save_classifier",
+           "fit_classifier", "embed_images", "is_embed_output"]
 
 CLASSIFIER_FORMAT = "flowood-classifier-1"
 
@@ -55,10 +59,6 @@ class EmbedResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _batches(data: Tensor, batch_size: int, desc: str, progress: bool):
@@ -83,9 +83,9 @@ def fit_classifier(model: nn.Module, preprocess: Preprocess, train: ArrayDataset
                      progress: bool = True) -> float | None:
     """Train ``model`` on the labels of ``train`` with Adam and cross-entropy; returns test accuracy."""
     if train.labels is None or int(train.labels.min()) < 0:
-        raise ValueError(f"{train.name} has no class labels, so no classifier can be trained on it; "
-                         "use --weights DEFAULT (pretrained) or --weights PATH instead of --train-classifier")
-    dev = _device(device)
+        raise DataError(f"{train.name} has no class labels, so no classifier can be trained on it; use "
+                        "`weights='DEFAULT'` (pretrained) or `weights=PATH` instead of `train_classifier`")
+    dev = resolve_device(device)
     model.to(dev).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
@@ -118,7 +118,7 @@ def fit_classifier(model: nn.Module, preprocess: Preprocess, train: ArrayDataset
 def embed_images(extractor: nn.Module, preprocess: Preprocess, images: Tensor, batch_size: int = 256,
                  device: str = "auto", desc: str = "embed", progress: bool = True) -> np.ndarray:
     """Embeddings ``[N, D]`` (float32) of uint8 images ``[N, C, H, W]``."""
-    dev = _device(device)
+    dev = resolve_device(device)
     extractor.to(dev).eval()
     out = []
     for start in _batches(images, batch_size, desc, progress):
@@ -146,23 +146,23 @@ def load_classifier(path: str | Path, backbone: str) -> tuple[nn.Module, Preproc
     if isinstance(payload, dict) and payload.get("format") == CLASSIFIER_FORMAT:
         name = payload["backbone"]
         if backbone not in (name, "auto"):
-            raise ValueError(f"{path} holds a {name} classifier, not {backbone}; pass --backbone {name}")
+            raise DataError(f"{path} holds a {name} classifier, not {backbone}; pass `backbone={name!r}`")
         preprocess = Preprocess.from_dict(payload["preprocess"])
         model = build_backbone(name, payload["num_classes"], in_channels=preprocess.channels,
                                embedding_dim=payload["info"].get("embedding_dim", 64))
         model.load_state_dict(payload["state_dict"])
         return model, preprocess, name
     if not isinstance(payload, dict) or not all(isinstance(v, Tensor) for v in payload.values()):
-        raise ValueError(f"{path} is neither a flowood classifier nor a state_dict of tensors")
+        raise DataError(f"{path} is neither a flowood classifier nor a state_dict of tensors")
     if backbone == "auto":
-        raise ValueError(f"{path} is a plain state_dict: say which model it belongs to with --backbone NAME")
+        raise DataError(f"{path} is a plain state_dict: say which model it belongs to with `backbone`")
     weights = [k for k in payload if k.endswith(".weight") and payload[k].dim() == 2]
     num_classes = int(payload[weights[-1]].shape[0]) if weights else 1000
     model = build_backbone(backbone, num_classes)
     try:
         model.load_state_dict(payload)
     except RuntimeError as err:
-        raise ValueError(f"{path} does not fit {backbone}: {str(err).splitlines()[0]}") from err
+        raise DataError(f"{path} does not fit {backbone}: {str(err).splitlines()[0]}") from err
     return model, Preprocess(channels=3, size=224, mean=IMAGENET_MEAN, std=IMAGENET_STD), backbone
 
 
@@ -194,108 +194,175 @@ def is_embed_output(path: Path) -> bool:
         return False
 
 
-def embed(backbone: str = "smallcnn", dataset: str = "fashionmnist", out: str | Path = "runs/embeddings/emb.npz",
-          ood: tuple[str, ...] | list[str] = (), weights: str | None = None, train_classifier: bool = False,
-          epochs: int = 2, lr: float = 1e-3, batch_size: int = 128, image_size: int | None = None,
-          embedding_dim: int = 64, device: str = "auto", data_root: str | None = None,
-          max_train_samples: int | None = None, seed: int = 0, overwrite: bool = False,
-          progress: bool = True) -> EmbedResult:
+@dataclass
+class EmbedOptions:
+    """How :func:`embed` gets its features: every field is an option (``flowood embed --help`` shows them)."""
+
+    backbone: str = option("smallcnn", "smallcnn (flowood's, fast on CPU) or any torchvision classification model, "
+                           "e.g. resnet18, efficientnet_b4 (the paper's 1792-dim features)", metavar="NAME")
+    weights: str | None = option(None, "DEFAULT (or a torchvision weights name) to download pretrained weights, or a "
+                                 "file: a classifier from train_classifier, or a torchvision state_dict",
+                                 metavar="WEIGHTS")
+    train_classifier: bool = option(False, "train the backbone on the in-distribution labels first (no download)")
+    epochs: int = option(2, "classifier training epochs", minimum=1)
+    lr: float = option(1e-3, "classifier learning rate (Adam)", minimum=0.0)
+    batch_size: int = option(128, "classifier training batch size", minimum=1)
+    image_size: int | None = option(None, "resize images to this before the backbone (default: the data's size for "
+                                    "a classifier trained here, the weights' own transform for pretrained ones)",
+                                    minimum=1)
+    embedding_dim: int = option(64, "feature size of smallcnn", minimum=1)
+    max_train_samples: int | None = option(None, "use a random (seeded) subset of the training set", minimum=1)
+    device: str = device_option()
+    data_root: str | None = data_root_option()
+    seed: int = seed_option()
+
+
+@dataclass
+class Embedder:
+    """A feature extractor and its input transform, and where it came from."""
+
+    model: nn.Module
+    preprocess: Preprocess
+    backbone: str
+    source: str
+    accuracy: float | None = None
+
+
+def embed(dataset: str, out: str | Path, ood: tuple[str, ...] | list[str] = (), options: EmbedOptions | None = None,
+          *, progress: bool = True, overwrite: bool = False, **option_values: Any) -> EmbedResult:
     """Embed ``dataset`` (train and test) and each ``ood`` set (test) with one backbone.
 
     Args:
-        backbone: ``smallcnn`` or any torchvision classification model name.
-        weights: ``DEFAULT`` (or a torchvision weights name: downloaded), a file (a flowood classifier
-            or a torchvision state_dict), or None together with ``train_classifier``.
-        train_classifier: first train the backbone as a classifier on ``dataset``'s labels (from
-            ``weights`` if given, else from scratch); the classifier is saved beside ``out``.
-        image_size: resize images to this before the backbone (None: the data set's size when a
-            classifier is trained here, the weights' own transform for pretrained weights, 224 for a
-            plain torchvision state_dict).
-        embedding_dim: embedding size of ``smallcnn``.
-        max_train_samples: use a random subset of the training set (seeded).
+        dataset: the in-distribution image set.
+        out: the ``.npz`` to write; OOD sets go to ``<out stem>-<name>.npz`` and a classifier trained here to
+            ``<out stem>.classifier.pt`` beside it. Every target is checked before any data are loaded.
+        ood: OOD image sets, embedded through the same adaptation, backbone and transform.
+        options: an :class:`EmbedOptions` (its fields are listed there).
+        progress: show progress bars.
+        overwrite: replace earlier embeddings at those paths (only files flowood wrote).
+        **option_values: any field of :class:`EmbedOptions`, e.g. ``backbone="resnet18", weights="DEFAULT"``.
 
     Returns:
-        :class:`EmbedResult`. Files: ``out`` and, per OOD set, ``<out stem>-<name>.npz``.
-    """
-    from flowood import __version__
+        :class:`EmbedResult`.
 
+    Raises:
+        OutputError: a target is an input, lies in an input folder, or is a file flowood did not write.
+        DataError, CheckpointError: data or weights that cannot be used, named in the message.
+    """
+    o = merge_options(EmbedOptions, options, option_values)
     start = time.time()
-    torch.manual_seed(seed)
-    out = Path(out)
+    torch.manual_seed(o.seed)
+    out, ood_files, classifier_path = _check_targets(dataset, Path(out), list(ood), o, overwrite)
+    train = load_dataset(dataset, "train", o.data_root).take(o.max_train_samples, o.seed)
+    test = load_dataset(dataset, "test", o.data_root)
+    if not train.is_image:
+        raise DataError(f"{dataset} holds vectors, not images; it can be used with a tabular flow directly")
+    embedder = make_embedder(train, test, o, progress)
+    arrays = _embed_splits(embedder, {"train": train, "test": test}, dataset, o, progress)
+    meta = {"backbone": embedder.backbone, "weights": embedder.source, "dataset": dataset,
+            "preprocess": embedder.preprocess.to_dict(), "classifier_test_accuracy": embedder.accuracy,
+            "flowood_version": __version__, "seed": o.seed, "in_distribution_shape": list(train.sample_shape)}
+    if classifier_path is not None:
+        save_classifier(classifier_path, embedder.model, embedder.backbone, embedder.preprocess,
+                        {"dataset": dataset, "test_accuracy": embedder.accuracy, "embedding_dim": o.embedding_dim,
+                         "epochs": o.epochs, "seed": o.seed})
+    _write_npz(out, arrays, meta)
+    for name, path in ood_files.items():
+        _embed_ood(embedder, name, path, train.sample_shape, meta, o, progress)
+    return EmbedResult(out, ood_files, classifier_path, embedder.accuracy, int(arrays["embeddings_train"].shape[1]),
+                       time.time() - start, _zero_warning(arrays["embeddings_train"]))
+
+
+def _check_targets(dataset: str, out: Path, ood: list[str], o: EmbedOptions, overwrite: bool
+                   ) -> tuple[Path, dict[str, Path], Path | None]:
+    """Every file embed will write, checked (and its folder test-written) before any data are loaded."""
     if out.suffix != ".npz":
         raise DataError(f"`out` must name an .npz file, got {out}")
+    if o.weights is None and not o.train_classifier:
+        raise DataError("features of an untrained backbone are meaningless: pass `weights='DEFAULT'` (pretrained, "
+                        "downloads), `weights=PATH` (a weights file), or `train_classifier=True` (train on the "
+                        "labels here)")
     ood_files = {name: out.with_name(f"{out.stem}-{_safe(name)}.npz") for name in ood}
-    classifier_path = out.with_name(f"{out.stem}.classifier.pt") if train_classifier else None
-    inputs = [*dataset_inputs([dataset, *ood], data_root), weights if weights and Path(weights).exists() else None]
+    classifier_path = out.with_name(f"{out.stem}.classifier.pt") if o.train_classifier else None
+    weights_file = o.weights if o.weights and Path(o.weights).expanduser().exists() else None
+    inputs = [*dataset_inputs([dataset, *ood], o.data_root), weights_file]
     for target in [out, classifier_path, *ood_files.values()]:
         if target is not None:
-            check_output_file(target, is_embed_output, inputs, overwrite)  # before any data are loaded
-    if weights is None and not train_classifier:
-        raise ValueError("features of an untrained backbone are meaningless: pass --weights DEFAULT (pretrained, "
-                         "downloads), --weights PATH (a weights file), or --train-classifier (train on the labels here)")
-    train = load_dataset(dataset, "train", data_root).take(max_train_samples, seed)
-    test = load_dataset(dataset, "test", data_root)
-    if not train.is_image:
-        raise ValueError(f"{dataset} holds vectors, not images; it can be used with a tabular flow directly")
-    in_channels = train.sample_shape[0]
-    accuracy = None
-    weight_source = weights
-    if weights is not None and Path(weights).expanduser().is_file():
-        model, preprocess, backbone = load_classifier(Path(weights).expanduser(), backbone)
-        weight_source = str(Path(weights).expanduser().resolve())
-        if train_classifier:
-            raise ValueError("--weights PATH already holds a trained classifier; drop --train-classifier "
-                             "(or start from pretrained torchvision weights with --weights DEFAULT)")
-    elif weights is not None and backbone == "smallcnn":
-        raise ValueError(f"smallcnn has no pretrained weights, and {weights!r} is not a file; "
-                         "use --train-classifier, or a torchvision backbone with --weights DEFAULT")
+            check_output_file(target, is_embed_output, inputs, overwrite)
+    return out, ood_files, classifier_path
+
+
+def make_embedder(train: ArrayDataset, test: ArrayDataset, o: EmbedOptions, progress: bool = True) -> Embedder:
+    """The backbone and transform: from a weights file, from pretrained torchvision weights, or trained here on
+    ``train``'s labels (then its ``test`` accuracy is measured)."""
+    weights_file = Path(o.weights).expanduser() if o.weights else None
+    if weights_file is not None and weights_file.is_file():
+        if o.train_classifier:
+            raise DataError("`weights` already names a trained classifier; drop `train_classifier` (or start from "
+                            "pretrained torchvision weights with `weights='DEFAULT'`)")
+        model, preprocess, backbone = load_classifier(weights_file, o.backbone)
+        embedder = Embedder(model, preprocess, backbone, str(weights_file.resolve()))
+    elif o.weights is not None and o.backbone == "smallcnn":
+        raise DataError(f"smallcnn has no pretrained weights, and {o.weights!r} is not a file; use "
+                        "`train_classifier=True`, or a torchvision backbone with `weights='DEFAULT'`")
+    elif o.train_classifier:
+        embedder = _train_embedder(train, test, o, progress)
     else:
-        enum = pretrained_weights(backbone, weights) if weights is not None else None
-        if train_classifier:
-            num_classes = int(train.labels.max()) + 1 if train.labels is not None else 0
-            model = build_backbone(backbone, num_classes, in_channels=in_channels, weights=enum,
-                                   embedding_dim=embedding_dim)
-            channels = in_channels if backbone == "smallcnn" else 3
-            mean, std = channel_stats(train.data, channels)
-            if enum is not None:
-                mean, std = tuple(enum.transforms().mean), tuple(enum.transforms().std)
-            preprocess = Preprocess(channels=channels, size=image_size, mean=mean, std=std)
-            accuracy = fit_classifier(model, preprocess, train, test, epochs, lr, batch_size, device, seed, progress)
-        else:
-            model = build_backbone(backbone, weights=enum)
-            preprocess = _weights_preprocess(enum)
-    if image_size is not None:
-        preprocess.size, preprocess.crop = image_size, image_size
-    extractor = feature_extractor(model)
-    meta = {"backbone": backbone, "weights": weight_source or "trained here", "dataset": dataset,
-            "preprocess": preprocess.to_dict(), "classifier_test_accuracy": accuracy,
-            "flowood_version": __version__, "seed": seed, "in_distribution_shape": list(train.sample_shape)}
+        enum = pretrained_weights(o.backbone, o.weights)
+        embedder = Embedder(build_backbone(o.backbone, weights=enum), _weights_preprocess(enum), o.backbone,
+                            str(o.weights))
+    if o.image_size is not None:
+        embedder.preprocess.size, embedder.preprocess.crop = o.image_size, o.image_size
+    return embedder
+
+
+def _train_embedder(train: ArrayDataset, test: ArrayDataset, o: EmbedOptions, progress: bool) -> Embedder:
+    enum = pretrained_weights(o.backbone, o.weights) if o.weights is not None else None
+    in_channels = train.sample_shape[0]
+    num_classes = int(train.labels.max()) + 1 if train.labels is not None else 0
+    model = build_backbone(o.backbone, num_classes, in_channels=in_channels, weights=enum,
+                           embedding_dim=o.embedding_dim)
+    channels = in_channels if o.backbone == "smallcnn" else 3
+    mean, std = channel_stats(train.data, channels)
+    if enum is not None:
+        mean, std = tuple(enum.transforms().mean), tuple(enum.transforms().std)
+    preprocess = Preprocess(channels=channels, size=o.image_size, mean=mean, std=std)
+    accuracy = fit_classifier(model, preprocess, train, test, o.epochs, o.lr, o.batch_size, o.device, o.seed,
+                              progress)
+    return Embedder(model, preprocess, o.backbone, o.weights or "trained here", accuracy)
+
+
+def _embed_splits(embedder: Embedder, splits: dict[str, ArrayDataset], dataset: str, o: EmbedOptions,
+                  progress: bool) -> dict[str, np.ndarray]:
+    extractor = feature_extractor(embedder.model)
     arrays: dict[str, np.ndarray] = {}
-    for split, ds in (("train", train), ("test", test)):
-        arrays[f"embeddings_{split}"] = embed_images(extractor, preprocess, ds.data, batch_size * 2, device,
-                                                     f"{dataset}:{split}", progress)
+    for split, ds in splits.items():
+        arrays[f"embeddings_{split}"] = embed_images(extractor, embedder.preprocess, ds.data, o.batch_size * 2,
+                                                     o.device, f"{dataset}:{split}", progress)
         if ds.labels is not None:
             arrays[f"labels_{split}"] = ds.labels.numpy()
-    if classifier_path is not None:
-        save_classifier(classifier_path, model, backbone, preprocess,
-                        {"dataset": dataset, "test_accuracy": accuracy, "embedding_dim": embedding_dim,
-                         "epochs": epochs, "seed": seed})
-    _write_npz(out, arrays, meta)
-    warnings = []
-    zeros = float((arrays["embeddings_train"] == 0).mean())
-    if zeros > 0.01:
-        warnings.append(f"{100 * zeros:.0f}% of the feature values are exactly 0 (ReLU features pooled over a tiny "
-                        "map): a flow can give such point masses unbounded density. Prefer --image-size 64 or more, "
-                        "or the smallcnn backbone, whose features have no activation")
-    for name, path in ood_files.items():
-        ds = load_dataset(name, "test", data_root, shape=train.sample_shape)
-        if not ds.is_image:
-            raise ValueError(f"OOD set {name} holds vectors, not images")
-        images = adapt_images(ds.data, train.sample_shape)
-        vectors = embed_images(extractor, preprocess, images, batch_size * 2, device, f"{name}:test", progress)
-        ood_arrays = {"embeddings_test": vectors}
-        if ds.labels is not None:
-            ood_arrays["labels_test"] = ds.labels.numpy()
-        _write_npz(path, ood_arrays, {**meta, "dataset": name, "adapted_to": list(train.sample_shape)})
-    dim = int(arrays["embeddings_train"].shape[1])
-    return EmbedResult(out, ood_files, classifier_path, accuracy, dim, time.time() - start, warnings)
+    return arrays
+
+
+def _embed_ood(embedder: Embedder, name: str, path: Path, shape: tuple[int, ...], meta: dict[str, Any],
+               o: EmbedOptions, progress: bool) -> None:
+    """One OOD set's test split, adapted to the in-distribution shape, through the same backbone."""
+    ds = load_dataset(name, "test", o.data_root, shape=shape)
+    if not ds.is_image:
+        raise DataError(f"OOD set {name} holds vectors, not images")
+    images = adapt_images(ds.data, shape)
+    vectors = embed_images(feature_extractor(embedder.model), embedder.preprocess, images, o.batch_size * 2,
+                           o.device, f"{name}:test", progress)
+    arrays = {"embeddings_test": vectors}
+    if ds.labels is not None:
+        arrays["labels_test"] = ds.labels.numpy()
+    _write_npz(path, arrays, {**meta, "dataset": name, "adapted_to": list(shape)})
+
+
+def _zero_warning(features: np.ndarray) -> list[str]:
+    zeros = float((features == 0).mean())
+    if zeros <= 0.01:
+        return []
+    return [f"{100 * zeros:.0f}% of the feature values are exactly 0 (ReLU features pooled over a tiny map): a flow "
+            "can give such point masses unbounded density. Prefer `image_size=64` or more, or the smallcnn backbone, "
+            "whose features have no activation"]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from flowood.outputs import atomic_write, save_figure
 
-__all__ = ["score_histogram", "roc_curves", "image_grid"]
+__all__ = ["score_histogram", "roc_curves", "image_grid", "evaluation_figures"]
 
 _LABELS = {"likelihood": "bits/dim (negative log-likelihood)"}
 
@@ -77,3 +81,42 @@ def image_grid(images: np.ndarray, path: Path, scale: int = 3) -> Path:
     with atomic_write(path) as tmp:
         im.save(tmp)
     return path
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[-60:] or "set"
+
+
+def evaluation_figures(metrics: dict[str, Any], values: dict[str, dict[str, np.ndarray]],
+                       data: dict[str, torch.Tensor], num_dims: int, out: Path) -> dict[str, Any]:
+    """Every figure of an evaluation, written into ``out``: ``{"histograms": {score: png}, "roc": {set: png},
+    "examples": {set: (most likely png, least likely png)}}`` (the likelihood histogram in nats is
+    ``loglik_hist.png``)."""
+    from sklearn.metrics import roc_curve
+
+    ind = metrics["in_distribution"]["name"]
+    title = f"{metrics['provenance']['flow']} trained on {ind}"
+    figs: dict[str, Any] = {"histograms": {}, "roc": {}, "examples": {}}
+    for score, per_set in values.items():
+        aurocs = {n: metrics["ood"][n]["scores"][score]["auroc"] for n in per_set if n != ind}
+        figs["histograms"][score] = score_histogram(per_set, ind, aurocs, score, f"{score}: {title}",
+                                                    out / f"hist_{score}.png")
+    like = values["likelihood"]
+    nats = {n: -v * num_dims * math.log(2) for n, v in like.items()}
+    score_histogram(nats, ind, {n: metrics["ood"][n]["auroc"] for n in like if n != ind}, "likelihood", title,
+                    out / "loglik_hist.png", xlabel="log-likelihood per image (nats)")
+    for i, name in enumerate(metrics["ood"], start=1):
+        curves = {}
+        for score, per_set in values.items():
+            a, b = per_set[ind], per_set[name]
+            fpr, tpr, _ = roc_curve(np.r_[np.zeros(len(a)), np.ones(len(b))], np.r_[a, b])
+            curves[score] = (fpr, tpr, metrics["ood"][name]["scores"][score]["auroc"])
+        figs["roc"][name] = roc_curves(curves, f"{name} vs {ind}", out / f"roc_{i}_{_safe(name)}.png")
+    if all(x.dim() == 4 for x in data.values()):
+        for i, (name, x) in enumerate(data.items()):
+            order = np.argsort(like[name])  # low bits/dim = most likely
+            k = min(8, len(order))
+            most = image_grid(x[order[:k]].numpy(), out / f"examples_{i}_{_safe(name)}_most.png")
+            least = image_grid(x[order[::-1][:k].copy()].numpy(), out / f"examples_{i}_{_safe(name)}_least.png")
+            figs["examples"][name] = (most, least)
+    return figs

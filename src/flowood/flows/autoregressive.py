@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowood.options import ConfigError
+
 from flowood.flows.base import FlowLayer, zeros_log_det
 from flowood.flows.precision import run_st_net
 
@@ -56,7 +58,7 @@ class MADE(nn.Module):
     def __init__(self, dim: int, hidden_units: int = 256, num_hidden_layers: int = 1, init_zeros: bool = True) -> None:
         super().__init__()
         if dim < 2:
-            raise ValueError(f"MADE needs at least 2 features, got {dim}")
+            raise ConfigError(f"MADE needs at least 2 features, got {dim}")
         self.dim = dim
         in_degrees = torch.arange(1, dim + 1)
         hidden_degrees = 1 + (torch.arange(hidden_units) * (dim - 1)) // hidden_units

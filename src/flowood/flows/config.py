@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
-from flowood.errors import FlowoodError, closest
+from flowood.errors import closest
+from flowood.options import ConfigError, default_of, from_mapping, option, options_of, to_mapping
 from flowood.flows.masks import SPATIAL_MASK_KINDS
 from flowood.flows.nets import IMAGE_ST_TYPES
 
-__all__ = ["FlowConfig", "FLOW_NAMES", "TABULAR_FLOWS", "FLOW_ALIASES", "ConfigError", "closest"]
+__all__ = ["FlowConfig", "FLOW_NAMES", "TABULAR_FLOWS", "FLOW_ALIASES", "ConfigError"]
 
 FLOW_NAMES = ("RealNVP", "Glow", "RealNVPTabular", "MAF")
 #: flows over vectors ``(D,)``; the others model images.
@@ -25,75 +26,56 @@ FLOW_ALIASES: dict[str, dict[str, Any]] = {
 }
 
 
-class ConfigError(FlowoodError, ValueError):
-    """A configuration value that cannot work, with the reason and the fix in its message."""
 
 
 @dataclass
 class FlowConfig:
-    """Architecture of a flow. Names follow the paper's original training scripts.
+    """Architecture of a flow; option names follow the paper's original training scripts.
 
-    Attributes:
-        flow: ``RealNVP``, ``Glow``, ``RealNVPTabular`` or ``MAF`` (masked autoregressive flow for
-            vectors; or an alias of the original's fixed
-            variants: ``RealNVPCycleMask``, ``RealNVPMaskHorizontal``, ``RealNVP8Layers``, ``RealNVPSmall``).
-        input_shape: one sample's shape, ``(C, H, W)`` for images, ``(D,)`` for vectors.
-        num_scales: scales of the multi-scale architecture.
-        num_blocks: blocks of each st-network (residual / highway blocks, conv layers for convnet).
-        num_mid_channels: width of the st-networks (RealNVP doubles it after each squeeze).
-        num_coupling_layers_per_scale: RealNVP: spatial-mask couplings per scale (None: 3, and
-            4 at the last scale, as in Dinh et al.); Glow: steps per scale (8 if None).
-        st_type: ``resnet``, ``convnet``, ``highway``, ``autoencoder``, ``resnet_ae``
-            (None: resnet for RealNVP, convnet for Glow).
-        mask: RealNVP's spatial mask, ``checkerboard`` (default), ``checkerboard_packed`` (the same
-            pixels, st-networks on half-width gathered tensors: 1.35x-1.6x faster training, not the paper's
-            model), ``horizontal``, ``vertical`` or ``cycle``; Glow's coupling mask, ``channel``
-            (default) or one of the spatial ones.
-        latent_dim: bottleneck size l of ``autoencoder`` and ``resnet_ae`` st-networks.
-        batchnorm: BatchNorm inside resnet st-networks (the original's ``--no_batchnorm`` is False).
-        skip: skip connections in resnet st-networks (the original's ``--no_skip`` is False).
-        init_zeros: zero-initialise each st-network's output layer, so couplings start as identity.
-        logit_alpha: the logit preprocessing's alpha for image flows.
-        num_coupling_layers: tabular couplings (MAF: autoregressive layers).
-        num_hidden_layers: hidden layers of a tabular st-network (MAF: of each MADE) after the first.
-        num_hidden_units: width of a tabular st-network (MAF: of each MADE).
-        actnorm: tabular flows start with an ActNorm layer, which standardises the features from
-            the first batch (and is then learned).
+    Every field is an option (see :mod:`flowood.options`): ``flowood train --help`` and the CLI reference
+    show each one's help line; ``FlowConfig.help()`` lists them here.
     """
 
-    flow: str = "RealNVP"
-    input_shape: tuple[int, ...] = (1, 28, 28)
-    num_scales: int = 2
-    num_blocks: int = 8
-    num_mid_channels: int = 64
-    num_coupling_layers_per_scale: int | None = None
-    st_type: str | None = None
-    mask: str | None = None
-    latent_dim: int = 100
-    batchnorm: bool = True
-    skip: bool = True
-    init_zeros: bool = True
-    logit_alpha: float = 0.05
-    num_coupling_layers: int = 8
-    num_hidden_layers: int = 1
-    num_hidden_units: int = 256
-    actnorm: bool = True
+    flow: str = option("RealNVP", "the flow: RealNVP, Glow (images), RealNVPTabular, MAF (vectors), or one of the "
+                       "original code's fixed variants RealNVPCycleMask, RealNVPMaskHorizontal, RealNVP8Layers, "
+                       "RealNVPSmall", metavar="NAME")
+    input_shape: tuple[int, ...] = option((1, 28, 28), "one sample's shape, (C, H, W) for images, (D,) for vectors "
+                                          "(set from the data)", flag=False)
+    num_scales: int = option(2, "scales of the multi-scale architecture (RealNVP, Glow)")
+    num_blocks: int = option(8, "blocks of each st-network: residual or highway blocks, conv layers of a convnet")
+    num_mid_channels: int = option(64, "width of the st-networks (RealNVP doubles it after each squeeze)")
+    num_coupling_layers_per_scale: int | None = option(
+        None, "RealNVP: spatial-mask couplings per scale (default 3, and 4 at the last scale, as Dinh et al.); "
+              "Glow: steps per scale (default 8)")
+    st_type: str | None = option(None, "st-network: resnet, convnet, highway, autoencoder (the paper's bottleneck), "
+                                 "resnet_ae (default: resnet for RealNVP, convnet for Glow)")
+    mask: str | None = option(None, "coupling mask: checkerboard (RealNVP's default), checkerboard_packed (the same "
+                              "pixels on half-width tensors, faster, not the paper's model), horizontal, vertical, "
+                              "cycle; Glow also channel (its default)")
+    latent_dim: int = option(100, "bottleneck size l of the autoencoder and resnet_ae st-networks")
+    batchnorm: bool = option(True, "BatchNorm inside resnet st-networks (the original's --no_batchnorm turns it off)")
+    skip: bool = option(True, "skip connections in resnet st-networks (the original's --no_skip turns them off)")
+    init_zeros: bool = option(True, "start each st-network's output layer at zero, so couplings start as the "
+                              "identity")
+    logit_alpha: float = option(0.05, "alpha of the logit preprocessing of image flows (RealNVP's 0.05)")
+    num_coupling_layers: int = option(8, "couplings of a tabular flow (MAF: autoregressive layers)")
+    num_hidden_layers: int = option(1, "hidden layers of a tabular st-network after the first (MAF: of each MADE)")
+    num_hidden_units: int = option(256, "width of a tabular st-network (MAF: of each MADE)")
+    actnorm: bool = option(True, "tabular flows start with an ActNorm layer that standardises the features from the "
+                           "first batch (and is then learned)")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "FlowConfig":
-        """Build from a dict, refusing unknown keys with the closest valid name."""
-        known = {f.name for f in fields(cls)}
-        for key in values:
-            if key not in known:
-                raise ConfigError(f"unknown flow option {key!r}{closest(key, known)}")
-        cfg = cls(**values)
-        cfg.input_shape = tuple(int(s) for s in cfg.input_shape)
-        return cfg
+    def help(cls) -> str:
+        """Every option with its default and help line."""
+        return "\n".join(f"{f.name} (default {default_of(f)!r}): {info.help}" for f, info, _ in options_of(cls))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FlowConfig:
+        """Build from a dict of options, refusing unknown keys with the closest valid name."""
+        return from_mapping(cls, values)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["input_shape"] = list(self.input_shape)
-        return d
+        return to_mapping(self)
 
     def resolved(self, check_shape: bool = True) -> "FlowConfig":
         """A copy with aliases expanded, defaults filled in and every value checked.

@@ -7,6 +7,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowood.errors import InputError
+
 from flowood.flows.base import FlowLayer
 
 __all__ = ["ActNorm", "InvertibleConv1x1", "Squeeze", "squeeze2d", "unsqueeze2d"]
@@ -199,7 +201,7 @@ class Squeeze(FlowLayer):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if x.shape[2] % 2 or x.shape[3] % 2:
-            raise ValueError(f"squeeze needs even height and width, got {tuple(x.shape[2:])}")
+            raise InputError(f"squeeze needs even height and width, got {tuple(x.shape[2:])}")
         return squeeze2d(x), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
 
     def inverse(self, y: Tensor) -> Tensor:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from flowood.options import ConfigError
+
 __all__ = ["CouplingMask", "make_mask", "MASK_KINDS", "SPATIAL_MASK_KINDS"]
 
 #: masks over the spatial grid of an image, usable at any scale.
@@ -92,7 +94,7 @@ def make_mask(kind: str, shape: tuple[int, ...], index: int = 0) -> CouplingMask
     shape = tuple(int(s) for s in shape)
     if kind == "tabular":
         if len(shape) != 1 or shape[0] < 2:
-            raise ValueError(f"a tabular mask needs a vector of at least 2 features, got shape {shape}")
+            raise ConfigError(f"a tabular mask needs a vector of at least 2 features, got shape {shape}")
         d = shape[0]
         cond = torch.zeros(shape)
         if index % 2 == 0:
@@ -101,20 +103,20 @@ def make_mask(kind: str, shape: tuple[int, ...], index: int = 0) -> CouplingMask
             cond[d // 2:] = 1.0
         return CouplingMask(kind, index % 2, cond, 1.0 - cond)
     if kind not in MASK_KINDS:
-        raise ValueError(f"unknown mask {kind!r}; choose one of {', '.join(MASK_KINDS)}")
+        raise ConfigError(f"unknown mask {kind!r}; choose one of {', '.join(MASK_KINDS)}")
     if len(shape) != 3:
-        raise ValueError(f"a {kind} mask needs an image shape (C, H, W), got {shape}")
+        raise ConfigError(f"a {kind} mask needs an image shape (C, H, W), got {shape}")
     c, h, w = shape
     if kind in ("checkerboard", "checkerboard_packed"):
         if kind == "checkerboard_packed" and w % 2:
-            raise ValueError(f"a checkerboard_packed mask needs an even width, got shape {shape}")
+            raise ConfigError(f"a checkerboard_packed mask needs an even width, got shape {shape}")
         yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
         board = ((yy + xx) % 2 == index % 2).float()
         cond = board.expand(c, h, w).clone()
         return CouplingMask(kind, index % 2, cond, 1.0 - cond)
     if kind == "channel":
         if c < 2:
-            raise ValueError(f"a channel mask needs at least 2 channels, got {c}; squeeze first")
+            raise ConfigError(f"a channel mask needs at least 2 channels, got {c}; squeeze first")
         cond = torch.zeros(shape)
         if index % 2 == 0:
             cond[c // 2:] = 1.0  # transform the first half, condition on the second
@@ -124,7 +126,7 @@ def make_mask(kind: str, shape: tuple[int, ...], index: int = 0) -> CouplingMask
     if kind in ("horizontal", "vertical"):
         size = h if kind == "horizontal" else w
         if size < 2:
-            raise ValueError(f"a {kind} mask needs at least 2 pixels along its axis, got shape {shape}")
+            raise ConfigError(f"a {kind} mask needs at least 2 pixels along its axis, got shape {shape}")
         cond = torch.zeros(shape)
         first = slice(0, size // 2)
         second = slice(size // 2, size)
@@ -136,6 +138,6 @@ def make_mask(kind: str, shape: tuple[int, ...], index: int = 0) -> CouplingMask
         return CouplingMask(kind, index % 2, cond, 1.0 - cond)
     # cycle
     if h < 2 or w < 2:
-        raise ValueError(f"a cycle mask needs at least 2x2 pixels, got shape {shape}")
+        raise ConfigError(f"a cycle mask needs at least 2x2 pixels, got shape {shape}")
     q = index % 4
     return CouplingMask(kind, q, _quadrant(shape, q), _quadrant(shape, (q + 1) % 4))

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from flowood.errors import InputError
+
 from flowood.flows.base import FlowLayer, LayerRecord, per_sample_sum
 from flowood.flows.layers import ActNorm, Squeeze, squeeze2d, unsqueeze2d
 from flowood.flows.precision import flow_precision, parse_precision
@@ -25,9 +27,24 @@ __all__ = ["FlowModel", "Split", "StandardNormal", "FlowTrace"]
 
 
 class Split(nn.Module):
-    """Marks where a multi-scale flow factors out the first half of its channels as latents."""
+    """Marks where a multi-scale flow factors out half of its channels as latents of the current scale.
+
+    :meth:`factor_out` and :meth:`join` are the one definition of which half leaves, used by the model and by
+    every analysis that follows tensors through the flow.
+    """
 
     kind = "split"
+
+    @staticmethod
+    def factor_out(h: Tensor) -> tuple[Tensor, Tensor]:
+        """``(factored-out latents, what the flow continues with)``: the first half of the channels leaves."""
+        c = h.shape[1] // 2
+        return h[:, :c], h[:, c:]
+
+    @staticmethod
+    def join(factored: Tensor, h: Tensor) -> Tensor:
+        """Inverse of :meth:`factor_out`."""
+        return torch.cat((factored, h), dim=1)
 
 
 class StandardNormal(nn.Module):
@@ -157,24 +174,24 @@ class FlowModel(nn.Module):
         return math.prod(self.input_shape)
 
     # -- shapes ----------------------------------------------------------------------------
-    def _assemble(self, h: Tensor, factored: list[Tensor]) -> Tensor:
-        """Put the last scale's output and the factored latents back into the input's shape."""
+    def assemble(self, h: Tensor, factored: list[Tensor]) -> Tensor:
+        """Put the last scale's output and the factored latents (or any tensors of their shapes, e.g. per-dimension
+        likelihood terms) back into the input's shape, undoing every split and squeeze."""
         factored = list(factored)
         for step in reversed(self.steps):
             if isinstance(step, Split):
-                h = torch.cat((factored.pop(), h), dim=1)
+                h = Split.join(factored.pop(), h)
             elif isinstance(step, Squeeze):
                 h = unsqueeze2d(h)
         return h
 
     def _disassemble(self, z: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Inverse of :meth:`_assemble`: the deepest tensor and the factored latents."""
+        """Inverse of :meth:`assemble`: the deepest tensor and the factored latents."""
         factored = []
         for step in self.steps:
             if isinstance(step, Split):
-                c = z.shape[1] // 2
-                factored.append(z[:, :c])
-                z = z[:, c:]
+                part, z = Split.factor_out(z)
+                factored.append(part)
             elif isinstance(step, Squeeze):
                 z = squeeze2d(z)
         return z, factored
@@ -195,9 +212,8 @@ class FlowModel(nn.Module):
         factored: list[Tensor] = []
         for name, step in zip(self.step_names, self.steps):
             if isinstance(step, Split):
-                c = h.shape[1] // 2
-                factored.append(h[:, :c])
-                h = h[:, c:]
+                part, h = Split.factor_out(h)
+                factored.append(part)
                 if records is not None:
                     records.append(LayerRecord(name, "split", factored[-1], torch.zeros_like(log_det)))
                 continue
@@ -226,7 +242,7 @@ class FlowModel(nn.Module):
 
     def _transform(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h, log_det, factored = self._run(x)
-        return self._assemble(h, factored), log_det
+        return self.assemble(h, factored), log_det
 
     def inverse(self, z: Tensor) -> Tensor:
         """Map latents (of the input's shape) back to continuous inputs."""
@@ -234,7 +250,7 @@ class FlowModel(nn.Module):
         with flow_precision(z, self.st_dtype):
             for step in reversed(self.steps):
                 if isinstance(step, Split):
-                    h = torch.cat((factored.pop(), h), dim=1)
+                    h = Split.join(factored.pop(), h)
                 else:
                     h = step.inverse(h)
         if self.logit is not None:
@@ -254,20 +270,20 @@ class FlowModel(nn.Module):
         if tuple(x.shape[1:]) != self.input_shape:
             hint = (" (use flowood.data.adapt_images to convert gray/RGB and resize)"
                     if len(self.input_shape) == 3 else "")
-            raise ValueError(f"this model takes inputs of shape {self.input_shape} per sample, got batch of shape "
+            raise InputError(f"this model takes inputs of shape {self.input_shape} per sample, got batch of shape "
                              f"{tuple(x.shape)}{hint}")
         if x.dtype == torch.uint8:
             return
         dtype = self._param_dtype()
         if x.dtype != dtype:
-            raise ValueError(f"expected {dtype} inputs (the model's dtype) or uint8 images, got {x.dtype}; convert "
+            raise InputError(f"expected {dtype} inputs (the model's dtype) or uint8 images, got {x.dtype}; convert "
                              f"them with x.to({dtype}) (or the model with model.to({x.dtype}))")
         if not bool(torch.isfinite(x).all()):
-            raise ValueError("inputs contain NaN or Inf values")
+            raise InputError("inputs contain NaN or Inf values")
         if self.discrete and image_range is not None:
             lo, hi = float(x.min()), float(x.max())
             if lo < image_range[0] - 1e-6 or hi > image_range[1] + 1e-6:
-                raise ValueError(f"image inputs must lie in [0, 1] (uint8 / 255), got values in [{lo:.3g}, {hi:.3g}]; "
+                raise InputError(f"image inputs must lie in [0, 1] (uint8 / 255), got values in [{lo:.3g}, {hi:.3g}]; "
                                  "undo any normalisation before scoring")
 
     def _param_dtype(self) -> torch.dtype:
@@ -276,12 +292,12 @@ class FlowModel(nn.Module):
     def _check_continuous(self, x: Tensor) -> None:
         """Refuse what :meth:`forward` cannot map: wrong shape or dtype, NaN/Inf, image values outside (0, 1)."""
         if not isinstance(x, Tensor) or x.dtype == torch.uint8:
-            raise ValueError("forward() maps continuous inputs (float tensors); score 8-bit images with log_prob()")
+            raise InputError("forward() maps continuous inputs (float tensors); score 8-bit images with log_prob()")
         self.check_input(x, image_range=None)
         if self.discrete:
             lo, hi = float(x.min()), float(x.max())
             if lo <= 0.0 or hi >= 1.0:
-                raise ValueError(f"forward() of an image model takes dequantized images in the open interval (0, 1), "
+                raise InputError(f"forward() of an image model takes dequantized images in the open interval (0, 1), "
                                  f"got values in [{lo:.3g}, {hi:.3g}]; for 8-bit images use log_prob() (it "
                                  "dequantizes), or flowood.flows.dequantize(x) first")
 
@@ -359,7 +375,7 @@ class FlowModel(nn.Module):
         xc = self._continuous(x, noise, generator)
         records: list[LayerRecord] = []
         h, log_det, factored = self._run(xc, records)
-        z = self._assemble(h, factored)
+        z = self.assemble(h, factored)
         latents = {f"scale{i}": f for i, f in enumerate(factored)}
         latents[f"scale{len(factored)}"] = h
         return FlowTrace(records, latents, z, log_det, self._log_likelihood(z, log_det), inputs=xc)

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowood.options import ConfigError
+
 __all__ = ["ResNetST", "ConvNetST", "HighwayST", "BottleneckST", "ResNetBottleneckST", "MLPST",
            "make_st_net", "ST_TYPES", "IMAGE_ST_TYPES"]
 
@@ -288,4 +290,4 @@ def make_st_net(st_type: str, in_channels: int, out_channels: int, spatial: tupl
         return BottleneckST(in_channels, out_channels, tuple(spatial), latent_dim, mid_channels, init_zeros)
     if st_type == "mlp":
         return MLPST(in_channels, out_channels, mid_channels, num_blocks, init_zeros)
-    raise ValueError(f"unknown st_type {st_type!r}; choose one of {', '.join(ST_TYPES)}")
+    raise ConfigError(f"unknown st_type {st_type!r}; choose one of {', '.join(ST_TYPES)}")

@@ -21,6 +21,8 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
+from flowood.options import ConfigError
+
 __all__ = ["flow_precision", "run_st_net", "parse_precision", "PRECISIONS"]
 
 #: accepted names for :func:`parse_precision`.
@@ -37,11 +39,11 @@ def parse_precision(precision: str | torch.dtype | None) -> torch.dtype | None:
         return None
     if isinstance(precision, torch.dtype):
         if precision not in (torch.bfloat16, torch.float16):
-            raise ValueError(f"mixed precision runs st-networks in bfloat16 or float16, got {precision}")
+            raise ConfigError(f"mixed precision runs st-networks in bfloat16 or float16, got {precision}")
         return precision
     key = str(precision).strip().lower()
     if key not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
+        raise ConfigError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
     return PRECISIONS[key]
 
 

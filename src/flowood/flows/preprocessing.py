@@ -18,6 +18,8 @@ import math
 import torch
 from torch import Tensor
 
+from flowood.options import ConfigError
+
 from flowood.flows.base import FlowLayer, per_sample_sum
 
 __all__ = ["LogitTransform", "dequantize", "quantize", "to_unit_interval", "DEQUANTIZATION_LOG_DET"]
@@ -53,7 +55,7 @@ def dequantize(x: Tensor, noise: str = "uniform", generator: torch.Generator | N
     elif noise == "center":
         u = torch.full_like(k, 0.5)
     else:
-        raise ValueError(f"unknown dequantization noise {noise!r}; use 'uniform' or 'center'")
+        raise ConfigError(f"unknown dequantization noise {noise!r}; use 'uniform' or 'center'")
     return (k + u) / NUM_BINS
 
 
@@ -85,7 +87,7 @@ class LogitTransform(FlowLayer):
     def __init__(self, alpha: float = 0.05) -> None:
         super().__init__()
         if not 0.0 <= alpha < 0.5:
-            raise ValueError(f"logit alpha must be in [0, 0.5), got {alpha}")
+            raise ConfigError(f"logit alpha must be in [0, 0.5), got {alpha}")
         self.alpha = float(alpha)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flowood.errors import DataError
 from flowood.flows import FlowModel
-from flowood.flows.layers import ActNorm, InvertibleConv1x1, Squeeze, squeeze2d, unsqueeze2d
+from flowood.flows.layers import ActNorm, InvertibleConv1x1, Squeeze, squeeze2d
 from flowood.flows.model import Split
 from flowood.flows.preprocessing import DEQUANTIZATION_LOG_DET, dequantize
 
@@ -105,7 +106,7 @@ def pixel_log_likelihood(flow: FlowModel, x: Tensor, noise: str = "center") -> T
     by the channels of each position.
     """
     if not flow.discrete or len(flow.input_shape) != 3:
-        raise ValueError("per-pixel maps need an image flow")
+        raise DataError("per-pixel maps need an image flow")
     flow.eval()
     flow.check_input(x)
     h = dequantize(x, noise=noise)
@@ -115,10 +116,9 @@ def pixel_log_likelihood(flow: FlowModel, x: Tensor, noise: str = "center") -> T
     factored, factored_ld = [], []
     for step in flow.steps:
         if isinstance(step, Split):
-            c = h.shape[1] // 2
-            factored.append(h[:, :c])
-            factored_ld.append(ld[:, :c])
-            h, ld = h[:, c:], ld[:, c:]
+            (part, h), (part_ld, ld) = Split.factor_out(h), Split.factor_out(ld)
+            factored.append(part)
+            factored_ld.append(part_ld)
         elif isinstance(step, Squeeze):
             h, _ = step(h)
             ld = squeeze2d(ld)
@@ -133,12 +133,7 @@ def pixel_log_likelihood(flow: FlowModel, x: Tensor, noise: str = "center") -> T
             ld = ld + extras["s"]
     terms = -0.5 * h * h - 0.5 * math.log(2 * math.pi) + ld
     factored_terms = [-0.5 * z * z - 0.5 * math.log(2 * math.pi) + l for z, l in zip(factored, factored_ld)]
-    for step in reversed(flow.steps):  # the shape operations of FlowModel._assemble, applied to the terms
-        if isinstance(step, Split):
-            terms = torch.cat((factored_terms.pop(), terms), dim=1)
-        elif isinstance(step, Squeeze):
-            terms = unsqueeze2d(terms)
-    return terms.sum(1)
+    return flow.assemble(terms, factored_terms).sum(1)
 
 
 @torch.no_grad()

@@ -11,20 +11,24 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from flowood.checkpoints import LoadedFlow, load_flow
-from flowood.data import dataset_inputs, load_dataset
+from flowood.data import dataset_inputs, fit_to_shape, load_dataset
 from flowood.errors import DataError
-from flowood.outputs import OutputFolder, open_output_folder, write_text_atomic
-from flowood.evaluation.evaluate import fit_to_model
+from flowood.flows import FlowModel
+from flowood.options import merge_options, option
+from flowood.outputs import open_output_folder, write_text_atomic
+from flowood.runtime import data_root_option, seed_option
 from flowood.htmlpage import figure, page
 from flowood.inspect import figures as F
 from flowood.inspect.analysis import (averaged_latents, coupling_prediction_quality, likelihood_contributions,
                                       pearson, pixel_log_likelihood)
 from flowood.ood.scores import compressed_bits_per_dim, score_bits_per_dim
 
-__all__ = ["inspect_flow", "parse_image_spec", "ImageSelection", "InspectionResult"]
+__all__ = ["inspect_flow", "InspectOptions", "parse_image_spec", "ImageSelection", "InspectionResult",
+           "load_selections"]
 
 _RANGE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 
@@ -72,76 +76,98 @@ class InspectionResult:
     numbers: dict[str, Any]
 
 
-def inspect_flow(checkpoint: str | Path | LoadedFlow, images: list[str], out: str | Path, noise_samples: int = 40,
-                 temperatures: tuple[float, ...] = (0.5, 0.75, 1.0), pdf: bool = False, complexity_samples: int = 500,
-                 data_root: str | None = None, seed: int = 0, progress: bool = True,
-                 overwrite: bool = False) -> InspectionResult:
+@dataclass
+class InspectOptions:
+    """What :func:`inspect_flow` computes: every field is an option (``flowood inspect --help`` shows them)."""
+
+    noise_samples: int = option(40, "dequantization noises averaged for the mean latents (the paper: 40)", minimum=1)
+    temperatures: list[float] = option(default_factory=lambda: [0.5, 0.75, 1.0], help="sampling temperatures",
+                                       metavar="T")
+    pdf: bool = option(False, "also write every figure as PDF")
+    complexity_samples: int = option(500, "images per set for the likelihood-vs-complexity scatter", minimum=1)
+    data_root: str | None = data_root_option()
+    seed: int = seed_option()
+
+
+def inspect_flow(checkpoint: str | Path | LoadedFlow, images: list[str], out: str | Path,
+                 options: InspectOptions | None = None, *, progress: bool = True, overwrite: bool = False,
+                 **option_values: Any) -> InspectionResult:
     """Write the figures, ``inspect.json`` and ``inspect.html`` for a checkpoint and image selections.
 
     Args:
         checkpoint: a checkpoint path or a loaded flow.
         images: specs ``NAME[:SPLIT[:INDICES]]``; the first is usually in-distribution, the rest OOD.
-        out: output directory.
-        noise_samples: dequantization noises averaged for the mean latents (the paper uses 40).
-        temperatures: sampling temperatures.
-        pdf: also write every figure as PDF.
-        complexity_samples: images per set for the likelihood-vs-complexity scatter.
-        data_root: the data root (default: the checkpoint's).
-        seed: seeds noise, samples and subsets.
+        out: output folder; checked, created and locked before any data are loaded.
+        options: an :class:`InspectOptions` (its fields are listed there).
         progress: show a progress bar.
         overwrite: replace an earlier inspection in ``out`` (only the files it wrote are removed).
+        **option_values: any field of :class:`InspectOptions`, e.g. ``noise_samples=8``.
 
     Raises:
         OutputError: ``out`` is unsafe, not writable, or holds an earlier inspection without ``overwrite``
-            (see :func:`flowood.outputs.open_output_folder`); checked before any data are loaded.
+            (see :func:`flowood.outputs.open_output_folder`).
+        DataError: a vector model, no images, or indices out of range.
     """
+    options = merge_options(InspectOptions, options, option_values)
     loaded = checkpoint if isinstance(checkpoint, LoadedFlow) else load_flow(checkpoint)
     flow = loaded.flow.cpu().eval()
     if not flow.discrete or len(flow.input_shape) != 3:
         raise DataError("flowood inspect works on image flows (RealNVP, Glow); this checkpoint models vectors")
     if not images:
         raise DataError("pass at least one image selection, e.g. `images=['fashionmnist:test:0-7']`")
-    root = data_root or loaded.train_config.get("data_root")
+    root = options.data_root or loaded.train_config.get("data_root")
     selections = [parse_image_spec(s) for s in images]
     inputs = [loaded.path, *dataset_inputs([sel.name for sel in selections], root)]
     with open_output_folder(out, "inspect", inputs, overwrite=overwrite) as folder:
-        return _inspect(loaded, flow, selections, folder, noise_samples, temperatures, pdf, complexity_samples, root,
-                        seed, progress)
+        sets, full = load_selections(flow, selections, root, options)
+        steps = tqdm(total=5, desc="inspect", disable=not progress)
+        torch.manual_seed(options.seed)
+        figs: dict[str, Any] = {}
+        numbers: dict[str, Any] = {"checkpoint": str(loaded.path), "checkpoint_sha256": loaded.sha256,
+                                   "flow_config": flow.config, "images": {k: len(v) for k, v in sets.items()}}
+        for step in (_latents, _couplings, _prediction_numbers, _likelihood_maps, _samples_and_masks):
+            step(flow, sets, full, folder.path, options, figs, numbers)
+            steps.update()
+        steps.close()
+        write_text_atomic(folder.path / "inspect.json", json.dumps(_finite_or_null(numbers), indent=2))
+        page_path = _write_page(numbers, figs, folder.path / "inspect.html")
+    return InspectionResult(folder.path, page_path, figs, numbers)
 
 
-def _inspect(loaded: LoadedFlow, flow: Any, selections: list[ImageSelection], folder: OutputFolder,
-             noise_samples: int, temperatures: tuple[float, ...], pdf: bool, complexity_samples: int,
-             root: str | None, seed: int, progress: bool) -> InspectionResult:
-    out = folder.path
+def load_selections(flow: FlowModel, selections: list[ImageSelection], root: str | None, options: InspectOptions
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(chosen images per set, a seeded random sample of each set for the complexity scatter)``."""
     sets: dict[str, torch.Tensor] = {}
     full: dict[str, torch.Tensor] = {}
     for sel in selections:
         ds = load_dataset(sel.name, sel.split, root, shape=flow.input_shape)
         if max(sel.indices) >= len(ds):
             raise DataError(f"{sel.name}:{sel.split} has {len(ds)} images; index {max(sel.indices)} is out of range")
-        data = fit_to_model(ds, flow)
+        data = fit_to_shape(ds, flow.input_shape)
         label = sel.label if sel.label not in sets else f"{sel.label}:{sel.split}"
         sets[label] = data[sel.indices]
-        full[label] = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:complexity_samples]]
-    torch.manual_seed(seed)
-    figs: dict[str, Any] = {}
-    numbers: dict[str, Any] = {"checkpoint": str(loaded.path), "checkpoint_sha256": loaded.sha256,
-                               "flow_config": flow.config, "images": {k: len(v) for k, v in sets.items()}}
-    steps = tqdm(total=7, desc="inspect", disable=not progress)
+        order = torch.randperm(len(data), generator=torch.Generator().manual_seed(options.seed))
+        full[label] = data[order[:options.complexity_samples]]
+    return sets, full
 
-    # 1. latents, per scale, and averaged over dequantization noise
+
+def _latents(flow: FlowModel, sets: dict[str, Tensor], full: dict[str, Tensor], out: Path, o: InspectOptions,
+             figs: dict[str, Any], numbers: dict[str, Any]) -> None:
+    """Latents, per scale, and averaged over dequantization noise (the paper's Section 5)."""
     rows = []
     for label, x in sets.items():
         sel = x[:4]
         tr = flow.trace(sel)
-        z_mean = averaged_latents(flow, sel, noise_samples, seed)
+        z_mean = averaged_latents(flow, sel, o.noise_samples, o.seed)
         for i in range(len(sel)):
             rows.append({"label": f"{label} #{i}", "input": sel[i].float() / 255, "z": tr.z[i], "z_mean": z_mean[i],
                          "scales": {n: lat[i] for n, lat in tr.latents.items()}})
-    figs["latents"] = F.latents_figure(rows, out / "latents.png", pdf, noise_samples)
-    steps.update()
+    figs["latents"] = F.latents_figure(rows, out / "latents.png", o.pdf, o.noise_samples)
 
-    # 2. coupling layers at work: two inputs of every set side by side
+
+def _couplings(flow: FlowModel, sets: dict[str, Tensor], full: dict[str, Tensor], out: Path, o: InspectOptions,
+               figs: dict[str, Any], numbers: dict[str, Any]) -> None:
+    """Coupling layers at work: two inputs of every set side by side (the paper's Section 6)."""
     pair = torch.cat([x[:2] for x in sets.values()])
     pair_labels = [f"{label} #{i}" for label, x in sets.items() for i in range(min(2, len(x)))]
     tr = flow.trace(pair)
@@ -152,49 +178,46 @@ def _inspect(loaded: LoadedFlow, flow: Any, selections: list[ImageSelection], fo
                   "s": record.extras["s"][i], "minus_t": -record.extras["t"][i], "output": record.output[i]}
                  for i in range(len(pair))]
         figs["couplings"][record.name] = F.coupling_figure(record.name, f"mask {layer.mask_kind} {layer.mask_index}",
-                                                           cells, out / f"coupling_{k:02d}.png", pdf)
-    steps.update()
+                                                           cells, out / f"coupling_{k:02d}.png", o.pdf)
 
-    # 3. numbers behind the pictures
+
+def _prediction_numbers(flow: FlowModel, sets: dict[str, Tensor], full: dict[str, Tensor], out: Path,
+                        o: InspectOptions, figs: dict[str, Any], numbers: dict[str, Any]) -> None:
+    """How well each coupling predicts what it transforms, and where the likelihood comes from."""
     quality = {label: coupling_prediction_quality(flow, x) for label, x in sets.items()}
     contributions = {label: likelihood_contributions(flow, x) for label, x in sets.items()}
     numbers["coupling_prediction"] = quality
     numbers["likelihood_contributions"] = contributions
-    figs["prediction"] = F.prediction_quality_figure(quality, out / "coupling_prediction_r2.png", pdf)
-    figs["contributions"] = F.contributions_figure(contributions, out / "likelihood_contributions.png", pdf)
-    steps.update()
+    figs["prediction"] = F.prediction_quality_figure(quality, out / "coupling_prediction_r2.png", o.pdf)
+    figs["contributions"] = F.contributions_figure(contributions, out / "likelihood_contributions.png", o.pdf)
 
-    # 4. where the likelihood comes from: per-pixel maps and complexity
+
+def _likelihood_maps(flow: FlowModel, sets: dict[str, Tensor], full: dict[str, Tensor], out: Path,
+                     o: InspectOptions, figs: dict[str, Any], numbers: dict[str, Any]) -> None:
+    """Per-pixel log-likelihood maps, and likelihood against PNG complexity."""
     map_rows = []
     for label, x in sets.items():
         sel = x[:4]
         maps = pixel_log_likelihood(flow, sel)
         map_rows += [(f"{label} #{i}", sel[i].float() / 255, maps[i]) for i in range(len(sel))]
-    figs["pixel_maps"] = F.pixel_maps_figure(map_rows, out / "pixel_loglik.png", pdf)
+    figs["pixel_maps"] = F.pixel_maps_figure(map_rows, out / "pixel_loglik.png", o.pdf)
     points, correlation = {}, {}
     for label, x in full.items():
-        bpd = score_bits_per_dim(flow, x, seed=seed)
+        bpd = score_bits_per_dim(flow, x, seed=o.seed)
         complexity = compressed_bits_per_dim(x)
         points[label] = (complexity, bpd)
         correlation[label] = pearson(complexity, bpd)
     numbers["likelihood_vs_complexity_correlation"] = correlation
-    figs["complexity"] = F.complexity_scatter(points, out / "loglik_vs_complexity.png", pdf)
-    steps.update()
+    figs["complexity"] = F.complexity_scatter(points, out / "loglik_vs_complexity.png", o.pdf)
 
-    # 5. samples and masks
-    g = torch.Generator().manual_seed(seed)
-    samples = {t: flow.sample(8, temperature=t, generator=g) for t in temperatures}
-    figs["samples"] = F.samples_figure(samples, out / "samples.png", pdf)
+
+def _samples_and_masks(flow: FlowModel, sets: dict[str, Tensor], full: dict[str, Tensor], out: Path,
+                       o: InspectOptions, figs: dict[str, Any], numbers: dict[str, Any]) -> None:
+    g = torch.Generator().manual_seed(o.seed)
+    samples = {t: flow.sample(8, temperature=t, generator=g) for t in o.temperatures}
+    figs["samples"] = F.samples_figure(samples, out / "samples.png", o.pdf)
     masks = [(name, layer.condition[0], layer.transform[0]) for name, layer in flow.coupling_layers()]
-    figs["masks"] = F.masks_figure(masks, out / "masks.png", pdf)
-    steps.update()
-
-    write_text_atomic(out / "inspect.json", json.dumps(_finite_or_null(numbers), indent=2))
-    steps.update()
-    page_path = _write_page(numbers, figs, out / "inspect.html")
-    steps.update()
-    steps.close()
-    return InspectionResult(out, page_path, figs, numbers)
+    figs["masks"] = F.masks_figure(masks, out / "masks.png", o.pdf)
 
 
 def _finite_or_null(value: Any) -> Any:

@@ -10,6 +10,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from flowood.errors import InputError
+from flowood.options import ConfigError
+
 from flowood.flows import FlowModel
 from flowood.ood.scores import OODScore, make_score
 
@@ -25,7 +28,7 @@ def collect_samples(data: Any) -> Tensor:
     if isinstance(data, DataLoader) or hasattr(data, "__iter__"):
         parts = [b[0] if isinstance(b, (tuple, list)) else b for b in data]
         if not parts:
-            raise ValueError("the data loader yielded no batches")
+            raise InputError("the data loader yielded no batches")
         return torch.cat(parts)
     raise TypeError(f"cannot take samples from {type(data).__name__}; pass a tensor, a dataset or a DataLoader")
 
@@ -56,7 +59,7 @@ class OODDetector:
             from flowood.checkpoints import load_flow
             flow = load_flow(flow).flow
         if not 0.0 < holdout < 1.0:
-            raise ValueError(f"holdout must be in (0, 1), got {holdout}")
+            raise ConfigError(f"holdout must be in (0, 1), got {holdout}")
         self.flow = flow.eval()
         self.holdout = holdout
         self.scorer: OODScore = make_score(score, flow, progress=False, **score_options)
@@ -70,7 +73,7 @@ class OODDetector:
         """Fit the score on in-distribution data and keep reference scores for :meth:`threshold`."""
         x = collect_samples(data)
         if len(x) < 2:
-            raise ValueError(f"fit needs at least 2 in-distribution samples, got {len(x)}")
+            raise InputError(f"fit needs at least 2 in-distribution samples, got {len(x)}")
         if self.scorer.needs_fit:
             perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.scorer.seed))
             n_ref = max(1, int(round(self.holdout * len(x))))
@@ -92,7 +95,7 @@ class OODDetector:
         if self.reference_scores is None:
             raise RuntimeError("call fit(in-distribution data) before threshold()")
         if not 0.0 <= fpr <= 1.0:
-            raise ValueError(f"fpr must be in [0, 1], got {fpr}")
+            raise ConfigError(f"fpr must be in [0, 1], got {fpr}")
         return float(np.quantile(self.reference_scores, 1.0 - fpr))
 
     def predict(self, x: Any, fpr: float = 0.05) -> np.ndarray:

@@ -21,6 +21,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from flowood.errors import InputError
+from flowood.options import ConfigError
+
 __all__ = ["auroc", "aupr", "fpr_at_tpr", "detection_accuracy", "ood_metrics", "bootstrap_ci", "METRIC_NAMES"]
 
 METRIC_NAMES = ("auroc", "aupr_in", "aupr_out", "fpr95", "detection_accuracy")
@@ -30,9 +33,9 @@ def _as_arrays(scores_in, scores_out) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(scores_in, dtype=np.float64).ravel()
     b = np.asarray(scores_out, dtype=np.float64).ravel()
     if a.size == 0 or b.size == 0:
-        raise ValueError(f"need scores for both sets, got {a.size} in-distribution and {b.size} OOD")
+        raise InputError(f"need scores for both sets, got {a.size} in-distribution and {b.size} OOD")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise ValueError("scores contain NaN or Inf; the model produced non-finite likelihoods for some inputs")
+        raise InputError("scores contain NaN or Inf; the model produced non-finite likelihoods for some inputs")
     return a, b
 
 
@@ -61,7 +64,7 @@ def aupr(scores_in, scores_out, positive: str = "out") -> float:
     elif positive == "in":
         pos, neg = -a, -b
     else:
-        raise ValueError(f"positive must be 'in' or 'out', got {positive!r}")
+        raise ConfigError(f"positive must be 'in' or 'out', got {positive!r}")
     scores = np.concatenate([pos, neg])
     labels = np.concatenate([np.ones(pos.size), np.zeros(neg.size)])
     order = np.argsort(-scores, kind="mergesort")
@@ -79,7 +82,7 @@ def fpr_at_tpr(scores_in, scores_out, tpr: float = 0.95) -> float:
     """Fraction of OOD inputs with a score at or below the threshold that keeps ``tpr`` of in-distribution."""
     a, b = _as_arrays(scores_in, scores_out)
     if not 0.0 < tpr <= 1.0:
-        raise ValueError(f"tpr must be in (0, 1], got {tpr}")
+        raise ConfigError(f"tpr must be in (0, 1], got {tpr}")
     threshold = np.sort(a)[max(math.ceil(tpr * a.size - 1e-9) - 1, 0)]
     return float(np.mean(b <= threshold))
 

@@ -24,6 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from flowood.errors import InputError, ModelError, closest
+from flowood.options import ConfigError
+
 from flowood.flows import FlowModel, build_flow
 
 __all__ = ["OODScore", "NegativeLogLikelihood", "LikelihoodRatio", "ComplexityCorrected", "Typicality",
@@ -52,7 +55,7 @@ def score_bits_per_dim(flow: FlowModel, data: Tensor, batch_size: int = 512, see
     from tqdm.auto import tqdm
 
     if len(data) == 0:
-        raise ValueError(f"{desc}: no samples to score")
+        raise InputError(f"{desc}: no samples to score")
     flow.eval()
     flow.check_input(data[: min(len(data), 4096)])
     device = _device_of(flow)
@@ -65,7 +68,7 @@ def score_bits_per_dim(flow: FlowModel, data: Tensor, batch_size: int = 512, see
     scores = torch.cat(out).numpy().astype(np.float64)
     if not np.isfinite(scores).all():
         bad = int((~np.isfinite(scores)).sum())
-        raise ValueError(f"{desc}: the model gave non-finite likelihoods for {bad} of {len(scores)} samples; "
+        raise ModelError(f"{desc}: the model gave non-finite likelihoods for {bad} of {len(scores)} samples; "
                          "the checkpoint may be diverged (see flowood train's logs)")
     return scores
 
@@ -142,7 +145,7 @@ def perturb_pixels(x: Tensor, rate: float, generator: torch.Generator | None = N
     The input perturbation of Ren et al. 2019, used to train a background model.
     """
     if x.dtype != torch.uint8:
-        raise ValueError("perturb_pixels takes uint8 images")
+        raise InputError("perturb_pixels takes uint8 images")
     b, c, h, w = x.shape
     flip = torch.rand((b, 1, h, w), generator=generator) < rate
     noise = torch.randint(0, 256, x.shape, generator=generator, dtype=torch.uint8)
@@ -211,13 +214,13 @@ class LikelihoodRatio(OODScore):
         self.steps, self.lr, self.train_batch_size, self.progress = steps, lr, train_batch_size, progress
         if background is not None:
             if background.input_shape != flow.input_shape:
-                raise ValueError(f"background flow takes {background.input_shape}, the flow {flow.input_shape}")
+                raise ModelError(f"background flow takes {background.input_shape}, the flow {flow.input_shape}")
             self.fitted = True
 
     def fit(self, train: Tensor) -> "LikelihoodRatio":
         if self.background is None:
             if not self.flow.discrete:
-                raise ValueError("the perturbation background model is defined for 8-bit images; pass background=")
+                raise ConfigError("the perturbation background model is defined for 8-bit images; pass `background`")
             torch.manual_seed(self.seed)
             bg = build_flow(self.flow.config).to(_device_of(self.flow))
             g = torch.Generator().manual_seed(self.seed + 1)
@@ -245,7 +248,7 @@ def compressed_bits_per_dim(x: Tensor, codec: str = "png") -> np.ndarray:
     if x.dtype != torch.uint8:
         x = torch.round(x.float() * 255).clamp(0, 255).to(torch.uint8)
     if x.dim() != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"compressed length needs gray or RGB images [B, C, H, W], got shape {tuple(x.shape)}")
+        raise InputError(f"compressed length needs gray or RGB images [B, C, H, W], got shape {tuple(x.shape)}")
     arrays = x.permute(0, 2, 3, 1).cpu().numpy()
     dims = arrays[0].size
     out = np.empty(len(arrays))
@@ -257,7 +260,7 @@ def compressed_bits_per_dim(x: Tensor, codec: str = "png") -> np.ndarray:
         elif codec == "jp2":
             im.save(buf, format="JPEG2000", irreversible=False)
         else:
-            raise ValueError(f"unknown codec {codec!r}; use 'png' or 'jp2'")
+            raise ConfigError(f"unknown codec {codec!r}; use 'png' or 'jp2'")
         out[i] = 8 * len(buf.getvalue()) / dims
     return out
 
@@ -284,7 +287,7 @@ class ComplexityCorrected(OODScore):
                  cache: dict | None = None) -> None:
         super().__init__(flow, batch_size, seed, cache)
         if not flow.discrete:
-            raise ValueError("the complexity correction is defined for image flows")
+            raise ConfigError("the complexity correction is defined for image flows")
         self.codec = codec
         self.name = "complexity" if codec == "png" else f"complexity_{codec}"
 
@@ -312,7 +315,7 @@ class Typicality(OODScore):
                  max_fit_samples: int = 10000, cache: dict | None = None) -> None:
         super().__init__(flow, scoring_batch_size, seed, cache)
         if batch_size < 1:
-            raise ValueError(f"typicality batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"typicality batch_size must be >= 1, got {batch_size}")
         self.group = batch_size
         self.max_fit_samples = max_fit_samples
         self.entropy: float | None = None
@@ -334,7 +337,7 @@ class Typicality(OODScore):
             return np.abs(bpd - self.entropy)
         n = len(bpd) // self.group
         if n == 0:
-            raise ValueError(f"need at least {self.group} inputs for the batch typicality test, got {len(bpd)}")
+            raise InputError(f"need at least {self.group} inputs for the batch typicality test, got {len(bpd)}")
         return np.abs(bpd[: n * self.group].reshape(n, self.group).mean(1) - self.entropy)
 
 
@@ -355,9 +358,9 @@ class ScaleLikelihood(OODScore):
     def __init__(self, flow: FlowModel, which: str = "last", batch_size: int = 512, seed: int = 0) -> None:
         super().__init__(flow, batch_size, seed)
         if which not in ("last", "early"):
-            raise ValueError(f"which must be 'last' or 'early', got {which!r}")
+            raise ConfigError(f"which must be 'last' or 'early', got {which!r}")
         if which == "early" and flow.num_scales < 2:
-            raise ValueError("this flow has a single scale; there are no early-scale latents")
+            raise ConfigError("this flow has a single scale; there are no early-scale latents")
         self.which = which
         self.name = f"latent_{which}_scale" + ("s" if which == "early" else "")
 
@@ -393,10 +396,10 @@ class WAIC(OODScore):
 
     def __init__(self, flows: list[FlowModel], batch_size: int = 512, seed: int = 0, cache: dict | None = None) -> None:
         if len(flows) < 2:
-            raise ValueError(f"WAIC needs an ensemble of at least 2 flows, got {len(flows)}")
+            raise ConfigError(f"WAIC needs an ensemble of at least 2 flows, got {len(flows)}")
         shapes = {f.input_shape for f in flows}
         if len(shapes) > 1:
-            raise ValueError(f"ensemble flows take different input shapes: {sorted(shapes)}")
+            raise ModelError(f"ensemble flows take different input shapes: {sorted(shapes)}")
         super().__init__(flows[0], batch_size, seed, cache)
         self.flows = flows
 
@@ -436,7 +439,6 @@ def make_score(name: str, flow: FlowModel, ensemble: list[FlowModel] | None = No
         return LikelihoodRatio(flow, background, steps=background_steps, progress=progress, **common)
     if name == "waic":
         if not ensemble:
-            raise ValueError("the waic score needs an ensemble: pass --ensemble CKPT [CKPT ...]")
+            raise ConfigError("the waic score needs an ensemble: pass `ensemble=[checkpoint, ...]`")
         return WAIC([flow, *ensemble], **common)
-    from flowood.flows.config import closest
-    raise ValueError(f"unknown score {name!r}{closest(name, SCORE_NAMES)}; choose from {', '.join(SCORE_NAMES)}")
+    raise ConfigError(f"unknown score {name!r}{closest(name, SCORE_NAMES)}; choose from {', '.join(SCORE_NAMES)}")

@@ -1,6 +1,6 @@
-"""The paper as runnable experiments: ``configs/paper/*.yaml``, ``flowood reproduce``, results pages."""
+"""The paper as runnable experiments: the shipped ``configs/paper/*.yaml``, ``flowood reproduce``, results pages."""
 
 from flowood.reproduce.experiments import Check, Experiment, load_experiments
-from flowood.reproduce.runner import ReproduceResult, reproduce
+from flowood.reproduce.runner import ReproduceOptions, ReproduceResult, reproduce
 
-__all__ = ["Check", "Experiment", "ReproduceResult", "load_experiments", "reproduce"]
+__all__ = ["Check", "Experiment", "ReproduceOptions", "ReproduceResult", "load_experiments", "reproduce"]

@@ -1,4 +1,4 @@
-"""The paper's experiments as YAML files (``configs/paper/``): what to train, at which scale, what to
+"""The paper's experiments as YAML files (shipped in ``flowood/configs/paper/``): what to train, at which scale, what to
 evaluate and inspect, and which of the paper's claims each run can confirm or refute.
 
 One file per experiment::
@@ -79,11 +79,10 @@ class Experiment:
 
 
 def default_config_dir() -> Path:
-    """``configs/paper`` of the working directory if it exists, else of the flowood source tree."""
-    here = Path("configs/paper")
-    if here.is_dir():
-        return here
-    return Path(__file__).resolve().parents[3] / "configs" / "paper"
+    """The paper's experiments shipped with flowood."""
+    from flowood.resources import paper_configs_dir
+
+    return paper_configs_dir()
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
@@ -143,7 +142,7 @@ def load_experiments(config_dir: str | Path | None = None, scale: str = "cpu", s
         raise ConfigError(f"unknown scale {scale!r}{closest(scale, SCALES)}; choose smoke, cpu or paper")
     folder = Path(config_dir) if config_dir else default_config_dir()
     if not folder.is_dir():
-        raise FileNotFoundError(f"experiment folder {folder} not found; pass --configs DIR")
+        raise ConfigError(f"experiment folder {folder} not found; pass `configs` (a folder of experiment YAML files)")
     experiments = [_parse(p, scale) for p in sorted(folder.glob("*.yaml"))]
     names = [e.name for e in experiments]
     if len(set(names)) != len(names):

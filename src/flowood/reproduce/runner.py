@@ -18,10 +18,12 @@ import torch
 from flowood.data import DatasetNotFoundError, data_root as default_data_root, load_dataset
 from flowood.outputs import open_output_folder, remove_output_folder, write_text_atomic
 from flowood.flows.config import ConfigError
-from flowood.reproduce.experiments import Experiment, default_config_dir, load_experiments
+from flowood.options import option
+from flowood.reproduce.experiments import SCALES, Experiment, default_config_dir, load_experiments
+from flowood.runtime import data_root_option
 from flowood.reproduce.report import write_results
 
-__all__ = ["reproduce", "ReproduceResult", "machine_description"]
+__all__ = ["reproduce", "ReproduceOptions", "ReproduceResult", "machine_description"]
 
 
 @dataclass
@@ -61,85 +63,136 @@ def _available(name: str, root: str | None, shape: tuple[int, ...] | None = None
         return str(err).split(". Get it")[0] + f" (flowood data fetch {name})"
 
 
-def _run_one(exp: Experiment, exp_dir: Path, state: dict[str, Any], data_root: str | None, progress: bool,
-             say: Callable[[str], None]) -> None:
+@dataclass
+class ReproduceOptions:
+    """Which experiments :func:`reproduce` runs: every field is an option (``flowood reproduce --help``)."""
+
+    suite: str = option("all", "suite of experiments (see --list)", metavar="SUITE")
+    scale: str = option("cpu", "smoke (minutes), cpu (hours on 2 cores), paper (GPU)", choices=SCALES)
+    configs: str | None = option(None, "experiment folder (default: the paper's experiments shipped with flowood)",
+                                 metavar="DIR")
+    only: list[str] | None = option(None, "run only these experiments", metavar="EXPERIMENT")
+    data_root: str | None = data_root_option()
+
+
+@dataclass
+class Stage:
+    """One experiment's run: where it writes, its status (saved after every stage), and how to report."""
+
+    exp: Experiment
+    folder: Path
+    state: dict[str, Any]
+    data_root: str | None
+    progress: bool
+    say: Callable[[str], None]
+
+    @property
+    def done(self) -> dict[str, Any]:
+        return self.state.setdefault("stages", {})
+
+    def save(self) -> None:
+        _write_json(self.folder / "status.json", self.state)
+
+
+def _run_one(run: Stage) -> None:
+    """Embed (if asked), train, evaluate and inspect one experiment, skipping the stages already done."""
+    exp = run.exp
+    needed = [exp.embed["dataset"] if exp.embed else exp.train["dataset"], exp.train.get("ood_dataset")]
+    reason = next((r for r in (_available(n, run.data_root) for n in needed if n) if r is not None), None)
+    if reason is not None:
+        run.state.update(status="skipped", reason=f"data not available here: {reason}")
+        run.save()
+        return
+    ood = list(exp.evaluate.get("ood", []))
+    missing = {name: why for name in ood if (why := _available(name, run.data_root, shape=(1, 28, 28)))}
+    run.state["ood_missing"] = missing
+    ood = [name for name in ood if name not in missing]
+    train_values = dict(exp.train)
+    if exp.embed:
+        ood = _embed_stage(run, ood)
+        train_values["dataset"] = f"npz:{run.folder / 'emb.npz'}"
+    checkpoint = _train_stage(run, train_values)
+    _evaluate_stage(run, checkpoint, ood)
+    if exp.inspect and not exp.embed:
+        _inspect_stage(run, checkpoint)
+    run.state["status"] = "done"
+    run.save()
+
+
+def _embed_stage(run: Stage, ood: list[str]) -> list[str]:
+    """Embeddings of the in-distribution and OOD sets; returns the OOD sets as ``npz:`` names."""
     from flowood.embed import embed
-    from flowood.evaluation import evaluate
+
+    if "embed" not in run.done:
+        values = dict(run.exp.embed)
+        dataset = values.pop("dataset")
+        run.say(f"{run.exp.name}: embedding {dataset} and {', '.join(ood)}")
+        start = time.time()
+        result = embed(dataset, run.folder / "emb.npz", ood, data_root=run.data_root, overwrite=True,
+                       progress=run.progress, **values)
+        run.done["embed"] = {"seconds": round(time.time() - start, 1), "dim": result.dim,
+                             "classifier_test_accuracy": result.test_accuracy,
+                             "ood_files": {k: str(v) for k, v in result.ood_files.items()}}
+        run.save()
+    return [f"npz:{p}" for p in run.done["embed"]["ood_files"].values()]
+
+
+def _train_stage(run: Stage, train_values: dict[str, Any]) -> Path:
+    """Train (or resume an interrupted training); returns the final checkpoint."""
     from flowood.training import load_config, train
 
-    stages = state.setdefault("stages", {})
-    save = lambda: _write_json(exp_dir / "status.json", state)  # noqa: E731
-    train_values = dict(exp.train)
-    ood = list(exp.evaluate.get("ood", []))
-    # data available here?
-    needed = exp.embed["dataset"] if exp.embed else train_values["dataset"]
-    reason = _available(needed, data_root)
-    if reason is None and train_values.get("ood_dataset"):
-        reason = _available(train_values["ood_dataset"], data_root)
-    if reason is not None:
-        state.update(status="skipped", reason=f"data not available here: {reason}")
-        save()
-        return
-    missing = {}
-    for name in list(ood):
-        why = _available(name, data_root, shape=(1, 28, 28))
-        if why is not None:
-            missing[name] = why
-            ood.remove(name)
-    state["ood_missing"] = missing
-    if "embed" not in stages and exp.embed:
-        say(f"{exp.name}: embedding {exp.embed['dataset']} and {', '.join(ood)}")
-        start = time.time()
-        values = dict(exp.embed)
-        result = embed(values.pop("backbone", "smallcnn"), values.pop("dataset"), exp_dir / "emb.npz", ood=ood,
-                       data_root=data_root, overwrite=True, progress=progress, **values)
-        stages["embed"] = {"seconds": round(time.time() - start, 1), "dim": result.dim,
-                           "classifier_test_accuracy": result.test_accuracy,
-                           "ood_files": {k: str(v) for k, v in result.ood_files.items()}}
-        save()
-    if exp.embed:
-        train_values["dataset"] = f"npz:{exp_dir / 'emb.npz'}"
-        ood = [f"npz:{p}" for p in stages["embed"]["ood_files"].values()]
-    ckpt = exp_dir / "train" / "checkpoints" / "last.ckpt"
-    if "train" not in stages:
+    checkpoint = run.folder / "train" / "checkpoints" / "last.ckpt"
+    if "train" not in run.done:
         train_values.setdefault("checkpoint_every_n_steps", 200)
-        config = load_config(None, dict(train_values, out=str(exp_dir / "train"), data_root=data_root))
-        resume = ckpt.exists()
-        say(f"{exp.name}: {'resuming' if resume else 'training'} {config.flow} on {config.dataset}")
-        result = train(config, resume=True if resume else None, overwrite=not resume, progress=progress)
-        stages["train"] = {"test_bpd": result.test_bpd, "steps": result.steps, "seconds": round(result.seconds, 1)}
-        save()
-    if "evaluate" not in stages:
-        say(f"{exp.name}: evaluating against {', '.join(ood) or 'nothing'}")
-        e = dict(exp.evaluate)
-        e.pop("ood", None)
-        start = time.time()
-        result = evaluate(ckpt, ood, out=exp_dir / "eval", data_root=data_root, progress=progress, overwrite=True, **e)
-        m = result.metrics
-        stages["evaluate"] = {
-            "test_bpd": m["in_distribution"]["bpd_mean"], "seconds": round(time.time() - start, 1),
-            "ood": {name: {"auroc": v["auroc"], "bpd": v["bpd_mean"],
-                           "scores": {s: v["scores"][s]["auroc"] for s in v.get("scores", {})}}
-                    for name, v in m["ood"].items()}}
-        save()
-    if exp.inspect and "inspect" not in stages and not exp.embed:
-        from flowood.checkpoints import load_flow
-        from flowood.inspect.run import inspect_flow, parse_image_spec
-        loaded = load_flow(ckpt)
-        if loaded.flow.discrete:
-            images = [s for s in exp.inspect.get("images", [])
-                      if _available(parse_image_spec(s).name, data_root) is None]
-            say(f"{exp.name}: inspecting {', '.join(images)}")
-            start = time.time()
-            values = {k: v for k, v in exp.inspect.items() if k != "images"}
-            result = inspect_flow(loaded, images, exp_dir / "inspect", data_root=data_root, progress=progress,
-                                  overwrite=True, **values)
-            r2 = {label: float(sum(q["r2"] for q in layers) / max(1, len(layers)))
-                  for label, layers in result.numbers["coupling_prediction"].items()}
-            stages["inspect"] = {"seconds": round(time.time() - start, 1), "mean_r2": r2}
-            save()
-    state["status"] = "done"
-    save()
+        config = load_config(None, dict(train_values, out=str(run.folder / "train"), data_root=run.data_root))
+        resume = checkpoint.exists()
+        run.say(f"{run.exp.name}: {'resuming' if resume else 'training'} {config.architecture.flow} on "
+                f"{config.dataset}")
+        result = train(config, resume=True if resume else None, overwrite=not resume, progress=run.progress)
+        run.done["train"] = {"test_bpd": result.test_bpd, "steps": result.steps, "seconds": round(result.seconds, 1)}
+        run.save()
+    return checkpoint
+
+
+def _evaluate_stage(run: Stage, checkpoint: Path, ood: list[str]) -> None:
+    from flowood.evaluation import evaluate
+
+    if "evaluate" in run.done:
+        return
+    run.say(f"{run.exp.name}: evaluating against {', '.join(ood) or 'nothing'}")
+    values = {k: v for k, v in run.exp.evaluate.items() if k != "ood"}
+    start = time.time()
+    result = evaluate(checkpoint, ood, out=run.folder / "eval", data_root=run.data_root, progress=run.progress,
+                      overwrite=True, **values)
+    m = result.metrics
+    run.done["evaluate"] = {
+        "test_bpd": m["in_distribution"]["bpd_mean"], "seconds": round(time.time() - start, 1),
+        "ood": {name: {"auroc": v["auroc"], "bpd": v["bpd_mean"],
+                       "scores": {s: v["scores"][s]["auroc"] for s in v.get("scores", {})}}
+                for name, v in m["ood"].items()}}
+    run.save()
+
+
+def _inspect_stage(run: Stage, checkpoint: Path) -> None:
+    from flowood.checkpoints import load_flow
+    from flowood.inspect.run import inspect_flow, parse_image_spec
+
+    if "inspect" in run.done:
+        return
+    loaded = load_flow(checkpoint)
+    if not loaded.flow.discrete:
+        return
+    images = [s for s in run.exp.inspect.get("images", [])
+              if _available(parse_image_spec(s).name, run.data_root) is None]
+    run.say(f"{run.exp.name}: inspecting {', '.join(images)}")
+    start = time.time()
+    values = {k: v for k, v in run.exp.inspect.items() if k != "images"}
+    result = inspect_flow(loaded, images, run.folder / "inspect", data_root=run.data_root, progress=run.progress,
+                          overwrite=True, **values)
+    r2 = {label: float(sum(q["r2"] for q in layers) / max(1, len(layers)))
+          for label, layers in result.numbers["coupling_prediction"].items()}
+    run.done["inspect"] = {"seconds": round(time.time() - start, 1), "mean_r2": r2}
+    run.save()
 
 
 def reproduce(suite: str = "all", scale: str = "cpu", out: str | Path = "runs/reproduce",
@@ -185,7 +238,7 @@ def _reproduce(experiments: list[Experiment], out: Path, suite: str, scale: str,
         else:
             state["status"] = "running"
             try:
-                _run_one(exp, exp_dir, state, data_root, progress, say)
+                _run_one(Stage(exp, exp_dir, state, data_root, progress, say))
             except KeyboardInterrupt:
                 state["status"] = "interrupted"
                 _write_json(status_path, state)

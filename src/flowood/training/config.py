@@ -1,219 +1,163 @@
 """Training configuration: YAML files and flags with the paper's original names.
 
-Every key of a YAML file is a field of :class:`TrainConfig` (the flow's architecture fields
-included); unknown or mistyped keys are refused with the closest valid name, so a typo never
-silently falls back to a default.
+:class:`TrainConfig` holds the run's options and the flow's architecture as one nested
+:class:`~flowood.flows.FlowConfig` (``architecture``). YAML files may give the architecture nested
+(``architecture: {flow: Glow, num_blocks: 3}``) or with the original scripts' flat names (``flow: Glow``,
+``num_blocks: 3``); the command line takes the flat names. Unknown or mistyped keys are refused with the
+closest valid name, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from flowood.flows.config import ConfigError, FlowConfig, closest
+from flowood.flows import FlowConfig
+from flowood.errors import closest
+from flowood.options import ConfigError, from_mapping, option, to_mapping
+from flowood.runtime import check_precision, data_root_option, device_option, precision_option, seed_option
 
-__all__ = ["TrainConfig", "load_config", "OPTIMIZERS"]
+__all__ = ["TrainConfig", "load_config", "read_yaml", "config_path", "OPTIMIZERS"]
 
 OPTIMIZERS = ("Adam", "RMSprop", "AdamW", "SGD")
-_FLOW_FIELDS = {f.name for f in fields(FlowConfig)} - {"input_shape"}
 
 
 @dataclass
 class TrainConfig:
-    """Everything ``flowood train`` needs. Flow architecture fields are those of :class:`FlowConfig`.
+    """Everything ``flowood train`` needs: the data, the optimisation, the run's safety nets, and the flow's
+    architecture. Every field is an option (see :mod:`flowood.options`); ``flowood train --help`` and the
+    documentation's CLI reference show each one's help line."""
 
-    Attributes:
-        dataset: in-distribution data set name (see ``flowood data list``).
-        data_root: data root (None: ``$FLOWOOD_DATA`` or ``~/.cache/flowood``).
-        out: output directory (config, checkpoints, logs).
-        lr, batch_size, num_epochs, optim, weight_decay, max_grad_norm, lr_anneal: as in the
-            original scripts (``lr_anneal`` halves the learning rate after 80% and 90% of epochs).
-        max_steps: stop after this many optimizer steps (None: no limit).
-        max_minutes: stop after this much wall-clock time (None: no limit).
-        max_train_samples, max_test_samples: use a random subset (seeded) of each split.
-        seed: seeds every random number generator.
-        devices, num_nodes, accelerator, strategy, precision: passed to Lightning's Trainer. Under
-            ``bf16-mixed`` or ``16-mixed`` only the st-networks run in low precision; the bijection and its
-            log-determinant stay fp32 (see :mod:`flowood.flows.precision`).
-        num_workers: DataLoader worker processes (data sit in memory; 0 is usually fastest).
-        save_freq: keep a checkpoint every this many epochs (``last.ckpt`` is always kept).
-        aug: random horizontal flips of training images (for CIFAR-10, CelebA; not digits).
-        nan_tolerance: consecutive steps with a NaN/Inf loss or gradient before the run stops.
-        nan_policy: ``skip`` (leave the weights as they were) or ``rollback`` (return to the last good
-            weights and optimizer state and multiply the learning rate by ``nan_lr_factor``).
-        nan_lr_factor: learning-rate factor applied at each rollback.
-        explode_bpd: a training loss whose magnitude exceeds this many bits/dim (an exploding log-determinant)
-            is handled like a NaN/Inf one (0 turns the check off).
-        divergence_bpd: with ``rollback``, a training loss whose running mean rises this many bits/dim above
-            its best is handled like a NaN/Inf one (0 turns it off; not used in negative training, whose loss
-            jumps by design).
-        rollback_every: steps between the in-memory snapshots that ``rollback`` returns to (a snapshot becomes
-            the state a rollback returns to once ``rollback_every`` clean steps followed it).
-        checkpoint_every_n_steps: also write ``last.ckpt`` every this many steps (0: at epoch ends only),
-            so a killed run loses at most this many steps.
-        channels_last: keep convolutions in channels-last memory format (same numbers, tested; faster
-            or as fast on CPU in benchmarks/compare.py; ``--no_channels_last`` turns it off).
-        compile: train through ``torch.compile`` (same numbers; slow first steps).
-        test_every_n_epochs: evaluate test bits/dim every this many epochs.
-        ood_dataset: negative training (the paper's Appendix B): a data set whose likelihood is pushed down.
-        negative_val: only OOD samples whose log-likelihood (nats per image) is still above this value are
-            pushed down (the original uses -100000 for CIFAR-10, CelebA, SVHN and -30000 for MNIST, FashionMNIST).
-    """
+    dataset: str = option("fashionmnist", "in-distribution data set: a name from `flowood data list`, "
+                          "folder:PATH or npz:PATH", metavar="NAME")
+    out: str = option("runs/train", "output folder (config, checkpoints, logs)", metavar="DIR")
+    data_root: str | None = data_root_option()
+    seed: int = seed_option()
+    architecture: FlowConfig = option(default_factory=FlowConfig, help="the flow's architecture (its options are "
+                                      "given by their own names)", flag=False)
+    lr: float = option(1e-3, "learning rate", minimum=0.0)
+    batch_size: int = option(64, "training batch size", minimum=1)
+    num_epochs: int = option(10, "epochs to train", minimum=1)
+    optim: str = option("Adam", "optimizer (SGD with momentum 0.9)", choices=OPTIMIZERS)
+    weight_decay: float = option(5e-5, "weight decay of the optimizer", minimum=0.0)
+    max_grad_norm: float = option(100.0, "gradients are clipped to this norm", minimum=0.0)
+    lr_anneal: bool = option(False, "halve the learning rate after 80% and again after 90% of the epochs")
+    max_steps: int | None = option(None, "stop after this many optimizer steps (default: no limit)", minimum=1)
+    max_minutes: float | None = option(None, "stop after this many minutes of wall-clock time (default: no limit)",
+                                       minimum=0.0)
+    max_train_samples: int | None = option(None, "train on a random (seeded) subset of this many samples",
+                                           minimum=1)
+    max_test_samples: int | None = option(None, "measure test bits/dim on a random subset of this many samples",
+                                          minimum=1)
+    device: str = device_option()
+    devices: int | str = option(1, "devices per node for multi-GPU training: a number, a list such as 0,1, or auto")
+    num_nodes: int = option(1, "machines to train on (with --strategy ddp)", minimum=1)
+    strategy: str = option("auto", "Lightning's distribution strategy, e.g. ddp")
+    precision: str = precision_option()
+    num_workers: int = option(0, "DataLoader worker processes (data sit in memory; 0 is usually fastest)",
+                              minimum=0)
+    save_freq: int = option(0, "also keep a checkpoint every this many epochs (last.ckpt is always kept)",
+                            minimum=0)
+    checkpoint_every_n_steps: int = option(0, "also write last.ckpt every this many steps (0: at epoch ends only)",
+                                           minimum=0)
+    test_every_n_epochs: int = option(1, "measure test bits/dim every this many epochs", minimum=1)
+    aug: bool = option(False, "random horizontal flips of training images (CIFAR-10, CelebA; not digits)")
+    channels_last: bool = option(True, "keep convolutions in channels-last memory (same numbers, faster on CPUs)")
+    compile: bool = option(False, "train through torch.compile (same numbers; slow first steps)")
+    nan_policy: str = option("skip", "on a NaN/Inf or exploding step: skip it, or rollback to the last good state "
+                             "with a lower learning rate", choices=("skip", "rollback"))
+    nan_tolerance: int = option(10, "bad steps in a row before the run stops", minimum=1)
+    nan_lr_factor: float = option(0.5, "learning-rate factor of each rollback, in (0, 1]")
+    explode_bpd: float = option(1.0e4, "a training loss above this many bits/dim (an exploding log-determinant) "
+                                "counts as a bad step (0: off)", minimum=0.0)
+    divergence_bpd: float = option(1.0, "with rollback: a running mean of the loss this many bits/dim above its "
+                                   "best counts as a bad step (0: off; not used in negative training)", minimum=0.0)
+    rollback_every: int = option(50, "steps between snapshots; a snapshot becomes the state a rollback returns to "
+                                 "once this many clean steps followed it", minimum=1)
+    ood_dataset: str | None = option(None, "negative training (the paper's Appendix B): a data set whose "
+                                     "likelihood is pushed down", metavar="NAME")
+    negative_val: float = option(-100000.0, "negative training pushes down only OOD samples whose log-likelihood "
+                                 "(nats per image) is above this (the original: -100000 for CIFAR-10, CelebA, "
+                                 "SVHN; -30000 for MNIST, FashionMNIST)")
+    prior: str = option("Gaussian", "the latent prior (the original's only one)", choices=("Gaussian",))
 
-    dataset: str = "fashionmnist"
-    data_root: str | None = None
-    out: str = "runs/train"
-    # The flow's options, flat so that YAML keys and flags keep the original scripts' names.
-    # They mirror FlowConfig field for field (a test keeps the defaults equal).
-    flow: str = "RealNVP"
-    num_scales: int = 2
-    num_blocks: int = 8
-    num_mid_channels: int = 64
-    num_coupling_layers_per_scale: int | None = None
-    st_type: str | None = None
-    mask: str | None = None
-    latent_dim: int = 100
-    batchnorm: bool = True
-    skip: bool = True
-    init_zeros: bool = True
-    logit_alpha: float = 0.05
-    num_coupling_layers: int = 8
-    num_hidden_layers: int = 1
-    num_hidden_units: int = 256
-    actnorm: bool = True
-    prior: str = "Gaussian"
-    lr: float = 1e-3
-    batch_size: int = 64
-    num_epochs: int = 10
-    optim: str = "Adam"
-    weight_decay: float = 5e-5
-    max_grad_norm: float = 100.0
-    lr_anneal: bool = False
-    max_steps: int | None = None
-    max_minutes: float | None = None
-    max_train_samples: int | None = None
-    max_test_samples: int | None = None
-    seed: int = 0
-    devices: Any = 1
-    num_nodes: int = 1
-    accelerator: str = "auto"
-    strategy: str = "auto"
-    precision: str = "32-true"
-    num_workers: int = 0
-    save_freq: int = 0
-    aug: bool = False
-    nan_tolerance: int = 10
-    nan_policy: str = "skip"
-    explode_bpd: float = 1.0e4
-    nan_lr_factor: float = 0.5
-    divergence_bpd: float = 1.0
-    rollback_every: int = 50
-    checkpoint_every_n_steps: int = 0
-    channels_last: bool = True
-    compile: bool = False
-    test_every_n_epochs: int = 1
-    ood_dataset: str | None = None
-    negative_val: float = -100000.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """From a mapping of options (nested or flat architecture; older spellings accepted)."""
+        return from_mapping(cls, values)
 
     def flow_config(self, input_shape: tuple[int, ...]) -> FlowConfig:
         """The flow's architecture for inputs of ``input_shape``."""
-        values = {name: getattr(self, name) for name in _FLOW_FIELDS}
-        values["input_shape"] = tuple(input_shape)
-        return FlowConfig.from_dict(values)
+        return dataclasses.replace(self.architecture, input_shape=tuple(input_shape))
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        if not d["extra"]:
-            d.pop("extra")
-        return d
+        return to_mapping(self)
 
-    def check(self) -> "TrainConfig":
+    def check(self) -> TrainConfig:
         """Refuse values that cannot work, with a message that names the fix."""
-        if self.optim not in OPTIMIZERS:
-            raise ConfigError(f"unknown optim {self.optim!r}{closest(self.optim, OPTIMIZERS)}; "
-                              f"choose one of {', '.join(OPTIMIZERS)}")
-        if self.prior != "Gaussian":
-            raise ConfigError(f"prior {self.prior!r} is not supported; flowood uses the original's 'Gaussian' prior")
-        if self.nan_policy not in ("skip", "rollback"):
-            raise ConfigError(f"nan_policy must be 'skip' or 'rollback', got {self.nan_policy!r}"
-                              f"{closest(self.nan_policy, ('skip', 'rollback'))}")
-        precision = str(self.precision).lower()
-        if precision in ("16-true", "bf16-true") or precision.startswith("transformer-engine"):
-            raise ConfigError(f"precision {self.precision!r} would run the whole flow, log-determinants included, in "
-                              "16 bits; use bf16-mixed or 16-mixed (st-networks in 16 bits, log-determinants in fp32)")
-        if not float(self.divergence_bpd) >= 0.0:
-            raise ConfigError(f"divergence_bpd must be >= 0 (0 turns the check off), got {self.divergence_bpd}")
-        if not float(self.explode_bpd) >= 0.0:
-            raise ConfigError(f"explode_bpd must be >= 0 (0 turns the check off), got {self.explode_bpd}")
         if not 0.0 < float(self.nan_lr_factor) <= 1.0:
             raise ConfigError(f"nan_lr_factor must be in (0, 1], got {self.nan_lr_factor}")
-        if not isinstance(self.checkpoint_every_n_steps, int) or self.checkpoint_every_n_steps < 0:
-            raise ConfigError(f"checkpoint_every_n_steps must be >= 0, got {self.checkpoint_every_n_steps!r}")
-        for name in ("batch_size", "num_epochs", "num_nodes", "nan_tolerance", "test_every_n_epochs",
-                     "rollback_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("max_steps", "max_train_samples", "max_test_samples"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ConfigError(f"{name} must be a positive integer or null, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
-        if self.weight_decay < 0 or self.max_grad_norm <= 0:
-            raise ConfigError("weight_decay must be >= 0 and max_grad_norm > 0")
+        self.precision = check_precision(self.precision)
+        if self.lr <= 0 or self.max_grad_norm <= 0:
+            raise ConfigError(f"lr and max_grad_norm must be positive, got {self.lr} and {self.max_grad_norm}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f"max_minutes must be positive, got {self.max_minutes}")
-        if self.save_freq < 0 or self.num_workers < 0:
-            raise ConfigError("save_freq and num_workers must be >= 0")
         # the architecture's names and sizes, before any data are loaded (the shape is checked later)
-        self.flow_config(FlowConfig().input_shape).resolved(check_shape=False)
+        self.architecture.resolved(check_shape=False)
         return self
 
 
-def _coerce(name: str, value: Any, current: Any) -> Any:
-    """Turn YAML scalars into the field's type where that is unambiguous (``1e-4`` -> float)."""
-    if isinstance(current, bool) and not isinstance(value, bool):
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
-    if isinstance(current, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
-        try:
-            return float(value)
-        except ValueError as err:
-            raise ConfigError(f"{name} must be a number, got {value!r}") from err
-    if isinstance(current, int) and not isinstance(current, bool) and isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML config (if given), apply ``overrides`` (flags), check the result.
+    """Read a YAML config (if given), apply ``overrides`` (e.g. flags), check the result.
 
     Raises:
         ConfigError: unknown keys (with the closest valid name) or values that cannot work.
     """
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of option: value")
-        values.update(loaded)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    known = {f.name for f in fields(TrainConfig)} - {"extra"}
-    defaults = TrainConfig()
-    clean = {}
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(f"unknown option {key!r}{closest(key, known)}")
-        clean[key] = _coerce(key, value, getattr(defaults, key))
-    return TrainConfig(**clean).check()
+        values.update(read_yaml(path))
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(values.get(key), dict):
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = value
+    return TrainConfig.from_dict(values).check()
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file's mapping of options, or :class:`ConfigError` saying what is wrong with the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    return loaded
+
+
+def config_path(name: str | Path) -> Path:
+    """A YAML config given as a path, or by the name of a config shipped with flowood (e.g. ``demo``).
+
+    Raises:
+        ConfigError: neither a file nor a shipped config; the message lists the shipped ones.
+    """
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    from flowood.resources import shipped_config, shipped_config_names
+
+    found = shipped_config(str(name))
+    if found is not None:
+        return found
+    names = shipped_config_names()
+    raise ConfigError(f"config {name} is neither a file nor a config shipped with flowood (shipped: "
+                      f"{', '.join(names)}){closest(str(name), names)}")

@@ -117,7 +117,7 @@ class FlowModule(pl.LightningModule):
     def __init__(self, train_config: dict[str, Any], input_shape: tuple[int, ...],
                  ood_data: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.config = TrainConfig(**train_config)
+        self.config = TrainConfig.from_dict(train_config)
         flow_config = self.config.flow_config(input_shape).resolved().to_dict()
         self.save_hyperparameters({"train_config": train_config, "flow_config": flow_config,
                                    "flowood_version": __version__})

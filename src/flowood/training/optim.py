@@ -13,6 +13,7 @@ from typing import Iterable
 
 import torch
 
+from flowood.options import ConfigError
 from flowood.training.config import OPTIMIZERS
 
 __all__ = ["make_optimizer"]
@@ -23,9 +24,9 @@ def make_optimizer(params: Iterable[torch.Tensor], name: str = "Adam", lr: float
     """The optimizer ``name`` (one of :data:`~flowood.training.OPTIMIZERS`; SGD with momentum 0.9) over ``params``."""
     params = list(params)
     if not params:
-        raise ValueError("the model has no trainable parameters")
+        raise ConfigError("the model has no trainable parameters")
     if name in ("Adam", "AdamW", "RMSprop"):
         return getattr(torch.optim, name)(params, lr=lr, weight_decay=weight_decay)
     if name == "SGD":
         return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=0.9)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    raise ConfigError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")

@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from flowood.checkpoints import CheckpointError, load_flow
 from flowood.data import dataset_inputs
 from flowood.outputs import OutputExistsError, OutputFolder, open_output_folder, write_text_atomic
+from flowood.runtime import lightning_accelerator, lightning_precision
 from flowood.training.callbacks import InvertibilityCheck, NonFiniteGuard, RandomState, RecordLogs, TrainedBatches
 from flowood.training.config import TrainConfig
 from flowood.training.module import FlowDataModule, FlowModule
@@ -145,14 +146,12 @@ def _fit(config: TrainConfig, out: Path, resume_path: Path | None, folder: Outpu
     if folder is not None:  # named before they exist: a crash cannot leave a log file the manifest misses
         csv_dir = Path("logs") / "csv" / csv_version
         folder.record(csv_dir / "metrics.csv", csv_dir / "hparams.yaml", Path("logs") / "tensorboard" / "hparams.yaml")
-    devices = config.devices
-    if isinstance(devices, str) and devices.isdigit():
-        devices = int(devices)
+    accelerator, devices = lightning_accelerator(config.device, config.devices)
     trainer = pl.Trainer(
         max_epochs=config.num_epochs, max_steps=config.max_steps or -1,
         max_time=timedelta(minutes=config.max_minutes) if config.max_minutes else None,
         gradient_clip_val=config.max_grad_norm, devices=devices, num_nodes=config.num_nodes,
-        accelerator=config.accelerator, strategy=config.strategy, precision=config.precision,
+        accelerator=accelerator, strategy=config.strategy, precision=lightning_precision(config.precision),
         logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=str(out),
         enable_progress_bar=progress, enable_model_summary=progress,
         check_val_every_n_epoch=config.test_every_n_epochs, log_every_n_steps=10, num_sanity_val_steps=0)
