@@ -268,9 +268,9 @@ def test_packed_checkerboard_transforms_the_checkerboard_pixels_seeing_only_the_
     layer = randomise(AffineCoupling(mask, net))
     x = torch.randn(3, *shape)
     # pack/unpack are inverse permutations, and the packed halves hold exactly the two checkerboard halves
-    kept, changed = layer._pack(x)
+    kept, changed = layer.split(x)
     assert kept.shape == changed.shape == (3, 2, 5, 3)
-    assert torch.equal(layer._unpack(kept, changed), x)
+    assert torch.equal(layer.join(kept, changed), x)
     assert torch.equal(kept.flatten().sort().values, x[:, mask.condition.bool()].flatten().sort().values)
     y, _ = layer(x)
     keep = mask.condition.bool().expand_as(x)

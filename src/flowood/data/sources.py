@@ -170,8 +170,6 @@ def read_image_folder(folder: str | Path, size: tuple[int, int] | None = None, g
         DatasetNotFoundError: the folder does not exist. DataError: ``folder`` is a file, holds no images,
             or holds an image that cannot be read or decoded faithfully.
     """
-    from PIL import Image
-
     from flowood.data.registry import DatasetNotFoundError
 
     folder = Path(folder)
@@ -183,6 +181,19 @@ def read_image_folder(folder: str | Path, size: tuple[int, int] | None = None, g
     entries, classes = _files(folder)
     if not entries:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {folder}")
+    decoded, labels = _decode_all(folder, entries, skip_unreadable)
+    gray = _common_color(folder, decoded) if gray is None else gray
+    size = _common_size(folder, decoded) if size is None else tuple(size)
+    arrays = [_conform(a, size, gray) for a in decoded]
+    label_array = np.array(labels, dtype=np.int64) if classes else None
+    return np.stack(arrays), label_array, classes
+
+
+def _decode_all(folder: Path, entries: list[tuple[Path, int]], skip_unreadable: bool
+                ) -> tuple[list[np.ndarray], list[int]]:
+    """Decode every file; warn once about transparent pixels composited on black."""
+    from PIL import Image
+
     decoded, labels, alpha = [], [], 0
     for path, label in entries:
         try:
@@ -198,31 +209,34 @@ def read_image_folder(folder: str | Path, size: tuple[int, int] | None = None, g
         alpha += "alpha" in notes
     if not decoded:
         raise DataError(f"none of the images in {folder} could be read")
-    n = len(decoded)
     if alpha:
-        warnings.warn(f"{folder}: {alpha} of {n} images have transparent pixels; they were composited on black",
-                      DataWarning, stacklevel=2)
-    colors = ["gray" if a.shape[2] == 1 else "RGB" for a in decoded]
-    if gray is None:
-        counts = Counter(colors)
-        gray = counts["gray"] > counts["RGB"]
-        odd = counts["RGB"] if gray else counts["gray"]
-        if odd:
-            done = "converted to gray (luminance)" if gray else "converted to RGB (gray repeated)"
-            warnings.warn(f"{folder}: {odd} of {n} images are {'RGB' if gray else 'gray'} while most are "
-                          f"{'gray' if gray else 'RGB'}; they were {done}", DataWarning, stacklevel=2)
+        warnings.warn(f"{folder}: {alpha} of {len(decoded)} images have transparent pixels; they were composited on "
+                      "black", DataWarning, stacklevel=3)
+    return decoded, labels
+
+
+def _common_color(folder: Path, decoded: list[np.ndarray]) -> bool:
+    """True (gray) if most images are gray; the others will be converted, with a warning."""
+    counts = Counter("gray" if a.shape[2] == 1 else "RGB" for a in decoded)
+    gray = counts["gray"] > counts["RGB"]
+    odd = counts["RGB"] if gray else counts["gray"]
+    if odd:
+        done = "converted to gray (luminance)" if gray else "converted to RGB (gray repeated)"
+        warnings.warn(f"{folder}: {odd} of {len(decoded)} images are {'RGB' if gray else 'gray'} while most are "
+                      f"{'gray' if gray else 'RGB'}; they were {done}", DataWarning, stacklevel=3)
+    return gray
+
+
+def _common_size(folder: Path, decoded: list[np.ndarray]) -> tuple[int, int]:
+    """The most common ``(width, height)``; the others will be resized, with a warning."""
     sizes = [(a.shape[1], a.shape[0]) for a in decoded]
-    if size is None:
-        size = Counter(sizes).most_common(1)[0][0]
-        odd_sizes = [f"{w}x{h}" for w, h in sizes if (w, h) != size]
-        if odd_sizes:
-            warnings.warn(f"{folder}: {len(odd_sizes)} of {n} images are not {size[0]}x{size[1]} like the others "
-                          f"({_count(odd_sizes)}); they were resized to {size[0]}x{size[1]} (bilinear)",
-                          DataWarning, stacklevel=2)
-    size = tuple(size)
-    arrays = [_conform(a, size, gray) for a in decoded]
-    label_array = np.array(labels, dtype=np.int64) if classes else None
-    return np.stack(arrays), label_array, classes
+    size = Counter(sizes).most_common(1)[0][0]
+    odd = [f"{w}x{h}" for w, h in sizes if (w, h) != size]
+    if odd:
+        warnings.warn(f"{folder}: {len(odd)} of {len(decoded)} images are not {size[0]}x{size[1]} like the others "
+                      f"({_count(odd)}); they were resized to {size[0]}x{size[1]} (bilinear)", DataWarning,
+                      stacklevel=3)
+    return size
 
 
 def _conform(a: np.ndarray, size: tuple[int, int], gray: bool) -> np.ndarray:

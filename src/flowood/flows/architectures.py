@@ -18,6 +18,7 @@ from flowood.flows.layers import ActNorm, InvertibleConv1x1, Squeeze
 from flowood.flows.masks import make_mask
 from flowood.flows.model import FlowModel, Split
 from flowood.flows.nets import make_st_net
+from flowood.options import options_of
 
 __all__ = ["RealNVP", "Glow", "RealNVPTabular", "MAF", "build_flow"]
 
@@ -132,29 +133,50 @@ def build_flow(config: FlowConfig | dict[str, Any] | None = None, **overrides: A
     return FlowModel(cfg.input_shape, steps, logit_alpha=alpha, config=cfg.to_dict())
 
 
-def RealNVP(input_shape: tuple[int, int, int] = (1, 28, 28), **options: Any) -> FlowModel:  # noqa: N802
+_D = FlowConfig  # option defaults, read from their one definition
+
+
+def _document(factory: Any, names: tuple[str, ...]) -> Any:
+    """Append an ``Args`` section built from the options' own help lines (see :class:`FlowConfig`)."""
+    helps = {f.name: info.help for f, info, _ in options_of(FlowConfig)}
+    lines = [f"        {name}: {helps[name]}" for name in names]
+    factory.__doc__ = (factory.__doc__ or "").rstrip() + "\n\n    Args:\n        input_shape: one sample's shape.\n" \
+        + "\n".join(lines) + "\n"
+    return factory
+
+
+def RealNVP(input_shape: tuple[int, int, int] = (1, 28, 28), *, num_scales: int = _D.num_scales,  # noqa: N802
+            num_blocks: int = _D.num_blocks, num_mid_channels: int = _D.num_mid_channels,
+            num_coupling_layers_per_scale: int | None = _D.num_coupling_layers_per_scale,
+            st_type: str | None = _D.st_type, mask: str | None = _D.mask, latent_dim: int = _D.latent_dim,
+            batchnorm: bool = _D.batchnorm, skip: bool = _D.skip, init_zeros: bool = _D.init_zeros,
+            logit_alpha: float = _D.logit_alpha) -> FlowModel:
     """Multi-scale RealNVP (Dinh et al. 2017), as configured in the paper's code.
 
     Per scale: ``num_coupling_layers_per_scale`` couplings with the spatial ``mask`` (3 by default,
     4 at the last scale), then squeeze, three channel-wise couplings, and half of the channels
-    factored out. The st-network width doubles after each squeeze. Options: see :class:`FlowConfig`.
+    factored out. The st-network width doubles after each squeeze.
 
     References:
         Dinh, Sohl-Dickstein, Bengio. Density estimation using Real NVP. ICLR 2017.
 
     Example:
         >>> flow = RealNVP((1, 8, 8), num_blocks=1, num_mid_channels=8)
-        >>> z, log_det = flow(torch.rand(2, 1, 8, 8))
+        >>> z, log_det = flow(torch.rand(2, 1, 8, 8).clamp(0.01, 0.99))
         >>> tuple(z.shape)
         (2, 1, 8, 8)
     """
+    options = {k: v for k, v in locals().items() if k != "input_shape"}
     return build_flow(flow="RealNVP", input_shape=tuple(input_shape), **options)
 
 
-def Glow(input_shape: tuple[int, int, int] = (1, 28, 28), **options: Any) -> FlowModel:  # noqa: N802
+def Glow(input_shape: tuple[int, int, int] = (1, 28, 28), *, num_scales: int = _D.num_scales,  # noqa: N802
+         num_coupling_layers_per_scale: int | None = _D.num_coupling_layers_per_scale,
+         num_blocks: int = _D.num_blocks, num_mid_channels: int = _D.num_mid_channels, st_type: str | None = _D.st_type,
+         mask: str | None = _D.mask, latent_dim: int = _D.latent_dim, init_zeros: bool = _D.init_zeros,
+         logit_alpha: float = _D.logit_alpha) -> FlowModel:
     """Glow (Kingma & Dhariwal 2018): per scale, squeeze, then steps of ActNorm, invertible 1x1
     convolution and affine coupling; half of the channels factored out between scales.
-    Options: see :class:`FlowConfig`.
 
     References:
         Kingma, Dhariwal. Glow: Generative Flow with Invertible 1x1 Convolutions. NeurIPS 2018.
@@ -164,10 +186,13 @@ def Glow(input_shape: tuple[int, int, int] = (1, 28, 28), **options: Any) -> Flo
         >>> flow.log_prob(torch.rand(2, 1, 8, 8)).shape
         torch.Size([2])
     """
+    options = {k: v for k, v in locals().items() if k != "input_shape"}
     return build_flow(flow="Glow", input_shape=tuple(input_shape), **options)
 
 
-def RealNVPTabular(dim: int, **options: Any) -> FlowModel:  # noqa: N802
+def RealNVPTabular(dim: int, *, num_coupling_layers: int = _D.num_coupling_layers,  # noqa: N802
+                   num_hidden_layers: int = _D.num_hidden_layers, num_hidden_units: int = _D.num_hidden_units,
+                   init_zeros: bool = _D.init_zeros, actnorm: bool = _D.actnorm) -> FlowModel:
     """RealNVP for vectors: couplings on alternating halves of the features with MLP st-networks.
 
     Example:
@@ -175,10 +200,13 @@ def RealNVPTabular(dim: int, **options: Any) -> FlowModel:  # noqa: N802
         >>> flow.log_prob(torch.randn(4, 6)).shape
         torch.Size([4])
     """
+    options = {k: v for k, v in locals().items() if k != "dim"}
     return build_flow(flow="RealNVPTabular", input_shape=(int(dim),), **options)
 
 
-def MAF(dim: int, **options: Any) -> FlowModel:  # noqa: N802
+def MAF(dim: int, *, num_coupling_layers: int = _D.num_coupling_layers,  # noqa: N802
+        num_hidden_layers: int = _D.num_hidden_layers, num_hidden_units: int = _D.num_hidden_units,
+        init_zeros: bool = _D.init_zeros, actnorm: bool = _D.actnorm) -> FlowModel:
     """Masked autoregressive flow for vectors: ``num_coupling_layers`` MADE layers (each feature's
     scale and shift depend on every earlier feature), the feature order reversed between layers,
     after an ActNorm that standardises the features. Stronger than the coupling RealNVPTabular per
@@ -192,4 +220,13 @@ def MAF(dim: int, **options: Any) -> FlowModel:  # noqa: N802
         >>> flow.log_prob(torch.randn(4, 6)).shape
         torch.Size([4])
     """
+    options = {k: v for k, v in locals().items() if k != "dim"}
     return build_flow(flow="MAF", input_shape=(int(dim),), **options)
+
+
+_document(RealNVP, ("num_scales", "num_blocks", "num_mid_channels", "num_coupling_layers_per_scale", "st_type", "mask",
+                    "latent_dim", "batchnorm", "skip", "init_zeros", "logit_alpha"))
+_document(Glow, ("num_scales", "num_coupling_layers_per_scale", "num_blocks", "num_mid_channels", "st_type", "mask",
+                 "latent_dim", "init_zeros", "logit_alpha"))
+_document(RealNVPTabular, ("num_coupling_layers", "num_hidden_layers", "num_hidden_units", "init_zeros", "actnorm"))
+_document(MAF, ("num_coupling_layers", "num_hidden_layers", "num_hidden_units", "init_zeros", "actnorm"))

@@ -1,4 +1,4 @@
-"""The affine coupling layer, driven by a mask and an st-network.
+"""Affine coupling layers: one base class and one subclass per way of splitting the input.
 
 For the transformed part ``x_b`` of the input, conditioned on the visible part ``x_a``::
 
@@ -8,9 +8,20 @@ For the transformed part ``x_b`` of the input, conditioned on the visible part `
 This is the form of the paper's code: ``-t`` is the coupling's *prediction* of the masked
 pixels, and ``exp(s)`` how confident it is. The likelihood is high whenever ``-t`` predicts
 ``x_b`` well, in- or out-of-distribution; this is the mechanism the paper dissects.
+
+:class:`AffineCoupling` holds what every coupling shares (the st-network, the rescale, the affine map and its
+log-determinant, the masks for inspection); a subclass says only how the input splits and joins, as nflows'
+``CouplingTransform`` subclasses do:
+
+* :class:`MaskedCoupling`: spatial masks applied by multiplication (checkerboard, horizontal, vertical, cycle,
+  tabular): the st-network sees ``x * condition``; ``s`` and ``t`` act only where ``transform`` is 1.
+* :class:`ChannelCoupling`: channel halves, by slicing (the st-network sees only the conditioning channels).
+* :class:`PackedCheckerboardCoupling`: the two halves of a checkerboard gathered into half-width tensors.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -19,18 +30,15 @@ from flowood.flows.base import FlowLayer, per_sample_sum
 from flowood.flows.masks import CouplingMask
 from flowood.flows.precision import run_st_net
 
-__all__ = ["AffineCoupling"]
+__all__ = ["AffineCoupling", "MaskedCoupling", "ChannelCoupling", "PackedCheckerboardCoupling"]
 
 
 class AffineCoupling(FlowLayer):
     """Affine coupling layer ``y_b = (x_b + t(x_a)) * exp(s(x_a))`` for any :class:`CouplingMask`.
 
-    Channel masks are applied by slicing (the st-network sees only the conditioning channels, as
-    in RealNVP and Glow); ``checkerboard_packed`` gathers each half of the checkerboard into a tensor of
-    half the width (row ``i`` keeps its own pixels of that half, in order), so the st-network sees and
-    predicts only those; all other masks multiply: the st-network sees ``x * condition`` and
-    ``s``, ``t`` act only where ``transform`` is 1. Works on images ``[B, C, H, W]`` and on
-    vectors ``[B, D]``.
+    Calling ``AffineCoupling(mask, st_net)`` builds the subclass the mask needs (channel masks:
+    :class:`ChannelCoupling`; ``checkerboard_packed``: :class:`PackedCheckerboardCoupling`; all others:
+    :class:`MaskedCoupling`). Works on images ``[B, C, H, W]`` and on vectors ``[B, D]``.
 
     Args:
         mask: which part is seen and which is transformed.
@@ -44,6 +52,8 @@ class AffineCoupling(FlowLayer):
         >>> from flowood.flows.nets import make_st_net
         >>> mask = make_mask("checkerboard", (1, 4, 4))
         >>> layer = AffineCoupling(mask, make_st_net("resnet", 1, 2, mid_channels=8, num_blocks=1))
+        >>> type(layer).__name__
+        'MaskedCoupling'
         >>> x = torch.randn(3, 1, 4, 4)
         >>> y, log_det = layer(x)
         >>> torch.allclose(layer.inverse(y), x, atol=1e-5)
@@ -52,115 +62,145 @@ class AffineCoupling(FlowLayer):
 
     kind = "coupling"
 
+    def __new__(cls, mask: CouplingMask | None = None, st_net: nn.Module | None = None) -> AffineCoupling:  # noqa: PYI034
+        if cls is AffineCoupling and mask is not None:  # (copy and pickle call __new__ without arguments)
+            cls = ChannelCoupling if mask.is_channel_split else \
+                PackedCheckerboardCoupling if mask.is_packed else MaskedCoupling
+        return super().__new__(cls)
+
     def __init__(self, mask: CouplingMask, st_net: nn.Module) -> None:
         super().__init__()
         self.mask_kind = mask.kind
         self.mask_index = mask.index
-        self.channel_split = mask.is_channel_split
-        self.packed = mask.is_packed
-        num_channels = mask.condition.shape[0]
-        if self.packed:
-            # row i's conditioning pixels sit in the even columns when condition[:, i, 0] is 1
-            self.register_buffer("condition_in_even_columns",
-                                 mask.condition[0, :, 0].bool().view(1, 1, -1, 1), persistent=False)
         self.register_buffer("condition", mask.condition.unsqueeze(0), persistent=False)
         self.register_buffer("transform", mask.transform.unsqueeze(0), persistent=False)
-        if self.channel_split:
-            self.split = num_channels // 2
-            # index 0 transforms the first half, index 1 the second half
-            self.transformed_first = mask.index == 0
-            num_scaled = self.split if self.transformed_first else num_channels - self.split
-        else:
-            num_scaled = num_channels
-        rescale_shape = (num_scaled,) + (1,) * (mask.condition.dim() - 1)
+        rescale_shape = (self.num_scaled(mask),) + (1,) * (mask.condition.dim() - 1)
         self.rescale = nn.Parameter(torch.ones(rescale_shape))
         self.st_net = st_net
 
-    # -- helpers ---------------------------------------------------------------------------
-    def _parts(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(transformed part, conditioning part) for channel masks."""
-        if self.transformed_first:
-            return x[:, : self.split], x[:, self.split:]
-        return x[:, self.split:], x[:, : self.split]
+    # -- what a subclass says ---------------------------------------------------------------------------------
+    def num_scaled(self, mask: CouplingMask) -> int:
+        """Channels (features) of ``s``: the rescale has one weight each."""
+        return mask.condition.shape[0]
 
-    def _join(self, changed: Tensor, kept: Tensor) -> Tensor:
-        return torch.cat((changed, kept), 1) if self.transformed_first else torch.cat((kept, changed), 1)
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        """``(conditioning input of the st-network, the part the affine map acts on)``."""
+        raise NotImplementedError
 
-    def _pack(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(conditioning half, transformed half) of a checkerboard, each ``[B, C, H, W/2]``."""
-        b, c, h, w = x.shape
-        pairs = x.reshape(b, c, h, w // 2, 2)
-        even, odd = pairs[..., 0], pairs[..., 1]
-        sel = self.condition_in_even_columns
-        return torch.where(sel, even, odd), torch.where(sel, odd, even)
+    def join(self, x_a: Tensor, y_b: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """Inverse of :meth:`split`, with the transformed part replaced by ``y_b``."""
+        raise NotImplementedError
 
-    def _unpack(self, kept: Tensor, changed: Tensor) -> Tensor:
-        """Inverse of :meth:`_pack`."""
-        sel = self.condition_in_even_columns
-        pairs = torch.stack((torch.where(sel, kept, changed), torch.where(sel, changed, kept)), dim=-1)
-        b, c, h, half = kept.shape
-        return pairs.reshape(b, c, h, 2 * half)
+    def restrict(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``s`` and ``t`` where they act (masked couplings zero them elsewhere)."""
+        return s, t
 
-    def _st(self, cond_input: Tensor) -> tuple[Tensor, Tensor]:
-        raw = run_st_net(self.st_net, cond_input)  # fp32 out, also under mixed precision
+    def full_size(self, v: Tensor, x: Tensor) -> Tensor:
+        """``s`` or ``t`` placed in a tensor of ``x``'s shape (zeros where nothing is transformed)."""
+        return v
+
+    # -- shared ------------------------------------------------------------------------------------------------
+    def _st(self, x_a: Tensor) -> tuple[Tensor, Tensor]:
+        raw = run_st_net(self.st_net, x_a)  # fp32 out, also under mixed precision
         raw_s, t = raw.chunk(2, dim=1)
         # a channel slice of a channels-last tensor is strided, and unary ops on strided tensors take a slow
         # path (tanh 4-5x slower on the CPU); one contiguous copy of the slice is cheaper
         s = self.rescale * torch.tanh(raw_s.contiguous())
-        return s, t
+        return self.restrict(s, t)
 
-    # -- flow API --------------------------------------------------------------------------
     def _forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        if self.channel_split:
-            x_b, x_a = self._parts(x)
-            s, t = self._st(x_a)
-            y = self._join((x_b + t) * torch.exp(s), x_a)
-        elif self.packed:
-            x_a, x_b = self._pack(x)
-            s, t = self._st(x_a)
-            y = self._unpack(x_a, (x_b + t) * torch.exp(s))
-        else:
-            s, t = self._st(x * self.condition)
-            s = s * self.transform
-            t = t * self.transform
-            y = x * (1.0 - self.transform) + (x + t) * torch.exp(s) * self.transform
-        return y, per_sample_sum(s), s, t
+        x_a, x_b = self.split(x)
+        s, t = self._st(x_a)
+        return self.join(x_a, (x_b + t) * torch.exp(s)), per_sample_sum(s), s, t
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         y, log_det, _, _ = self._forward(x)
         return y, log_det
 
     def inverse(self, y: Tensor) -> Tensor:
-        if self.channel_split:
-            y_b, y_a = self._parts(y)
-            s, t = self._st(y_a)
-            return self._join(y_b * torch.exp(-s) - t, y_a)
-        if self.packed:
-            y_a, y_b = self._pack(y)
-            s, t = self._st(y_a)
-            return self._unpack(y_a, y_b * torch.exp(-s) - t)
-        s, t = self._st(y * self.condition)
-        s = s * self.transform
-        t = t * self.transform
-        return y * (1.0 - self.transform) + (y * torch.exp(-s) - t) * self.transform
+        y_a, y_b = self.split(y)
+        s, t = self._st(y_a)
+        return self.join(y_a, y_b * torch.exp(-s) - t)
 
-    def trace_forward(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """Forward pass that also returns the input, s, t and the masks as full-size tensors.
-
-        For channel and packed checkerboard masks ``s`` and ``t`` are placed into zero tensors of the
-        input's shape, so every mask kind is inspected the same way.
-        """
+    def trace_forward(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        """Forward pass that also returns the input, s, t and the masks as full-size tensors, so every mask
+        kind is inspected the same way."""
         y, log_det, s, t = self._forward(x)
-        if self.channel_split:
-            full_s, full_t = torch.zeros_like(x), torch.zeros_like(x)
-            target = slice(0, self.split) if self.transformed_first else slice(self.split, None)
-            full_s[:, target], full_t[:, target] = s, t
-            s, t = full_s, full_t
-        elif self.packed:
-            s, t = self._unpack(torch.zeros_like(s), s), self._unpack(torch.zeros_like(t), t)
-        return y, log_det, {"input": x, "s": s, "t": t,
+        return y, log_det, {"input": x, "s": self.full_size(s, x), "t": self.full_size(t, x),
                             "condition": self.condition.expand_as(x[:1])[0],
                             "transform": self.transform.expand_as(x[:1])[0]}
 
     def extra_repr(self) -> str:
         return f"mask={self.mask_kind}:{self.mask_index}"
+
+
+class MaskedCoupling(AffineCoupling):
+    """A coupling whose mask multiplies: the st-network sees ``x * condition`` and ``s``, ``t`` are zeroed where
+    ``transform`` is 0, so those entries pass through exactly (``(x + 0) * exp(0) = x``). Checkerboard,
+    horizontal, vertical and cycle masks on images, and the tabular mask on vectors."""
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return x * self.condition, x
+
+    def join(self, x_a: Tensor, y_b: Tensor) -> Tensor:
+        return y_b
+
+    def restrict(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        return s * self.transform, t * self.transform
+
+
+class ChannelCoupling(AffineCoupling):
+    """A coupling on channel halves, by slicing (RealNVP's channel-wise and Glow's couplings): mask index 0
+    transforms the first half of the channels, index 1 the second; the st-network sees only the other half."""
+
+    def __init__(self, mask: CouplingMask, st_net: nn.Module) -> None:
+        self.channels = mask.condition.shape[0]
+        self.transformed_first = mask.index == 0
+        super().__init__(mask, st_net)
+
+    def num_scaled(self, mask: CouplingMask) -> int:
+        half = self.channels // 2
+        return half if self.transformed_first else self.channels - half
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        half = self.channels // 2
+        if self.transformed_first:
+            return x[:, half:], x[:, :half]
+        return x[:, :half], x[:, half:]
+
+    def join(self, x_a: Tensor, y_b: Tensor) -> Tensor:
+        return torch.cat((y_b, x_a), 1) if self.transformed_first else torch.cat((x_a, y_b), 1)
+
+    def full_size(self, v: Tensor, x: Tensor) -> Tensor:
+        full = torch.zeros_like(x)
+        half = self.channels // 2
+        full[:, slice(0, half) if self.transformed_first else slice(half, None)] = v
+        return full
+
+
+class PackedCheckerboardCoupling(AffineCoupling):
+    """A checkerboard coupling on half-width tensors: row ``i`` keeps its own pixels of each half, in order,
+    so the st-network sees and predicts only those (half the convolution work of :class:`MaskedCoupling`, the
+    same pixels; not the paper's model, whose st-networks see the masked full-size image)."""
+
+    def __init__(self, mask: CouplingMask, st_net: nn.Module) -> None:
+        super().__init__(mask, st_net)
+        # row i's conditioning pixels sit in the even columns when condition[:, i, 0] is 1
+        self.register_buffer("condition_in_even_columns", mask.condition[0, :, 0].bool().view(1, 1, -1, 1),
+                             persistent=False)
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        b, c, h, w = x.shape
+        pairs = x.reshape(b, c, h, w // 2, 2)
+        even, odd = pairs[..., 0], pairs[..., 1]
+        sel = self.condition_in_even_columns
+        return torch.where(sel, even, odd), torch.where(sel, odd, even)
+
+    def join(self, x_a: Tensor, y_b: Tensor) -> Tensor:
+        sel = self.condition_in_even_columns
+        pairs = torch.stack((torch.where(sel, x_a, y_b), torch.where(sel, y_b, x_a)), dim=-1)
+        b, c, h, half = x_a.shape
+        return pairs.reshape(b, c, h, 2 * half)
+
+    def full_size(self, v: Tensor, x: Tensor) -> Tensor:
+        return self.join(torch.zeros_like(v), v)

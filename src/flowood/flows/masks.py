@@ -74,6 +74,73 @@ def _quadrant(shape: tuple[int, ...], q: int) -> Tensor:
     return m
 
 
+def _tabular_mask(shape: tuple[int, ...], index: int) -> CouplingMask:
+    if len(shape) != 1 or shape[0] < 2:
+        raise ConfigError(f"a tabular mask needs a vector of at least 2 features, got shape {shape}")
+    d = shape[0]
+    cond = torch.zeros(shape)
+    if index % 2 == 0:
+        cond[: d // 2] = 1.0
+    else:
+        cond[d // 2:] = 1.0
+    return CouplingMask("tabular", index % 2, cond, 1.0 - cond)
+
+
+def _checkerboard_mask(shape: tuple[int, ...], index: int, kind: str = "checkerboard") -> CouplingMask:
+    c, h, w = shape
+    if kind == "checkerboard_packed" and w % 2:
+        raise ConfigError(f"a checkerboard_packed mask needs an even width, got shape {shape}")
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    board = ((yy + xx) % 2 == index % 2).float()
+    cond = board.expand(c, h, w).clone()
+    return CouplingMask(kind, index % 2, cond, 1.0 - cond)
+
+
+def _channel_mask(shape: tuple[int, ...], index: int) -> CouplingMask:
+    c = shape[0]
+    if c < 2:
+        raise ConfigError(f"a channel mask needs at least 2 channels, got {c}; squeeze first")
+    cond = torch.zeros(shape)
+    if index % 2 == 0:
+        cond[c // 2:] = 1.0  # transform the first half, condition on the second
+    else:
+        cond[: c // 2] = 1.0
+    return CouplingMask("channel", index % 2, cond, 1.0 - cond)
+
+
+def _half_mask(shape: tuple[int, ...], index: int, kind: str) -> CouplingMask:
+    """``horizontal`` (top / bottom halves) or ``vertical`` (left / right halves)."""
+    _, h, w = shape
+    size = h if kind == "horizontal" else w
+    if size < 2:
+        raise ConfigError(f"a {kind} mask needs at least 2 pixels along its axis, got shape {shape}")
+    cond = torch.zeros(shape)
+    part = slice(0, size // 2) if index % 2 == 0 else slice(size // 2, size)
+    if kind == "horizontal":
+        cond[:, part, :] = 1.0
+    else:
+        cond[:, :, part] = 1.0
+    return CouplingMask(kind, index % 2, cond, 1.0 - cond)
+
+
+def _cycle_mask(shape: tuple[int, ...], index: int) -> CouplingMask:
+    _, h, w = shape
+    if h < 2 or w < 2:
+        raise ConfigError(f"a cycle mask needs at least 2x2 pixels, got shape {shape}")
+    q = index % 4
+    return CouplingMask("cycle", q, _quadrant(shape, q), _quadrant(shape, (q + 1) % 4))
+
+
+_IMAGE_MASKS = {
+    "checkerboard": _checkerboard_mask,
+    "checkerboard_packed": lambda shape, index: _checkerboard_mask(shape, index, "checkerboard_packed"),
+    "channel": _channel_mask,
+    "horizontal": lambda shape, index: _half_mask(shape, index, "horizontal"),
+    "vertical": lambda shape, index: _half_mask(shape, index, "vertical"),
+    "cycle": _cycle_mask,
+}
+
+
 def make_mask(kind: str, shape: tuple[int, ...], index: int = 0) -> CouplingMask:
     """Build a mask for inputs of one sample shape.
 
@@ -93,51 +160,9 @@ def make_mask(kind: str, shape: tuple[int, ...], index: int = 0) -> CouplingMask
     """
     shape = tuple(int(s) for s in shape)
     if kind == "tabular":
-        if len(shape) != 1 or shape[0] < 2:
-            raise ConfigError(f"a tabular mask needs a vector of at least 2 features, got shape {shape}")
-        d = shape[0]
-        cond = torch.zeros(shape)
-        if index % 2 == 0:
-            cond[: d // 2] = 1.0
-        else:
-            cond[d // 2:] = 1.0
-        return CouplingMask(kind, index % 2, cond, 1.0 - cond)
-    if kind not in MASK_KINDS:
+        return _tabular_mask(shape, index)
+    if kind not in _IMAGE_MASKS:
         raise ConfigError(f"unknown mask {kind!r}; choose one of {', '.join(MASK_KINDS)}")
     if len(shape) != 3:
         raise ConfigError(f"a {kind} mask needs an image shape (C, H, W), got {shape}")
-    c, h, w = shape
-    if kind in ("checkerboard", "checkerboard_packed"):
-        if kind == "checkerboard_packed" and w % 2:
-            raise ConfigError(f"a checkerboard_packed mask needs an even width, got shape {shape}")
-        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        board = ((yy + xx) % 2 == index % 2).float()
-        cond = board.expand(c, h, w).clone()
-        return CouplingMask(kind, index % 2, cond, 1.0 - cond)
-    if kind == "channel":
-        if c < 2:
-            raise ConfigError(f"a channel mask needs at least 2 channels, got {c}; squeeze first")
-        cond = torch.zeros(shape)
-        if index % 2 == 0:
-            cond[c // 2:] = 1.0  # transform the first half, condition on the second
-        else:
-            cond[: c // 2] = 1.0
-        return CouplingMask(kind, index % 2, cond, 1.0 - cond)
-    if kind in ("horizontal", "vertical"):
-        size = h if kind == "horizontal" else w
-        if size < 2:
-            raise ConfigError(f"a {kind} mask needs at least 2 pixels along its axis, got shape {shape}")
-        cond = torch.zeros(shape)
-        first = slice(0, size // 2)
-        second = slice(size // 2, size)
-        part = first if index % 2 == 0 else second
-        if kind == "horizontal":
-            cond[:, part, :] = 1.0
-        else:
-            cond[:, :, part] = 1.0
-        return CouplingMask(kind, index % 2, cond, 1.0 - cond)
-    # cycle
-    if h < 2 or w < 2:
-        raise ConfigError(f"a cycle mask needs at least 2x2 pixels, got shape {shape}")
-    q = index % 4
-    return CouplingMask(kind, q, _quadrant(shape, q), _quadrant(shape, (q + 1) % 4))
+    return _IMAGE_MASKS[kind](shape, index)

@@ -107,6 +107,55 @@ def _settings(exp: Experiment, state: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _numbers_table(ev: dict[str, Any]) -> Table:
+    numbers: Table = (["set", "bits/dim", "AUROC (likelihood)", "AUROC (other scores)"], [])
+    if ev:
+        numbers[1].append(["in-distribution test", _fmt(ev["test_bpd"]), "–", "–"])
+        for name, v in ev["ood"].items():
+            others = ", ".join(f"{s} {_fmt(a)}" for s, a in v.get("scores", {}).items() if s != "likelihood")
+            numbers[1].append([_short(name), _fmt(v["bpd"]), _fmt(v["auroc"]), others or "–"])
+    return numbers
+
+
+def _section_lines(exp: Experiment, state: dict[str, Any], numbers: Table) -> list[str]:
+    """One experiment's Markdown section; its first six lines are the heading, status and settings."""
+    status = state.get("status", "not run")
+    lines = [f"### {exp.title} (`{exp.name}`)", "", f"Paper: {exp.paper or '–'}. Status: **{status}**"
+             + (f": {state['reason']}" if state.get("reason") else "") + ".", "",
+             f"Settings at this scale: {_settings(exp, state)}.", ""]
+    if numbers[1]:
+        lines += [_md_table(numbers), ""]
+    if exp.paper_numbers:
+        lines += ["The paper's numbers: " + ", ".join(f"{k} {v}" for k, v in exp.paper_numbers.items()) + ".", ""]
+    r2 = (state.get("stages", {}).get("inspect") or {}).get("mean_r2")
+    if r2:
+        lines += ["Mean R² of the couplings' -t as a prediction of the masked pixels: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in r2.items()) + ".", ""]
+    if state.get("ood_missing"):
+        lines += ["Not evaluated (data not available here): " + "; ".join(state["ood_missing"].values()) + ".", ""]
+    if exp.notes:
+        lines += [exp.notes.strip(), ""]
+    return lines
+
+
+def _section_html(exp: Experiment, state: dict[str, Any], numbers: Table, lines: list[str], out: Path) -> str:
+    status = state.get("status", "not run")
+    body = [f"<h3>{html.escape(exp.title)} ({html.escape(exp.name)})</h3>",
+            f"<p>Paper: {html.escape(exp.paper or '–')}. Status: <b>{html.escape(status)}</b>"
+            + (f": {html.escape(state['reason'])}" if state.get("reason") else "") + ".</p>",
+            f"<p class='note'>Settings at this scale: {html.escape(_settings(exp, state))}.</p>"]
+    if numbers[1]:
+        body.append(_html_table(numbers))
+    body += [f"<p class='note'>{html.escape(line)}</p>" for line in lines[6:] if line and not line.startswith("|")]
+    for rel, caption in (("eval/loglik_hist.png", "log-likelihood histograms"),
+                         ("inspect/coupling_prediction_r2.png", "coupling prediction R²"),
+                         ("inspect/samples.png", "samples")):
+        path = out / exp.name / rel
+        if path.exists():
+            body.append(figure(path, f"{exp.name}: {caption}"))
+    return "\n".join(body)
+
+
 def write_results(out: Path, experiments: list[Experiment], states: dict[str, dict[str, Any]],
                   run: dict[str, Any], seconds: float) -> tuple[Path, Path]:
     """Write ``OUT/results.md`` and ``OUT/results.html`` from the experiments' statuses."""
@@ -114,54 +163,18 @@ def write_results(out: Path, experiments: list[Experiment], states: dict[str, di
     sections_md, sections_html = [], []
     for exp in experiments:
         state = states.get(exp.name, {})
-        status = state.get("status", "not run")
         ev = state.get("stages", {}).get("evaluate") or {}
         aurocs = ", ".join(f"{_short(k)} {_fmt(v['auroc'])}" for k, v in ev.get("ood", {}).items()) or "–"
         verdicts = [evaluate_check(c, state, states) for c in exp.checks]
         yes = sum(v == "yes" for v, _ in verdicts)
         decided = sum(v in ("yes", "no") for v, _ in verdicts)
-        summary_rows.append([exp.name, exp.paper or "–", status, _fmt(ev.get("test_bpd")), aurocs,
-                             f"{yes}/{decided}" if exp.checks else "–"])
-        for check, (verdict, text) in zip(exp.checks, verdicts):
-            claim_rows.append([exp.name, check.claim, text, verdict])
-        numbers: Table = (["set", "bits/dim", "AUROC (likelihood)", "AUROC (other scores)"], [])
-        if ev:
-            numbers[1].append([f"in-distribution test", _fmt(ev["test_bpd"]), "–", "–"])
-            for name, v in ev["ood"].items():
-                others = ", ".join(f"{s} {_fmt(a)}" for s, a in v.get("scores", {}).items() if s != "likelihood")
-                numbers[1].append([_short(name), _fmt(v["bpd"]), _fmt(v["auroc"]), others or "–"])
-        lines = [f"### {exp.title} (`{exp.name}`)", "", f"Paper: {exp.paper or '–'}. Status: **{status}**"
-                 + (f": {state['reason']}" if state.get("reason") else "") + ".", "",
-                 f"Settings at this scale: {_settings(exp, state)}.", ""]
-        if numbers[1]:
-            lines += [_md_table(numbers), ""]
-        if exp.paper_numbers:
-            lines += ["The paper's numbers: " + ", ".join(f"{k} {v}" for k, v in exp.paper_numbers.items()) + ".", ""]
-        r2 = (state.get("stages", {}).get("inspect") or {}).get("mean_r2")
-        if r2:
-            lines += ["Mean R² of the couplings' -t as a prediction of the masked pixels: "
-                      + ", ".join(f"{k} {v:.3f}" for k, v in r2.items()) + ".", ""]
-        if state.get("ood_missing"):
-            lines += ["Not evaluated (data not available here): " + "; ".join(state["ood_missing"].values()) + ".", ""]
-        if exp.notes:
-            lines += [exp.notes.strip(), ""]
+        summary_rows.append([exp.name, exp.paper or "–", state.get("status", "not run"), _fmt(ev.get("test_bpd")),
+                             aurocs, f"{yes}/{decided}" if exp.checks else "–"])
+        claim_rows += [[exp.name, check.claim, text, verdict] for check, (verdict, text) in zip(exp.checks, verdicts)]
+        numbers = _numbers_table(ev)
+        lines = _section_lines(exp, state, numbers)
         sections_md.append("\n".join(lines))
-        body = [f"<h3>{html.escape(exp.title)} ({html.escape(exp.name)})</h3>",
-                f"<p>Paper: {html.escape(exp.paper or '–')}. Status: <b>{html.escape(status)}</b>"
-                + (f": {html.escape(state['reason'])}" if state.get("reason") else "") + ".</p>",
-                f"<p class='note'>Settings at this scale: {html.escape(_settings(exp, state))}.</p>"]
-        if numbers[1]:
-            body.append(_html_table(numbers))
-        for line in lines[6:]:
-            if line and not line.startswith("|"):
-                body.append(f"<p class='note'>{html.escape(line)}</p>")
-        for rel, caption in (("eval/loglik_hist.png", "log-likelihood histograms"),
-                             ("inspect/coupling_prediction_r2.png", "coupling prediction R²"),
-                             ("inspect/samples.png", "samples")):
-            path = out / exp.name / rel
-            if path.exists():
-                body.append(figure(path, f"{exp.name}: {caption}"))
-        sections_html.append("\n".join(body))
+        sections_html.append(_section_html(exp, state, numbers, lines, out))
     summary: Table = (["experiment", "paper", "status", "test bits/dim", "AUROC (likelihood)", "claims reproduced"],
                       summary_rows)
     claims: Table = (["experiment", "the paper's claim", "our numbers", "reproduced"], claim_rows)

@@ -109,64 +109,71 @@ def train(config: TrainConfig, resume: str | bool | None = None, overwrite: bool
             folder.close()
 
 
+def _checkpointing(config: TrainConfig, ckpt_dir: Path) -> list[ModelCheckpoint]:
+    """``last.ckpt`` at every epoch end (every ``checkpoint_every_n_steps`` steps too) and, with ``save_freq``,
+    ``epoch=N.ckpt`` every that many epochs; never versioned (``last-v1.ckpt``): one writer per folder."""
+    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=-1 if config.save_freq else 0,
+                                 every_n_epochs=config.save_freq or 1, filename="epoch={epoch}",
+                                 auto_insert_metric_name=False, enable_version_counter=False)]
+    if config.checkpoint_every_n_steps:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                                         every_n_train_steps=config.checkpoint_every_n_steps,
+                                         enable_version_counter=False))
+    return callbacks
+
+
+def _loggers(out: Path, resume_path: Path | None, folder: OutputFolder | None) -> list[Any]:
+    """TensorBoard and CSV under ``logs/``; a resumed run logs its CSV rows beside the earlier ones (Lightning's
+    CSV logger would replace them)."""
+    csv_version = ""
+    if resume_path is not None and (out / "logs" / "csv" / "metrics.csv").exists():
+        csv_version = f"resume_{len(list((out / 'logs' / 'csv').glob('resume_*'))) + 1}"
+    if folder is not None:  # named before they exist: a crash cannot leave a log file the manifest misses
+        csv_dir = Path("logs") / "csv" / csv_version
+        folder.record(csv_dir / "metrics.csv", csv_dir / "hparams.yaml", Path("logs") / "tensorboard" / "hparams.yaml")
+    return [TensorBoardLogger(str(out / "logs"), name="tensorboard", version=""),
+            CSVLogger(str(out / "logs"), name="csv", version=csv_version)]
+
+
 def _fit(config: TrainConfig, out: Path, resume_path: Path | None, folder: OutputFolder | None, progress: bool,
          start: float) -> TrainResult:
     pl.seed_everything(config.seed, workers=True, verbose=False)
     data = FlowDataModule(config)
     data.setup()
     module = FlowModule(config.to_dict(), data.sample_shape, ood_data=data.ood_set)
-    guard = NonFiniteGuard(config.nan_policy, config.nan_tolerance, config.nan_lr_factor, config.explode_bpd,
-                           config.rollback_every, 0.0 if config.ood_dataset else config.divergence_bpd,
-                           config_hint=f"`lr` (now {config.lr}) or `max_grad_norm` (now {config.max_grad_norm})")
-    inverse_check = InvertibilityCheck(data.test_set.data[:16].clone())
-    ckpt_dir = out / "checkpoints"
     if not _is_launched_child():
         # weights, Adam's two moments, and room for the temporary file of an atomic write
         n_params = sum(p.numel() for p in module.parameters())
         check_disk_space(out, 2 * 3 * 4 * n_params * (2 if config.save_freq else 1) + (1 << 20))
-    checkpointing = ModelCheckpoint(dirpath=ckpt_dir, save_last=True,
-                                    save_top_k=-1 if config.save_freq else 0,
-                                    every_n_epochs=config.save_freq or 1, filename="epoch={epoch}",
-                                    auto_insert_metric_name=False, enable_version_counter=False)
-    callbacks: list[Any] = [guard, inverse_check, RandomState(), TrainedBatches(data.position), checkpointing]
-    if config.checkpoint_every_n_steps:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                                         every_n_train_steps=config.checkpoint_every_n_steps,
-                                         enable_version_counter=False))
-    if folder is not None:
-        callbacks.append(RecordLogs(folder))
-    if progress:
-        callbacks.append(TQDMProgressBar(refresh_rate=10))
-    # A resumed run logs its CSV rows beside the earlier ones (Lightning's CSV logger would replace them).
-    csv_version = ""
-    if resume_path is not None and (out / "logs" / "csv" / "metrics.csv").exists():
-        csv_version = f"resume_{len(list((out / 'logs' / 'csv').glob('resume_*'))) + 1}"
-    loggers = [TensorBoardLogger(str(out / "logs"), name="tensorboard", version=""),
-               CSVLogger(str(out / "logs"), name="csv", version=csv_version)]
-    if folder is not None:  # named before they exist: a crash cannot leave a log file the manifest misses
-        csv_dir = Path("logs") / "csv" / csv_version
-        folder.record(csv_dir / "metrics.csv", csv_dir / "hparams.yaml", Path("logs") / "tensorboard" / "hparams.yaml")
+    guard = NonFiniteGuard(config.nan_policy, config.nan_tolerance, config.nan_lr_factor, config.explode_bpd,
+                           config.rollback_every, 0.0 if config.ood_dataset else config.divergence_bpd,
+                           config_hint=f"`lr` (now {config.lr}) or `max_grad_norm` (now {config.max_grad_norm})")
+    inverse_check = InvertibilityCheck(data.test_set.data[:16].clone())
+    callbacks: list[Any] = [guard, inverse_check, RandomState(), TrainedBatches(data.position),
+                            *_checkpointing(config, out / "checkpoints")]
+    callbacks += [RecordLogs(folder)] if folder is not None else []
+    callbacks += [TQDMProgressBar(refresh_rate=10)] if progress else []
     accelerator, devices = lightning_accelerator(config.device, config.devices)
     trainer = pl.Trainer(
         max_epochs=config.num_epochs, max_steps=config.max_steps or -1,
         max_time=timedelta(minutes=config.max_minutes) if config.max_minutes else None,
         gradient_clip_val=config.max_grad_norm, devices=devices, num_nodes=config.num_nodes,
         accelerator=accelerator, strategy=config.strategy, precision=lightning_precision(config.precision),
-        logger=loggers, callbacks=callbacks, plugins=[AtomicCheckpointIO()], default_root_dir=str(out),
-        enable_progress_bar=progress, enable_model_summary=progress,
+        logger=_loggers(out, resume_path, folder), callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(out), enable_progress_bar=progress, enable_model_summary=progress,
         check_val_every_n_epoch=config.test_every_n_epochs, log_every_n_steps=10, num_sanity_val_steps=0)
     if trainer.is_global_zero:
         write_text_atomic(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     trainer.fit(module, datamodule=data, ckpt_path=str(resume_path) if resume_path else None)
-    last = ckpt_dir / "last.ckpt"
+    last = out / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(last)  # the final state, also when max_steps/max_minutes stopped mid-epoch
     final = trainer.validate(module, datamodule=data, verbose=False)
     if folder is not None:
         folder.record_tree("logs")  # the final validation may open a new event file
-    test_bpd = float(final[0]["test_bpd"]) if final else float("nan")
-    result = TrainResult(out, last, test_bpd, int(trainer.global_step), time.time() - start)
+    result = TrainResult(out, last, float(final[0]["test_bpd"]) if final else float("nan"), int(trainer.global_step),
+                         time.time() - start)
     if trainer.is_global_zero:
-        summary = {"test_bpd": test_bpd, "steps": result.steps, "epochs": int(trainer.current_epoch),
+        summary = {"test_bpd": result.test_bpd, "steps": result.steps, "epochs": int(trainer.current_epoch),
                    "seconds": round(result.seconds, 1), "skipped_nonfinite_steps": guard.skipped,
                    "rollbacks": guard.rollbacks, "invertibility_error": inverse_check.error,
                    "checkpoint": str(last), "dataset": config.dataset,
