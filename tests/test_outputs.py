@@ -255,20 +255,23 @@ def test_evaluate_twice_into_its_ood_folder_is_refused(places, capsys):
     assert sorted(p.name for p in (places["data"] / "digits").iterdir()) == ["0.png", "1.png", "2.png", "3.png"]
 
 
-def test_two_trainings_into_one_folder_cannot_mix(tmp_path, fixtures_dir):
+def test_two_trainings_into_one_folder_cannot_mix(tmp_path, fixtures_dir, capsys):
     """The second run is refused while the first writes; the folder then holds the first run only."""
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "flowood.cli.main", "train", "--dataset",
-            f"npz:{fixtures_dir}/fashionmnist-small.npz", "--num_blocks", "1", "--num_mid_channels", "4",
-            "--batch_size", "16", "--max_steps", "400", "--num_epochs", "100", "--max_test_samples", "32", "--no_progress", "--out", str(out)]
+    args = ["train", "--dataset", f"npz:{fixtures_dir}/fashionmnist-small.npz", "--num_blocks", "1",
+            "--num_mid_channels", "4", "--batch_size", "16", "--max_steps", "60", "--num_epochs", "100",
+            "--max_test_samples", "32", "--no_progress", "--out", str(out)]
     env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
-    first = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    first = subprocess.Popen([sys.executable, "-m", "flowood.cli.main", *args], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
     deadline = time.time() + 120
-    while not (out / LOCK).exists() and time.time() < deadline:
-        time.sleep(0.05)
-    second = subprocess.run(args + ["--overwrite"], env=env, capture_output=True, text=True, timeout=120)
+    while not (out / LOCK).exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert first.poll() is None, "the first run ended before the second could start"
+    second = main(args + ["--overwrite"])  # in this process: it reaches the lock within a fraction of a second
+    err = capsys.readouterr().err
     assert first.wait(timeout=300) == 0, first.stdout.read().decode()[-2000:]
-    assert second.returncode == 2 and "being written by another flowood run" in second.stderr
+    assert second == 2 and "being written by another flowood run" in err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.ckpt"]
     summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["steps"] == 400 and not (out / LOCK).exists()
+    assert summary["steps"] == 60 and not (out / LOCK).exists()
