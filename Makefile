@@ -1,6 +1,7 @@
 # flowood: the two commands.
 #   make demo   set up .venv, get FashionMNIST and MNIST, train a small RealNVP on CPU, evaluate OOD
-#   make test   set up .venv and run the test suite
+#   make test   set up .venv, run the linter and the test suite
+#   make docs   build the documentation site into site/
 #   make bench  set up .venv-bench (flowood + the peer libraries) and run benchmarks/compare.py
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,7 +12,7 @@ BIN := $(VENV)/bin
 BENCH_VENV ?= .venv-bench
 PEERS ?= normflows==1.7.3 nflows==0.14 zuko==1.6.0
 
-.PHONY: demo test setup clean-demo bench bench-setup
+.PHONY: demo test docs setup clean-demo bench bench-setup
 
 setup: $(VENV)/.installed
 
@@ -31,7 +32,11 @@ demo: setup
 	@echo "demo outputs: $(DEMO_OUT)/train (checkpoints, logs) and $(DEMO_OUT)/eval (report.html, metrics.json, figures)"
 
 test: setup
+	$(BIN)/ruff check src tests benchmarks docs scripts
 	$(BIN)/python -m pytest -q -n 2 --doctest-modules src tests
+
+docs: setup
+	$(BIN)/python -m mkdocs build --strict
 
 clean-demo:
 	rm -rf $(DEMO_OUT)

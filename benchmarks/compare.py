@@ -43,6 +43,7 @@ Ratios (flowood / best peer) are printed last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -117,8 +118,9 @@ class StNetsOnly(torch.nn.Module):
             device = next(self.parameters()).device
             made = [torch.randn(batch, *shape, device=device) for shape in self.shapes]
             made = [t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in made]
-            self._inputs[key] = [t.requires_grad_(key[1] and needs) for t, needs in zip(made, self.needs_input_grad)]
-        return sum(net(x).flatten(1).mean(1) for net, x in zip(self.nets, self._inputs[key]))
+            self._inputs[key] = [t.requires_grad_(key[1] and needs)
+                                 for t, needs in zip(made, self.needs_input_grad, strict=True)]
+        return sum(net(x).flatten(1).mean(1) for net, x in zip(self.nets, self._inputs[key], strict=True))
 
 
 def normflows_model(kind: str, shape: tuple[int, ...]):
@@ -221,6 +223,7 @@ def step_peak_memory(step, dev: torch.device) -> float:
         torch.cuda.synchronize(dev)
         return float(torch.cuda.max_memory_allocated(dev) - base)
     import tempfile
+
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         step()
@@ -233,10 +236,8 @@ def step_peak_memory(step, dev: torch.device) -> float:
 
 
 def peak_rss_reset() -> int:
-    try:
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
-    except OSError:
-        pass
     return _status("VmRSS")
 
 
@@ -398,7 +399,7 @@ def main() -> None:
                     continue
                 proc = subprocess.run([sys.executable, __file__, "--worker", case, library, "--device", args.device,
                                        "--steps", str(args.steps)], capture_output=True, text=True, env=env)
-                line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+                line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
                 if line is None:
                     print(f"{case} / {library}: failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}")
                     continue

@@ -76,14 +76,15 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}")
+    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"batch {args.batch}")
     print("| model | input | params | train steps/s | train img/s | score img/s | peak MiB |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for model in MODELS:
         for shape in ((1, 28, 28), (3, 32, 32)):
             r = bench(model, shape, device, args.steps, args.batch)
-            print(f"| {r['model']} | {r['shape']} | {r['params']:,} | {r['train_steps_s']:.2f} | {r['train_img_s']:.0f} | "
-                  f"{r['score_img_s']:.0f} | {r['peak_mib']:.0f} |")
+            print(f"| {r['model']} | {r['shape']} | {r['params']:,} | {r['train_steps_s']:.2f} | "
+                  f"{r['train_img_s']:.0f} | {r['score_img_s']:.0f} | {r['peak_mib']:.0f} |")
 
 
 if __name__ == "__main__":

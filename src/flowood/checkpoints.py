@@ -34,7 +34,8 @@ def read_weights_file(path: str | Path, map_location: str | torch.device = "cpu"
     """``torch.load`` of a file that may hold only tensors and plain containers (never code to run).
 
     Raises:
-        CheckpointError: (naming the file as ``what``) the file is missing, a folder, holds objects that are not plain tensors (refused:
+        CheckpointError: (naming the file as ``what``) the file is missing, a folder, holds objects that are
+            not plain tensors (refused:
             unpickling them could run arbitrary code), or is corrupt or truncated.
     """
     path = Path(path)
@@ -44,7 +45,7 @@ def read_weights_file(path: str | Path, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"{what} {path} does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for bad files
+    except Exception as err:
         if isinstance(err, pickle.UnpicklingError) and "global" in str(err).lower():
             # a class or function to import: not a plain container of tensors
             raise CheckpointError(f"{what} {path} was refused: it holds objects that are not plain tensors, and "

@@ -9,7 +9,8 @@ same names as flags (``--overwrite``).
 from __future__ import annotations
 
 import difflib
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = ["FlowoodError", "DataError", "InputError", "ModelError", "closest"]
 

@@ -13,7 +13,8 @@ body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max
 h1{font-size:1.5em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.6em 0} td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 th:first-child,td:first-child{text-align:left} .best{font-weight:bold;background:#e8f4e8}
-.bad{color:#a33} figure{display:inline-block;margin:.4em;vertical-align:top;max-width:48%} figcaption{font-size:.85em;color:#555}
+.bad{color:#a33} figure{display:inline-block;margin:.4em;vertical-align:top;max-width:48%}
+figcaption{font-size:.85em;color:#555}
 figure.wide{max-width:100%} img{max-width:100%} .note{color:#555;font-size:.9em}
 """
 

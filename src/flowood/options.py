@@ -60,7 +60,7 @@ class OptionInfo:
     minimum: float | None = None
 
 
-def option(default: Any = MISSING, help: str = "", *, choices: tuple[Any, ...] | None = None,  # noqa: A002
+def option(default: Any = MISSING, help: str = "", *, choices: tuple[Any, ...] | None = None,
            aliases: tuple[str, ...] = (), value_aliases: dict[str, Any] | None = None, metavar: str | None = None,
            flag: bool = True, minimum: float | None = None, default_factory: Any = MISSING) -> Any:
     """A dataclass field that carries its :class:`OptionInfo` (see the module docstring)."""
@@ -97,7 +97,7 @@ def _strip_optional(kind: Any) -> tuple[Any, bool]:
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(kind) if a is not type(None)]
         if len(args) < len(typing.get_args(kind)):
-            return (args[0] if len(args) == 1 else Union[tuple(args)]), True
+            return (args[0] if len(args) == 1 else Union[tuple(args)]), True  # noqa: UP007 - built at run time
     return kind, False
 
 
@@ -166,7 +166,7 @@ def _coerce_type(name: str, value: Any, kind: Any) -> Any:
 def _flat_names(cls: type) -> dict[str, tuple[str, ...]]:
     """Every accepted key of ``cls`` (names and aliases, also those of nested option classes) -> its path."""
     names: dict[str, tuple[str, ...]] = {}
-    for f, info, kind in options_of(cls):
+    for f, _, kind in options_of(cls):
         if is_dataclass(kind):
             names.update({k: (f.name, *path) for k, path in _flat_names(kind).items()})
     for f, info, _ in options_of(cls):  # the class's own names win over nested ones

@@ -35,7 +35,8 @@ from typing import Any
 from flowood.errors import FlowoodError
 
 __all__ = ["OutputError", "OutputExistsError", "OutputLockedError", "OutputFolder", "open_output_folder",
-           "atomic_write", "write_text_atomic", "save_figure", "check_output_file", "remove_output_folder", "MANIFEST", "LOCK"]
+           "atomic_write", "write_text_atomic", "save_figure", "check_output_file", "remove_output_folder", "MANIFEST",
+           "LOCK"]
 
 MANIFEST = ".flowood-run.json"
 LOCK = ".flowood-lock"
@@ -156,7 +157,7 @@ def _acquire_lock(folder: Path) -> Path:
     for _ in range(3):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+        except FileExistsError as exists:
             try:
                 holder = json.loads(lock.read_text())
             except (OSError, ValueError):
@@ -170,7 +171,7 @@ def _acquire_lock(folder: Path) -> Path:
             where = f"process {pid} on host {host}" if pid else "another process"
             raise OutputLockedError(f"{folder} is being written by another flowood run ({where}, since "
                                     f"{holder.get('since', '?')}); wait for it to finish or choose another `out`. "
-                                    f"If that run is gone (e.g. its machine crashed), delete {lock}")
+                                    f"If that run is gone (e.g. its machine crashed), delete {lock}") from exists
         with os.fdopen(fd, "w") as f:
             json.dump(me, f)
         return lock

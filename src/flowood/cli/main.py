@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowood.cli.flags import FlowoodParser, Accumulate, add_options, as_flags, given_options, spellings
+from flowood.cli.flags import Accumulate, FlowoodParser, add_options, as_flags, given_options, spellings
 
 __all__ = ["main", "build_parser"]
 
@@ -250,7 +250,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 2
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as one line each, in command-line words, without the source line Python would print."""
     print(f"warning: {as_flags(str(message))}", file=sys.stderr)
 

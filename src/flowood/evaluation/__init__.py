@@ -1,6 +1,12 @@
 """Evaluating trained flows as OOD detectors: scores, metrics, figures and report.html."""
 
-from flowood.evaluation.evaluate import (EvaluateOptions, EvaluationResult, evaluate, markdown_table, score_bits_per_dim,
-                                         scores_table)
+from flowood.evaluation.evaluate import (
+                                         EvaluateOptions,
+                                         EvaluationResult,
+                                         evaluate,
+                                         markdown_table,
+                                         score_bits_per_dim,
+                                         scores_table,
+)
 
 __all__ = ["EvaluateOptions", "EvaluationResult", "evaluate", "markdown_table", "score_bits_per_dim", "scores_table"]

@@ -34,8 +34,14 @@ from flowood.ood.metrics import ood_metrics
 from flowood.ood.scores import DEFAULT_SCORES, SCORE_NAMES, make_score, score_bits_per_dim
 from flowood.options import ConfigError, merge_options, option, to_mapping
 from flowood.outputs import atomic_write, open_output_folder, write_text_atomic
-from flowood.runtime import check_precision, data_root_option, device_option, precision_option, resolve_device, \
-    seed_option
+from flowood.runtime import (
+    check_precision,
+    data_root_option,
+    device_option,
+    precision_option,
+    resolve_device,
+    seed_option,
+)
 
 __all__ = ["evaluate", "EvaluateOptions", "EvaluationResult", "EvaluationPlan", "ScoredSets", "markdown_table",
            "scores_table", "plan_evaluation", "prepare_models", "load_sets", "compute_scores", "summarize",
@@ -132,7 +138,8 @@ def markdown_table(metrics: dict[str, Any]) -> str:
     """The likelihood evaluation as a Markdown table, one row per data set."""
     ind = metrics["in_distribution"]
     rows = ["| data set | n | bits/dim (mean ± sd) | AUROC | AUPR | FPR@95%TPR |", "|---|---:|---:|---:|---:|---:|",
-            f"| {ind['name']} (in-dist, test) | {ind['n']} | {ind['bpd_mean']:.3f} ± {ind['bpd_std']:.3f} | – | – | – |"]
+            f"| {ind['name']} (in-dist, test) | {ind['n']} | {ind['bpd_mean']:.3f} ± {ind['bpd_std']:.3f} "
+            "| – | – | – |"]
     for name, m in metrics["ood"].items():
         rows.append(f"| {name} | {m['n']} | {m['bpd_mean']:.3f} ± {m['bpd_std']:.3f} | {m['auroc']:.3f} | "
                     f"{m['aupr']:.3f} | {m['fpr95']:.3f} |")
@@ -312,7 +319,7 @@ def evaluate(checkpoint: str | Path | LoadedFlow, ood: list[str], out: str | Pat
 
     Example:
         >>> result = evaluate("runs/demo/train/checkpoints/last.ckpt", ["mnist"], max_samples=500)  # doctest: +SKIP
-        >>> result.metrics["ood"]["mnist"]["auroc"]  # doctest: +SKIP
+        >>> auroc = result.metrics.get("ood").get("mnist").get("auroc")  # doctest: +SKIP
 
     Raises:
         OutputError: ``out`` is unsafe, not writable, or holds an earlier evaluation without ``overwrite``.

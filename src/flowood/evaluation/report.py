@@ -46,7 +46,7 @@ def write_report(metrics: dict[str, Any], figures: dict[str, Any], path: Path) -
     parts.append("<h2>Likelihood (bits/dim)</h2><table><tr><th>set</th><th>n</th><th>bits/dim mean ± sd</th>"
                  "<th>AUROC</th><th>AUPR in</th><th>AUPR out</th><th>FPR@95%TPR</th><th>detection acc.</th></tr>")
     parts.append(f"<tr><td>{e(ind['name'])} (in-dist, test)</td><td>{ind['n']}</td>"
-                 f"<td>{ind['bpd_mean']:.3f} ± {ind['bpd_std']:.3f}</td><td>–</td><td>–</td><td>–</td><td>–</td><td>–</td></tr>")
+                 f"<td>{ind['bpd_mean']:.3f} ± {ind['bpd_std']:.3f}</td>" + "<td>–</td>" * 5 + "</tr>")
     for name, m in metrics["ood"].items():
         parts.append(f"<tr><td>{e(name)}</td><td>{m['n']}</td><td>{m['bpd_mean']:.3f} ± {m['bpd_std']:.3f}</td>"
                      f"<td>{m['auroc']:.3f}</td><td>{m['aupr_in']:.3f}</td><td>{m['aupr_out']:.3f}</td>"

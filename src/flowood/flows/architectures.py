@@ -145,7 +145,7 @@ def _document(factory: Any, names: tuple[str, ...]) -> Any:
     return factory
 
 
-def RealNVP(input_shape: tuple[int, int, int] = (1, 28, 28), *, num_scales: int = _D.num_scales,  # noqa: N802
+def RealNVP(input_shape: tuple[int, int, int] = (1, 28, 28), *, num_scales: int = _D.num_scales,
             num_blocks: int = _D.num_blocks, num_mid_channels: int = _D.num_mid_channels,
             num_coupling_layers_per_scale: int | None = _D.num_coupling_layers_per_scale,
             st_type: str | None = _D.st_type, mask: str | None = _D.mask, latent_dim: int = _D.latent_dim,
@@ -170,7 +170,7 @@ def RealNVP(input_shape: tuple[int, int, int] = (1, 28, 28), *, num_scales: int 
     return build_flow(flow="RealNVP", input_shape=tuple(input_shape), **options)
 
 
-def Glow(input_shape: tuple[int, int, int] = (1, 28, 28), *, num_scales: int = _D.num_scales,  # noqa: N802
+def Glow(input_shape: tuple[int, int, int] = (1, 28, 28), *, num_scales: int = _D.num_scales,
          num_coupling_layers_per_scale: int | None = _D.num_coupling_layers_per_scale,
          num_blocks: int = _D.num_blocks, num_mid_channels: int = _D.num_mid_channels, st_type: str | None = _D.st_type,
          mask: str | None = _D.mask, latent_dim: int = _D.latent_dim, init_zeros: bool = _D.init_zeros,
@@ -190,7 +190,7 @@ def Glow(input_shape: tuple[int, int, int] = (1, 28, 28), *, num_scales: int = _
     return build_flow(flow="Glow", input_shape=tuple(input_shape), **options)
 
 
-def RealNVPTabular(dim: int, *, num_coupling_layers: int = _D.num_coupling_layers,  # noqa: N802
+def RealNVPTabular(dim: int, *, num_coupling_layers: int = _D.num_coupling_layers,
                    num_hidden_layers: int = _D.num_hidden_layers, num_hidden_units: int = _D.num_hidden_units,
                    init_zeros: bool = _D.init_zeros, actnorm: bool = _D.actnorm) -> FlowModel:
     """RealNVP for vectors: couplings on alternating halves of the features with MLP st-networks.
@@ -204,7 +204,7 @@ def RealNVPTabular(dim: int, *, num_coupling_layers: int = _D.num_coupling_layer
     return build_flow(flow="RealNVPTabular", input_shape=(int(dim),), **options)
 
 
-def MAF(dim: int, *, num_coupling_layers: int = _D.num_coupling_layers,  # noqa: N802
+def MAF(dim: int, *, num_coupling_layers: int = _D.num_coupling_layers,
         num_hidden_layers: int = _D.num_hidden_layers, num_hidden_units: int = _D.num_hidden_units,
         init_zeros: bool = _D.init_zeros, actnorm: bool = _D.actnorm) -> FlowModel:
     """Masked autoregressive flow for vectors: ``num_coupling_layers`` MADE layers (each feature's

@@ -21,10 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flowood.options import ConfigError
-
 from flowood.flows.base import FlowLayer, zeros_log_det
 from flowood.flows.precision import run_st_net
+from flowood.options import ConfigError
 
 __all__ = ["MaskedLinear", "MADE", "MaskedAffineAutoregressive", "ReversePermutation"]
 

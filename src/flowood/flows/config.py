@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowood.errors import closest
-from flowood.options import ConfigError, default_of, from_mapping, option, options_of, to_mapping
 from flowood.flows.masks import SPATIAL_MASK_KINDS
 from flowood.flows.nets import IMAGE_ST_TYPES
+from flowood.options import ConfigError, default_of, from_mapping, option, options_of, to_mapping
 
 __all__ = ["FlowConfig", "FLOW_NAMES", "TABULAR_FLOWS", "FLOW_ALIASES", "ConfigError"]
 
@@ -91,7 +91,8 @@ class FlowConfig:
         by_lower.update({"tabular": "RealNVPTabular", "realnvp_tabular": "RealNVPTabular"})
         name = by_lower.get(str(values["flow"]).lower())
         if name is None:
-            raise ConfigError(f"unknown flow {values['flow']!r}{closest(values['flow'], FLOW_NAMES + tuple(FLOW_ALIASES))}; "
+            known = FLOW_NAMES + tuple(FLOW_ALIASES)
+            raise ConfigError(f"unknown flow {values['flow']!r}{closest(values['flow'], known)}; "
                               f"choose one of {', '.join(FLOW_NAMES + tuple(FLOW_ALIASES))}")
         values["flow"] = name
         cfg = FlowConfig.from_dict(values)
@@ -153,5 +154,6 @@ class FlowConfig:
         squeezes = self.num_scales - 1 if self.flow == "RealNVP" else self.num_scales
         factor = 2 ** squeezes
         if h % factor or w % factor:
-            raise ConfigError(f"{self.flow} with num_scales={self.num_scales} squeezes {squeezes} times, so image height "
-                              f"and width must be divisible by {factor}; got {h}x{w}. Lower num_scales or resize the images")
+            raise ConfigError(f"{self.flow} with num_scales={self.num_scales} squeezes {squeezes} times, so image "
+                              f"height and width must be divisible by {factor}; got {h}x{w}. Lower num_scales or "
+                              "resize the images")

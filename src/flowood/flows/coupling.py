@@ -62,7 +62,7 @@ class AffineCoupling(FlowLayer):
 
     kind = "coupling"
 
-    def __new__(cls, mask: CouplingMask | None = None, st_net: nn.Module | None = None) -> AffineCoupling:  # noqa: PYI034
+    def __new__(cls, mask: CouplingMask | None = None, st_net: nn.Module | None = None) -> AffineCoupling:
         if cls is AffineCoupling and mask is not None:  # (copy and pickle call __new__ without arguments)
             cls = ChannelCoupling if mask.is_channel_split else \
                 PackedCheckerboardCoupling if mask.is_packed else MaskedCoupling

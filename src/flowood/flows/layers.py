@@ -8,7 +8,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowood.errors import InputError
-
 from flowood.flows.base import FlowLayer
 
 __all__ = ["ActNorm", "InvertibleConv1x1", "Squeeze", "squeeze2d", "unsqueeze2d"]

@@ -65,7 +65,7 @@ class CouplingMask:
 
 def _quadrant(shape: tuple[int, ...], q: int) -> Tensor:
     """Quadrants numbered clockwise from the top left: 0 TL, 1 TR, 2 BR, 3 BL."""
-    c, h, w = shape
+    _, h, w = shape
     m = torch.zeros(shape)
     hs, ws = h // 2, w // 2
     rows, cols = {0: (slice(0, hs), slice(0, ws)), 1: (slice(0, hs), slice(ws, w)),

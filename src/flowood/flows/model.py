@@ -17,7 +17,6 @@ import torch
 from torch import Tensor, nn
 
 from flowood.errors import InputError
-
 from flowood.flows.base import FlowLayer, LayerRecord, per_sample_sum
 from flowood.flows.layers import ActNorm, Squeeze, squeeze2d, unsqueeze2d
 from flowood.flows.precision import flow_precision, parse_precision
@@ -210,7 +209,7 @@ class FlowModel(nn.Module):
             if records is not None:
                 records.append(LayerRecord("logit", "logit", h, ld))
         factored: list[Tensor] = []
-        for name, step in zip(self.step_names, self.steps):
+        for name, step in zip(self.step_names, self.steps, strict=True):
             if isinstance(step, Split):
                 part, h = Split.factor_out(h)
                 factored.append(part)
@@ -382,7 +381,8 @@ class FlowModel(nn.Module):
 
     def coupling_layers(self) -> list[tuple[str, FlowLayer]]:
         """``(name, layer)`` of every coupling layer, in order."""
-        return [(n, s) for n, s in zip(self.step_names, self.steps) if getattr(s, "kind", "") == "coupling"]
+        return [(n, s) for n, s in zip(self.step_names, self.steps, strict=True)
+                if getattr(s, "kind", "") == "coupling"]
 
     def extra_repr(self) -> str:
         return f"input_shape={self.input_shape}, discrete={self.discrete}"

@@ -15,8 +15,8 @@ or, if that is unset, from an enclosing ``torch.autocast`` (Lightning's ``precis
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn

@@ -18,9 +18,8 @@ import math
 import torch
 from torch import Tensor
 
-from flowood.options import ConfigError
-
 from flowood.flows.base import FlowLayer, per_sample_sum
+from flowood.options import ConfigError
 
 __all__ = ["LogitTransform", "dequantize", "quantize", "to_unit_interval", "DEQUANTIZATION_LOG_DET"]
 

@@ -80,7 +80,8 @@ def likelihood_contributions(flow: FlowModel, x: Tensor, noise: str = "center") 
     flow.eval()
     tr = flow.trace(x, noise=noise)
     total = float(tr.log_prob.mean())
-    layers = [{"name": r.name, "kind": r.kind, "nats": float(r.log_det.mean())} for r in tr.records if r.kind != "split"]
+    layers = [{"name": r.name, "kind": r.kind, "nats": float(r.log_det.mean())}
+              for r in tr.records if r.kind != "split"]
     if flow.discrete:
         layers.append({"name": "dequantization", "kind": "constant", "nats": flow.num_dims * DEQUANTIZATION_LOG_DET})
     scales = [{"name": name, "prior_nats": float(flow.prior.log_prob(z).mean())} for name, z in tr.latents.items()]
@@ -132,7 +133,8 @@ def pixel_log_likelihood(flow: FlowModel, x: Tensor, noise: str = "center") -> T
             h, _, extras = step.trace_forward(h)
             ld = ld + extras["s"]
     terms = -0.5 * h * h - 0.5 * math.log(2 * math.pi) + ld
-    factored_terms = [-0.5 * z * z - 0.5 * math.log(2 * math.pi) + l for z, l in zip(factored, factored_ld)]
+    factored_terms = [-0.5 * z * z - 0.5 * math.log(2 * math.pi) + z_ld
+                      for z, z_ld in zip(factored, factored_ld, strict=True)]
     return flow.assemble(terms, factored_terms).sum(1)
 
 

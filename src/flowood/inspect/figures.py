@@ -74,7 +74,8 @@ def latents_figure(rows: list[dict], path: Path, pdf: bool = False, noise_sample
     """Per input: the input, z, z averaged over dequantization noises, and each scale's latents (channel 0)."""
     grid = []
     for row in rows:
-        cells = [("input", row["input"], False), ("z", row["z"], True), (f"z, mean of {noise_samples}", row["z_mean"], True)]
+        cells = [("input", row["input"], False), ("z", row["z"], True),
+                 (f"z, mean of {noise_samples}", row["z_mean"], True)]
         cells += [(f"{name} (ch 0)", lat, True) for name, lat in row["scales"].items()]
         grid.append((row["label"], cells))
     return _grid(grid, path, pdf, "Latent representations (z keeps the input's edges and shapes)")
@@ -118,11 +119,11 @@ def contributions_figure(contributions: dict[str, dict], path: Path, pdf: bool =
     """Share of the total log-likelihood from each layer's log-det and each scale's prior, per image set."""
     plt = _plt()
     first = next(iter(contributions.values()))
-    names = [l["name"] for l in first["layers"]] + [f"prior {s['name']}" for s in first["scales"]]
+    names = [layer["name"] for layer in first["layers"]] + [f"prior {s['name']}" for s in first["scales"]]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.3 * len(names)), 3.4))
     width = 0.8 / len(contributions)
     for i, (label, c) in enumerate(contributions.items()):
-        shares = [l["share"] for l in c["layers"]] + [s["share"] for s in c["scales"]]
+        shares = [layer["share"] for layer in c["layers"]] + [s["share"] for s in c["scales"]]
         ax.bar(np.arange(len(names)) + i * width, shares, width, label=f"{label} ({c['total_nats']:.0f} nats)")
     return _per_layer_axes(fig, ax, np.arange(len(names)) + 0.4 - width / 2, names, "share of log-likelihood",
                            "Where the log-likelihood comes from (negative share = raises the likelihood)", path, pdf)

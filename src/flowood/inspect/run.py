@@ -18,14 +18,19 @@ from flowood.checkpoints import LoadedFlow, load_flow
 from flowood.data import dataset_inputs, fit_to_shape, load_dataset
 from flowood.errors import DataError
 from flowood.flows import FlowModel
+from flowood.htmlpage import figure, page
+from flowood.inspect import figures as F
+from flowood.inspect.analysis import (
+    averaged_latents,
+    coupling_prediction_quality,
+    likelihood_contributions,
+    pearson,
+    pixel_log_likelihood,
+)
+from flowood.ood.scores import compressed_bits_per_dim, score_bits_per_dim
 from flowood.options import merge_options, option
 from flowood.outputs import open_output_folder, write_text_atomic
 from flowood.runtime import data_root_option, seed_option
-from flowood.htmlpage import figure, page
-from flowood.inspect import figures as F
-from flowood.inspect.analysis import (averaged_latents, coupling_prediction_quality, likelihood_contributions,
-                                      pearson, pixel_log_likelihood)
-from flowood.ood.scores import compressed_bits_per_dim, score_bits_per_dim
 
 __all__ = ["inspect_flow", "InspectOptions", "parse_image_spec", "ImageSelection", "InspectionResult",
            "load_selections"]
@@ -241,25 +246,28 @@ def _write_page(numbers: dict[str, Any], figs: dict[str, Any], path: Path) -> Pa
             f"images: {e(', '.join(f'{k} ({v})' for k, v in numbers['images'].items()))}. Kirichenko et al. (2020) "
             "show that the likelihood is high whenever coupling layers predict the masked pixels well, for in- and "
             "out-of-distribution images alike; these pages show it for this model.</p>",
-            "<h2>1. Latent representations</h2>", figure(figs["latents"], "inputs, z, z averaged over noise, per-scale latents", wide=True),
-            "<h2>2. How well each coupling predicts the pixels it transforms</h2><table><tr><th>layer</th><th>mask</th>"]
-    body += [f"<th>R² {e(l)}</th><th>corr {e(l)}</th>" for l in labels]
+            "<h2>1. Latent representations</h2>",
+            figure(figs["latents"], "inputs, z, z averaged over noise, per-scale latents", wide=True),
+            "<h2>2. How well each coupling predicts the pixels it transforms</h2>"
+            "<table><tr><th>layer</th><th>mask</th>"]
+    body += [f"<th>R² {e(label)}</th><th>corr {e(label)}</th>" for label in labels]
     body.append("</tr>")
     for i, first in enumerate(numbers["coupling_prediction"][labels[0]]):
-        cells = "".join(f"<td>{numbers['coupling_prediction'][l][i]['r2']:.3f}</td>"
-                        f"<td>{numbers['coupling_prediction'][l][i]['corr']:.3f}</td>" for l in labels)
+        cells = "".join(f"<td>{numbers['coupling_prediction'][label][i]['r2']:.3f}</td>"
+                        f"<td>{numbers['coupling_prediction'][label][i]['corr']:.3f}</td>" for label in labels)
         body.append(f"<tr><td>{e(first['name'])}</td><td>{e(first['mask'])}</td>{cells}</tr>")
     body.append("</table>")
     body += [figure(figs["prediction"], "R² of -t per coupling layer"),
              figure(figs["contributions"], "shares of the log-likelihood")]
     body.append("<h2>3. Where the log-likelihood comes from</h2><table><tr><th>set</th><th>total (nats/image)</th>"
-                + "".join(f"<th>prior {e(s['name'])}</th>" for s in numbers["likelihood_contributions"][labels[0]]["scales"])
+                + "".join(f"<th>prior {e(s['name'])}</th>"
+                          for s in numbers["likelihood_contributions"][labels[0]]["scales"])
                 + "<th>corr. with PNG complexity</th></tr>")
-    for l in labels:
-        c = numbers["likelihood_contributions"][l]
-        body.append(f"<tr><td>{e(l)}</td><td>{c['total_nats']:.1f}</td>"
+    for label in labels:
+        c = numbers["likelihood_contributions"][label]
+        body.append(f"<tr><td>{e(label)}</td><td>{c['total_nats']:.1f}</td>"
                     + "".join(f"<td>{s['prior_nats']:.1f}</td>" for s in c["scales"])
-                    + f"<td>{numbers['likelihood_vs_complexity_correlation'].get(l, float('nan')):.3f}</td></tr>")
+                    + f"<td>{numbers['likelihood_vs_complexity_correlation'].get(label, float('nan')):.3f}</td></tr>")
     body.append("</table>")
     body += [figure(figs["pixel_maps"], "per-pixel log-likelihood", wide=True),
              figure(figs["complexity"], "bits/dim against PNG length")]

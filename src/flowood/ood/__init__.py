@@ -2,9 +2,19 @@
 
 from flowood.ood.detector import OODDetector
 from flowood.ood.metrics import METRIC_NAMES, aupr, auroc, bootstrap_ci, detection_accuracy, fpr_at_tpr, ood_metrics
-from flowood.ood.scores import (DEFAULT_SCORES, SCORE_NAMES, WAIC, ComplexityCorrected, LikelihoodRatio,
-                                NegativeLogLikelihood, OODScore, ScaleLikelihood, Typicality,
-                                compressed_bits_per_dim, make_score)
+from flowood.ood.scores import (
+                                DEFAULT_SCORES,
+                                SCORE_NAMES,
+                                WAIC,
+                                ComplexityCorrected,
+                                LikelihoodRatio,
+                                NegativeLogLikelihood,
+                                OODScore,
+                                ScaleLikelihood,
+                                Typicality,
+                                compressed_bits_per_dim,
+                                make_score,
+)
 
 __all__ = ["ComplexityCorrected", "DEFAULT_SCORES", "LikelihoodRatio", "METRIC_NAMES", "NegativeLogLikelihood",
            "OODDetector", "OODScore", "SCORE_NAMES", "ScaleLikelihood", "Typicality", "WAIC", "aupr", "auroc",

@@ -11,10 +11,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from flowood.errors import InputError
-from flowood.options import ConfigError
-
 from flowood.flows import FlowModel
 from flowood.ood.scores import OODScore, make_score
+from flowood.options import ConfigError
 
 __all__ = ["OODDetector", "collect_samples"]
 
@@ -76,7 +75,7 @@ class OODDetector:
             raise InputError(f"fit needs at least 2 in-distribution samples, got {len(x)}")
         if self.scorer.needs_fit:
             perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.scorer.seed))
-            n_ref = max(1, int(round(self.holdout * len(x))))
+            n_ref = max(1, round(self.holdout * len(x)))
             ref, train = x[perm[:n_ref]], x[perm[n_ref:]]
             self.scorer.fit(train)
         else:

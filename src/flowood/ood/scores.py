@@ -4,14 +4,14 @@
 training data (a no-op otherwise); ``score.score(x)`` returns one number per input (a numpy array,
 ``[B]``) where **higher means more anomalous**. All scores work in bits per dimension.
 
-| name | class | paper |
-|---|---|---|
-| ``likelihood`` | :class:`NegativeLogLikelihood` | the baseline (Nalisnick et al. 2019; Kirichenko et al. 2020) |
-| ``likelihood_ratio`` | :class:`LikelihoodRatio` | Ren et al. 2019 (background flow on perturbed inputs); Schirrmeister et al. 2020 (a general-domain flow) |
-| ``complexity`` / ``complexity_jp2`` | :class:`ComplexityCorrected` | Serra et al. 2020 (PNG / lossless JPEG 2000) |
-| ``typicality`` | :class:`Typicality` | Nalisnick et al. 2019 (single-sample form; batch form with ``batch_size``) |
-| ``latent_last_scale`` / ``latent_early_scales`` | :class:`ScaleLikelihood` | Kirichenko et al. 2020 Sec. 5; Schirrmeister et al. 2020 |
-| ``waic`` | :class:`WAIC` | Choi et al. 2018 |
+* ``likelihood``, :class:`NegativeLogLikelihood`: the baseline (Nalisnick et al. 2019; Kirichenko et al. 2020).
+* ``likelihood_ratio``, :class:`LikelihoodRatio`: Ren et al. 2019 (a background flow on perturbed inputs);
+  Schirrmeister et al. 2020 (a general-domain flow).
+* ``complexity`` / ``complexity_jp2``, :class:`ComplexityCorrected`: Serra et al. 2020 (PNG / lossless JPEG 2000).
+* ``typicality``, :class:`Typicality`: Nalisnick et al. 2019 (single-sample form; batch form with ``batch_size``).
+* ``latent_last_scale`` / ``latent_early_scales``, :class:`ScaleLikelihood`: Kirichenko et al. 2020 Sec. 5;
+  Schirrmeister et al. 2020.
+* ``waic``, :class:`WAIC`: Choi et al. 2018.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ import torch
 from torch import Tensor
 
 from flowood.errors import InputError, ModelError, closest
-from flowood.options import ConfigError
-
 from flowood.flows import FlowModel, build_flow
+from flowood.options import ConfigError
 
 __all__ = ["OODScore", "NegativeLogLikelihood", "LikelihoodRatio", "ComplexityCorrected", "Typicality",
            "ScaleLikelihood", "WAIC", "make_score", "SCORE_NAMES", "DEFAULT_SCORES", "compressed_bits_per_dim",
@@ -146,7 +145,7 @@ def perturb_pixels(x: Tensor, rate: float, generator: torch.Generator | None = N
     """
     if x.dtype != torch.uint8:
         raise InputError("perturb_pixels takes uint8 images")
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     flip = torch.rand((b, 1, h, w), generator=generator) < rate
     noise = torch.randint(0, 256, x.shape, generator=generator, dtype=torch.uint8)
     return torch.where(flip.to(x.device), noise.to(x.device), x)
@@ -193,7 +192,9 @@ class LikelihoodRatio(OODScore):
         flow: the in-distribution flow.
         background: a trained background flow with the same input shape, or None.
         perturbation_rate: Ren et al.'s mu (0.1-0.3 in their experiments).
-        steps, lr, train_batch_size: background training.
+        steps: training steps of the perturbation background flow.
+        lr: its learning rate.
+        train_batch_size: its batch size.
 
     References:
         Ren et al. Likelihood Ratios for Out-of-Distribution Detection. NeurIPS 2019.

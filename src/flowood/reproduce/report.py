@@ -70,7 +70,8 @@ def evaluate_check(check: Check, state: dict[str, Any], states: dict[str, dict[s
 
 def _md_table(table: Table) -> str:
     head, rows = table
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"
+    lines = ["| " + " | ".join(head) + " |", rule]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -170,7 +171,8 @@ def write_results(out: Path, experiments: list[Experiment], states: dict[str, di
         decided = sum(v in ("yes", "no") for v, _ in verdicts)
         summary_rows.append([exp.name, exp.paper or "–", state.get("status", "not run"), _fmt(ev.get("test_bpd")),
                              aurocs, f"{yes}/{decided}" if exp.checks else "–"])
-        claim_rows += [[exp.name, check.claim, text, verdict] for check, (verdict, text) in zip(exp.checks, verdicts)]
+        claim_rows += [[exp.name, check.claim, text, verdict]
+                       for check, (verdict, text) in zip(exp.checks, verdicts, strict=True)]
         numbers = _numbers_table(ev)
         lines = _section_lines(exp, state, numbers)
         sections_md.append("\n".join(lines))

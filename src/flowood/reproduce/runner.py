@@ -9,19 +9,21 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from flowood.data import DatasetNotFoundError, data_root as default_data_root, load_dataset
-from flowood.outputs import open_output_folder, remove_output_folder, write_text_atomic
+from flowood.data import DatasetNotFoundError, load_dataset
+from flowood.data import data_root as default_data_root
 from flowood.flows.config import ConfigError
 from flowood.options import option
+from flowood.outputs import open_output_folder, remove_output_folder, write_text_atomic
 from flowood.reproduce.experiments import SCALES, Experiment, default_config_dir, load_experiments
-from flowood.runtime import data_root_option
 from flowood.reproduce.report import write_results
+from flowood.runtime import data_root_option
 
 __all__ = ["reproduce", "ReproduceOptions", "ReproduceResult", "machine_description"]
 
@@ -244,7 +246,7 @@ def _reproduce(experiments: list[Experiment], out: Path, suite: str, scale: str,
                 _write_json(status_path, state)
                 write_results(out, experiments, _collect(out, experiments), run_info, time.time() - start)
                 raise
-            except Exception as err:  # noqa: BLE001 - one failed experiment must not stop the suite
+            except Exception as err:
                 state.update(status="failed", reason=f"{type(err).__name__}: {err}")
                 _write_json(status_path, state)
                 say(f"{exp.name}: failed: {type(err).__name__}: {err}")

@@ -167,7 +167,7 @@ class NonFiniteGuard(Callback):
         lrs = [group["lr"] for group in optimizer.param_groups]
         pl_module.load_state_dict(weights)
         optimizer.load_state_dict(copy.deepcopy(optim_state))
-        for group, lr in zip(optimizer.param_groups, lrs):
+        for group, lr in zip(optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr * self.lr_factor
         if use_start:
             self._good = self._start

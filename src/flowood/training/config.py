@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from flowood.flows import FlowConfig
 from flowood.errors import closest
+from flowood.flows import FlowConfig
 from flowood.options import ConfigError, from_mapping, option, to_mapping
 from flowood.runtime import check_precision, data_root_option, device_option, precision_option, seed_option
 

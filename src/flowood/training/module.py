@@ -13,9 +13,9 @@ from flowood import __version__
 from flowood.data import ArrayDataset, adapt_images, load_dataset
 from flowood.errors import DataError
 from flowood.flows import ActNorm, build_flow
+from flowood.training.callbacks import NonFiniteLossError
 from flowood.training.config import TrainConfig
 from flowood.training.optim import make_optimizer
-from flowood.training.callbacks import NonFiniteLossError
 from flowood.training.persistence import EpochPermutationSampler, PassPosition, ResumableDataLoader
 
 __all__ = ["FlowModule", "FlowDataModule", "NonFiniteLossError", "negative_training_loss"]

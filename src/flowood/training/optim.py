@@ -9,7 +9,7 @@ default implementation.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
