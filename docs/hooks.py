@@ -1,8 +1,10 @@
-"""MkDocs hooks: pages generated at build time, so they never go stale.
+"""Pages generated from the code, so they never go stale.
 
 * ``reference/cli.md``: every command and flag of ``flowood``, from the parser (itself generated from the options'
-  one definition);
-* ``results/benchmarks.md``: ``benchmarks/RESULTS.md``, which lives beside the benchmark scripts.
+  one definition). It is committed, so it can be read on the repository's site too; ``python docs/hooks.py``
+  writes it again, and a test fails when it differs from what the code generates.
+* ``results/benchmarks.md``: ``benchmarks/RESULTS.md`` (which lives beside the benchmark scripts), added to the
+  site at build time by the MkDocs hook below.
 """
 
 from __future__ import annotations
@@ -55,3 +57,7 @@ def on_files(files, config):
     results = results.replace("](compare.py)", "](benchmarks.md)")
     files.append(File.generated(config, "results/benchmarks.md", content=results))
     return files
+
+
+if __name__ == "__main__":
+    (ROOT / "docs" / "reference" / "cli.md").write_text(cli_reference() + "\n")

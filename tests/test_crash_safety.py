@@ -1,14 +1,12 @@
 """Killed at a random moment, every command leaves each output file complete or absent, and running it again
-gives what an uninterrupted run gives (training's own kill-and-resume test is in test_reliability.py)."""
+gives what an uninterrupted run gives (training's own kill-and-resume test is in training/test_persistence.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from builders import start_flowood
 from PIL import Image
 
 from flowood.outputs import LOCK, MANIFEST
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 pytestmark = pytest.mark.slow
 
 
@@ -51,12 +49,6 @@ def assert_complete_or_absent(folder: Path) -> None:
             assert is_complete(path), path
 
 
-def flowood(*args: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "flowood.cli.main", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
-
-
 def finish(proc: subprocess.Popen) -> None:
     assert proc.wait(timeout=600) == 0, proc.stdout.read().decode()[-3000:]
 
@@ -64,7 +56,7 @@ def finish(proc: subprocess.Popen) -> None:
 def kill_at_random(args: list[str], seed: int, low: float, high: float) -> float:
     """Run, SIGKILL after a random delay in [low, high] seconds, and return the delay; the command must still
     have been running then (else the test would prove nothing)."""
-    proc = flowood(*args)
+    proc = start_flowood(*args)
     delay = random.Random(seed).uniform(low, high)
     time.sleep(delay)
     assert proc.poll() is None, f"the command finished within {delay:.1f} s, before it could be killed"
@@ -74,17 +66,12 @@ def kill_at_random(args: list[str], seed: int, low: float, high: float) -> float
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, fixtures_dir_module):
+def checkpoint(tmp_path_factory, fashionmnist_npz):
     out = tmp_path_factory.mktemp("crash") / "train"
-    finish(flowood("train", "--dataset", f"npz:{fixtures_dir_module}/fashionmnist-small.npz", "--num_blocks", "1",
-                   "--num_mid_channels", "8", "--batch_size", "32", "--max_steps", "20", "--max_test_samples", "64",
-                   "--no_progress", "--out", str(out)))
+    finish(start_flowood("train", "--dataset", fashionmnist_npz, "--num_blocks", "1", "--num_mid_channels", "8",
+                         "--batch_size", "32", "--max_steps", "20", "--max_test_samples", "64", "--no_progress",
+                         "--out", str(out)))
     return out / "checkpoints" / "last.ckpt"
-
-
-@pytest.fixture(scope="module")
-def fixtures_dir_module():
-    return Path(__file__).parent / "fixtures"
 
 
 def evaluation(path: Path) -> dict:
@@ -93,48 +80,44 @@ def evaluation(path: Path) -> dict:
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_evaluate_killed_then_run_again(tmp_path, checkpoint, fixtures_dir_module, seed):
+def test_evaluate_killed_then_run_again(tmp_path, checkpoint, mnist_npz, seed):
     def args(out):
-        return ["evaluate", "--checkpoint", str(checkpoint), "--ood", f"npz:{fixtures_dir_module}/mnist-small.npz",
+        return ["evaluate", "--checkpoint", str(checkpoint), "--ood", mnist_npz,
                 "noise", "--max_samples", "300", "--bootstrap", "20", "--no_progress", "--out", str(out)]
-    finish(flowood(*args(tmp_path / "reference")))
+    finish(start_flowood(*args(tmp_path / "reference")))
     kill_at_random(args(tmp_path / "killed"), seed, 3.0, 9.0)
     if (tmp_path / "killed").exists():
         assert_complete_or_absent(tmp_path / "killed")
-    finish(flowood(*args(tmp_path / "killed"), "--overwrite"))
+    finish(start_flowood(*args(tmp_path / "killed"), "--overwrite"))
     assert evaluation(tmp_path / "killed") == evaluation(tmp_path / "reference")
 
 
-def test_embed_killed_then_run_again(tmp_path, fixtures_dir_module):
+def test_embed_killed_then_run_again(tmp_path, fashionmnist_npz, mnist_npz):
     def args(out):
-        return ["embed", "--dataset", f"npz:{fixtures_dir_module}/fashionmnist-small.npz", "--train-classifier",
-                "--epochs", "2", "--ood", f"npz:{fixtures_dir_module}/mnist-small.npz", "--no_progress", "--out",
+        return ["embed", "--dataset", fashionmnist_npz, "--train-classifier",
+                "--epochs", "2", "--ood", mnist_npz, "--no_progress", "--out",
                 str(out / "emb.npz")]
-    finish(flowood(*args(tmp_path / "reference")))
+    finish(start_flowood(*args(tmp_path / "reference")))
     kill_at_random(args(tmp_path / "killed"), 3, 3.0, 8.0)
     if (tmp_path / "killed").exists():
         assert_complete_or_absent(tmp_path / "killed")
-    finish(flowood(*args(tmp_path / "killed"), "--overwrite"))
+    finish(start_flowood(*args(tmp_path / "killed"), "--overwrite"))
     for name in ("emb.npz", "emb-mnist-small.npz"):
         with np.load(tmp_path / "reference" / name) as a, np.load(tmp_path / "killed" / name) as b:
             assert all(np.array_equal(a[k], b[k]) for k in a.files if k != "meta")
 
 
-def test_reproduce_killed_then_resumed(tmp_path, fixtures_dir_module):
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_reproduce import write_suite
-
-    configs = tmp_path / "configs"
-    write_suite(configs, fixtures_dir_module)
+def test_reproduce_killed_then_resumed(tmp_path, mini_suite):
+    configs = mini_suite
 
     def args(out):
         return ["reproduce", "--configs", str(configs), "--suite", "mini", "--scale", "smoke", "--only", "base",
                 "--out", str(out)]
-    finish(flowood(*args(tmp_path / "reference")))
+    finish(start_flowood(*args(tmp_path / "reference")))
     kill_at_random(args(tmp_path / "killed"), 5, 4.0, 12.0)
     if (tmp_path / "killed").exists():
         assert_complete_or_absent(tmp_path / "killed")
-    finish(flowood(*args(tmp_path / "killed")))
+    finish(start_flowood(*args(tmp_path / "killed")))
 
     def numbers(out):
         stages = json.loads((out / "base" / "status.json").read_text())["stages"]

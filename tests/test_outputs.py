@@ -12,13 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from builders import start_flowood, tiny_checkpoint
 
 from flowood.cli.main import main
-from flowood.outputs import (LOCK, MANIFEST, OutputError, OutputExistsError, OutputLockedError, atomic_write,
-                             open_output_folder, remove_output_folder)
-
-SRC = Path(__file__).resolve().parents[1] / "src"
+from flowood.outputs import (
+    LOCK,
+    MANIFEST,
+    OutputError,
+    OutputExistsError,
+    OutputLockedError,
+    atomic_write,
+    open_output_folder,
+    remove_output_folder,
+)
 
 
 def snapshot(*folders: Path) -> dict[str, bytes]:
@@ -112,9 +118,9 @@ def test_inputs_must_not_overlap_outputs(tmp_path):
 
 
 def test_another_commands_output_is_not_replaced(tmp_path):
-    with open_output_folder(tmp_path / "run", "train"):
-        with atomic_write(tmp_path / "run" / "checkpoints" / "last.ckpt") as tmp:
-            tmp.write_bytes(b"weights")
+    with open_output_folder(tmp_path / "run", "train"), atomic_write(tmp_path / "run" / "checkpoints" / "last.ckpt") \
+            as tmp:
+        tmp.write_bytes(b"weights")
     with pytest.raises(OutputError, match="flowood train"):
         open_output_folder(tmp_path / "run", "evaluate", overwrite=True)
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").read_bytes() == b"weights"
@@ -135,18 +141,16 @@ def test_one_writer_per_folder_and_stale_locks_are_taken_over(tmp_path):
 def test_an_interrupted_atomic_write_leaves_the_old_file(tmp_path):
     target = tmp_path / "metrics.json"
     target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_write(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("crash")
+    with pytest.raises(RuntimeError), atomic_write(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
 def test_remove_output_folder_keeps_user_files(tmp_path):
     out = tmp_path / "eval"
-    with open_output_folder(out, "evaluate"):
-        with atomic_write(out / "metrics.json") as tmp:
-            tmp.write_text("{}")
+    with open_output_folder(out, "evaluate"), atomic_write(out / "metrics.json") as tmp:
+        tmp.write_text("{}")
     remove_output_folder(out)
     assert not out.exists()
     with open_output_folder(out, "evaluate"):
@@ -161,7 +165,7 @@ def test_an_unwritable_output_fails_before_any_data_are_read(tmp_path, monkeypat
 
     def no_loading(*args, **kwargs):
         raise AssertionError("data were loaded before the output folder was checked")
-    ckpt = tiny_checkpoint(tmp_path)
+    ckpt = tiny_checkpoint(tmp_path / "models" / "tiny.pt", num_scales=1)
     monkeypatch.setattr(registry, "load_dataset", no_loading)
     start = time.time()
     code = main(["evaluate", "--checkpoint", str(ckpt), "--ood", "noise", "--out", "/proc/flowood-cannot-write",
@@ -172,16 +176,6 @@ def test_an_unwritable_output_fails_before_any_data_are_read(tmp_path, monkeypat
 
 
 # -- every writing command, with --out at places it must refuse ------------------------------------------------------
-def tiny_checkpoint(tmp_path: Path) -> Path:
-    from flowood.checkpoints import save_flow
-    from flowood.flows import RealNVP
-
-    path = tmp_path / "models" / "tiny.pt"
-    flow = RealNVP((1, 8, 8), num_blocks=1, num_mid_channels=4, num_scales=1)
-    flow.log_prob(torch.rand(4, 1, 8, 8))
-    return save_flow(flow, path, {"dataset": "digits"})
-
-
 @pytest.fixture
 def places(tmp_path, monkeypatch):
     """A working directory with user files, an image folder (the input), a folder of user files and a symlink."""
@@ -201,7 +195,7 @@ def places(tmp_path, monkeypatch):
     (configs / "exp.yaml").write_text("name: exp\ntitle: t\ntrain: {dataset: digits}\nevaluate: {ood: [noise]}\n")
     monkeypatch.chdir(work)
     return {"work": work, "data": data, "user": user, "link": tmp_path / "link", "configs": configs,
-            "ckpt": tiny_checkpoint(tmp_path), "root": tmp_path}
+            "ckpt": tiny_checkpoint(tmp_path / "models" / "tiny.pt", num_scales=1), "root": tmp_path}
 
 
 def commands(p: dict, out: str) -> dict[str, list[str]]:
@@ -226,7 +220,8 @@ def test_every_writing_command_refuses_unsafe_outputs_and_keeps_every_user_file(
             "a symlink to it": str(p["link"])}
     if command == "embed":  # embed writes files: the same places as file paths
         outs.update({"a folder inside the input": str(p["data"] / "digits" / "emb.npz"),
-                     "a user's file": str(p["user"] / "user.npz"), "a user's file via a symlink": str(p["link"] / "user.npz")})
+                     "a user's file": str(p["user"] / "user.npz"),
+                     "a user's file via a symlink": str(p["link"] / "user.npz")})
     if command == "reproduce":
         outs.update({"the input folder": str(p["configs"]), "a folder inside the input": str(p["configs"] / "out")})
     before = snapshot(p["root"])
@@ -255,15 +250,13 @@ def test_evaluate_twice_into_its_ood_folder_is_refused(places, capsys):
     assert sorted(p.name for p in (places["data"] / "digits").iterdir()) == ["0.png", "1.png", "2.png", "3.png"]
 
 
-def test_two_trainings_into_one_folder_cannot_mix(tmp_path, fixtures_dir, capsys):
+def test_two_trainings_into_one_folder_cannot_mix(tmp_path, fashionmnist_npz, capsys):
     """The second run is refused while the first writes; the folder then holds the first run only."""
     out = tmp_path / "run"
-    args = ["train", "--dataset", f"npz:{fixtures_dir}/fashionmnist-small.npz", "--num_blocks", "1",
+    args = ["train", "--dataset", fashionmnist_npz, "--num_blocks", "1",
             "--num_mid_channels", "4", "--batch_size", "16", "--max_steps", "60", "--num_epochs", "100",
             "--max_test_samples", "32", "--no_progress", "--out", str(out)]
-    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
-    first = subprocess.Popen([sys.executable, "-m", "flowood.cli.main", *args], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT)
+    first = start_flowood(*args)
     deadline = time.time() + 120
     while not (out / LOCK).exists() and first.poll() is None and time.time() < deadline:
         time.sleep(0.02)

@@ -5,6 +5,8 @@
     flowood inspect   the paper's analyses of a checkpoint: latents, couplings, likelihood maps, samples
     flowood embed     image sets -> classifier features (.npz) for flows on embeddings
     flowood reproduce run a suite of the paper's experiments and write results.md / results.html
+    flowood detector  fit a detector (a flow, a score and a calibrated threshold) into one file
+    flowood score     score new files, folders, globs and .npz files with a detector, one row per input
     flowood data      list the known data sets, or fetch one by every route flowood knows
 
 Every option's flag, help line and default come from its one definition (:mod:`flowood.options`); the
@@ -114,6 +116,45 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
     add_options(p, ReproduceOptions)
 
 
+def _detector_parser(sub: argparse._SubParsersAction) -> None:
+    from flowood.deploy import DetectorOptions
+
+    p = sub.add_parser("detector", help="fit a detector into one file (for flowood score)",
+                       description="Fit an OOD detector on a trained flow: the score is fitted on in-distribution "
+                                   "training data and the threshold calibrated on held-out samples of it at --fpr; "
+                                   "the flow, the score's fitted state and the threshold go into one file.")
+    detector_sub = p.add_subparsers(dest="detector_command", parser_class=FlowoodParser)
+    fit = detector_sub.add_parser("fit", help="fit a detector on a checkpoint",
+                                  usage="%(prog)s --checkpoint CKPT --out DETECTOR.pt [--score SCORE] [--fpr F] "
+                                        "[options]")
+    fit.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint from flowood train")
+    fit.add_argument(*spellings("out"), dest="out", required=True, metavar="FILE", help="the detector file to write")
+    fit.add_argument("--overwrite", action="store_true", help="replace a detector file flowood wrote earlier")
+    add_options(fit, DetectorOptions)
+
+
+def _score_parser(sub: argparse._SubParsersAction) -> None:
+    from flowood.runtime import device_option
+
+    p = sub.add_parser("score", help="score new data with a saved detector, one row per input",
+                       usage="%(prog)s --detector DETECTOR.pt INPUT [INPUT ...] --out FILE.csv|FILE.jsonl|- "
+                             "[options]",
+                       description="Score image files, folders (recursively), glob patterns and .npz files (one row "
+                                   "per array row) with a detector from flowood detector fit. Writes CSV or JSON "
+                                   "Lines: input, score, decision (in/ood), ood, the in-distribution percentile, "
+                                   "error. Exits 0 unless an input could not be scored.")
+    p.add_argument("--detector", required=True, metavar="FILE", help="a detector file from flowood detector fit")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, glob patterns, .npz files")
+    p.add_argument(*spellings("out"), dest="out", required=True, metavar="FILE",
+                   help="where to write the rows: .csv, .jsonl, or - for the standard output")
+    p.add_argument("--format", choices=("csv", "jsonl"), default=None, help="default: from --out's suffix (csv)")
+    p.add_argument(*spellings("batch_size"), dest="batch_size", type=int, default=256,
+                   help="inputs scored at once: memory stays bounded by it (default: 256)")
+    p.add_argument("--device", default="auto", help=device_option().metadata["option"].help + " (default: auto)")
+    p.add_argument("--overwrite", action="store_true", help="replace a scores file flowood wrote earlier")
+    p.add_argument(*spellings("no_progress"), dest="progress", action="store_false", help="hide the progress bar")
+
+
 def _data_parser(sub: argparse._SubParsersAction) -> None:
     from flowood.runtime import data_root_option
 
@@ -133,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=FlowoodParser)
     sub._parser_class = lambda **kw: FlowoodParser(allow_abbrev=False, **kw)  # no silent prefix matches
-    for add in (_train_parser, _evaluate_parser, _inspect_parser, _embed_parser, _reproduce_parser, _data_parser):
+    for add in (_train_parser, _evaluate_parser, _inspect_parser, _embed_parser, _reproduce_parser,
+                _detector_parser, _score_parser, _data_parser):
         add(sub)
     return parser
 
@@ -223,6 +265,57 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return 0 if "failed" not in counts else 1
 
 
+def _cmd_detector(args: argparse.Namespace) -> int:
+    from flowood.deploy import DetectorOptions, fit_detector
+
+    if args.detector_command != "fit":
+        print("usage: flowood detector fit --checkpoint CKPT --out DETECTOR.pt [options]", file=sys.stderr)
+        return 2
+    detector = fit_detector(args.checkpoint, args.out, overwrite=args.overwrite,
+                            **given_options(args, DetectorOptions))
+    print(f"wrote {args.out}: score {detector.score_name}, threshold {detector.threshold_:.4g} flags "
+          f"{100 * detector.fpr:.1f}% of {len(detector.reference_scores_)} in-distribution calibration inputs")
+    print(f"next: flowood score --detector {args.out} NEW_IMAGES/ --out scores.csv")
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from flowood.deploy import is_scores_file, score_inputs, write_scores
+    from flowood.ood import OODDetector
+    from flowood.outputs import check_output_file
+
+    out = None if args.out == "-" else args.out
+    if out is not None:
+        check_output_file(out, is_scores_file, [args.detector, *args.inputs], args.overwrite)
+    detector = OODDetector.load(args.detector, device=args.device)
+    rows = score_inputs(detector, args.inputs, args.batch_size, progress=args.progress and out is not None)
+    if out is None:
+        return _print_rows(rows, args.format or "csv")
+    summary = write_scores(rows, out, args.format)
+    print(f"scored {summary.rows - summary.errors} inputs: {summary.flagged} flagged as OOD; "
+          f"{summary.errors} could not be scored; wrote {summary.out}")
+    return 1 if summary.errors else 0
+
+
+def _print_rows(rows, fmt: str) -> int:
+    import csv
+    import json
+
+    from flowood.deploy import FIELDS
+
+    errors = 0
+    writer = csv.DictWriter(sys.stdout, fieldnames=FIELDS) if fmt == "csv" else None
+    if writer is not None:
+        writer.writeheader()
+    for row in rows:
+        errors += bool(row["error"])
+        if writer is not None:
+            writer.writerow(row)
+        else:
+            print(json.dumps(row))
+    return 1 if errors else 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from flowood.data import DATASETS, DatasetNotFoundError, data_root, fetch_dataset, load_dataset
 
@@ -256,7 +349,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "inspect": _cmd_inspect, "embed": _cmd_embed,
-            "reproduce": _cmd_reproduce, "data": _cmd_data}
+            "reproduce": _cmd_reproduce, "detector": _cmd_detector, "score": _cmd_score, "data": _cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

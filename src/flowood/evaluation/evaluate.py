@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from flowood import __version__
@@ -30,6 +31,7 @@ from flowood.data import canonical_name, dataset_inputs, fit_to_shape, load_data
 from flowood.errors import DataError
 from flowood.flows import FlowModel
 from flowood.flows.precision import parse_precision
+from flowood.ood.density import as_density, is_flowood_flow
 from flowood.ood.metrics import ood_metrics
 from flowood.ood.scores import DEFAULT_SCORES, SCORE_NAMES, make_score, score_bits_per_dim
 from flowood.options import ConfigError, merge_options, option, to_mapping
@@ -160,8 +162,8 @@ def _applicable(score: str, flow: FlowModel) -> bool:
     """Default scores that make sense for this flow (no complexity for vectors, no early scales for one scale)."""
     if score.startswith("complexity"):
         return flow.discrete and len(flow.input_shape) == 3
-    if score == "latent_early_scales":
-        return flow.num_scales > 1
+    if score.startswith("latent_"):
+        return is_flowood_flow(flow) and (score == "latent_last_scale" or flow.num_scales > 1)
     return True
 
 
@@ -206,7 +208,10 @@ def prepare_models(plan: EvaluationPlan) -> tuple[torch.device, list[FlowModel],
     o = plan.options
     device = resolve_device(o.device)
     st_dtype = parse_precision(o.precision)
-    plan.loaded.flow.to(device).optimize(compile=o.compile).mixed_precision(st_dtype)  # same numbers, faster
+    if is_flowood_flow(plan.loaded.flow):
+        plan.loaded.flow.to(device).optimize(compile=o.compile).mixed_precision(st_dtype)  # same numbers, faster
+    else:
+        plan.loaded.flow.to(device)
     ensemble = [load_flow(p).flow.to(device).optimize().mixed_precision(st_dtype) for p in (o.ensemble or [])]
     background = (load_flow(o.background).flow.to(device).optimize().mixed_precision(st_dtype)
                   if o.background else None)
@@ -215,7 +220,10 @@ def prepare_models(plan: EvaluationPlan) -> tuple[torch.device, list[FlowModel],
 
 def load_sets(plan: EvaluationPlan) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
     """The test split of every set (a seeded subset of ``max_samples``), in the model's input shape."""
-    shape = plan.loaded.flow.input_shape
+    flow = plan.loaded.flow
+    if flow.input_shape is None:  # a density of unknown shape takes the in-distribution set's
+        flow.input_shape = load_dataset(plan.sets[0], "test", plan.root).sample_shape
+    shape = flow.input_shape
     data, info = {}, {}
     for name in plan.sets:
         ds = load_dataset(name, "test", plan.root, shape=shape).take(plan.options.max_samples, seed=plan.options.seed)
@@ -244,10 +252,20 @@ def compute_scores(plan: EvaluationPlan, data: dict[str, torch.Tensor], info: di
     return ScoredSets(data, info, values, len(train_data) if train_data is not None else 0)
 
 
+def _as_loaded(model: str | Path | LoadedFlow | nn.Module) -> LoadedFlow:
+    """A checkpoint loaded, or a model in memory described as one (no file, no hash, no training config)."""
+    if isinstance(model, LoadedFlow):
+        return model
+    if isinstance(model, nn.Module):
+        return LoadedFlow(as_density(model), {}, None, None, "in memory")
+    return load_flow(model)
+
+
 def _provenance(plan: EvaluationPlan, device: torch.device, scored: ScoredSets) -> dict[str, Any]:
     o, loaded = plan.options, plan.loaded
     return {
-        "checkpoint": str(loaded.path), "checkpoint_sha256": loaded.sha256, "flow": loaded.flow.config.get("flow"),
+        "checkpoint": str(loaded.path) if loaded.path else "a model in memory", "checkpoint_sha256": loaded.sha256,
+        "flow": loaded.flow.config.get("flow"),
         "flow_config": loaded.flow.config, "trained_by_flowood": loaded.version, "flowood_version": __version__,
         "torch_version": torch.__version__, "numpy_version": np.__version__, "python": sys.version.split()[0],
         "platform": platform.platform(), "device": str(device), "precision": o.precision, "seed": o.seed,
@@ -302,13 +320,14 @@ def write_outputs(out: Path, metrics: dict[str, Any], scored: ScoredSets, num_di
     write_report(metrics, figures, out / "report.html")
 
 
-def evaluate(checkpoint: str | Path | LoadedFlow, ood: list[str], out: str | Path | None = None,
+def evaluate(checkpoint: str | Path | LoadedFlow | nn.Module, ood: list[str], out: str | Path | None = None,
              options: EvaluateOptions | None = None, *, progress: bool = True, overwrite: bool = False,
              **option_values: Any) -> EvaluationResult:
     """Score the in-distribution test set and each OOD set with every requested score; compute metrics.
 
     Args:
-        checkpoint: a checkpoint path (or an already loaded flow).
+        checkpoint: a checkpoint path, an already loaded flow, or any density model (a flowood flow, or a module
+            with ``log_prob`` as :mod:`flowood.ood.density` describes; then pass ``dataset``).
         ood: OOD data set names; images are adapted to the model's shape.
         out: folder for metrics.json, scores.npz, figures and report.html (None: write nothing). Checked,
             created and locked before any data are loaded (see :func:`flowood.outputs.open_output_folder`).
@@ -326,7 +345,7 @@ def evaluate(checkpoint: str | Path | LoadedFlow, ood: list[str], out: str | Pat
         DataError, ConfigError, CheckpointError: bad sets, options or checkpoint, named in the message.
     """
     options = merge_options(EvaluateOptions, options, option_values)
-    loaded = checkpoint if isinstance(checkpoint, LoadedFlow) else load_flow(checkpoint)
+    loaded = _as_loaded(checkpoint)
     plan = plan_evaluation(loaded, list(ood), options)
     folder = (open_output_folder(out, "evaluate", plan.inputs, overwrite=overwrite) if out is not None
               else contextlib.nullcontext())

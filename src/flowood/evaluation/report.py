@@ -24,7 +24,8 @@ def write_report(metrics: dict[str, Any], figures: dict[str, Any], path: Path) -
     score_names = metrics["scores_computed"]
     e = html.escape
     parts = [f"<h1>OOD evaluation of a {e(str(prov['flow']))} trained on {e(ind['name'])}</h1>",
-             f"<p class='note'>checkpoint {e(prov['checkpoint'])} (sha256 {e(prov['checkpoint_sha256'][:12])}…), "
+             f"<p class='note'>checkpoint {e(prov['checkpoint'])} "
+             f"(sha256 {e((prov['checkpoint_sha256'] or '–')[:12])}…), "
              f"flowood {e(prov['flowood_version'])}, torch {e(prov['torch_version'])}, device {e(prov['device'])}, "
              f"seed {prov['seed']}. Scores: higher = more anomalous; OOD is the positive class; AUROC 0.5 is chance, "
              "below 0.5 the score prefers the OOD set.</p>",

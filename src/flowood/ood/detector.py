@@ -1,4 +1,12 @@
-"""``OODDetector``: a trained flow and a score, used like a scikit-learn estimator."""
+"""``OODDetector``: a density model and a score, used like a scikit-learn outlier detector, and saved as a file.
+
+It follows scikit-learn's conventions for outlier detectors (``IsolationForest``, ``LocalOutlierFactor``):
+``fit(X)`` returns the detector, ``score_samples(X)`` is higher for more normal inputs, ``decision_function(X)``
+is ``score_samples(X) - offset_`` (negative for outliers), ``predict(X)`` gives +1 (in-distribution) or -1
+(OOD), and ``get_params``/``set_params`` make it work with ``sklearn.base.clone``. flowood's own convention
+stays available under clear names: :meth:`OODDetector.anomaly_score` (higher = more anomalous, in the score's
+units) and :meth:`OODDetector.is_ood` (True for OOD).
+"""
 
 from __future__ import annotations
 
@@ -7,21 +15,28 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.exceptions import NotFittedError
 from torch import Tensor
 from torch.utils.data import DataLoader
 
 from flowood.errors import InputError
-from flowood.flows import FlowModel
+from flowood.ood.density import as_density, is_flowood_flow
 from flowood.ood.scores import OODScore, make_score
 from flowood.options import ConfigError
 
-__all__ = ["OODDetector", "collect_samples"]
+__all__ = ["OODDetector", "collect_samples", "DETECTOR_FORMAT"]
+
+DETECTOR_FORMAT = "flowood-detector-1"
 
 
 def collect_samples(data: Any) -> Tensor:
-    """A tensor of samples from a tensor, a dataset with ``.data``, or a DataLoader of tensors/(x, y) pairs."""
+    """A tensor of samples from a tensor, a numpy array, a dataset with ``.data``, or a DataLoader of tensors or
+    ``(x, y)`` pairs."""
     if isinstance(data, Tensor):
         return data
+    if isinstance(data, np.ndarray):
+        return torch.from_numpy(data)
     if hasattr(data, "data") and isinstance(data.data, Tensor):
         return data.data
     if isinstance(data, DataLoader) or hasattr(data, "__iter__"):
@@ -32,71 +47,218 @@ def collect_samples(data: Any) -> Tensor:
     raise TypeError(f"cannot take samples from {type(data).__name__}; pass a tensor, a dataset or a DataLoader")
 
 
-class OODDetector:
-    """Flag inputs as out-of-distribution with a trained flow and one of flowood's scores.
+class OODDetector(OutlierMixin, BaseEstimator):
+    """Flag inputs as out-of-distribution with a density model and one of flowood's scores.
 
     Args:
-        flow: a trained flow, or the path of a checkpoint written by ``flowood train``.
-        score: a score name (``likelihood``, ``likelihood_ratio``, ``complexity``, ``complexity_jp2``,
-            ``typicality``, ``latent_last_scale``, ``latent_early_scales``, ``waic``).
-        holdout: share of the ``fit`` data kept apart to calibrate thresholds (for scores that learn
-            from the fit data; others calibrate on all of it).
-        **score_options: passed to :func:`~flowood.ood.scores.make_score` (e.g. ``ensemble=[...]``,
-            ``background_steps=2000``).
+        model: a flowood flow, the path of a checkpoint written by ``flowood train``, or any density model (see
+            :mod:`flowood.ood.density`).
+        score: ``likelihood``, ``likelihood_ratio``, ``complexity``, ``complexity_jp2``, ``typicality``,
+            ``latent_last_scale``, ``latent_early_scales`` or ``waic``.
+        fpr: the share of in-distribution inputs that :meth:`predict` flags (sets ``offset_``).
+        holdout: share of the ``fit`` data kept apart to calibrate the threshold, for scores that learn from the
+            fit data (the others calibrate on all of it).
+        score_options: passed to :func:`~flowood.ood.scores.make_score` (e.g. ``{"ensemble": [...]}``,
+            ``{"background_steps": 2000}``). The detector dequantizes 8-bit images at the centre of each bin
+            (``noise="center"``), so an input gets the same score whatever batch it comes in; pass
+            ``{"noise": "uniform"}`` for the seeded random dequantization of ``flowood evaluate``.
+
+    Attributes:
+        offset_: the threshold on the :meth:`score_samples` scale (inputs below it are OOD).
+        threshold_: the same threshold on the :meth:`anomaly_score` scale (inputs above it are OOD).
+        reference_scores_: anomaly scores of the calibration data.
+        scorer_: the fitted score.
 
     Example:
         >>> from flowood.flows import RealNVP
         >>> detector = OODDetector(RealNVP((1, 8, 8), num_blocks=1, num_mid_channels=4), score="likelihood")
-        >>> _ = detector.fit(torch.randint(0, 128, (64, 1, 8, 8), dtype=torch.uint8))
-        >>> detector.predict(torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)).dtype
-        dtype('bool')
+        >>> detector = detector.fit(torch.randint(0, 128, (64, 1, 8, 8), dtype=torch.uint8))
+        >>> predictions = detector.predict(torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8))
+        >>> predictions.shape, set(predictions.tolist()) <= {-1, 1}  # +1 in-distribution, -1 OOD
+        ((2,), True)
     """
 
-    def __init__(self, flow: FlowModel | str | Path, score: str = "likelihood", holdout: float = 0.2,
-                 **score_options: Any) -> None:
-        if not isinstance(flow, FlowModel):
-            from flowood.checkpoints import load_flow
-            flow = load_flow(flow).flow
-        if not 0.0 < holdout < 1.0:
-            raise ConfigError(f"holdout must be in (0, 1), got {holdout}")
-        self.flow = flow.eval()
+    def __init__(self, model: Any, score: str = "likelihood", fpr: float = 0.05, holdout: float = 0.2,
+                 score_options: dict[str, Any] | None = None) -> None:
+        self.model = model
+        self.score = score
+        self.fpr = fpr
         self.holdout = holdout
-        self.scorer: OODScore = make_score(score, flow, progress=False, **score_options)
-        self.reference_scores: np.ndarray | None = None
+        self.score_options = score_options
+
+    # -- fitting ------------------------------------------------------------------------------------------------
+    def _density(self) -> Any:
+        model = self.model
+        if isinstance(model, (str, Path)):
+            from flowood.checkpoints import load_flow
+            model = load_flow(model).flow
+        return as_density(model).eval()
+
+    def _make_scorer(self) -> OODScore:
+        if not 0.0 < self.holdout < 1.0:
+            raise ConfigError(f"holdout must be in (0, 1), got {self.holdout}")
+        if not 0.0 <= self.fpr <= 1.0:
+            raise ConfigError(f"fpr must be in [0, 1], got {self.fpr}")
+        options = {"noise": "center", **(self.score_options or {})}
+        return make_score(self.score, self._density(), progress=False, **options)
+
+    def fit(self, X: Any, y: Any = None) -> OODDetector:
+        """Fit the score on in-distribution data and calibrate the threshold for ``fpr``.
+
+        Args:
+            X: in-distribution samples (a tensor, array, dataset or DataLoader), as the model takes them.
+            y: ignored (scikit-learn's convention).
+
+        Returns:
+            The detector.
+        """
+        x = collect_samples(X)
+        if len(x) < 2:
+            raise InputError(f"fit needs at least 2 in-distribution samples, got {len(x)}")
+        scorer = self._make_scorer()
+        if scorer.needs_fit:
+            seed = scorer.seed
+            perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+            n_ref = max(1, round(self.holdout * len(x)))
+            ref, train = x[perm[:n_ref]], x[perm[n_ref:]]
+            scorer.fit(train)
+        else:
+            ref = x
+        self.scorer_ = scorer
+        self.reference_scores_ = scorer.score(ref)
+        self._calibrate()
+        return self
+
+    def _calibrate(self) -> None:
+        self.threshold_ = self.threshold(self.fpr)
+        self.offset_ = -self.threshold_
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "scorer_"):
+            raise NotFittedError("this OODDetector is not fitted yet: call fit(in-distribution data) first")
+
+    # -- flowood's convention -----------------------------------------------------------------------------------
+    def anomaly_score(self, X: Any) -> np.ndarray:
+        """One score per input in the score's units; higher means more anomalous."""
+        self._check_fitted()
+        return self.scorer_.score(collect_samples(X))
+
+    def threshold(self, fpr: float | None = None) -> float:
+        """The anomaly score above which an input is flagged, so that a share ``fpr`` of the calibration data
+        is (default: the detector's ``fpr``)."""
+        if not hasattr(self, "reference_scores_"):
+            raise NotFittedError("call fit(in-distribution data) before threshold()")
+        fpr = self.fpr if fpr is None else fpr
+        if not 0.0 <= fpr <= 1.0:
+            raise ConfigError(f"fpr must be in [0, 1], got {fpr}")
+        return float(np.quantile(self.reference_scores_, 1.0 - fpr))
+
+    def is_ood(self, X: Any, fpr: float | None = None) -> np.ndarray:
+        """True for inputs flagged as OOD at the threshold for ``fpr`` (default: the detector's)."""
+        return self.anomaly_score(X) > self.threshold(fpr)
+
+    def percentile(self, anomaly_scores: np.ndarray) -> np.ndarray:
+        """Where each anomaly score falls among the calibration data's, in percent (100: above them all)."""
+        self._check_fitted()
+        reference = np.sort(self.reference_scores_)
+        return 100.0 * np.searchsorted(reference, anomaly_scores, side="right") / len(reference)
+
+    # -- scikit-learn's convention ------------------------------------------------------------------------------
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Higher means more normal (the negated anomaly score), as scikit-learn's outlier detectors."""
+        return -self.anomaly_score(X)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """``score_samples(X) - offset_``: negative for inputs flagged as OOD."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X: Any) -> np.ndarray:
+        """+1 for in-distribution inputs, -1 for OOD ones (at the threshold for ``fpr``)."""
+        return np.where(self.decision_function(X) < 0, -1, 1)
 
     @property
     def score_name(self) -> str:
-        return self.scorer.name
+        self._check_fitted()
+        return self.scorer_.name
 
-    def fit(self, data: Any) -> "OODDetector":
-        """Fit the score on in-distribution data and keep reference scores for :meth:`threshold`."""
-        x = collect_samples(data)
-        if len(x) < 2:
-            raise InputError(f"fit needs at least 2 in-distribution samples, got {len(x)}")
-        if self.scorer.needs_fit:
-            perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.scorer.seed))
-            n_ref = max(1, round(self.holdout * len(x)))
-            ref, train = x[perm[:n_ref]], x[perm[n_ref:]]
-            self.scorer.fit(train)
+    # -- files ----------------------------------------------------------------------------------------------------
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the fitted detector as one file: the flow itself (configuration and weights), the score and its
+        fitted state, the calibration scores and the threshold. Loaded back with :meth:`load`.
+
+        Raises:
+            ConfigError: a detector whose model is not a flowood flow (its class could not be rebuilt on loading).
+            OutputError: ``path`` is not a file flowood may write (see :func:`flowood.outputs.check_output_file`).
+        """
+        from flowood import __version__
+        from flowood.outputs import atomic_write, check_output_file
+
+        self._check_fitted()
+        flow = self.scorer_.flow
+        if not is_flowood_flow(flow):
+            raise ConfigError("only detectors on flowood flows can be saved (another density's class could not be "
+                              "rebuilt from the file); keep the Python objects instead")
+        inputs = [self.model] if isinstance(self.model, (str, Path)) else []
+        check_output_file(path, is_detector_file, inputs, overwrite)
+        payload = {"format": DETECTOR_FORMAT, "flowood_version": __version__, "score": self.score,
+                   "fpr": float(self.fpr), "holdout": float(self.holdout),
+                   "score_options": _plain_options(self.score_options), "flow_config": flow.config,
+                   "state_dict": flow.state_dict(), "fitted": self.scorer_.fitted_state(),
+                   "reference_scores": torch.from_numpy(np.asarray(self.reference_scores_, dtype=np.float64)),
+                   "input_shape": list(flow.input_shape), "source": str(self.model) if inputs else None}
+        with atomic_write(path) as tmp:
+            torch.save(payload, tmp)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> OODDetector:
+        """A detector written by :meth:`save`, ready to score (no refitting).
+
+        Raises:
+            CheckpointError: the file is missing, unreadable, unsafe, or not a flowood detector.
+        """
+        from flowood.checkpoints import CheckpointError, read_weights_file
+        from flowood.flows import build_flow
+        from flowood.runtime import resolve_device
+
+        payload = read_weights_file(path, what="detector")
+        if not isinstance(payload, dict) or payload.get("format") != DETECTOR_FORMAT:
+            raise CheckpointError(f"{path} is not a flowood detector (write one with `flowood detector fit` or "
+                                  "OODDetector.save)")
+        flow = build_flow(payload["flow_config"])
+        flow.load_state_dict(payload["state_dict"])
+        flow.to(resolve_device(device)).eval()
+        detector = cls(flow, payload["score"], payload["fpr"], payload["holdout"], payload["score_options"] or None)
+        detector.scorer_ = detector._make_scorer()
+        detector.scorer_.load_fitted_state(payload["fitted"])
+        detector.reference_scores_ = payload["reference_scores"].numpy()
+        detector._calibrate()
+        return detector
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's shape, as the model takes it."""
+        self._check_fitted()
+        return tuple(self.scorer_.flow.input_shape)
+
+
+def _plain_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """Score options that can be stored in a weights-only file (numbers, strings, booleans)."""
+    plain = {}
+    for key, value in (options or {}).items():
+        if isinstance(value, (int, float, str, bool)) or value is None:
+            plain[key] = value
         else:
-            ref = x
-        self.reference_scores = self.scorer.score(ref)
-        return self
+            raise ConfigError(f"score option {key!r} holds a {type(value).__name__}; a saved detector can keep only "
+                              "numbers, strings and booleans (a background or an ensemble is not saved)")
+    return plain
 
-    def score(self, x: Any) -> np.ndarray:
-        """One score per input; higher means more anomalous."""
-        if self.scorer.needs_fit and not self.scorer.fitted:
-            raise RuntimeError("call fit(in-distribution data) before score()")
-        return self.scorer.score(collect_samples(x))
 
-    def threshold(self, fpr: float = 0.05) -> float:
-        """The score above which an input is flagged, so that a share ``fpr`` of in-distribution data is."""
-        if self.reference_scores is None:
-            raise RuntimeError("call fit(in-distribution data) before threshold()")
-        if not 0.0 <= fpr <= 1.0:
-            raise ConfigError(f"fpr must be in [0, 1], got {fpr}")
-        return float(np.quantile(self.reference_scores, 1.0 - fpr))
+def is_detector_file(path: Path) -> bool:
+    """True for files :meth:`OODDetector.save` wrote."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return False
+    return isinstance(payload, dict) and payload.get("format") == DETECTOR_FORMAT
 
-    def predict(self, x: Any, fpr: float = 0.05) -> np.ndarray:
-        """True for inputs flagged as OOD at the threshold for ``fpr``."""
-        return self.score(x) > self.threshold(fpr)

@@ -19,13 +19,15 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from flowood.errors import InputError, ModelError, closest
 from flowood.flows import FlowModel, build_flow
+from flowood.ood.density import as_density, is_flowood_flow
 from flowood.options import ConfigError
 
 __all__ = ["OODScore", "NegativeLogLikelihood", "LikelihoodRatio", "ComplexityCorrected", "Typicality",
@@ -38,8 +40,8 @@ def _batches(x: Tensor, batch_size: int) -> Iterable[Tensor]:
         yield x[start:start + batch_size]
 
 
-def _device_of(flow: FlowModel) -> torch.device:
-    return next(flow.parameters()).device
+def _device_of(flow: nn.Module) -> torch.device:
+    return next((p.device for p in flow.parameters()), torch.device("cpu"))
 
 
 @torch.inference_mode()
@@ -85,12 +87,14 @@ class OODScore:
     needs_fit = False
     needs_training = False
 
-    def __init__(self, flow: FlowModel, batch_size: int = 512, seed: int = 0, cache: dict | None = None) -> None:
+    def __init__(self, flow: FlowModel, batch_size: int = 512, seed: int = 0, cache: dict | None = None,
+                 noise: str = "uniform") -> None:
         self.flow = flow
         self.batch_size = batch_size
         self.seed = seed
         self.fitted = not self.needs_fit
         self.cache = cache
+        self.noise = noise  # dequantization of 8-bit images: "uniform" (seeded), or "center" (the same per input)
 
     def _bpd(self, x: Tensor, flow: FlowModel | None = None) -> np.ndarray:
         """Bits/dim of ``x`` under ``flow`` (default: the score's flow), shared through ``cache`` if one was given.
@@ -100,18 +104,26 @@ class OODScore:
         """
         flow = flow or self.flow
         if self.cache is None:
-            return score_bits_per_dim(flow, x, self.batch_size, self.seed)
-        key = (id(flow), id(x), self.seed)
+            return score_bits_per_dim(flow, x, self.batch_size, self.seed, self.noise)
+        key = (id(flow), id(x), self.seed, self.noise)
         hit = self.cache.get(key)
         if hit is None or hit[0] is not x:
-            hit = (x, score_bits_per_dim(flow, x, self.batch_size, self.seed))
+            hit = (x, score_bits_per_dim(flow, x, self.batch_size, self.seed, self.noise))
             self.cache[key] = hit
         return hit[1]
 
-    def fit(self, train: Tensor) -> "OODScore":
+    def fit(self, train: Tensor) -> OODScore:
         """Learn what the score needs from in-distribution training samples."""
         self.fitted = True
         return self
+
+    def fitted_state(self) -> dict[str, Any]:
+        """What :meth:`fit` learned, as tensors and plain values (saved in detector files)."""
+        return {}
+
+    def load_fitted_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`fitted_state` returned, without fitting again."""
+        self.fitted = True
 
     def score(self, x: Tensor) -> np.ndarray:  # pragma: no cover - abstract
         """One score per input, higher = more anomalous."""
@@ -208,17 +220,20 @@ class LikelihoodRatio(OODScore):
 
     def __init__(self, flow: FlowModel, background: FlowModel | None = None, perturbation_rate: float = 0.2,
                  steps: int = 1000, lr: float = 1e-3, train_batch_size: int = 64, batch_size: int = 512,
-                 seed: int = 0, progress: bool = True, cache: dict | None = None) -> None:
-        super().__init__(flow, batch_size, seed, cache)
+                 seed: int = 0, progress: bool = True, cache: dict | None = None, noise: str = "uniform") -> None:
+        super().__init__(flow, batch_size, seed, cache, noise)
         self.background = background
         self.perturbation_rate = perturbation_rate
         self.steps, self.lr, self.train_batch_size, self.progress = steps, lr, train_batch_size, progress
         if background is not None:
-            if background.input_shape != flow.input_shape:
+            if background.input_shape not in (None, flow.input_shape):
                 raise ModelError(f"background flow takes {background.input_shape}, the flow {flow.input_shape}")
             self.fitted = True
+        elif not is_flowood_flow(flow):
+            raise ConfigError("the likelihood ratio needs a `background` model for a density that is not a flowood "
+                              "flow (flowood trains background copies of its own flows only)")
 
-    def fit(self, train: Tensor) -> "LikelihoodRatio":
+    def fit(self, train: Tensor) -> LikelihoodRatio:
         if self.background is None:
             if not self.flow.discrete:
                 raise ConfigError("the perturbation background model is defined for 8-bit images; pass `background`")
@@ -231,10 +246,21 @@ class LikelihoodRatio(OODScore):
         self.fitted = True
         return self
 
+    def fitted_state(self) -> dict[str, Any]:
+        self._require_fit()
+        if not is_flowood_flow(self.background):
+            raise ConfigError("a likelihood ratio with a given background model cannot be saved in a detector file")
+        return {"background_config": self.background.config, "background_state": self.background.state_dict()}
+
+    def load_fitted_state(self, state: dict[str, Any]) -> None:
+        background = build_flow(state["background_config"])
+        background.load_state_dict(state["background_state"])
+        self.background = background.to(_device_of(self.flow)).eval()
+        self.fitted = True
+
     def score(self, x: Tensor) -> np.ndarray:
         self._require_fit()
-        return (self._bpd(x)
-                - self._bpd(x, self.background))
+        return self._bpd(x) - self._bpd(x, self.background)
 
 
 def compressed_bits_per_dim(x: Tensor, codec: str = "png") -> np.ndarray:
@@ -285,10 +311,10 @@ class ComplexityCorrected(OODScore):
     name = "complexity"
 
     def __init__(self, flow: FlowModel, codec: str = "png", batch_size: int = 512, seed: int = 0,
-                 cache: dict | None = None) -> None:
-        super().__init__(flow, batch_size, seed, cache)
-        if not flow.discrete:
-            raise ConfigError("the complexity correction is defined for image flows")
+                 cache: dict | None = None, noise: str = "uniform") -> None:
+        super().__init__(flow, batch_size, seed, cache, noise)
+        if flow.input_shape is not None and len(flow.input_shape) != 3:
+            raise ConfigError("the complexity correction is defined for images; this model takes vectors")
         self.codec = codec
         self.name = "complexity" if codec == "png" else f"complexity_{codec}"
 
@@ -313,8 +339,8 @@ class Typicality(OODScore):
     needs_fit = True
 
     def __init__(self, flow: FlowModel, batch_size: int = 1, scoring_batch_size: int = 512, seed: int = 0,
-                 max_fit_samples: int = 10000, cache: dict | None = None) -> None:
-        super().__init__(flow, scoring_batch_size, seed, cache)
+                 max_fit_samples: int = 10000, cache: dict | None = None, noise: str = "uniform") -> None:
+        super().__init__(flow, scoring_batch_size, seed, cache, noise)
         if batch_size < 1:
             raise ConfigError(f"typicality batch_size must be >= 1, got {batch_size}")
         self.group = batch_size
@@ -323,7 +349,15 @@ class Typicality(OODScore):
         if batch_size > 1:
             self.name = f"typicality_batch{batch_size}"
 
-    def fit(self, train: Tensor) -> "Typicality":
+    def fitted_state(self) -> dict[str, Any]:
+        self._require_fit()
+        return {"entropy": self.entropy}
+
+    def load_fitted_state(self, state: dict[str, Any]) -> None:
+        self.entropy = float(state["entropy"])
+        self.fitted = True
+
+    def fit(self, train: Tensor) -> Typicality:
         if len(train) > self.max_fit_samples:
             idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))[: self.max_fit_samples]
             train = train[idx]
@@ -356,8 +390,12 @@ class ScaleLikelihood(OODScore):
 
     needs_fit = False
 
-    def __init__(self, flow: FlowModel, which: str = "last", batch_size: int = 512, seed: int = 0) -> None:
-        super().__init__(flow, batch_size, seed)
+    def __init__(self, flow: FlowModel, which: str = "last", batch_size: int = 512, seed: int = 0,
+                 noise: str = "uniform") -> None:
+        super().__init__(flow, batch_size, seed, noise=noise)
+        if not is_flowood_flow(flow):
+            raise ConfigError(f"the latent_{which} score needs a multi-scale flowood flow; "
+                              f"{flow.config.get('flow', 'this model')} has no per-scale latents")
         if which not in ("last", "early"):
             raise ConfigError(f"which must be 'last' or 'early', got {which!r}")
         if which == "early" and flow.num_scales < 2:
@@ -372,7 +410,7 @@ class ScaleLikelihood(OODScore):
         g = torch.Generator().manual_seed(self.seed)
         out = []
         for b in _batches(x, self.batch_size):
-            latents = self.flow.latents_by_scale(b.to(device), generator=g)
+            latents = self.flow.latents_by_scale(b.to(device), noise=self.noise, generator=g)
             parts = latents[-1:] if self.which == "last" else latents[:-1]
             dims = sum(p[0].numel() for p in parts)
             nll = -sum(self.flow.prior.log_prob(p) for p in parts)
@@ -395,13 +433,14 @@ class WAIC(OODScore):
 
     name = "waic"
 
-    def __init__(self, flows: list[FlowModel], batch_size: int = 512, seed: int = 0, cache: dict | None = None) -> None:
+    def __init__(self, flows: list[FlowModel], batch_size: int = 512, seed: int = 0, cache: dict | None = None,
+                 noise: str = "uniform") -> None:
         if len(flows) < 2:
             raise ConfigError(f"WAIC needs an ensemble of at least 2 flows, got {len(flows)}")
         shapes = {f.input_shape for f in flows}
         if len(shapes) > 1:
             raise ModelError(f"ensemble flows take different input shapes: {sorted(shapes)}")
-        super().__init__(flows[0], batch_size, seed, cache)
+        super().__init__(flows[0], batch_size, seed, cache, noise)
         self.flows = flows
 
     def score(self, x: Tensor) -> np.ndarray:
@@ -421,9 +460,16 @@ SCORE_NAMES = DEFAULT_SCORES + ("likelihood_ratio", "waic")
 
 def make_score(name: str, flow: FlowModel, ensemble: list[FlowModel] | None = None,
                background: FlowModel | None = None, typicality_batch: int = 1, background_steps: int = 1000,
-               batch_size: int = 512, seed: int = 0, progress: bool = True, cache: dict | None = None) -> OODScore:
-    """Build a score by name (see :data:`SCORE_NAMES`); scores given the same ``cache`` share likelihoods."""
-    common = dict(batch_size=batch_size, seed=seed, cache=cache)
+               batch_size: int = 512, seed: int = 0, progress: bool = True, cache: dict | None = None,
+               noise: str = "uniform") -> OODScore:
+    """Build a score by name (see :data:`SCORE_NAMES`); scores given the same ``cache`` share likelihoods.
+
+    ``flow``, ``ensemble`` and ``background`` may be flowood flows or any density (see :mod:`flowood.ood.density`).
+    """
+    flow = as_density(flow)
+    ensemble = [as_density(f, flow.input_shape) for f in ensemble or []]
+    background = as_density(background, flow.input_shape) if background is not None else None
+    common = dict(batch_size=batch_size, seed=seed, cache=cache, noise=noise)
     if name == "likelihood":
         return NegativeLogLikelihood(flow, **common)
     if name == "complexity":
@@ -431,11 +477,11 @@ def make_score(name: str, flow: FlowModel, ensemble: list[FlowModel] | None = No
     if name == "complexity_jp2":
         return ComplexityCorrected(flow, "jp2", **common)
     if name == "typicality":
-        return Typicality(flow, typicality_batch, scoring_batch_size=batch_size, seed=seed, cache=cache)
+        return Typicality(flow, typicality_batch, scoring_batch_size=batch_size, seed=seed, cache=cache, noise=noise)
     if name == "latent_last_scale":
-        return ScaleLikelihood(flow, "last", batch_size, seed)
+        return ScaleLikelihood(flow, "last", batch_size, seed, noise)
     if name == "latent_early_scales":
-        return ScaleLikelihood(flow, "early", batch_size, seed)
+        return ScaleLikelihood(flow, "early", batch_size, seed, noise)
     if name == "likelihood_ratio":
         return LikelihoodRatio(flow, background, steps=background_steps, progress=progress, **common)
     if name == "waic":

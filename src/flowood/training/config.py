@@ -21,9 +21,11 @@ from flowood.flows import FlowConfig
 from flowood.options import ConfigError, from_mapping, option, to_mapping
 from flowood.runtime import check_precision, data_root_option, device_option, precision_option, seed_option
 
-__all__ = ["TrainConfig", "load_config", "read_yaml", "config_path", "OPTIMIZERS"]
+__all__ = ["TrainConfig", "load_config", "read_yaml", "config_path", "OPTIMIZERS", "LOGGERS"]
 
 OPTIMIZERS = ("Adam", "RMSprop", "AdamW", "SGD")
+#: Lightning loggers ``flowood train`` can write to (mlflow and wandb need their packages).
+LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")
 
 
 @dataclass
@@ -64,6 +66,14 @@ class TrainConfig:
                             minimum=0)
     checkpoint_every_n_steps: int = option(0, "also write last.ckpt every this many steps (0: at epoch ends only)",
                                            minimum=0)
+    checkpoint_every_minutes: float = option(2.0, "also write last.ckpt every this many minutes of training, so an "
+                                             "interrupted run can be resumed (0: off)", minimum=0.0)
+    loggers: list[str] = option(default_factory=lambda: ["tensorboard", "csv"], help="where metrics go: any of "
+                                "tensorboard, csv, mlflow, wandb (the last two when installed)", metavar="LOGGER")
+    samples_every_n_epochs: int = option(1, "a grid of samples in TensorBoard every this many epochs (0: none)",
+                                         minimum=0)
+    monitor_ood: str | None = option(None, "an OOD set whose bits/dim and likelihood AUROC are logged at every test "
+                                     "pass: the paper's failure as a curve over training", metavar="NAME")
     test_every_n_epochs: int = option(1, "measure test bits/dim every this many epochs", minimum=1)
     aug: bool = option(False, "random horizontal flips of training images (CIFAR-10, CelebA; not digits)")
     channels_last: bool = option(True, "keep convolutions in channels-last memory (same numbers, faster on CPUs)")
@@ -102,6 +112,10 @@ class TrainConfig:
         if not 0.0 < float(self.nan_lr_factor) <= 1.0:
             raise ConfigError(f"nan_lr_factor must be in (0, 1], got {self.nan_lr_factor}")
         self.precision = check_precision(self.precision)
+        unknown = [name for name in self.loggers if name not in LOGGERS]
+        if unknown:
+            raise ConfigError(f"unknown logger {unknown[0]!r}{closest(unknown[0], LOGGERS)}; choose from "
+                              f"{', '.join(LOGGERS)}")
         if self.lr <= 0 or self.max_grad_norm <= 0:
             raise ConfigError(f"lr and max_grad_norm must be positive, got {self.lr} and {self.max_grad_norm}")
         if self.max_minutes is not None and self.max_minutes <= 0:

@@ -13,16 +13,18 @@ from typing import Any
 
 import lightning.pytorch as pl
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from flowood.checkpoints import CheckpointError, load_flow
-from flowood.data import dataset_inputs
+from flowood.data import dataset_inputs, fit_to_shape, load_dataset
+from flowood.options import ConfigError
 from flowood.outputs import OutputExistsError, OutputFolder, open_output_folder, write_text_atomic
 from flowood.runtime import lightning_accelerator, lightning_precision
 from flowood.training.callbacks import InvertibilityCheck, NonFiniteGuard, RandomState, RecordLogs, TrainedBatches
 from flowood.training.config import TrainConfig
 from flowood.training.module import FlowDataModule, FlowModule
+from flowood.training.monitor import TimeLimitBar, TrainingMonitor
 from flowood.training.persistence import AtomicCheckpointIO, check_disk_space
 
 __all__ = ["train", "TrainResult", "OutputExistsError"]
@@ -73,7 +75,7 @@ def _open_out(config: TrainConfig, resume_path: Path | None, overwrite: bool, in
         return None
     out = Path(config.out)
     continues = resume_path is not None and resume_path.resolve().is_relative_to(out.resolve())
-    inputs = [*dataset_inputs([config.dataset, config.ood_dataset], config.data_root), *inputs]
+    inputs = [*dataset_inputs([config.dataset, config.ood_dataset, config.monitor_ood], config.data_root), *inputs]
     if resume_path is not None and not continues:
         inputs.append(resume_path)
     return open_output_folder(out, "train", inputs, overwrite=overwrite, resume=continues)
@@ -110,9 +112,22 @@ def train(config: TrainConfig, resume: str | bool | None = None, overwrite: bool
             folder.close()
 
 
+def _monitor(config: TrainConfig, data: FlowDataModule) -> TrainingMonitor:
+    """Gradient norms, per-scale test bits/dim, sample grids and (with ``monitor_ood``) the OOD curve."""
+    test = data.test_set.take(512, seed=config.seed).data
+    ood = None
+    if config.monitor_ood:
+        shape = data.sample_shape
+        ood_set = load_dataset(config.monitor_ood, "test", config.data_root, shape=shape)
+        ood = fit_to_shape(ood_set.take(512, seed=config.seed), shape)
+    name = config.monitor_ood.rsplit("/", 1)[-1] if config.monitor_ood else "ood"
+    return TrainingMonitor(test, ood, name, config.samples_every_n_epochs, config.seed)
+
+
 def _checkpointing(config: TrainConfig, ckpt_dir: Path) -> list[ModelCheckpoint]:
-    """``last.ckpt`` at every epoch end (every ``checkpoint_every_n_steps`` steps too) and, with ``save_freq``,
-    ``epoch=N.ckpt`` every that many epochs; never versioned (``last-v1.ckpt``): one writer per folder."""
+    """``last.ckpt`` at every epoch end (every ``checkpoint_every_n_steps`` steps and ``checkpoint_every_minutes``
+    too) and, with ``save_freq``, ``epoch=N.ckpt`` every that many epochs; never versioned (``last-v1.ckpt``):
+    one writer per folder."""
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=-1 if config.save_freq else 0,
                                  every_n_epochs=config.save_freq or 1, filename="epoch={epoch}",
                                  auto_insert_metric_name=False, enable_version_counter=False)]
@@ -120,20 +135,47 @@ def _checkpointing(config: TrainConfig, ckpt_dir: Path) -> list[ModelCheckpoint]
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                          every_n_train_steps=config.checkpoint_every_n_steps,
                                          enable_version_counter=False))
+    if config.checkpoint_every_minutes:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                                         train_time_interval=timedelta(minutes=config.checkpoint_every_minutes),
+                                         enable_version_counter=False))
     return callbacks
 
 
-def _loggers(out: Path, resume_path: Path | None, folder: OutputFolder | None) -> list[Any]:
-    """TensorBoard and CSV under ``logs/``; a resumed run logs its CSV rows beside the earlier ones (Lightning's
-    CSV logger would replace them)."""
-    csv_version = ""
-    if resume_path is not None and (out / "logs" / "csv" / "metrics.csv").exists():
-        csv_version = f"resume_{len(list((out / 'logs' / 'csv').glob('resume_*'))) + 1}"
-    if folder is not None:  # named before they exist: a crash cannot leave a log file the manifest misses
-        csv_dir = Path("logs") / "csv" / csv_version
-        folder.record(csv_dir / "metrics.csv", csv_dir / "hparams.yaml", Path("logs") / "tensorboard" / "hparams.yaml")
-    return [TensorBoardLogger(str(out / "logs"), name="tensorboard", version=""),
-            CSVLogger(str(out / "logs"), name="csv", version=csv_version)]
+def _loggers(config: TrainConfig, out: Path, resume_path: Path | None, folder: OutputFolder | None) -> list[Any]:
+    """The loggers ``config.loggers`` names, writing under ``logs/``. A resumed run logs its CSV rows beside the
+    earlier ones (Lightning's CSV logger would replace them)."""
+    loggers: list[Any] = []
+    logs = out / "logs"
+    if "tensorboard" in config.loggers:
+        loggers.append(TensorBoardLogger(str(logs), name="tensorboard", version=""))
+        if folder is not None:
+            folder.record(Path("logs") / "tensorboard" / "hparams.yaml")
+    if "csv" in config.loggers:
+        csv_version = ""
+        if resume_path is not None and (logs / "csv" / "metrics.csv").exists():
+            csv_version = f"resume_{len(list((logs / 'csv').glob('resume_*'))) + 1}"
+        if folder is not None:  # named before they exist: a crash cannot leave a log file the manifest misses
+            folder.record(Path("logs") / "csv" / csv_version / "metrics.csv",
+                          Path("logs") / "csv" / csv_version / "hparams.yaml")
+        loggers.append(CSVLogger(str(logs), name="csv", version=csv_version))
+    for name in ("mlflow", "wandb"):
+        if name in config.loggers:
+            loggers.append(_optional_logger(name, logs))
+    return loggers
+
+
+def _optional_logger(name: str, logs: Path) -> Any:
+    """MLflow's or Weights & Biases' Lightning logger, or a ConfigError saying what to install."""
+    import importlib.util
+
+    from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
+
+    if importlib.util.find_spec(name) is None:
+        raise ConfigError(f"the {name} logger needs the {name} package: pip install {name}")
+    if name == "mlflow":
+        return MLFlowLogger(experiment_name="flowood", save_dir=str(logs / "mlflow"))
+    return WandbLogger(project="flowood", save_dir=str(logs))
 
 
 def _fit(config: TrainConfig, out: Path, resume_path: Path | None, folder: OutputFolder | None, progress: bool,
@@ -153,14 +195,17 @@ def _fit(config: TrainConfig, out: Path, resume_path: Path | None, folder: Outpu
     callbacks: list[Any] = [guard, inverse_check, RandomState(), TrainedBatches(data.position),
                             *_checkpointing(config, out / "checkpoints")]
     callbacks += [RecordLogs(folder)] if folder is not None else []
-    callbacks += [TQDMProgressBar(refresh_rate=10)] if progress else []
+    callbacks += [_monitor(config, data)]
+    callbacks += [LearningRateMonitor(logging_interval="step")] if config.loggers else []
+    if progress:
+        callbacks.append(TimeLimitBar(config.max_minutes) if config.max_minutes else TQDMProgressBar(refresh_rate=10))
     accelerator, devices = lightning_accelerator(config.device, config.devices)
     trainer = pl.Trainer(
         max_epochs=config.num_epochs, max_steps=config.max_steps or -1,
         max_time=timedelta(minutes=config.max_minutes) if config.max_minutes else None,
         gradient_clip_val=config.max_grad_norm, devices=devices, num_nodes=config.num_nodes,
         accelerator=accelerator, strategy=config.strategy, precision=lightning_precision(config.precision),
-        logger=_loggers(out, resume_path, folder), callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        logger=_loggers(config, out, resume_path, folder), callbacks=callbacks, plugins=[AtomicCheckpointIO()],
         default_root_dir=str(out), enable_progress_bar=progress, enable_model_summary=progress,
         check_val_every_n_epoch=config.test_every_n_epochs, log_every_n_steps=10, num_sanity_val_steps=0)
     if trainer.is_global_zero:

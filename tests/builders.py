@@ -1,0 +1,159 @@
+"""Tiny builders shared by test files: fixture data, small flows and checkpoints, parameter perturbation, files in
+the formats the readers take, and the command line as a subprocess.
+
+Importable from any test file (pyproject's pytest ``pythonpath`` holds ``tests/``). Fixtures built from these
+(data-set names, trained models, tiny training configurations, the mini experiment suite) are in conftest.py.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flowood.checkpoints import save_flow
+from flowood.flows import FlowModel, RealNVP, build_flow
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+# -- the committed fixtures -----------------------------------------------------------------------------------------
+def fixture_arrays(name: str, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Images ``[N, 1, 28, 28]`` (uint8) and labels of ``tests/fixtures/{name}-small.npz`` (fashionmnist, mnist)."""
+    with np.load(FIXTURES / f"{name}-small.npz") as f:
+        return f[f"images_{split}"], f[f"labels_{split}"]
+
+
+# -- small flows ------------------------------------------------------------------------------------------------------
+def perturb(module: torch.nn.Module, scale: float = 0.05) -> torch.nn.Module:
+    """Move every parameter away from its (identity) initialisation by ``scale`` times standard normal noise."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return module
+
+
+def randomise(module: torch.nn.Module) -> torch.nn.Module:
+    """Give zero-initialised output layers random weights so the layer is not the identity."""
+    return perturb(module, 0.1)
+
+
+def tiny_realnvp(input_shape: tuple[int, ...] = (1, 8, 8), num_mid_channels: int = 4, init_batch: int = 0,
+                 **options) -> FlowModel:
+    """A RealNVP with one residual block per st-network. With ``init_batch`` > 0, one log-likelihood pass on that
+    many uniform-noise images initialises it first (as a saved, trained model is)."""
+    flow = RealNVP(input_shape, num_blocks=1, num_mid_channels=num_mid_channels, **options)
+    if init_batch:
+        flow.log_prob(torch.rand(init_batch, *input_shape))
+    return flow
+
+
+def tiny_checkpoint(path: Path, dataset: str = "digits", init_batch: int = 4, **options) -> Path:
+    """An initialised :func:`tiny_realnvp` saved with ``save_flow`` at ``path``, as if trained on ``dataset``."""
+    return save_flow(tiny_realnvp(init_batch=init_batch, **options), path, {"dataset": dataset})
+
+
+TINY = dict(num_blocks=1, num_mid_channels=4, latent_dim=3)
+
+# one per image architecture option the flows offer (the flows' tests of invertibility, log-det and likelihood)
+IMAGE_CONFIGS = {
+    "realnvp-checkerboard-2scales": dict(flow="RealNVP", input_shape=(1, 4, 4), num_scales=2, **TINY),
+    "realnvp-packed-2scales": dict(flow="RealNVP", input_shape=(2, 4, 4), mask="checkerboard_packed", num_scales=2,
+                                   **TINY),
+    "realnvp-3scales-rgb": dict(flow="RealNVP", input_shape=(3, 4, 4), num_scales=3, **TINY),
+    "realnvp-horizontal": dict(flow="RealNVP", input_shape=(1, 4, 4), mask="horizontal", num_scales=1,
+                               num_coupling_layers_per_scale=4, **TINY),
+    "realnvp-vertical": dict(flow="RealNVP", input_shape=(1, 4, 4), mask="vertical", num_scales=2, **TINY),
+    "realnvp-cycle": dict(flow="RealNVPCycleMask", input_shape=(1, 4, 4), **TINY),
+    "realnvp-cycle-multiscale": dict(flow="RealNVP", input_shape=(2, 4, 4), mask="cycle", num_scales=2, **TINY),
+    "realnvp-autoencoder": dict(flow="RealNVP", input_shape=(1, 4, 4), st_type="autoencoder", **TINY),
+    "realnvp-resnet_ae": dict(flow="RealNVP", input_shape=(1, 4, 4), st_type="resnet_ae", num_blocks=2,
+                              num_mid_channels=4, latent_dim=3),
+    "realnvp-highway-nobn": dict(flow="RealNVP", input_shape=(1, 4, 4), st_type="highway", batchnorm=False, **TINY),
+    "realnvp-convnet-noskip": dict(flow="RealNVP", input_shape=(1, 4, 4), st_type="convnet", skip=False, **TINY),
+    "glow-channel": dict(flow="Glow", input_shape=(1, 4, 4), num_scales=2, num_coupling_layers_per_scale=2, **TINY),
+    "glow-highway-rgb": dict(flow="Glow", input_shape=(3, 4, 4), num_scales=1, num_coupling_layers_per_scale=2,
+                             st_type="highway", **TINY),
+    "glow-checkerboard": dict(flow="Glow", input_shape=(1, 4, 4), num_scales=1, num_coupling_layers_per_scale=2,
+                              mask="checkerboard", **TINY),
+    "glow-packed-autoencoder": dict(flow="Glow", input_shape=(1, 8, 8), num_scales=1, num_coupling_layers_per_scale=2,
+                                    mask="checkerboard_packed", st_type="autoencoder", **TINY),
+    "glow-cycle-autoencoder": dict(flow="Glow", input_shape=(1, 8, 8), num_scales=1, num_coupling_layers_per_scale=2,
+                                   mask="cycle", st_type="autoencoder", **TINY),
+}
+
+
+def ready_flow(config: dict) -> FlowModel:
+    """``build_flow(config)`` initialised on uniform noise (ActNorm's data-dependent start), perturbed, in eval
+    mode."""
+    flow = build_flow(config)
+    flow.train()
+    flow.log_prob(torch.rand(8, *flow.input_shape))  # ActNorm data-dependent init
+    return perturb(flow).eval()
+
+
+# image flows of several architectures on 28x28 and 8x8 inputs (the inspect analyses and command)
+INSPECT_CONFIGS = {
+    "realnvp-gray": dict(flow="RealNVP", input_shape=(1, 28, 28), num_blocks=1, num_mid_channels=4),
+    "glow-gray": dict(flow="Glow", input_shape=(1, 28, 28), num_coupling_layers_per_scale=2, num_blocks=1,
+                      num_mid_channels=4, st_type="highway"),
+    "cycle-bottleneck-rgb": dict(flow="RealNVPCycleMask", input_shape=(3, 8, 8), st_type="autoencoder",
+                                 num_mid_channels=4, latent_dim=3),
+    "realnvp-packed-checkerboard": dict(flow="RealNVP", input_shape=(1, 28, 28), mask="checkerboard_packed",
+                                        num_blocks=1, num_mid_channels=4),
+    "glow-rgb-checkerboard": dict(flow="Glow", input_shape=(3, 8, 8), num_scales=2, num_coupling_layers_per_scale=1,
+                                  mask="checkerboard", num_blocks=1, num_mid_channels=4),
+}
+
+
+def perturbed_flow(config: dict) -> FlowModel:
+    """``build_flow(config)``, initialised on random 8-bit images, perturbed, in eval mode."""
+    flow = build_flow(config)
+    flow.log_prob(torch.randint(0, 256, (8, *flow.input_shape), dtype=torch.uint8))
+    return perturb(flow).eval()
+
+
+# the st-network kinds whose fast paths (channels-last memory, in-place activations) must not change the numbers
+SPEED_CONFIGS = {
+    "realnvp-resnet-gray": dict(flow="RealNVP", input_shape=(1, 8, 8), num_blocks=2, num_mid_channels=8),
+    "realnvp-resnet-rgb": dict(flow="RealNVP", input_shape=(3, 8, 8), num_blocks=1, num_mid_channels=8),
+    "glow-convnet-rgb": dict(flow="Glow", input_shape=(3, 8, 8), num_scales=2, num_coupling_layers_per_scale=2,
+                             num_blocks=2, num_mid_channels=8),
+    "realnvp-bottleneck": dict(flow="RealNVP", input_shape=(1, 8, 8), st_type="autoencoder", num_mid_channels=8,
+                               latent_dim=4),
+}
+
+
+def trained_like(config: dict, seed: int = 0) -> FlowModel:
+    """``build_flow(config)`` seeded with ``seed``, initialised on random 8-bit images (ActNorm, BatchNorm
+    statistics) and perturbed, left in training mode."""
+    torch.manual_seed(seed)
+    flow = build_flow(config)
+    flow.train()
+    flow.log_prob(torch.randint(0, 256, (16, *flow.input_shape), dtype=torch.uint8))  # ActNorm init, BN stats
+    return perturb(flow)
+
+
+# -- files in the formats the data readers take -----------------------------------------------------------------------
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
+    """``array`` (uint8) as an IDX file (MNIST's format), gzipped unless ``compress`` is False."""
+    code = {np.uint8: 0x08}[array.dtype.type]
+    header = bytes([0, 0, code, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    with (gzip.open if compress else open)(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+# -- the command line -------------------------------------------------------------------------------------------------
+def start_flowood(*args: str) -> subprocess.Popen:
+    """``python -m flowood.cli.main ARGS`` in a subprocess (this checkout's source, one thread), with stdout and
+    stderr together in ``.stdout``."""
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "flowood.cli.main", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)

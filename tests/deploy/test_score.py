@@ -1,0 +1,87 @@
+"""Deploying a detector (flowood.deploy): fit it into a file, score files, folders, globs and .npz files one row
+per input, streamed, with unreadable inputs reported, not fatal; and the CLI around it."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from flowood.cli.main import main
+from flowood.deploy import expand_inputs, fit_detector, score_inputs, stream_batches, write_scores
+from flowood.ood import OODDetector
+
+
+@pytest.fixture
+def new_data(tmp_path, fixtures_dir):
+    """A folder of MNIST PNGs (one 16-bit, one RGB, one broken), a FashionMNIST .npz, and a nested folder."""
+    with np.load(fixtures_dir / "mnist-small.npz") as f:
+        mnist = f["images_test"][:6, 0]
+    with np.load(fixtures_dir / "fashionmnist-small.npz") as f:
+        fashion = f["images_test"][:4]
+    folder = tmp_path / "new"
+    (folder / "nested").mkdir(parents=True)
+    for i, image in enumerate(mnist[:4]):
+        Image.fromarray(image).save(folder / f"mnist{i}.png")
+    Image.fromarray(mnist[4].astype(np.uint16) * 257).save(folder / "nested" / "deep16.png")
+    Image.fromarray(np.stack([mnist[5]] * 3, -1)).save(folder / "nested" / "rgb.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    np.savez(tmp_path / "fashion.npz", images=fashion)
+    return folder, tmp_path / "fashion.npz", mnist
+
+
+def test_inputs_expand_to_one_sample_each_and_batches_stay_bounded(new_data):
+    folder, npz, mnist = new_data
+    items = list(expand_inputs([str(folder), str(npz), str(folder / "mnist*.png")]))
+    names = [i.name for i in items]
+    assert len(items) == 7 + 4 + 4 and names.count(str(folder / "mnist0.png")) == 2
+    assert f"{npz}#3" in names and [i for i in items if i.error] == [items[0]]  # broken.png, sorted first
+    deep = next(i for i in items if i.name.endswith("deep16.png"))
+    assert np.array_equal(deep.sample[0], mnist[4])  # 16-bit scaled back to the 8-bit image
+    batches = list(stream_batches(iter(items), (1, 28, 28), batch_size=4))
+    assert max(len(b.names) for b in batches) <= 4 and sum(len(b.names) for b in batches) == 14
+    with pytest.raises(Exception, match="neither a file, a folder nor a pattern"):
+        list(expand_inputs([str(folder / "nothing*.png")]))
+
+
+def test_fit_score_and_write_rows(trained_checkpoint, new_data, tmp_path):
+    folder, npz, _ = new_data
+    detector = fit_detector(trained_checkpoint, tmp_path / "detector.pt", score="complexity", fpr=0.05, fit_samples=400)
+    assert OODDetector.load(tmp_path / "detector.pt").threshold_ == pytest.approx(detector.threshold_)
+    summary = write_scores(score_inputs(detector, [str(folder), str(npz)], batch_size=3, progress=False),
+                           tmp_path / "scores.csv")
+    rows = list(csv.DictReader(summary.out.read_text().splitlines()))
+    assert summary.rows == len(rows) == 11 and summary.errors == 1
+    by_name = {r["input"]: r for r in rows}
+    assert by_name[str(folder / "broken.png")]["decision"] == "error"
+    mnist_rows = [r for n, r in by_name.items() if "mnist" in n]
+    assert sum(r["decision"] == "ood" for r in mnist_rows) >= 3  # MNIST flagged by the complexity score
+    assert all(0 <= float(r["percentile"]) <= 100 for r in rows if r["percentile"])
+
+
+def test_the_cli_fits_and_scores_and_exits_by_errors_only(trained_checkpoint, new_data, tmp_path, capsys):
+    folder, npz, _ = new_data
+    assert main(["detector", "fit", "--checkpoint", str(trained_checkpoint), "--score", "likelihood", "--fpr", "0.1",
+                 "--fit_samples", "300", "--out", str(tmp_path / "d.pt")]) == 0
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    for p in folder.glob("mnist*.png"):
+        (clean / p.name).write_bytes(p.read_bytes())
+    assert main(["score", "--detector", str(tmp_path / "d.pt"), str(clean), str(npz), "--out",
+                 str(tmp_path / "s.jsonl"), "--no_progress"]) == 0  # OOD decisions are results, not errors
+    rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and {r["decision"] for r in rows} <= {"in", "ood"}
+    assert main(["score", "--detector", str(tmp_path / "d.pt"), str(folder), "--out", str(tmp_path / "s.jsonl"),
+                 "--no_progress"]) == 2  # an earlier output is not replaced without --overwrite
+    assert "overwrite" in capsys.readouterr().err
+    assert main(["score", "--detector", str(tmp_path / "d.pt"), str(folder), "--out", str(tmp_path / "s.jsonl"),
+                 "--overwrite", "--no_progress"]) == 1  # broken.png could not be scored
+    capsys.readouterr()
+    assert main(["score", "--detector", str(tmp_path / "d.pt"), str(clean), "--out", "-", "--no_progress"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "input,score,decision,ood,percentile,error"
+    torch.save({"a": 1}, tmp_path / "foreign.pt")
+    assert main(["score", "--detector", str(tmp_path / "foreign.pt"), str(clean), "--out", "-"]) == 2

@@ -1,0 +1,32 @@
+"""Coupling masks (flowood.flows.masks) cover the pixels and channels as documented, and refuse what cannot work."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowood.flows import make_mask
+
+
+def test_masks_cover_as_documented():
+    cb = make_mask("checkerboard", (1, 2, 2))
+    assert cb.condition[0].tolist() == [[1, 0], [0, 1]]
+    for q in range(4):
+        m = make_mask("cycle", (1, 4, 4), q)
+        assert m.condition.sum() == 4 and m.transform.sum() == 4
+        assert (m.condition * m.transform).sum() == 0
+    # cycle order: 0 -> 1 -> 2 -> 3 -> 0, quadrants TL, TR, BR, BL
+    m = make_mask("cycle", (1, 4, 4), 0)
+    assert m.condition[0, 0, 0] == 1 and m.transform[0, 0, 3] == 1
+    h = make_mask("horizontal", (1, 4, 2), 0)
+    assert h.condition[0, :2].sum() == 4 and h.transform[0, 2:].sum() == 4
+    ch = make_mask("channel", (4, 1, 1), 0)
+    assert ch.transform[:, 0, 0].tolist() == [1, 1, 0, 0]
+    with pytest.raises(ValueError, match="unknown mask"):
+        make_mask("checkerbord", (1, 2, 2))
+    with pytest.raises(ValueError, match="at least 2 channels"):
+        make_mask("channel", (1, 2, 2))
+
+
+def test_packed_checkerboard_needs_an_even_width():
+    with pytest.raises(ValueError, match="even width"):
+        make_mask("checkerboard_packed", (1, 4, 5))

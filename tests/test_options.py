@@ -1,0 +1,61 @@
+"""One definition per option (flowood.options): typed loading from YAML or flags, aliases, value spellings,
+nested option classes, choices and minimums with clear errors, and the runtime's shared vocabulary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from flowood.options import ConfigError, coerce, from_mapping, merge_options, option, to_mapping
+from flowood.runtime import DeviceError, check_precision, lightning_accelerator, lightning_precision, resolve_device
+
+
+@dataclass
+class Inner:
+    width: int = option(8, "width", minimum=1)
+
+
+@dataclass
+class Outer:
+    lr: float = option(1e-3, "learning rate", aliases=("learning_rate",))
+    mode: str = option("a", "mode", choices=("a", "b"), value_aliases={"alpha": "a"})
+    steps: int | None = option(None, "steps")
+    names: list[str] = option(default_factory=list, help="names")
+    inner: Inner = option(default_factory=Inner, help="nested")
+
+
+def test_typed_loading_aliases_and_nesting():
+    o = from_mapping(Outer, {"learning_rate": "1e-2", "mode": "alpha", "steps": "none", "names": "x", "width": "3"})
+    assert o == Outer(lr=0.01, mode="a", steps=None, names=["x"], inner=Inner(3))
+    assert from_mapping(Outer, {"inner": {"width": 5}}).inner.width == 5
+    assert to_mapping(o) == {"lr": 0.01, "mode": "a", "steps": None, "names": ["x"], "inner": {"width": 3}}
+    assert merge_options(Outer, o, {"steps": 7}).steps == 7 and o.steps is None
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"lrr": 1}, "unknown option 'lrr' \\(did you mean 'lr'\\?\\)"),
+    ({"inner": {"widht": 1}}, "unknown option inner.widht \\(did you mean 'width'\\?\\)"),
+    ({"mode": "c"}, "unknown mode 'c'; choose one of a, b"),
+    ({"width": 0}, "width must be at least 1"),
+    ({"lr": "fast"}, "lr must be a number"),
+    ({"steps": 1.5}, "steps must be an integer"),
+])
+def test_bad_values_are_refused_with_the_fix(values, match):
+    with pytest.raises(ConfigError, match=match):
+        from_mapping(Outer, values)
+
+
+def test_coerce_keeps_booleans_strict():
+    assert coerce("aug", "true", bool) is True
+    with pytest.raises(ConfigError, match="true or false"):
+        coerce("aug", 3, bool)
+
+
+def test_one_vocabulary_for_devices_and_precision():
+    assert check_precision("bf16-mixed") == "bf16" and lightning_precision("fp16") == "16-mixed"
+    with pytest.raises(ConfigError, match="log-determinants included"):
+        check_precision("bf16-true")
+    assert resolve_device("cpu").type == "cpu" and lightning_accelerator("cpu", "2") == ("cpu", 2)
+    with pytest.raises(DeviceError, match="unknown device"):
+        resolve_device("tpu7")

@@ -1,0 +1,102 @@
+"""flowood as an installed tool: a wheel built from the project, installed into a fresh virtual environment
+(its dependencies taken from this one), run from a folder outside the checkout, does what the README says."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> dict[str, Path]:
+    """The wheel, and a virtual environment with only it installed (dependencies seen through a path file)."""
+    work = tmp_path_factory.mktemp("wheel")
+    source = work / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv*", ".git", "runs", "site", "build", "dist",
+                                                                "*.egg-info", "__pycache__", "tests"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(work / "dist"), str(source)], check=True, capture_output=True)
+    wheel = next((work / "dist").glob("flowood-*.whl"))
+    venv = work / "venv"
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    # this environment's packages, without running its .pth files (so the editable flowood stays out)
+    (site / "test-environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
+                    "--no-deps", "--no-index", str(wheel)], check=True, capture_output=True)
+    return {"wheel": wheel, "venv": venv, "work": work}
+
+
+def run(installed: dict[str, Path], *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PATH=f"{installed['venv'] / 'bin'}:{env.get('PATH', '')}", OMP_NUM_THREADS="1",
+               FLOWOOD_DATA=str(installed["work"] / "data"))
+    return subprocess.run(["flowood", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_wheel_carries_configs_types_and_declared_dependencies(installed):
+    with zipfile.ZipFile(installed["wheel"]) as archive:
+        names = set(archive.namelist())
+        metadata = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
+    assert "flowood/py.typed" in names and "flowood/configs/demo.yaml" in names
+    assert sum(n.startswith("flowood/configs/paper/") for n in names) >= 20
+    for requirement in ("torch>=2.14", "torchvision>=0.29", "lightning>=2.6", "pillow", "scikit-learn", "pyyaml"):
+        assert f"Requires-Dist: {requirement}" in metadata, requirement
+
+
+def test_installed_flowood_runs_outside_the_checkout(installed, tmp_path, fixtures_dir):
+    where = run(installed, "--version", cwd=tmp_path)
+    assert where.returncode == 0 and where.stdout.strip() == "0.1.0"
+    python = installed["venv"] / "bin" / "python"
+    origin = subprocess.run([python, "-c", "import flowood; print(flowood.__file__)"], cwd=tmp_path,
+                            capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert str(installed["venv"]) in origin.stdout, origin  # the wheel's flowood, not the checkout's
+    listing = run(installed, "reproduce", "--list", cwd=tmp_path)
+    assert listing.returncode == 0 and "cycle_mask_fashionmnist" in listing.stdout
+    smoke = run(installed, "reproduce", "--suite", "tabular", "--scale", "smoke", "--only", "tabular_breastcancer",
+                "--out", "suite", "--no_progress", cwd=tmp_path)
+    assert smoke.returncode == 0, smoke.stderr[-2000:]
+    assert (tmp_path / "suite" / "results.md").is_file()
+    shutil.copy(fixtures_dir / "fashionmnist-small.npz", tmp_path / "fm.npz")
+    train = run(installed, "train", "--config", "demo", "--dataset", "npz:fm.npz", "--max_minutes", "1",
+                "--max_steps", "8", "--max_test_samples", "64", "--num_epochs", "2", "--out", "run", "--no_progress",
+                cwd=tmp_path)
+    assert train.returncode == 0, train.stderr[-2000:]
+    evaluate = run(installed, "evaluate", "--checkpoint", "run/checkpoints/last.ckpt", "--ood", "noise",
+                   "--max_samples", "64", "--out", "eval", "--no_progress", cwd=tmp_path)
+    assert evaluate.returncode == 0 and (tmp_path / "eval" / "report.html").is_file(), evaluate.stderr[-2000:]
+
+
+def test_the_readme_practitioner_path_from_the_wheel(installed, tmp_path, fixtures_dir):
+    """Fit a detector, score a folder, read the CSV: as the README's "Scoring new data" shows."""
+    shutil.copy(fixtures_dir / "fashionmnist-small.npz", tmp_path / "fm.npz")
+    assert run(installed, "train", "--dataset", "npz:fm.npz", "--num_blocks", "1", "--num_mid_channels", "8",
+               "--max_steps", "20", "--max_test_samples", "64", "--out", "run", "--no_progress",
+               cwd=tmp_path).returncode == 0
+    fit = run(installed, "detector", "fit", "--checkpoint", "run/checkpoints/last.ckpt", "--score", "complexity",
+              "--fpr", "0.05", "--out", "detector.pt", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    new = tmp_path / "new_images"
+    new.mkdir()
+    with np.load(fixtures_dir / "mnist-small.npz") as f:
+        for i, image in enumerate(f["images_test"][:5, 0]):
+            Image.fromarray(image).save(new / f"{i}.png")
+    scored = run(installed, "score", "--detector", "detector.pt", "new_images", "--out", "scores.csv", cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "scores.csv").read_text().splitlines()))
+    assert len(rows) == 5 and {r["decision"] for r in rows} <= {"in", "ood"}
+    assert all(r["input"].startswith("new_images/") for r in rows)
