@@ -58,3 +58,55 @@ def test_experiment_names_cannot_leave_the_output_folder(tmp_path):
     with pytest.raises(ConfigError, match="must be a plain folder name"):
         reproduce("all", "smoke", tmp_path / "out" / "suite", configs, say=print)
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "out").exists()
+
+
+def write_experiment(folder, paper_numbers: str, extra: str = "") -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / "x.yaml").write_text("name: x\ntitle: t\ntrain: {dataset: digits}\nevaluate: {ood: [noise]}\n"
+                                   f"paper_numbers: {paper_numbers}\n{extra}")
+
+
+def test_paper_numbers_list_form_carries_each_source(tmp_path):
+    from flowood.reproduce.experiments import PaperNumber
+
+    write_experiment(tmp_path / "c", "[{metric: test_bpd, value: 3.14, source: \"a notebook\"}, "
+                                     "{metric: auroc, ood: mnist, value: 0.1, source: \"Table 9\", note: \"mean\"}]",
+                     "paper_numbers_note: only two\n")
+    (exp,) = load_experiments(tmp_path / "c", "smoke")
+    assert exp.paper_numbers == [PaperNumber("test_bpd", 3.14, "a notebook"),
+                                 PaperNumber("auroc", 0.1, "Table 9", ood="mnist", note="mean")]
+    assert exp.paper_numbers_note == "only two" and exp.scale == "smoke"
+    assert [n.describe() for n in exp.paper_numbers] == ["test bits/dim", "AUROC (mnist)"]
+
+
+def test_paper_numbers_older_mapping_form_is_still_read(tmp_path):
+    from flowood.reproduce.experiments import PaperNumber
+
+    write_experiment(tmp_path / "c", "{test_bpd: 3.49, \"auroc:mnist\": 0.2, \"test bits/dim (literature)\": 3.35}")
+    (exp,) = load_experiments(tmp_path / "c", "cpu")
+    assert exp.paper_numbers == [PaperNumber("test_bpd", 3.49), PaperNumber("auroc", 0.2, ood="mnist"),
+                                 PaperNumber(None, 3.35, label="test bits/dim (literature)")]
+    assert exp.paper_numbers[2].describe() == "test bits/dim (literature)" and exp.paper_numbers_note == ""
+    write_experiment(tmp_path / "e", "{}")
+    assert load_experiments(tmp_path / "e", "cpu")[0].paper_numbers == []
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{metric: test_bpd, value: 3.1}", "needs 'source'"),
+    ("{metric: aurco, ood: mnist, value: 0.1, source: s}", "did you mean 'auroc'"),
+    ("{metric: auroc, value: 0.1, source: s}", "auroc needs the OOD set as 'ood'"),
+    ("{metric: test_bpd, ood: mnist, value: 3.1, source: s}", "drop 'ood'"),
+    ("{metric: test_bpd, value: high, source: s}", "must be a number"),
+    ("{metric: test_bpd, value: 3.1, source: s, sorce: t}", "did you mean 'source'"),
+])
+def test_paper_numbers_mistakes_are_named(tmp_path, entry, message):
+    write_experiment(tmp_path / "c", f"[{entry}]")
+    with pytest.raises(ConfigError, match=message):
+        load_experiments(tmp_path / "c", "cpu")
+
+
+def test_every_shipped_experiment_gives_its_paper_numbers_sources_or_says_why_it_has_none():
+    for exp in load_experiments(default_config_dir(), "paper", "all"):
+        assert exp.paper_numbers or exp.paper_numbers_note, exp.name
+        for number in exp.paper_numbers:
+            assert number.metric is not None and number.source, (exp.name, number)

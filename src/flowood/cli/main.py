@@ -106,8 +106,9 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduce", help="run the paper's experiments and write a results page",
                        usage="%(prog)s [--suite SUITE] [--scale SCALE] [--out DIR] [--list] [options]",
                        description="Embed, train, evaluate and inspect every experiment of a suite at a scale; "
-                                   "write OUT/results.md and OUT/results.html. Run the same command again to "
-                                   "resume an interrupted suite.")
+                                   "write OUT/results.md, OUT/results.html and OUT/results.json (with --seeds N, "
+                                   "mean ± sd over N seeds). Run the same command again to resume an interrupted "
+                                   "suite.")
     p.add_argument(*spellings("out"), dest="out", default=None, metavar="DIR",
                    help="output folder (default: runs/reproduce/SUITE-SCALE)")
     p.add_argument("--list", action="store_true", help="list the suite's experiments and exit")
@@ -257,11 +258,11 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
             print(f"{exp.name:34s} {exp.title} [{exp.paper}] suites: {', '.join(exp.suites)}")
         return 0
     out = args.out or f"runs/reproduce/{o.suite}-{o.scale}"
-    result = reproduce(o.suite, o.scale, out, o.configs, o.only, o.data_root, progress=args.progress,
+    result = reproduce(o.suite, o.scale, out, o.configs, o.only, o.data_root, seeds=o.seeds, progress=args.progress,
                        say=lambda line: print(as_flags(line), flush=True))
     counts = {s: list(result.statuses.values()).count(s) for s in sorted(set(result.statuses.values()))}
     print(f"{', '.join(f'{n} {s}' for s, n in counts.items())} in {result.seconds / 60:.1f} min")
-    print(f"wrote {result.markdown} and {result.html}")
+    print(f"wrote {result.markdown}, {result.html} and {result.results_json}")
     return 0 if "failed" not in counts else 1
 
 

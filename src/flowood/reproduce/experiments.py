@@ -16,7 +16,15 @@ One file per experiment::
     inspect: {images: [fashionmnist:test:0-7, mnist:test:0-7]}
     checks:                      # the paper's claims, tested on our numbers
       - {claim: "...", metric: auroc, ood: mnist, better_than: realnvp_fashionmnist}
-    paper_numbers: {test_bpd: 3.49}   # only numbers the paper (or our notes of it) gives
+    paper_numbers:               # numbers to set beside ours, each with where it comes from
+      - {metric: test_bpd, value: 3.49, source: "Dinh et al. 2017 (Real NVP), not a table of this paper"}
+      - {metric: auroc, ood: mnist, value: 0.1, source: "...", note: "..."}
+    paper_numbers_note: "..."    # why no number (or only some) is recorded; shown on the results page
+
+``metric`` is one of the checks' metrics (``test_bpd``, ``ood_bpd``, ``auroc``; the last two name their
+``ood`` set), and every number needs a ``source``. The older form, a mapping such as ``{test_bpd: 3.49}``, is
+still read: a key that names a metric (``auroc:mnist`` for one of an OOD set) is compared with ours, any other
+key is shown as a label, and the source is shown as not given.
 """
 
 from __future__ import annotations
@@ -32,14 +40,17 @@ import yaml
 from flowood.errors import closest
 from flowood.flows.config import ConfigError
 
-__all__ = ["Experiment", "Check", "load_experiments", "default_config_dir", "SCALES"]
+__all__ = ["Experiment", "Check", "PaperNumber", "load_experiments", "parse_paper_numbers", "default_config_dir",
+           "run_folder", "SCALES"]
 
 SCALES = ("smoke", "cpu", "paper")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _KEYS = {"name", "title", "paper", "suites", "embed", "train", "scales", "evaluate", "inspect", "checks",
-         "paper_numbers", "notes"}
+         "paper_numbers", "paper_numbers_note", "notes"}
 _CHECK_KEYS = {"claim", "metric", "ood", "below", "above", "better_than", "worse_than"}
+_PAPER_NUMBER_KEYS = {"metric", "ood", "value", "source", "note"}
 METRICS = ("auroc", "test_bpd", "ood_bpd")
+METRIC_LABELS = {"auroc": "AUROC", "test_bpd": "test bits/dim", "ood_bpd": "bits/dim"}
 
 
 @dataclass
@@ -61,8 +72,32 @@ class Check:
 
 
 @dataclass
+class PaperNumber:
+    """One number of the paper (or of its authors' code) to set beside ours, with where it comes from.
+
+    ``metric`` is ``test_bpd``, ``ood_bpd`` or ``auroc`` (the last two of the OOD set ``ood``), as in a
+    :class:`Check`; it is None for a number of the older mapping form whose key names no metric, which is then
+    shown by its ``label`` and not compared. ``source`` says where the number was read (empty: not given).
+    """
+
+    metric: str | None
+    value: float
+    source: str = ""
+    ood: str | None = None
+    note: str = ""
+    label: str = ""
+
+    def describe(self) -> str:
+        """What the number measures, e.g. ``AUROC (mnist)`` or ``test bits/dim``."""
+        if self.metric is None:
+            return self.label
+        name = METRIC_LABELS[self.metric]
+        return f"{name} ({self.ood})" if self.ood else name
+
+
+@dataclass
 class Experiment:
-    """One experiment, resolved for a scale."""
+    """One experiment, resolved for a scale (``scale``)."""
 
     name: str
     title: str
@@ -73,9 +108,34 @@ class Experiment:
     inspect: dict[str, Any] | None
     embed: dict[str, Any] | None
     checks: list[Check]
-    paper_numbers: dict[str, Any] = field(default_factory=dict)
+    paper_numbers: list[PaperNumber] = field(default_factory=list)
+    paper_numbers_note: str = ""
     notes: str = ""
     path: Path | None = None
+    scale: str = "paper"
+
+    def input_shape(self) -> tuple[int, ...] | None:
+        """One sample's shape as the flow sees it, known without loading any data: the registered data set's shape,
+        or for embeddings the backbone's feature size (None where only the data can tell, e.g. ``folder:`` sets)."""
+        if self.embed:
+            import torch
+
+            from flowood.embed.backbones import build_backbone, last_linear
+
+            backbone = self.embed.get("backbone", "smallcnn")
+            if backbone == "smallcnn":
+                return (int(self.embed.get("embedding_dim", 64)),)
+            with torch.device("meta"):  # the architecture only: no weights, no memory
+                return (last_linear(build_backbone(backbone))[2].in_features,)
+        from flowood.data.registry import DATASETS, canonical_name
+
+        spec = DATASETS.get(canonical_name(str(self.train.get("dataset", ""))))
+        return tuple(spec.shape) if spec is not None and spec.shape is not None else None
+
+
+def run_folder(out: Path, exp: Experiment, seed: int, seeds: int) -> Path:
+    """Where one run of ``exp`` writes: ``OUT/NAME`` with one seed, ``OUT/NAME/seedS`` with several."""
+    return out / exp.name if seeds == 1 else out / exp.name / f"seed{seed}"
 
 
 def default_config_dir() -> Path:
@@ -90,6 +150,57 @@ def _merge(base: dict[str, Any], override: dict[str, Any] | None) -> dict[str, A
     for key, value in (override or {}).items():
         out[key] = value
     return out
+
+
+def _number(path: Path, what: str, value: Any) -> float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{path}: paper_numbers: {what} must be a number, got {value!r}") from None
+
+
+def _paper_number_entry(path: Path, entry: Any) -> PaperNumber:
+    """One entry of the list form: ``{metric, ood, value, source, note}``."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{path}: paper_numbers: each entry is a mapping with metric, value and source; "
+                          f"got {entry!r}")
+    bad = sorted(set(entry) - _PAPER_NUMBER_KEYS)
+    if bad:
+        raise ConfigError(f"{path}: unknown paper_numbers key {bad[0]!r}{closest(bad[0], _PAPER_NUMBER_KEYS)}")
+    for key in ("metric", "value", "source"):
+        if entry.get(key) in (None, ""):
+            raise ConfigError(f"{path}: a paper_numbers entry needs {key!r} (metric, value and source)")
+    metric = str(entry["metric"])
+    if metric not in METRICS:
+        raise ConfigError(f"{path}: paper_numbers metric {metric!r}{closest(metric, METRICS)}; metrics are "
+                          f"{', '.join(METRICS)}")
+    ood = entry.get("ood")
+    if (metric != "test_bpd") != (ood is not None):
+        fix = "needs the OOD set as 'ood'" if ood is None else "is of the in-distribution test set; drop 'ood'"
+        raise ConfigError(f"{path}: paper_numbers: {metric} {fix}")
+    return PaperNumber(metric, _number(path, metric, entry["value"]), str(entry["source"]),
+                       None if ood is None else str(ood), str(entry.get("note") or ""))
+
+
+def _paper_number_legacy(path: Path, key: str, value: Any) -> PaperNumber:
+    """One ``key: value`` of the older mapping form (``test_bpd: 3.49``, ``auroc:mnist: 0.1``, or any label)."""
+    metric, _, ood = str(key).partition(":")
+    if metric in METRICS and (metric == "test_bpd") == (not ood):
+        return PaperNumber(metric, _number(path, str(key), value), ood=ood or None)
+    return PaperNumber(None, _number(path, str(key), value), label=str(key))
+
+
+def parse_paper_numbers(path: Path, raw: Any) -> list[PaperNumber]:
+    """The ``paper_numbers`` of an experiment file: a list of entries, or the older ``{key: value}`` mapping."""
+    if raw is None:
+        return []
+    if isinstance(raw, dict):
+        return [_paper_number_legacy(path, k, v) for k, v in raw.items()]
+    if isinstance(raw, list):
+        return [_paper_number_entry(path, e) for e in raw]
+    raise ConfigError(f"{path}: paper_numbers must be a list of {{metric, value, source}} entries, got {raw!r}")
 
 
 def _parse(path: Path, scale: str) -> Experiment:
@@ -131,8 +242,9 @@ def _parse(path: Path, scale: str) -> Experiment:
     return Experiment(name=str(raw["name"]), title=str(raw["title"]), paper=str(raw.get("paper", "")),
                       suites=list(raw.get("suites") or ["all"]), train=_merge(raw["train"], override.get("train")),
                       evaluate=_merge(raw["evaluate"], override.get("evaluate")), inspect=inspect, embed=embed,
-                      checks=checks, paper_numbers=dict(raw.get("paper_numbers") or {}),
-                      notes=str(raw.get("notes", "")), path=path)
+                      checks=checks, paper_numbers=parse_paper_numbers(path, raw.get("paper_numbers")),
+                      paper_numbers_note=str(raw.get("paper_numbers_note") or ""), notes=str(raw.get("notes", "")),
+                      path=path, scale=scale)
 
 
 def load_experiments(config_dir: str | Path | None = None, scale: str = "cpu", suite: str = "all",

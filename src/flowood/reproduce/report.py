@@ -1,78 +1,183 @@
-"""``results.md`` and ``results.html`` of a reproduction: our numbers, the paper's where it gives them,
-and each of the paper's claims marked reproduced or not on our numbers."""
+"""``results.md``, ``results.html`` and ``results.json`` of a reproduction: our numbers (mean ± sd over the seeds),
+the paper's numbers beside them with their sources, and each of the paper's claims marked reproduced or not on
+our numbers (:mod:`flowood.reproduce.aggregate` says how seeds are combined)."""
 
 from __future__ import annotations
 
 import html
+import json
+import re
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from flowood import __version__
 from flowood.htmlpage import figure, page
 from flowood.outputs import write_text_atomic
-from flowood.reproduce.experiments import Check, Experiment
+from flowood.reproduce.aggregate import (
+    Spread,
+    Verdict,
+    evaluate_check,
+    metric_spread,
+    metric_value,
+    ood_names,
+    overall_status,
+    short_name,
+    spread,
+)
+from flowood.reproduce.experiments import Experiment, run_folder
 
-__all__ = ["write_results", "metric_value", "evaluate_check"]
+__all__ = ["write_results", "metric_value", "evaluate_check", "paper_table", "paper_lines", "SEED_RULE"]
 
 Table = tuple[list[str], list[list[str]]]
+Block = tuple[str, Any]  # ("p", markdown text) | ("note", text) | ("h4", text) | ("table", Table)
+State = dict[str, Any]
+
+SEED_RULE = ("numbers are the mean ± sample standard deviation (ddof = 1) over the seeds, and each seed's values "
+             "are in results.json; a claim is reproduced when it holds for the means, and the seeds that satisfy it "
+             "on their own numbers are counted beside the verdict (seed k compared with seed k)")
 
 
-def _ood_entry(state: dict[str, Any], ood: str | None) -> dict[str, Any] | None:
-    found = (state.get("stages", {}).get("evaluate") or {}).get("ood", {})
-    if ood in found:
-        return found[ood]
-    for key, value in found.items():  # embeddings: npz:.../emb-mnist.npz stands for mnist
-        if key.endswith(f"-{ood}.npz"):
-            return value
-    return None
-
-
-def metric_value(state: dict[str, Any], metric: str, ood: str | None = None) -> float | None:
-    """``auroc`` / ``ood_bpd`` of an OOD set, or ``test_bpd``, from an experiment's status; None if not run."""
-    ev = state.get("stages", {}).get("evaluate")
-    if not ev:
-        return None
-    if metric == "test_bpd":
-        return float(ev["test_bpd"])
-    entry = _ood_entry(state, ood)
-    if entry is None:
-        return None
-    return float(entry["auroc"] if metric == "auroc" else entry["bpd"])
-
-
-def evaluate_check(check: Check, state: dict[str, Any], states: dict[str, dict[str, Any]]) -> tuple[str, str]:
-    """``(verdict, our numbers)``; verdict is ``yes``, ``no`` or ``not run``."""
-    value = metric_value(state, check.metric, check.ood)
-    label = f"{check.metric}" + (f" ({check.ood})" if check.ood else "")
+def _fmt(value: Spread | None, runs: int = 1) -> str:
     if value is None:
-        return "not run", "–"
-    text = f"{label} = {value:.3f}"
-    higher_is_better = check.metric == "auroc"
-    verdicts = []
-    if check.below is not None:
-        verdicts.append(value < check.below)
-        text += f" (< {check.below}?)"
-    if check.above is not None:
-        verdicts.append(value > check.above)
-        text += f" (> {check.above}?)"
-    for other, want_better in ((check.better_than, True), (check.worse_than, False)):
-        if other is None:
-            continue
-        ref = metric_value(states.get(other, {}), check.metric, check.ood)
-        if ref is None:
-            return "not run", text + f"; {other} not run"
-        better = value > ref if higher_is_better else value < ref
-        verdicts.append(better if want_better else not better)
-        text += f" vs {ref:.3f} for {other}"
-    return ("yes" if all(verdicts) else "no"), text
+        return "–"
+    return value.text() + (f" ({value.n} of {runs} seeds)" if value.n < runs else "")
+
+
+def _runs(states: Mapping[str, State | Sequence[State]], name: str) -> list[State]:
+    found = states.get(name, [])
+    return [found] if isinstance(found, dict) else list(found)
+
+
+def _stage(state: State, name: str) -> dict[str, Any]:
+    return (state.get("stages") or {}).get(name) or {}
+
+
+def _score_names(runs: list[State], ood: str) -> list[str]:
+    names: list[str] = []
+    for state in runs:
+        entry = _stage(state, "evaluate").get("ood", {}).get(ood, {})
+        names += [s for s in entry.get("scores", {}) if s != "likelihood" and s not in names]
+    return names
+
+
+def _numbers_table(runs: list[State]) -> Table:
+    numbers: Table = (["set", "bits/dim", "AUROC (likelihood)", "AUROC (other scores)"], [])
+    n = len(runs)
+    if metric_spread(runs, "test_bpd") is None:
+        return numbers
+    numbers[1].append(["in-distribution test", _fmt(metric_spread(runs, "test_bpd"), n), "–", "–"])
+    for name in ood_names(runs):
+        others = ", ".join(f"{s} {_fmt(metric_spread(runs, 'auroc', name, score=s), n)}"
+                           for s in _score_names(runs, name))
+        numbers[1].append([short_name(name), _fmt(metric_spread(runs, "ood_bpd", name), n),
+                           _fmt(metric_spread(runs, "auroc", name), n), others or "–"])
+    return numbers
+
+
+def _settings(exp: Experiment, runs: list[State]) -> str:
+    t = exp.train
+    keys = ("flow", "mask", "st_type", "latent_dim", "num_scales", "num_blocks", "num_mid_channels",
+            "num_coupling_layers_per_scale", "num_coupling_layers", "ood_dataset", "lr", "batch_size",
+            "max_minutes", "max_steps", "num_epochs")
+    parts = [f"{k}={t[k]}" for k in keys if k in t and t[k] is not None]
+    trained = [_stage(s, "train") for s in runs if _stage(s, "train")]
+    if len(runs) == 1 and trained:
+        parts.append(f"trained {trained[0]['steps']} steps in {trained[0]['seconds']:.0f} s")
+    elif trained:
+        steps = sorted(tr["steps"] for tr in trained)
+        shown = f"{steps[0]}" if steps[0] == steps[-1] else f"{steps[0]} to {steps[-1]}"
+        parts.append(f"{len(trained)} seeds trained, {shown} steps each, "
+                     f"{sum(tr['seconds'] for tr in trained):.0f} s in all")
+    embedded = [_stage(s, "embed") for s in runs if _stage(s, "embed")]
+    if embedded:
+        accuracy = spread({k: e.get("classifier_test_accuracy") for k, e in enumerate(embedded)})
+        parts.insert(0, f"embeddings: {exp.embed.get('backbone', 'smallcnn')}, {embedded[0]['dim']} dims, "
+                        f"classifier test accuracy {_fmt(accuracy)}")
+    return "; ".join(parts)
+
+
+def _scale_text(exp: Experiment, runs: list[State]) -> str:
+    return exp.scale + (f", {len(runs)} seeds" if len(runs) > 1 else "")
+
+
+def paper_table(exp: Experiment, runs: Sequence[State]) -> Table | None:
+    """The paper vs flowood table of an experiment (None when it records no paper number): each number with its
+    source, flowood's mean ± sd over ``runs`` (the experiment's runs, one per seed) and the scale it ran at."""
+    if not exp.paper_numbers:
+        return None
+    runs = list(runs)
+    rows = []
+    for number in exp.paper_numbers:
+        ours = metric_spread(runs, number.metric, number.ood) if number.metric is not None else None
+        source = (number.source or "source not given") + (f" ({number.note})" if number.note else "")
+        if number.metric is None:
+            flowood = "– (not a metric flowood reports)"
+        elif ours is None:
+            flowood = "– (not evaluated)"
+        else:
+            flowood = _fmt(ours, len(runs))
+        rows.append([number.describe(), f"{number.value:g}", source, flowood, _scale_text(exp, runs)])
+    return ["number", "the paper's", "source", "flowood", "flowood's scale"], rows
+
+
+def paper_lines(exp: Experiment) -> list[str]:
+    """What the page says beside (or instead of) the paper vs flowood table."""
+    if not exp.paper_numbers:
+        return ["No number recorded: " + (exp.paper_numbers_note.strip() or
+                                          "this experiment's configuration gives none of the paper's numbers.")]
+    return [f"On the paper's numbers: {exp.paper_numbers_note.strip()}"] if exp.paper_numbers_note else []
+
+
+def _status_line(exp: Experiment, runs: list[State]) -> str:
+    status = overall_status(runs)
+    seeds = f" (seeds {', '.join(str(s.get('seed')) for s in runs)})" if len(runs) > 1 else ""
+    reasons = [(s.get("seed"), s["reason"]) for s in runs if s.get("reason")]
+    if len(runs) == 1:
+        why = f": {reasons[0][1]}" if reasons else ""
+    else:
+        why = "".join(f"; seed {seed}: {reason}" for seed, reason in reasons)
+    return f"Paper: {exp.paper or '–'}. Status: **{status}**{seeds}{why}."
+
+
+def _r2_line(runs: list[State]) -> str | None:
+    per_seed = [(s.get("seed", k), _stage(s, "inspect").get("mean_r2") or {}) for k, s in enumerate(runs)]
+    labels = list(dict.fromkeys(label for _, r2 in per_seed for label in r2))
+    if not labels:
+        return None
+    shown = [f"{label} {_fmt(spread({seed: r2.get(label) for seed, r2 in per_seed}))}" for label in labels]
+    return "Mean R² of the couplings' -t as a prediction of the masked pixels: " + ", ".join(shown) + "."
+
+
+def _section(exp: Experiment, runs: list[State]) -> list[Block]:
+    """One experiment's section, as blocks rendered to Markdown and HTML alike."""
+    blocks: list[Block] = [("p", _status_line(exp, runs)),
+                           ("note", f"Settings at this scale: {_settings(exp, runs)}.")]
+    numbers = _numbers_table(runs)
+    if numbers[1]:
+        blocks.append(("table", numbers))
+    blocks.append(("h4", "The paper vs flowood"))
+    table = paper_table(exp, runs)
+    if table is not None:
+        blocks.append(("table", table))
+    blocks += [("note", line) for line in paper_lines(exp)]
+    r2 = _r2_line(runs)
+    if r2:
+        blocks.append(("note", r2))
+    missing = dict.fromkeys(why for s in runs for why in (s.get("ood_missing") or {}).values())
+    if missing:
+        blocks.append(("note", "Not evaluated (data not available here): " + "; ".join(missing) + "."))
+    if exp.notes:
+        blocks.append(("note", exp.notes.strip()))
+    return blocks
 
 
 def _md_table(table: Table) -> str:
     head, rows = table
     rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"
     lines = ["| " + " | ".join(head) + " |", rule]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -84,115 +189,124 @@ def _html_table(table: Table) -> str:
     return out + "</table>"
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    return "–" if value is None else f"{float(value):.{digits}f}"
+def _md(exp: Experiment, blocks: list[Block]) -> str:
+    lines = [f"### {exp.title} (`{exp.name}`)", ""]
+    for kind, value in blocks:
+        if kind == "table":
+            lines += [_md_table(value), ""]
+        elif kind == "h4":
+            lines += [f"#### {value}", ""]
+        else:
+            lines += [value, ""]
+    return "\n".join(lines)
 
 
-def _short(name: str) -> str:
-    return Path(name[4:]).stem.split("-", 1)[-1] if name.startswith("npz:") else name
+def _inline_html(text: str) -> str:
+    return re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", html.escape(text))
 
 
-def _settings(exp: Experiment, state: dict[str, Any]) -> str:
-    t = exp.train
-    keys = ("flow", "mask", "st_type", "latent_dim", "num_scales", "num_blocks", "num_mid_channels",
-            "num_coupling_layers_per_scale", "num_coupling_layers", "ood_dataset", "lr", "batch_size",
-            "max_minutes", "max_steps", "num_epochs")
-    parts = [f"{k}={t[k]}" for k in keys if k in t and t[k] is not None]
-    tr = state.get("stages", {}).get("train")
-    if tr:
-        parts.append(f"trained {tr['steps']} steps in {tr['seconds']:.0f} s")
-    emb = state.get("stages", {}).get("embed")
-    if emb:
-        parts.insert(0, f"embeddings: {exp.embed.get('backbone', 'smallcnn')}, {emb['dim']} dims, classifier "
-                        f"test accuracy {_fmt(emb['classifier_test_accuracy'])}")
-    return "; ".join(parts)
+def _figures(exp: Experiment, runs: list[State], out: Path) -> list[str]:
+    """The first run's figures (with several seeds, the caption names its seed)."""
+    if not runs:
+        return []
+    seed = runs[0].get("seed", 0)
+    folder = run_folder(out, exp, seed, len(runs))
+    which = f" (seed {seed})" if len(runs) > 1 else ""
+    return [figure(folder / rel, f"{exp.name}{which}: {caption}")
+            for rel, caption in (("eval/loglik_hist.png", "log-likelihood histograms"),
+                                 ("inspect/coupling_prediction_r2.png", "coupling prediction R²"),
+                                 ("inspect/samples.png", "samples"))
+            if (folder / rel).exists()]
 
 
-def _numbers_table(ev: dict[str, Any]) -> Table:
-    numbers: Table = (["set", "bits/dim", "AUROC (likelihood)", "AUROC (other scores)"], [])
-    if ev:
-        numbers[1].append(["in-distribution test", _fmt(ev["test_bpd"]), "–", "–"])
-        for name, v in ev["ood"].items():
-            others = ", ".join(f"{s} {_fmt(a)}" for s, a in v.get("scores", {}).items() if s != "likelihood")
-            numbers[1].append([_short(name), _fmt(v["bpd"]), _fmt(v["auroc"]), others or "–"])
-    return numbers
+def _html(exp: Experiment, blocks: list[Block], runs: list[State], out: Path) -> str:
+    body = [f"<h3>{html.escape(exp.title)} ({html.escape(exp.name)})</h3>"]
+    for kind, value in blocks:
+        if kind == "table":
+            body.append(_html_table(value))
+        elif kind == "h4":
+            body.append(f"<h4>{html.escape(value)}</h4>")
+        else:
+            body.append(f"<p{' class=note' if kind == 'note' else ''}>{_inline_html(value)}</p>")
+    return "\n".join(body + _figures(exp, runs, out))
 
 
-def _section_lines(exp: Experiment, state: dict[str, Any], numbers: Table) -> list[str]:
-    """One experiment's Markdown section; its first six lines are the heading, status and settings."""
-    status = state.get("status", "not run")
-    lines = [f"### {exp.title} (`{exp.name}`)", "", f"Paper: {exp.paper or '–'}. Status: **{status}**"
-             + (f": {state['reason']}" if state.get("reason") else "") + ".", "",
-             f"Settings at this scale: {_settings(exp, state)}.", ""]
-    if numbers[1]:
-        lines += [_md_table(numbers), ""]
-    if exp.paper_numbers:
-        lines += ["The paper's numbers: " + ", ".join(f"{k} {v}" for k, v in exp.paper_numbers.items()) + ".", ""]
-    r2 = (state.get("stages", {}).get("inspect") or {}).get("mean_r2")
-    if r2:
-        lines += ["Mean R² of the couplings' -t as a prediction of the masked pixels: "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in r2.items()) + ".", ""]
-    if state.get("ood_missing"):
-        lines += ["Not evaluated (data not available here): " + "; ".join(state["ood_missing"].values()) + ".", ""]
-    if exp.notes:
-        lines += [exp.notes.strip(), ""]
-    return lines
+def _metrics_json(runs: list[State]) -> dict[str, Any]:
+    def as_dict(value: Spread | None) -> dict[str, Any] | None:
+        return None if value is None else value.as_dict()
+
+    ood = {}
+    for name in ood_names(runs):
+        ood[short_name(name)] = {
+            "auroc": as_dict(metric_spread(runs, "auroc", name)), "bpd": as_dict(metric_spread(runs, "ood_bpd", name)),
+            "scores": {s: as_dict(metric_spread(runs, "auroc", name, score=s)) for s in _score_names(runs, name)}}
+    return {"test_bpd": as_dict(metric_spread(runs, "test_bpd")), "ood": ood}
 
 
-def _section_html(exp: Experiment, state: dict[str, Any], numbers: Table, lines: list[str], out: Path) -> str:
-    status = state.get("status", "not run")
-    body = [f"<h3>{html.escape(exp.title)} ({html.escape(exp.name)})</h3>",
-            f"<p>Paper: {html.escape(exp.paper or '–')}. Status: <b>{html.escape(status)}</b>"
-            + (f": {html.escape(state['reason'])}" if state.get("reason") else "") + ".</p>",
-            f"<p class='note'>Settings at this scale: {html.escape(_settings(exp, state))}.</p>"]
-    if numbers[1]:
-        body.append(_html_table(numbers))
-    body += [f"<p class='note'>{html.escape(line)}</p>" for line in lines[6:] if line and not line.startswith("|")]
-    for rel, caption in (("eval/loglik_hist.png", "log-likelihood histograms"),
-                         ("inspect/coupling_prediction_r2.png", "coupling prediction R²"),
-                         ("inspect/samples.png", "samples")):
-        path = out / exp.name / rel
-        if path.exists():
-            body.append(figure(path, f"{exp.name}: {caption}"))
-    return "\n".join(body)
+def _experiment_json(exp: Experiment, runs: list[State], verdicts: list[Verdict]) -> dict[str, Any]:
+    numbers = []
+    for number in exp.paper_numbers:
+        ours = metric_spread(runs, number.metric, number.ood) if number.metric is not None else None
+        numbers.append({"metric": number.metric, "ood": number.ood, "label": number.describe(), "value": number.value,
+                        "source": number.source, "note": number.note, "flowood": ours.as_dict() if ours else None})
+    return {"title": exp.title, "paper": exp.paper, "scale": exp.scale, "status": overall_status(runs),
+            "seeds": {str(s.get("seed", k)): s.get("status", "not run") for k, s in enumerate(runs)},
+            "metrics": _metrics_json(runs),
+            "checks": [{"claim": c.claim, "verdict": v.verdict, "numbers": v.text, "seeds_holding": v.seeds_holding,
+                        "seeds_decided": v.seeds_decided, "seeds": v.seeds}
+                       for c, v in zip(exp.checks, verdicts, strict=True)],
+            "paper_numbers": numbers, "paper_numbers_note": exp.paper_numbers_note}
 
 
-def write_results(out: Path, experiments: list[Experiment], states: dict[str, dict[str, Any]],
-                  run: dict[str, Any], seconds: float) -> tuple[Path, Path]:
-    """Write ``OUT/results.md`` and ``OUT/results.html`` from the experiments' statuses."""
-    summary_rows, claim_rows = [], []
-    sections_md, sections_html = [], []
+def _header(run: dict[str, Any], seconds: float) -> list[str]:
+    header = [f"Command: `{run['command']}`", "", f"Machine: {run['machine']}", "",
+              f"flowood {__version__}; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+              f"this invocation ran {seconds / 60:.1f} min (stages finished in earlier invocations are kept).", ""]
+    if run.get("seeds", 1) > 1:
+        header += [f"Seeds: {run['seeds']} per experiment; {SEED_RULE}.", ""]
+    return header
+
+
+def write_results(out: Path, experiments: list[Experiment], states: Mapping[str, State | Sequence[State]],
+                  run: dict[str, Any], seconds: float) -> tuple[Path, Path, Path]:
+    """Write ``OUT/results.md``, ``OUT/results.html`` and ``OUT/results.json`` from the runs' statuses.
+
+    ``states`` maps each experiment to its runs' statuses, one per seed in seed order (a single status is read
+    as one seed). Returns the three paths.
+    """
+    summary_rows, claim_rows, sections_md, sections_html = [], [], [], []
+    machine: dict[str, Any] = {"run": run, "seed_rule": SEED_RULE, "experiments": {}}
+    all_runs = {e.name: _runs(states, e.name) for e in experiments}
     for exp in experiments:
-        state = states.get(exp.name, {})
-        ev = state.get("stages", {}).get("evaluate") or {}
-        aurocs = ", ".join(f"{_short(k)} {_fmt(v['auroc'])}" for k, v in ev.get("ood", {}).items()) or "–"
-        verdicts = [evaluate_check(c, state, states) for c in exp.checks]
-        yes = sum(v == "yes" for v, _ in verdicts)
-        decided = sum(v in ("yes", "no") for v, _ in verdicts)
-        summary_rows.append([exp.name, exp.paper or "–", state.get("status", "not run"), _fmt(ev.get("test_bpd")),
-                             aurocs, f"{yes}/{decided}" if exp.checks else "–"])
-        claim_rows += [[exp.name, check.claim, text, verdict]
-                       for check, (verdict, text) in zip(exp.checks, verdicts, strict=True)]
-        numbers = _numbers_table(ev)
-        lines = _section_lines(exp, state, numbers)
-        sections_md.append("\n".join(lines))
-        sections_html.append(_section_html(exp, state, numbers, lines, out))
+        runs = all_runs[exp.name]
+        aurocs = ", ".join(f"{short_name(k)} {_fmt(metric_spread(runs, 'auroc', k), len(runs))}"
+                           for k in ood_names(runs)) or "–"
+        verdicts = [evaluate_check(c, runs, all_runs) for c in exp.checks]
+        yes = sum(v.verdict == "yes" for v in verdicts)
+        decided = sum(v.verdict in ("yes", "no") for v in verdicts)
+        summary_rows.append([exp.name, exp.paper or "–", overall_status(runs),
+                             _fmt(metric_spread(runs, "test_bpd"), len(runs)), aurocs,
+                             f"{yes}/{decided}" if exp.checks else "–"])
+        claim_rows += [[exp.name, check.claim, v.text, v.shown] for check, v in zip(exp.checks, verdicts, strict=True)]
+        blocks = _section(exp, runs)
+        sections_md.append(_md(exp, blocks))
+        sections_html.append(_html(exp, blocks, runs, out))
+        machine["experiments"][exp.name] = _experiment_json(exp, runs, verdicts)
     summary: Table = (["experiment", "paper", "status", "test bits/dim", "AUROC (likelihood)", "claims reproduced"],
                       summary_rows)
     claims: Table = (["experiment", "the paper's claim", "our numbers", "reproduced"], claim_rows)
     title = f"Reproducing \"Why Normalizing Flows Fail to Detect Out-of-Distribution Data\": suite {run['suite']}, " \
             f"scale {run['scale']}"
-    header = [f"Command: `{run['command']}`", "", f"Machine: {run['machine']}", "",
-              f"flowood {__version__}; written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-              f"this invocation ran {seconds / 60:.1f} min (stages finished in earlier invocations are kept).", ""]
+    header = _header(run, seconds)
     md = "\n".join([f"# {title}", "", *header, "## Summary", "", _md_table(summary), "", "## The paper's claims",
                     "", _md_table(claims) if claim_rows else "(no checks)", "", "## Experiments", "",
                     *sections_md])
-    md_path, html_path = out / "results.md", out / "results.html"
+    md_path, html_path, json_path = out / "results.md", out / "results.html", out / "results.json"
     write_text_atomic(md_path, md + "\n")
     doc = page(title, [f"<h1>{html.escape(title)}</h1>",
                        *(f"<p class='note'>{html.escape(h.replace('`', ''))}</p>" for h in header if h),
                        "<h2>Summary</h2>", _html_table(summary), "<h2>The paper's claims</h2>",
                        _html_table(claims), "<h2>Experiments</h2>", *sections_html])
     write_text_atomic(html_path, doc)
-    return md_path, html_path
+    write_text_atomic(json_path, json.dumps(machine, indent=1, default=str) + "\n")
+    return md_path, html_path, json_path

@@ -1,5 +1,6 @@
 """``flowood reproduce``: run a suite of the paper's experiments end to end (embed, train, evaluate,
-inspect), resuming where an interrupted run stopped, and write ``results.md`` and ``results.html``."""
+inspect), once or with several seeds, resuming where an interrupted run stopped, and write ``results.md``,
+``results.html`` and ``results.json``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +20,31 @@ import torch
 from flowood.data import DatasetNotFoundError, load_dataset
 from flowood.data import data_root as default_data_root
 from flowood.flows.config import ConfigError
-from flowood.options import option
+from flowood.options import from_mapping, option
 from flowood.outputs import open_output_folder, remove_output_folder, write_text_atomic
-from flowood.reproduce.experiments import SCALES, Experiment, default_config_dir, load_experiments
+from flowood.reproduce.aggregate import overall_status
+from flowood.reproduce.experiments import SCALES, Experiment, default_config_dir, load_experiments, run_folder
 from flowood.reproduce.report import write_results
 from flowood.runtime import data_root_option
 
-__all__ = ["reproduce", "ReproduceOptions", "ReproduceResult", "machine_description"]
+__all__ = ["reproduce", "ReproduceOptions", "ReproduceResult", "machine_description", "run_seeds", "seeded"]
 
 
 @dataclass
 class ReproduceResult:
-    """Where the results are, and each experiment's status (``done``, ``skipped``, ``failed``)."""
+    """Where the results are, and each experiment's status (``done``, ``skipped``, ``failed``).
+
+    With several seeds an experiment's status is its seeds' when they agree (else ``failed`` if one failed, else
+    their counts); ``seed_statuses`` holds each seed's (experiment -> seed -> status).
+    """
 
     out: Path
     markdown: Path
     html: Path
     statuses: dict[str, str]
     seconds: float
+    results_json: Path | None = None
+    seed_statuses: dict[str, dict[int, str]] = field(default_factory=dict)
 
 
 def machine_description() -> str:
@@ -47,9 +55,31 @@ def machine_description() -> str:
             f"Python {platform.python_version()}, PyTorch {torch.__version__}")
 
 
-def _spec_hash(exp: Experiment) -> str:
-    spec = {k: v for k, v in asdict(exp).items() if k != "path"}
+def _run_spec(exp: Experiment) -> str:
+    """A fingerprint of what a run computes (its name and the embed, train, evaluate and inspect settings); the
+    title, claims and the paper's numbers may change without starting the run again."""
+    spec = {"name": exp.name, "embed": exp.embed, "train": exp.train, "evaluate": exp.evaluate,
+            "inspect": exp.inspect}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_seeds(exp: Experiment, seeds: int) -> list[int]:
+    """The seeds of an experiment's ``seeds`` runs: its training ``seed`` (0 unless its YAML sets one), +1, +2, ..."""
+    base = int(exp.train.get("seed", 0))
+    return [base + k for k in range(seeds)]
+
+
+def seeded(exp: Experiment, offset: int) -> Experiment:
+    """The experiment's run number ``offset``: the seed of every stage (embed, train, evaluate, inspect; 0 unless
+    the YAML sets it) raised by ``offset``. Run 0 is the experiment as written."""
+    if offset == 0:
+        return exp
+
+    def shift(values: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if values is None else dict(values, seed=int(values.get("seed", 0)) + offset)
+
+    return replace(exp, train=shift(exp.train), evaluate=shift(exp.evaluate), embed=shift(exp.embed),
+                   inspect=shift(exp.inspect))
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -75,6 +105,9 @@ class ReproduceOptions:
                                  metavar="DIR")
     only: list[str] | None = option(None, "run only these experiments", metavar="EXPERIMENT")
     data_root: str | None = data_root_option()
+    seeds: int = option(1, "run each experiment N times, with seeds seed, seed+1, ... (the experiment's seed, 0 "
+                           "unless its YAML sets one); with N > 1 each run writes OUT/NAME/seedS and the results show "
+                           "mean ± sd over the seeds", minimum=1, metavar="N")
 
 
 @dataclass
@@ -87,6 +120,10 @@ class Stage:
     data_root: str | None
     progress: bool
     say: Callable[[str], None]
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.exp.name
 
     @property
     def done(self) -> dict[str, Any]:
@@ -128,7 +165,7 @@ def _embed_stage(run: Stage, ood: list[str]) -> list[str]:
     if "embed" not in run.done:
         values = dict(run.exp.embed)
         dataset = values.pop("dataset")
-        run.say(f"{run.exp.name}: embedding {dataset} and {', '.join(ood)}")
+        run.say(f"{run.label}: embedding {dataset} and {', '.join(ood)}")
         start = time.time()
         result = embed(dataset, run.folder / "emb.npz", ood, data_root=run.data_root, overwrite=True,
                        progress=run.progress, **values)
@@ -148,7 +185,7 @@ def _train_stage(run: Stage, train_values: dict[str, Any]) -> Path:
         train_values.setdefault("checkpoint_every_n_steps", 200)
         config = load_config(None, dict(train_values, out=str(run.folder / "train"), data_root=run.data_root))
         resume = checkpoint.exists()
-        run.say(f"{run.exp.name}: {'resuming' if resume else 'training'} {config.architecture.flow} on "
+        run.say(f"{run.label}: {'resuming' if resume else 'training'} {config.architecture.flow} on "
                 f"{config.dataset}")
         result = train(config, resume=True if resume else None, overwrite=not resume, progress=run.progress)
         run.done["train"] = {"test_bpd": result.test_bpd, "steps": result.steps, "seconds": round(result.seconds, 1)}
@@ -161,7 +198,7 @@ def _evaluate_stage(run: Stage, checkpoint: Path, ood: list[str]) -> None:
 
     if "evaluate" in run.done:
         return
-    run.say(f"{run.exp.name}: evaluating against {', '.join(ood) or 'nothing'}")
+    run.say(f"{run.label}: evaluating against {', '.join(ood) or 'nothing'}")
     values = {k: v for k, v in run.exp.evaluate.items() if k != "ood"}
     start = time.time()
     result = evaluate(checkpoint, ood, out=run.folder / "eval", data_root=run.data_root, progress=run.progress,
@@ -186,7 +223,7 @@ def _inspect_stage(run: Stage, checkpoint: Path) -> None:
         return
     images = [s for s in run.exp.inspect.get("images", [])
               if _available(parse_image_spec(s).name, run.data_root) is None]
-    run.say(f"{run.exp.name}: inspecting {', '.join(images)}")
+    run.say(f"{run.label}: inspecting {', '.join(images)}")
     start = time.time()
     values = {k: v for k, v in run.exp.inspect.items() if k != "images"}
     result = inspect_flow(loaded, images, run.folder / "inspect", data_root=run.data_root, progress=run.progress,
@@ -198,67 +235,115 @@ def _inspect_stage(run: Stage, checkpoint: Path) -> None:
 
 
 def reproduce(suite: str = "all", scale: str = "cpu", out: str | Path = "runs/reproduce",
-              config_dir: str | Path | None = None, only: list[str] | None = None, data_root: str | None = None,
-              progress: bool = False, say: Callable[[str], None] = print) -> ReproduceResult:
-    """Run every experiment of ``suite`` at ``scale``; rerunning the same command resumes.
+              config_dir: str | Path | None = None, only: list[str] | None = None, data_root: str | None = None, *,
+              seeds: int = 1, progress: bool = False, say: Callable[[str], None] = print) -> ReproduceResult:
+    """Run every experiment of ``suite`` at ``scale``, ``seeds`` times each; rerunning the same command resumes.
 
-    Each experiment keeps ``OUT/NAME/status.json`` (stages done and their numbers); finished stages
-    are not repeated, an interrupted training continues from its last checkpoint, and an experiment
-    whose configuration changed since is started again. ``results.md`` and ``results.html`` are
-    rewritten after every experiment.
+    Each run keeps a ``status.json`` (stages done and their numbers) in ``OUT/NAME`` (one seed) or
+    ``OUT/NAME/seedS`` (several seeds: S = the experiment's seed, +1, ...); finished stages are not repeated, an
+    interrupted training continues from its last checkpoint, and a run whose configuration changed since is
+    started again. ``results.md``, ``results.html`` and ``results.json`` (every metric as mean ± sd over the
+    seeds, with each seed's value) are rewritten after every run.
     """
     start = time.time()
-    experiments = load_experiments(config_dir, scale, suite, only)
-    folder_inputs = [config_dir or default_config_dir(), default_data_root(data_root)]
+    o = from_mapping(ReproduceOptions, {"suite": suite, "scale": scale, "configs": config_dir, "only": only,
+                                        "data_root": data_root, "seeds": seeds})
+    experiments = load_experiments(o.configs, o.scale, o.suite, o.only)
+    folder_inputs = [o.configs or default_config_dir(), default_data_root(o.data_root)]
     with open_output_folder(out, "reproduce", folder_inputs, resume=True) as folder:
-        return _reproduce(experiments, folder.path, suite, scale, data_root, progress, say, start)
+        command = "flowood " + " ".join(sys.argv[1:]) if sys.argv and "flowood" in sys.argv[0] else \
+            f"flowood reproduce --suite {o.suite} --scale {o.scale} --out {out}" + \
+            (f" --seeds {o.seeds}" if o.seeds > 1 else "")
+        info = {"suite": o.suite, "scale": o.scale, "seeds": o.seeds, "command": command,
+                "machine": machine_description()}
+        return _reproduce(Suite(experiments, folder.path, o.seeds, o.data_root, progress, say, info, start))
 
 
-def _reproduce(experiments: list[Experiment], out: Path, suite: str, scale: str, data_root: str | None,
-               progress: bool, say: Callable[[str], None], start: float) -> ReproduceResult:
-    command = "flowood " + " ".join(sys.argv[1:]) if sys.argv and "flowood" in sys.argv[0] else \
-        f"flowood reproduce --suite {suite} --scale {scale} --out {out}"
-    run_info = {"suite": suite, "scale": scale, "command": command, "machine": machine_description()}
-    states: dict[str, dict[str, Any]] = {}
-    for exp in experiments:
-        exp_dir = out / exp.name
-        if exp_dir.resolve().parent != out.resolve():  # names are checked on loading; never leave the suite folder
-            raise ConfigError(f"experiment name {exp.name!r} would write outside {out}")
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        status_path = exp_dir / "status.json"
-        state = json.loads(status_path.read_text()) if status_path.exists() else {}
-        spec = _spec_hash(exp)
-        if state.get("spec") not in (None, spec):
-            say(f"{exp.name}: its configuration changed since the last run; starting it again")
-            state = {}
-            for sub in ("train", "eval", "inspect"):
-                remove_output_folder(exp_dir / sub)  # only the files flowood wrote there
-        state["spec"] = spec
-        state["title"] = exp.title
-        if state.get("status") in ("done", "skipped"):
-            say(f"{exp.name}: {state['status']} earlier; kept")
-        else:
-            state["status"] = "running"
-            try:
-                _run_one(Stage(exp, exp_dir, state, data_root, progress, say))
-            except KeyboardInterrupt:
-                state["status"] = "interrupted"
-                _write_json(status_path, state)
-                write_results(out, experiments, _collect(out, experiments), run_info, time.time() - start)
-                raise
-            except Exception as err:
-                state.update(status="failed", reason=f"{type(err).__name__}: {err}")
-                _write_json(status_path, state)
-                say(f"{exp.name}: failed: {type(err).__name__}: {err}")
-        states[exp.name] = state
-        write_results(out, experiments, _collect(out, experiments), run_info, time.time() - start)
-    md, html = write_results(out, experiments, _collect(out, experiments), run_info, time.time() - start)
-    return ReproduceResult(out, md, html, {k: v.get("status", "?") for k, v in states.items()}, time.time() - start)
+@dataclass
+class Suite:
+    """One call of :func:`reproduce`: its experiments, where and how often they run, and how to report."""
+
+    experiments: list[Experiment]
+    out: Path
+    seeds: int
+    data_root: str | None
+    progress: bool
+    say: Callable[[str], None]
+    info: dict[str, Any]
+    start: float
+
+    def runs(self, exp: Experiment) -> list[tuple[int, Path]]:
+        """``(seed, folder)`` of each of an experiment's runs."""
+        return [(seed, run_folder(self.out, exp, seed, self.seeds)) for seed in run_seeds(exp, self.seeds)]
+
+    def collect(self) -> dict[str, list[dict[str, Any]]]:
+        """Every experiment's runs' statuses (``not run`` where none is recorded), in seed order."""
+        states = {}
+        for exp in self.experiments:
+            states[exp.name] = []
+            for seed, folder in self.runs(exp):
+                path = folder / "status.json"
+                state = json.loads(path.read_text()) if path.exists() else {"status": "not run"}
+                state.setdefault("seed", seed)
+                states[exp.name].append(state)
+        return states
+
+    def write(self) -> tuple[Path, Path, Path]:
+        """Write the results pages from what every run has recorded so far."""
+        return write_results(self.out, self.experiments, self.collect(), self.info, time.time() - self.start)
 
 
-def _collect(out: Path, experiments: list[Experiment]) -> dict[str, dict[str, Any]]:
-    states = {}
-    for exp in experiments:
-        path = out / exp.name / "status.json"
-        states[exp.name] = json.loads(path.read_text()) if path.exists() else {"status": "not run"}
-    return states
+def _reproduce(suite: Suite) -> ReproduceResult:
+    seed_statuses: dict[str, dict[int, str]] = {}
+    for exp in suite.experiments:
+        exp_dir = suite.out / exp.name
+        if exp_dir.resolve().parent != suite.out.resolve():  # names are checked on loading; never leave the folder
+            raise ConfigError(f"experiment name {exp.name!r} would write outside {suite.out}")
+        seed_statuses[exp.name] = {}
+        for offset, (seed, folder) in enumerate(suite.runs(exp)):
+            seed_statuses[exp.name][seed] = _run_seed(suite, seeded(exp, offset), seed, folder)
+            suite.write()
+    md, html, results = suite.write()
+    all_runs = suite.collect()
+    statuses = {name: overall_status(all_runs[name]) for name in seed_statuses}
+    return ReproduceResult(suite.out, md, html, statuses, time.time() - suite.start, results, seed_statuses)
+
+
+def _load_state(folder: Path, exp: Experiment, label: str, say: Callable[[str], None]) -> dict[str, Any]:
+    """A run's recorded status; empty (its outputs removed) when it was recorded for another configuration."""
+    path = folder / "status.json"
+    state = json.loads(path.read_text()) if path.exists() else {}
+    spec = _run_spec(exp)
+    if state and state.get("run_spec") != spec:
+        why = ("its configuration changed since the last run" if "run_spec" in state
+               else "its status was recorded by an earlier version of flowood")
+        say(f"{label}: {why}; starting it again")
+        state = {}
+        for sub in ("train", "eval", "inspect"):
+            remove_output_folder(folder / sub)  # only the files flowood wrote there
+    state["run_spec"] = spec
+    return state
+
+
+def _run_seed(suite: Suite, exp: Experiment, seed: int, folder: Path) -> str:
+    """Run (or keep) one seed of an experiment in ``folder``; returns its status."""
+    label = exp.name if suite.seeds == 1 else f"{exp.name} (seed {seed})"
+    folder.mkdir(parents=True, exist_ok=True)
+    state = _load_state(folder, exp, label, suite.say)
+    state.update(title=exp.title, seed=seed)
+    if state.get("status") in ("done", "skipped"):
+        suite.say(f"{label}: {state['status']} earlier; kept")
+        return state["status"]
+    state["status"] = "running"
+    try:
+        _run_one(Stage(exp, folder, state, suite.data_root, suite.progress, suite.say, label))
+    except KeyboardInterrupt:
+        state["status"] = "interrupted"
+        _write_json(folder / "status.json", state)
+        suite.write()
+        raise
+    except Exception as err:
+        state.update(status="failed", reason=f"{type(err).__name__}: {err}")
+        _write_json(folder / "status.json", state)
+        suite.say(f"{label}: failed: {type(err).__name__}: {err}")
+    return state["status"]
