@@ -80,9 +80,9 @@ def flowood_model(kind: str, shape: tuple[int, ...], packed: bool = False):
     if kind == "glow":
         return build_flow(flow="Glow", input_shape=shape, num_scales=LEVELS,
                           num_coupling_layers_per_scale=STEPS_PER_LEVEL,
-                          st_type="convnet", num_blocks=2, num_mid_channels=HIDDEN)
+                          st_type="glow_convnet", invconv="lu", num_mid_channels=HIDDEN)
     if kind == "realnvp":
-        return build_flow(flow="RealNVP", input_shape=shape, num_scales=2, st_type="convnet", num_blocks=2,
+        return build_flow(flow="RealNVP", input_shape=shape, num_scales=2, st_type="glow_convnet",
                           num_mid_channels=HIDDEN, mask="checkerboard_packed" if packed else "checkerboard")
     return build_flow(flow="MAF", input_shape=shape, num_coupling_layers=MAF_LAYERS, num_hidden_units=MAF_HIDDEN,
                       num_hidden_layers=1, actnorm=False)

@@ -21,7 +21,7 @@ MODELS = {
     "realnvp-small": dict(flow="RealNVP", num_blocks=1, num_mid_channels=16),
     "realnvp-paper-fmnist": dict(flow="RealNVP", num_blocks=6, num_mid_channels=64),
     "glow-small": dict(flow="Glow", num_coupling_layers_per_scale=8, num_blocks=2, num_mid_channels=64,
-                       st_type="convnet"),
+                       st_type="glow_convnet"),
 }
 
 

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import flowood
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -60,7 +62,7 @@ def test_the_wheel_carries_configs_types_and_declared_dependencies(installed):
 
 def test_installed_flowood_runs_outside_the_checkout(installed, tmp_path, fixtures_dir):
     where = run(installed, "--version", cwd=tmp_path)
-    assert where.returncode == 0 and where.stdout.strip() == "0.1.0"
+    assert where.returncode == 0 and where.stdout.strip() == flowood.__version__
     python = installed["venv"] / "bin" / "python"
     origin = subprocess.run([python, "-c", "import flowood; print(flowood.__file__)"], cwd=tmp_path,
                             capture_output=True, text=True, env={"PATH": os.environ["PATH"]})

@@ -4,7 +4,7 @@ Reproduces and extends Kirichenko, Izmailov, Wilson, "Why Normalizing Flows Fail
 Out-of-Distribution Data" (NeurIPS 2020).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__", "OODDetector"]
 

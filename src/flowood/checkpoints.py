@@ -21,13 +21,34 @@ from flowood.errors import FlowoodError
 from flowood.flows import FlowModel, build_flow
 from flowood.outputs import atomic_write
 
-__all__ = ["CheckpointError", "LoadedFlow", "load_flow", "save_flow", "file_sha256", "read_weights_file"]
+__all__ = ["CheckpointError", "LoadedFlow", "load_flow", "save_flow", "file_sha256", "read_weights_file",
+           "check_version"]
 
 FORMAT = "flowood-flow"
+#: the first version whose flows are the original code's networks (checkerboard parity, which half a split keeps,
+#: weight-normalised st-networks and rescales); files written before it hold other networks.
+FIRST_COMPATIBLE_VERSION = (0, 2)
 
 
 class CheckpointError(FlowoodError, ValueError):
     """A checkpoint that is missing, corrupt, truncated, unsafe or not a flowood checkpoint."""
+
+
+def check_version(version: str, path: str | Path, what: str = "checkpoint") -> None:
+    """Refuse files from flowood versions whose flows are other networks than this version's.
+
+    Raises:
+        CheckpointError: ``version`` (``"major.minor..."``) is older than :data:`FIRST_COMPATIBLE_VERSION`.
+    """
+    try:
+        major_minor = tuple(int(part) for part in str(version).split(".")[:2])
+    except ValueError:
+        return  # unknown: the architecture check that follows says what does not fit
+    if len(major_minor) == 2 and major_minor < FIRST_COMPATIBLE_VERSION:
+        raise CheckpointError(f"{what} {path} was written by flowood {version}, whose flows are other networks: "
+                              "flowood 0.2 made every flow the original code's network (checkerboard parity, the "
+                              "half a split keeps, weight-normalised st-networks). Retrain it with flowood "
+                              f"{__version__}, or read it with flowood {version}")
 
 
 def read_weights_file(path: str | Path, map_location: str | torch.device = "cpu", what: str = "checkpoint") -> Any:
@@ -117,6 +138,7 @@ def load_flow(path: str | Path, map_location: str | torch.device = "cpu") -> Loa
     else:
         raise CheckpointError(f"{path} is not a flowood checkpoint (no flow configuration inside); "
                               "pass a checkpoint written by flowood's train")
+    check_version(version, path)
     try:
         flow = build_flow(flow_config)
         flow.load_state_dict(state)

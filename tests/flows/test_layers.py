@@ -43,12 +43,23 @@ def test_actnorm_init_survives_state_dict():
     assert torch.equal(fresh.bias, layer.bias)
 
 
-def test_invertible_conv_1x1():
-    check_layer(randomise(InvertibleConv1x1(4)), torch.randn(2, 4, 3, 3))
-    conv = randomise(InvertibleConv1x1(5)).double()
-    w = conv.weight()
-    assert torch.allclose(conv.inverse_weight() @ w, torch.eye(5, dtype=torch.float64), atol=1e-10)
-    assert torch.allclose(torch.linalg.slogdet(w)[1], conv.log_s.sum(), atol=1e-10)
+@pytest.mark.parametrize("lu", [False, True], ids=["plain", "lu"])
+def test_invertible_conv_1x1(lu):
+    check_layer(randomise(InvertibleConv1x1(4, lu=lu)), torch.randn(2, 4, 3, 3))
+    conv = randomise(InvertibleConv1x1(5, lu=lu)).double()
+    w = conv.matrix()
+    assert torch.allclose(conv.inverse_matrix() @ w, torch.eye(5, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(torch.linalg.slogdet(w)[1], conv.log_abs_det(), atol=1e-10)
+
+
+def test_plain_invertible_conv_is_the_originals_single_matrix():
+    """The paper's Glow learns W itself (C*C parameters, started at a random rotation); LU adds C more."""
+    torch.manual_seed(0)
+    plain, lu = InvertibleConv1x1(6), InvertibleConv1x1(6, lu=True)
+    assert [n for n, _ in plain.named_parameters()] == ["weight"]
+    assert sum(p.numel() for p in plain.parameters()) == 36
+    assert sum(p.numel() for p in lu.parameters()) == 2 * 36 + 6
+    assert torch.allclose(plain.weight @ plain.weight.T, torch.eye(6), atol=1e-5)
 
 
 def test_squeeze_roundtrip_and_layout():
@@ -70,7 +81,7 @@ def test_invertible_1x1_conv_gives_the_same_numbers_on_both_memory_layouts(monke
     torch.manual_seed(0)
     layer = InvertibleConv1x1(6)
     with torch.no_grad():
-        layer.upper.add_(0.1 * torch.randn_like(layer.upper))
+        layer.weight.add_(0.1 * torch.randn_like(layer.weight))
     x = torch.randn(3, 6, 5, 4)
     import torch.nn.functional as F
     conv2d, conv_calls = F.conv2d, []
@@ -83,7 +94,7 @@ def test_invertible_1x1_conv_gives_the_same_numbers_on_both_memory_layouts(monke
         assert len(conv_calls) == (0 if inp.is_contiguous() else 1)  # matrix product / convolution
         layer.zero_grad()
         (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
-        results.append((y.detach(), log_det.detach(), inp.grad.clone(), layer.upper.grad.clone(),
+        results.append((y.detach(), log_det.detach(), inp.grad.clone(), layer.weight.grad.clone(),
                         layer.inverse(y.detach())))
     for a, b in zip(*results, strict=False):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)

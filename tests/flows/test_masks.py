@@ -9,7 +9,11 @@ from flowood.flows import make_mask
 
 def test_masks_cover_as_documented():
     cb = make_mask("checkerboard", (1, 2, 2))
-    assert cb.condition[0].tolist() == [[1, 0], [0, 1]]
+    # index 0 transforms the top-left pixel's parity class, as the original's first coupling
+    assert cb.transform[0].tolist() == [[1, 0], [0, 1]] and cb.condition[0].tolist() == [[0, 1], [1, 0]]
+    assert make_mask("checkerboard", (1, 2, 2), 1).transform[0].tolist() == [[0, 1], [1, 0]]
+    assert make_mask("vertical", (1, 2, 4), 0).transform[0, 0].tolist() == [0, 0, 1, 1]
+    assert make_mask("tabular", (5,), 0).transform.tolist() == [0, 0, 1, 1, 1]
     for q in range(4):
         m = make_mask("cycle", (1, 4, 4), q)
         assert m.condition.sum() == 4 and m.transform.sum() == 4

@@ -10,6 +10,7 @@ import torch
 from builders import IMAGE_CONFIGS, TINY, ready_flow, tiny_realnvp
 
 from flowood.flows import RealNVP, RealNVPTabular
+from flowood.flows.model import Split
 from flowood.flows.preprocessing import DEQUANTIZATION_LOG_DET
 
 
@@ -136,3 +137,17 @@ def test_flow_api_rejects_wrong_shape_range_dtype_and_nan():
                                                                          "uint8|float")]:
         with pytest.raises(ValueError, match=match):
             flow.log_prob(bad)
+
+
+def test_a_split_keeps_the_first_half_of_the_channels_and_factors_out_the_second():
+    """As the original's keepChannels: the scale's last channel coupling transformed the first half, which the
+    next scale goes on transforming; the second half leaves as this scale's latents."""
+    h = torch.arange(8.0).view(1, 4, 1, 2)
+    factored, kept = Split.factor_out(h)
+    assert kept[0, :, 0, 0].tolist() == [0.0, 2.0] and factored[0, :, 0, 0].tolist() == [4.0, 6.0]
+    assert torch.equal(Split.join(factored, kept), h)
+    flow = ready_flow(IMAGE_CONFIGS["realnvp-checkerboard-2scales"])
+    x = torch.rand(2, 1, 4, 4) * 0.9 + 0.05
+    scale1, _, (scale0,) = flow._run(x)
+    deepest, (factored0,) = flow._disassemble(flow(x)[0])
+    assert torch.equal(factored0, scale0) and torch.equal(deepest, scale1)

@@ -14,8 +14,9 @@ from flowood.flows.nets import ST_TYPES
 
 @pytest.mark.parametrize("st_type", [t for t in ST_TYPES if t != "mlp"])
 def test_coupling_every_image_st_network(st_type):
-    shape = (2, 8, 8)
-    net = make_st_net(st_type, 2, 4, (8, 8), mid_channels=4, num_blocks=2, latent_dim=3)
+    side = 14 if st_type == "autoencoder" else 8  # the paper's autoencoder works on sides of 14 and more
+    shape = (2, side, side)
+    net = make_st_net(st_type, 2, 4, (side, side), mid_channels=4, num_blocks=2, latent_dim=3)
     layer = randomise(AffineCoupling(make_mask("checkerboard", shape, 0), net))
     check_layer(layer, torch.randn(2, *shape))
 
@@ -29,11 +30,13 @@ def test_coupling_every_image_st_network(st_type):
          num_mid_channels=8),
     dict(flow="Glow", input_shape=(1, 8, 8), num_scales=1, num_coupling_layers_per_scale=2, st_type="highway",
          num_mid_channels=8),
-    dict(flow="RealNVP", input_shape=(1, 8, 8), st_type="autoencoder", num_mid_channels=8, latent_dim=4),
+    dict(flow="RealNVP", input_shape=(1, 14, 14), num_scales=1, num_coupling_layers_per_scale=2,
+         st_type="autoencoder", latent_dim=4),
+    dict(flow="RealNVP", input_shape=(1, 8, 8), st_type="conv_bottleneck", num_mid_channels=8, latent_dim=4),
     dict(flow="RealNVPTabular", input_shape=(6,), num_coupling_layers=2, num_hidden_units=16),
     dict(flow="MAF", input_shape=(6,), num_coupling_layers=2, num_hidden_units=16),
 ], ids=["resnet-bn", "resnet-nobn", "resnet-nobn-noskip", "resnet_ae", "glow-convnet", "highway", "autoencoder",
-        "tabular", "maf"])
+        "conv_bottleneck", "tabular", "maf"])
 def test_in_place_activations_give_the_same_numbers_and_gradients(config, monkeypatch):
     """st-networks apply ReLU/LeakyReLU in place where safe; the same model with every activation out of place
     gives identical log-likelihoods and gradients (and autograd raises no in-place error)."""
@@ -57,3 +60,66 @@ def test_in_place_activations_give_the_same_numbers_and_gradients(config, monkey
     assert len(grads_in_place) == len(grads_copy) > 0
     for a, b in zip(grads_in_place, grads_copy, strict=False):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_weight_norm_convolution_starts_as_the_plain_convolution_and_separates_size_from_direction():
+    from flowood.flows.nets import WeightNormConv2d
+    torch.manual_seed(3)
+    plain = torch.nn.Conv2d(3, 5, 3, padding=1)
+    torch.manual_seed(3)
+    wn = WeightNormConv2d(3, 5, 3, padding=1)
+    x = torch.randn(2, 3, 6, 6)
+    assert torch.allclose(wn(x), plain(x), atol=1e-6)
+    assert {n for n, _ in wn.named_parameters()} == {"weight_g", "weight_v", "bias"}
+    assert wn.weight_g.shape == (5, 1, 1, 1)
+    with torch.no_grad():
+        wn.weight_v.mul_(7.0)  # the direction's length does not matter
+        assert torch.allclose(wn(x), plain(x), atol=1e-5)
+        wn.weight_g.mul_(2.0)
+        assert torch.allclose(wn(x) - wn.bias.view(1, -1, 1, 1), 2 * (plain(x) - plain.bias.view(1, -1, 1, 1)),
+                              atol=1e-5)
+    assert wn.zero_()(x).abs().max() == 0  # init_zeros: an exact zero that still learns through g
+
+
+def test_the_rescale_is_g_times_the_sign_of_v():
+    from flowood.flows.coupling import Rescale
+    rescale = Rescale((3, 1, 1))
+    with torch.no_grad():
+        rescale.weight_g.copy_(torch.tensor([2.0, 0.5, 1.5]).view(3, 1, 1))
+        rescale.weight_v.copy_(torch.tensor([-4.0, 0.1, 3.0]).view(3, 1, 1))
+    assert rescale().flatten().tolist() == pytest.approx([-2.0, 0.5, 1.5])
+    assert Rescale((4,))().tolist() == [1.0] * 4
+
+
+def test_the_input_is_doubled_after_its_batchnorm_only_for_checkerboard_masks():
+    from flowood.flows import build_flow
+    flow = build_flow(flow="RealNVP", input_shape=(1, 8, 8), num_blocks=1, num_mid_channels=4)
+    doubled = {name: layer.st_net.double_after_norm for name, layer in flow.coupling_layers()}
+    assert all(v for n, v in doubled.items() if "channel" not in n)
+    assert not any(v for n, v in doubled.items() if "channel" in n)
+    cycle = build_flow(flow="RealNVPCycleMask", input_shape=(1, 8, 8), num_blocks=1, num_mid_channels=4)
+    assert not any(layer.st_net.double_after_norm for _, layer in cycle.coupling_layers())
+    nobn = build_flow(flow="RealNVP", input_shape=(1, 8, 8), num_blocks=1, num_mid_channels=4, batchnorm=False)
+    assert not any(layer.st_net.double_after_norm for _, layer in nobn.coupling_layers())
+
+
+def test_which_st_networks_start_at_zero():
+    """init_zeros (off in the paper's commands) zeroes the output layer; Glow's networks always start at zero."""
+    x = torch.randn(2, 2, 8, 8)
+    for st_type in ("resnet", "convnet", "conv_bottleneck"):
+        assert make_st_net(st_type, 2, 4, (8, 8), 4, 1, 3, init_zeros=True).eval()(x).abs().max() == 0, st_type
+        assert make_st_net(st_type, 2, 4, (8, 8), 4, 1, 3).eval()(x).abs().max() > 0, st_type
+    for st_type in ("highway", "glow_convnet"):
+        assert make_st_net(st_type, 2, 4, (8, 8), 4, 1).eval()(x).abs().max() == 0, st_type
+
+
+def test_the_papers_autoencoder_keeps_its_shape_and_refuses_sizes_it_cannot_rebuild():
+    from flowood.options import ConfigError
+    for side in (14, 16, 28, 32):
+        net = make_st_net("autoencoder", 2, 4, (side, side), latent_dim=5)
+        assert net(torch.randn(3, 2, side, side)).shape == (3, 4, side, side)
+        assert net.fc_z.out_features == 5
+    with pytest.raises(ConfigError, match="conv_bottleneck"):
+        make_st_net("autoencoder", 2, 4, (8, 8))
+    with pytest.raises(ConfigError, match="num_blocks >= 2"):
+        make_st_net("resnet_ae", 2, 4, (8, 8), num_blocks=1)

@@ -49,7 +49,10 @@ image_configs = st.fixed_dictionaries({
     "num_scales": st.integers(1, 3),
     "mask": st.sampled_from([None, "checkerboard", "checkerboard_packed", "horizontal", "vertical", "cycle",
                              "channel"]),
-    "st_type": st.sampled_from([None, "resnet", "convnet", "highway", "autoencoder", "resnet_ae"]),
+    "st_type": st.sampled_from([None, "resnet", "convnet", "glow_convnet", "highway", "autoencoder", "resnet_ae",
+                                "conv_bottleneck"]),
+    "weight_norm": st.booleans(),
+    "invconv": st.sampled_from(["plain", "lu"]),
     "num_coupling_layers_per_scale": st.sampled_from([None, 1, 2]),
     "batch": st.integers(1, 3),
     "seed": st.integers(0, 1000),
@@ -63,7 +66,7 @@ def test_any_image_config_builds_or_refuses_clearly_and_is_a_bijection(c):
         flow = build_flow(flow=c["flow"], input_shape=(c["channels"], c["size"], c["size"]),
                           num_scales=c["num_scales"], mask=c["mask"], st_type=c["st_type"],
                           num_coupling_layers_per_scale=c["num_coupling_layers_per_scale"], num_blocks=1,
-                          num_mid_channels=4, latent_dim=3)
+                          num_mid_channels=4, latent_dim=3, weight_norm=c["weight_norm"], invconv=c["invconv"])
     except ConfigError:
         assume(False)  # an invalid combination is refused with a ConfigError, never another exception
         return

@@ -81,7 +81,10 @@ def test_training_with_channels_last_matches_the_default(tmp_path, train_config)
     for cl in (False, True):
         cfg = train_config(tmp_path / f"cl{cl}", max_steps=5, channels_last=cl)
         results.append(train(cfg, progress=False).test_bpd)
-    assert results[1] == pytest.approx(results[0], rel=1e-4)
+    # (flowood.flows' optimize tests show equal losses and gradients to 1e-4; training agrees less closely,
+    # because the paper's ResNet has biases just before a BatchNorm, whose gradients are zero up to rounding,
+    # and Adam's first steps move each parameter by about lr whatever the size of its gradient)
+    assert results[1] == pytest.approx(results[0], rel=1e-2)
 
 
 def test_training_with_lightning_bf16_mixed_precision(tmp_path, train_config):

@@ -112,7 +112,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, 
         default = default_of(f)
         help_line = info.help + (f"; one of: {', '.join(map(str, info.choices))}" if info.choices else "")
         help_line = help_line.replace("%", "%%")  # argparse formats help with %
-        if kind is bool:
+        if _members(kind) == [bool]:  # a switch (an optional one left out keeps its per-model default)
             target.add_argument(*spellings(f.name, info.aliases), dest=f.name, action="store_const", const=True,
                                 default=argparse.SUPPRESS, help=_with_default(help_line, default))
             target.add_argument(*spellings(f"no_{f.name}"), dest=f.name, action="store_const", const=False,

@@ -33,8 +33,10 @@ def _coupling(cfg: FlowConfig, mask_kind: str, shape: tuple[int, int, int], inde
         cond, out = c, 2 * c
     if mask.is_packed:
         w = w // 2  # the st-network sees half of each row
+    # the original doubles the st-network's normalised input for checkerboard masks (half of it is zeros)
     net = make_st_net(cfg.st_type, cond, out, (h, w), mid, cfg.num_blocks, cfg.latent_dim, cfg.batchnorm,
-                      cfg.skip, cfg.init_zeros)
+                      cfg.skip, cfg.init_zeros, double_after_norm=mask.kind == "checkerboard",
+                      weight_norm=cfg.weight_norm)
     return AffineCoupling(mask, net)
 
 
@@ -69,7 +71,7 @@ def _glow_steps(cfg: FlowConfig) -> list[tuple[str, nn.Module]]:
         for k in range(cfg.num_coupling_layers_per_scale):
             prefix = f"scale{scale}.step{k}"
             steps.append((f"{prefix}.actnorm", ActNorm(c)))
-            steps.append((f"{prefix}.invconv", InvertibleConv1x1(c)))
+            steps.append((f"{prefix}.invconv", InvertibleConv1x1(c, lu=cfg.invconv == "lu")))
             # Glow mixes channels with the 1x1 convolution, so its channel mask stays fixed;
             # spatial masks alternate as in RealNVP.
             index = 0 if cfg.mask == "channel" else k
@@ -88,7 +90,7 @@ def _tabular_steps(cfg: FlowConfig) -> list[tuple[str, nn.Module]]:
     for i in range(cfg.num_coupling_layers):
         mask = make_mask("tabular", (d,), i)
         net = make_st_net("mlp", d, 2 * d, mid_channels=cfg.num_hidden_units, num_blocks=cfg.num_hidden_layers,
-                          init_zeros=cfg.init_zeros)
+                          init_zeros=cfg.init_zeros, dropout=cfg.dropout)
         steps.append((f"coupling{i}", AffineCoupling(mask, net)))
     return steps
 
@@ -126,6 +128,8 @@ def build_flow(config: FlowConfig | dict[str, Any] | None = None, **overrides: A
     builders = {"RealNVP": _realnvp_steps, "Glow": _glow_steps, "RealNVPTabular": _tabular_steps, "MAF": _maf_steps}
     try:
         steps = builders[cfg.flow](cfg)
+    except ConfigError:
+        raise
     except ValueError as err:  # a layer that cannot exist at some scale, e.g. a spatial mask on 1x1 pixels
         raise ConfigError(f"{cfg.flow} cannot be built for input shape {cfg.input_shape} with these options: {err}. "
                           "Use fewer num_scales, larger images, or another mask") from err
@@ -149,8 +153,8 @@ def RealNVP(input_shape: tuple[int, int, int] = (1, 28, 28), *, num_scales: int 
             num_blocks: int = _D.num_blocks, num_mid_channels: int = _D.num_mid_channels,
             num_coupling_layers_per_scale: int | None = _D.num_coupling_layers_per_scale,
             st_type: str | None = _D.st_type, mask: str | None = _D.mask, latent_dim: int = _D.latent_dim,
-            batchnorm: bool = _D.batchnorm, skip: bool = _D.skip, init_zeros: bool = _D.init_zeros,
-            logit_alpha: float = _D.logit_alpha) -> FlowModel:
+            batchnorm: bool = _D.batchnorm, skip: bool = _D.skip, weight_norm: bool = _D.weight_norm,
+            init_zeros: bool = _D.init_zeros, logit_alpha: float = _D.logit_alpha) -> FlowModel:
     """Multi-scale RealNVP (Dinh et al. 2017), as configured in the paper's code.
 
     Per scale: ``num_coupling_layers_per_scale`` couplings with the spatial ``mask`` (3 by default,
@@ -173,7 +177,8 @@ def RealNVP(input_shape: tuple[int, int, int] = (1, 28, 28), *, num_scales: int 
 def Glow(input_shape: tuple[int, int, int] = (1, 28, 28), *, num_scales: int = _D.num_scales,
          num_coupling_layers_per_scale: int | None = _D.num_coupling_layers_per_scale,
          num_blocks: int = _D.num_blocks, num_mid_channels: int = _D.num_mid_channels, st_type: str | None = _D.st_type,
-         mask: str | None = _D.mask, latent_dim: int = _D.latent_dim, init_zeros: bool = _D.init_zeros,
+         mask: str | None = _D.mask, latent_dim: int = _D.latent_dim, invconv: str = _D.invconv,
+         weight_norm: bool = _D.weight_norm, init_zeros: bool = _D.init_zeros,
          logit_alpha: float = _D.logit_alpha) -> FlowModel:
     """Glow (Kingma & Dhariwal 2018): per scale, squeeze, then steps of ActNorm, invertible 1x1
     convolution and affine coupling; half of the channels factored out between scales.
@@ -192,7 +197,8 @@ def Glow(input_shape: tuple[int, int, int] = (1, 28, 28), *, num_scales: int = _
 
 def RealNVPTabular(dim: int, *, num_coupling_layers: int = _D.num_coupling_layers,
                    num_hidden_layers: int = _D.num_hidden_layers, num_hidden_units: int = _D.num_hidden_units,
-                   init_zeros: bool = _D.init_zeros, actnorm: bool = _D.actnorm) -> FlowModel:
+                   init_zeros: bool = _D.init_zeros, dropout: bool = _D.dropout,
+                   actnorm: bool | None = _D.actnorm) -> FlowModel:
     """RealNVP for vectors: couplings on alternating halves of the features with MLP st-networks.
 
     Example:
@@ -206,7 +212,7 @@ def RealNVPTabular(dim: int, *, num_coupling_layers: int = _D.num_coupling_layer
 
 def MAF(dim: int, *, num_coupling_layers: int = _D.num_coupling_layers,
         num_hidden_layers: int = _D.num_hidden_layers, num_hidden_units: int = _D.num_hidden_units,
-        init_zeros: bool = _D.init_zeros, actnorm: bool = _D.actnorm) -> FlowModel:
+        init_zeros: bool = _D.init_zeros, actnorm: bool | None = _D.actnorm) -> FlowModel:
     """Masked autoregressive flow for vectors: ``num_coupling_layers`` MADE layers (each feature's
     scale and shift depend on every earlier feature), the feature order reversed between layers,
     after an ActNorm that standardises the features. Stronger than the coupling RealNVPTabular per
@@ -225,8 +231,9 @@ def MAF(dim: int, *, num_coupling_layers: int = _D.num_coupling_layers,
 
 
 _document(RealNVP, ("num_scales", "num_blocks", "num_mid_channels", "num_coupling_layers_per_scale", "st_type", "mask",
-                    "latent_dim", "batchnorm", "skip", "init_zeros", "logit_alpha"))
+                    "latent_dim", "batchnorm", "skip", "weight_norm", "init_zeros", "logit_alpha"))
 _document(Glow, ("num_scales", "num_coupling_layers_per_scale", "num_blocks", "num_mid_channels", "st_type", "mask",
-                 "latent_dim", "init_zeros", "logit_alpha"))
-_document(RealNVPTabular, ("num_coupling_layers", "num_hidden_layers", "num_hidden_units", "init_zeros", "actnorm"))
+                 "latent_dim", "invconv", "weight_norm", "init_zeros", "logit_alpha"))
+_document(RealNVPTabular, ("num_coupling_layers", "num_hidden_layers", "num_hidden_units", "init_zeros", "dropout",
+                           "actnorm"))
 _document(MAF, ("num_coupling_layers", "num_hidden_layers", "num_hidden_units", "init_zeros", "actnorm"))

@@ -42,27 +42,36 @@ class FlowConfig:
     input_shape: tuple[int, ...] = option((1, 28, 28), "one sample's shape, (C, H, W) for images, (D,) for vectors "
                                           "(set from the data)", flag=False)
     num_scales: int = option(2, "scales of the multi-scale architecture (RealNVP, Glow)")
-    num_blocks: int = option(8, "blocks of each st-network: residual or highway blocks, conv layers of a convnet")
+    num_blocks: int = option(8, "blocks of each st-network: residual or highway blocks, extra conv layers of a "
+                             "convnet (glow_convnet and autoencoder have a fixed depth)")
     num_mid_channels: int = option(64, "width of the st-networks (RealNVP doubles it after each squeeze)")
     num_coupling_layers_per_scale: int | None = option(
         None, "RealNVP: spatial-mask couplings per scale (default 3, and 4 at the last scale, as Dinh et al.); "
               "Glow: steps per scale (default 8)")
-    st_type: str | None = option(None, "st-network: resnet, convnet, highway, autoencoder (the paper's bottleneck), "
-                                 "resnet_ae (default: resnet for RealNVP, convnet for Glow)")
+    st_type: str | None = option(None, "st-network, by the original code's names: resnet, resnet_ae, convnet, "
+                                 "glow_convnet, highway, autoencoder (the paper's bottleneck); flowood's own: "
+                                 "conv_bottleneck (default: resnet for RealNVP, glow_convnet for Glow)")
     mask: str | None = option(None, "coupling mask: checkerboard (RealNVP's default), checkerboard_packed (the same "
                               "pixels on half-width tensors, faster, not the paper's model), horizontal, vertical, "
                               "cycle; Glow also channel (its default)")
     latent_dim: int = option(100, "bottleneck size l of the autoencoder and resnet_ae st-networks")
     batchnorm: bool = option(True, "BatchNorm inside resnet st-networks (the original's --no_batchnorm turns it off)")
+    weight_norm: bool = option(True, "weight-normalised convolutions in resnet, resnet_ae and convnet st-networks, as "
+                               "the original; off: plain convolutions (not the paper's model)")
     skip: bool = option(True, "skip connections in resnet st-networks (the original's --no_skip turns them off)")
-    init_zeros: bool = option(True, "start each st-network's output layer at zero, so couplings start as the "
-                              "identity")
+    init_zeros: bool = option(False, "start each st-network's output layer at zero, so couplings start as the "
+                              "identity (the paper's commands do not; highway and glow_convnet always do)")
     logit_alpha: float = option(0.05, "alpha of the logit preprocessing of image flows (RealNVP's 0.05)")
     num_coupling_layers: int = option(8, "couplings of a tabular flow (MAF: autoregressive layers)")
     num_hidden_layers: int = option(1, "hidden layers of a tabular st-network after the first (MAF: of each MADE)")
     num_hidden_units: int = option(256, "width of a tabular st-network (MAF: of each MADE)")
-    actnorm: bool = option(True, "tabular flows start with an ActNorm layer that standardises the features from the "
-                           "first batch (and is then learned)")
+    invconv: str = option("plain", "Glow's invertible 1x1 convolution: plain (a free matrix, the original's) or lu "
+                          "(LU-parametrised: a free log-determinant; not the paper's model)", choices=("plain", "lu"))
+    dropout: bool = option(False, "RealNVPTabular: dropout (0.5) after the first hidden layer of each st-network "
+                           "(the original's --dropout)")
+    actnorm: bool | None = option(None, "tabular flows start with an ActNorm layer that standardises the features "
+                                  "from the first batch, then learned (default: off for RealNVPTabular, as the "
+                                  "original; on for MAF)")
 
     @classmethod
     def help(cls) -> str:
@@ -105,16 +114,18 @@ class FlowConfig:
             self.st_type = self.st_type or "resnet"
             self.mask = self.mask or "checkerboard"
         elif self.flow == "Glow":
-            self.st_type = self.st_type or "convnet"
+            self.st_type = self.st_type or "glow_convnet"
             self.mask = self.mask or "channel"
             if self.num_coupling_layers_per_scale is None:
                 self.num_coupling_layers_per_scale = 8
         elif self.flow == "RealNVPTabular":
             self.st_type = "mlp"
             self.mask = "tabular"
+            self.actnorm = bool(self.actnorm)
         else:
             self.st_type = "made"
             self.mask = "autoregressive"
+            self.actnorm = True if self.actnorm is None else self.actnorm
 
     def _check(self, check_shape: bool = True) -> None:
         def positive(name: str) -> None:

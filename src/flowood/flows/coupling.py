@@ -2,7 +2,7 @@
 
 For the transformed part ``x_b`` of the input, conditioned on the visible part ``x_a``::
 
-    s, t = st_net(x_a)            s = rescale * tanh(raw_s)   (bounded, learnable per channel)
+    s, t = st_net(x_a)            s = rescale * tanh(raw_s)   (bounded, a learnable scale per channel)
     y_b  = (x_b + t) * exp(s)     log |det J| = sum(s over the transformed part)
 
 This is the form of the paper's code: ``-t`` is the coupling's *prediction* of the masked
@@ -30,7 +30,24 @@ from flowood.flows.base import FlowLayer, per_sample_sum
 from flowood.flows.masks import CouplingMask
 from flowood.flows.precision import run_st_net
 
-__all__ = ["AffineCoupling", "MaskedCoupling", "ChannelCoupling", "PackedCheckerboardCoupling"]
+__all__ = ["AffineCoupling", "MaskedCoupling", "ChannelCoupling", "PackedCheckerboardCoupling", "Rescale"]
+
+
+class Rescale(nn.Module):
+    """The learnable per-channel scale of ``tanh(raw_s)``, weight-normalised as in the original code
+    (``torch.nn.utils.weight_norm(Rescale(C))``): ``scale = g * v / |v|``, so its size is ``g`` and its sign
+    ``v``'s. Both start at 1. Parameters ``weight_g`` and ``weight_v`` of shape ``(C, 1, 1)`` for images,
+    ``(D,)`` for vectors.
+    """
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.weight_g = nn.Parameter(torch.ones(shape))
+        self.weight_v = nn.Parameter(torch.ones(shape))
+
+    def forward(self) -> Tensor:
+        """The scale, of the parameters' shape."""
+        return torch._weight_norm(self.weight_v, self.weight_g, 0)
 
 
 class AffineCoupling(FlowLayer):
@@ -75,7 +92,7 @@ class AffineCoupling(FlowLayer):
         self.register_buffer("condition", mask.condition.unsqueeze(0), persistent=False)
         self.register_buffer("transform", mask.transform.unsqueeze(0), persistent=False)
         rescale_shape = (self.num_scaled(mask),) + (1,) * (mask.condition.dim() - 1)
-        self.rescale = nn.Parameter(torch.ones(rescale_shape))
+        self.rescale = Rescale(rescale_shape)
         self.st_net = st_net
 
     # -- what a subclass says ---------------------------------------------------------------------------------
@@ -105,7 +122,7 @@ class AffineCoupling(FlowLayer):
         raw_s, t = raw.chunk(2, dim=1)
         # a channel slice of a channels-last tensor is strided, and unary ops on strided tensors take a slow
         # path (tanh 4-5x slower on the CPU); one contiguous copy of the slice is cheaper
-        s = self.rescale * torch.tanh(raw_s.contiguous())
+        s = self.rescale() * torch.tanh(raw_s.contiguous())
         return self.restrict(s, t)
 
     def _forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

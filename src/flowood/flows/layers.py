@@ -1,4 +1,4 @@
-"""Glow's invertible layers and the squeeze: ActNorm, the LU 1x1 convolution, space-to-depth."""
+"""Glow's invertible layers and the squeeze: ActNorm, the invertible 1x1 convolution, space-to-depth."""
 
 from __future__ import annotations
 
@@ -98,14 +98,20 @@ class ActNorm(FlowLayer):
 
 
 class InvertibleConv1x1(FlowLayer):
-    """Glow's invertible 1x1 convolution, LU-parametrised: ``W = P L (U + diag(sign * exp(log_s)))``.
+    """Glow's invertible 1x1 convolution: one learned C x C matrix ``W`` mixes the channels of every pixel.
 
-    The LU form makes ``log |det W| = sum(log_s)`` free to compute and keeps ``W`` invertible
-    by construction; the inverse is computed from the two triangular factors. Starts from a random
-    rotation, as Glow does.
+    Two parametrisations (Kingma & Dhariwal 2018 give both):
+
+    * plain (the default, the paper's code): ``W`` is a free parameter ``weight``, started at a random rotation
+      (the Q of a QR decomposition of a Gaussian matrix); ``log |det W|`` by ``slogdet`` and the inverse by a
+      matrix inverse, each pass.
+    * ``lu=True`` (flowood's option, not the paper's): ``W = P L (U + diag(sign * exp(log_s)))`` with a fixed
+      permutation ``P``; ``log |det W| = sum(log_s)`` is free, ``W`` stays invertible by construction, and the
+      inverse comes from the triangular factors. Starts from the same kind of random rotation.
 
     Args:
         num_channels: channels C of ``[B, C, H, W]`` inputs.
+        lu: LU-parametrise ``W``.
 
     References:
         Kingma, Dhariwal. Glow: Generative Flow with Invertible 1x1 Convolutions. NeurIPS 2018.
@@ -120,10 +126,14 @@ class InvertibleConv1x1(FlowLayer):
 
     kind = "invconv"
 
-    def __init__(self, num_channels: int) -> None:
+    def __init__(self, num_channels: int, lu: bool = False) -> None:
         super().__init__()
         self.num_channels = num_channels
+        self.lu = lu
         w = torch.linalg.qr(torch.randn(num_channels, num_channels))[0]
+        if not lu:
+            self.weight = nn.Parameter(w)
+            return
         p, lower, upper = torch.linalg.lu(w)
         s = torch.diagonal(upper)
         self.register_buffer("permutation", p)
@@ -139,18 +149,28 @@ class InvertibleConv1x1(FlowLayer):
         upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
         return lower, upper
 
-    def weight(self) -> Tensor:
+    def matrix(self) -> Tensor:
         """The C x C matrix W."""
+        if not self.lu:
+            return self.weight
         lower, upper = self._factors()
         return self.permutation @ lower @ upper
 
-    def inverse_weight(self) -> Tensor:
-        """``W^-1`` from the triangular factors (no general matrix inverse)."""
+    def inverse_matrix(self) -> Tensor:
+        """``W^-1`` (from the triangular factors with ``lu``: no general matrix inverse)."""
+        if not self.lu:
+            return torch.linalg.inv(self.weight)
         lower, upper = self._factors()
         eye = self.eye
         lower_inv = torch.linalg.solve_triangular(lower, eye, upper=False, unitriangular=True)
         upper_inv = torch.linalg.solve_triangular(upper, eye, upper=True)
         return upper_inv @ lower_inv @ self.permutation.T
+
+    def log_abs_det(self) -> Tensor:
+        """``log |det W|``: the log-determinant per pixel."""
+        if not self.lu:
+            return torch.linalg.slogdet(self.weight)[1]
+        return self.log_s.sum()
 
     def _multiply(self, x: Tensor, w: Tensor) -> Tensor:
         if x.dim() == 2:
@@ -163,14 +183,14 @@ class InvertibleConv1x1(FlowLayer):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         spatial = x[0, 0].numel()
-        log_det = (self.log_s.sum() * spatial).expand(x.shape[0])
-        return self._multiply(x, self.weight()), log_det
+        log_det = (self.log_abs_det() * spatial).expand(x.shape[0])
+        return self._multiply(x, self.matrix()), log_det
 
     def inverse(self, y: Tensor) -> Tensor:
-        return self._multiply(y, self.inverse_weight())
+        return self._multiply(y, self.inverse_matrix())
 
     def extra_repr(self) -> str:
-        return f"num_channels={self.num_channels}"
+        return f"num_channels={self.num_channels}, lu={self.lu}"
 
 
 def squeeze2d(x: Tensor) -> Tensor:

@@ -91,8 +91,9 @@ def _checkerboard_mask(shape: tuple[int, ...], index: int, kind: str = "checkerb
     if kind == "checkerboard_packed" and w % 2:
         raise ConfigError(f"a checkerboard_packed mask needs an even width, got shape {shape}")
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    board = ((yy + xx) % 2 == index % 2).float()
-    cond = board.expand(c, h, w).clone()
+    # index 0 transforms the pixels with i + j even (the top-left one among them), as the original's
+    # MaskCheckerboard(reverse_mask=False)
+    cond = ((yy + xx) % 2 != index % 2).float().expand(c, h, w).clone()
     return CouplingMask(kind, index % 2, cond, 1.0 - cond)
 
 
@@ -148,7 +149,10 @@ def make_mask(kind: str, shape: tuple[int, ...], index: int = 0) -> CouplingMask
         kind: one of :data:`MASK_KINDS`.
         shape: ``(C, H, W)`` for images, ``(D,)`` for ``tabular``.
         index: which variant; two-way masks use ``index % 2``, the cycle mask ``index % 4``
-            (the layer transforms quadrant ``index + 1`` conditioned on quadrant ``index``).
+            (the layer transforms quadrant ``index + 1`` conditioned on quadrant ``index``). Index 0 is the
+            original's first mask: checkerboard transforms the pixels with ``i + j`` even, horizontal the bottom
+            half, vertical the right half, channel the first half of the channels, tabular the last half
+            of the features.
 
     Returns:
         The :class:`CouplingMask`.
@@ -156,7 +160,7 @@ def make_mask(kind: str, shape: tuple[int, ...], index: int = 0) -> CouplingMask
     Example:
         >>> m = make_mask("checkerboard", (1, 2, 2))
         >>> m.condition[0].tolist(), m.transform[0].tolist()
-        ([[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]])
+        ([[0.0, 1.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]])
     """
     shape = tuple(int(s) for s in shape)
     if kind == "tabular":

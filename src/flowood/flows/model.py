@@ -36,14 +36,15 @@ class Split(nn.Module):
 
     @staticmethod
     def factor_out(h: Tensor) -> tuple[Tensor, Tensor]:
-        """``(factored-out latents, what the flow continues with)``: the first half of the channels leaves."""
+        """``(factored-out latents, what the flow continues with)``: the flow keeps the first half of the
+        channels and the second half leaves, as the original's ``keepChannels``."""
         c = h.shape[1] // 2
-        return h[:, :c], h[:, c:]
+        return h[:, c:], h[:, :c]
 
     @staticmethod
     def join(factored: Tensor, h: Tensor) -> Tensor:
         """Inverse of :meth:`factor_out`."""
-        return torch.cat((factored, h), dim=1)
+        return torch.cat((h, factored), dim=1)
 
 
 class StandardNormal(nn.Module):

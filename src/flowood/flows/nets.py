@@ -1,22 +1,30 @@
 """st-networks: the networks inside coupling layers that predict the scale s and shift t.
 
 Every network maps the conditioning input to ``out_channels`` channels (``2 x`` the transformed
-channels: s and t). The last layer starts at zero (``init_zeros``), so each coupling begins as
-the identity, which makes deep flows train stably.
+channels: s and t). The types carry the original code's names (Kirichenko et al. 2020,
+``flow_ssl``), and each of them is that code's network: the same layers, shapes, parameter count and
+initialisation, so a paper-scale config builds the paper's model. flowood's own variants have names of
+their own.
 
-Types (``st_type``, the original code's names):
-    ``resnet``: RealNVP's ResNet (Dinh et al. 2017) with skip connections.
-    ``convnet``: Glow's three-layer convolutional network (Kingma & Dhariwal 2018).
-    ``highway``: the highway network the paper's code uses for Glow.
-    ``autoencoder``: the paper's bottleneck st-network: convolutional encoder, a fully connected
-    bottleneck of ``latent_dim`` units, decoder. Smaller ``latent_dim`` limits what a coupling can
-    predict (Kirichenko et al. 2020, Section 6).
-    ``resnet_ae``: RealNVP's ResNet with a fully connected ``latent_dim`` bottleneck halfway.
-    ``mlp``: a multilayer perceptron for vectors (tabular flows).
+The original's networks (``st_type``):
+    ``resnet``: RealNVP's ResNet (Dinh et al. 2017) with weight-normalised convolutions, skip connections and,
+    for checkerboard masks, the input doubled after its BatchNorm.
+    ``resnet_ae``: the same ResNet without skips and with a fully connected ``latent_dim`` bottleneck halfway.
+    ``convnet``: weight-normalised 3x3 convolutions without activations (the original's ``ConvNetCoupling``).
+    ``glow_convnet``: Glow's three-layer network (Kingma & Dhariwal 2018): 3x3 conv, ReLU, 1x1 conv, ReLU,
+    zero-initialised 3x3 conv.
+    ``highway``: the highway network the paper's Glow uses.
+    ``autoencoder``: the paper's bottleneck st-network (Section 7): 4x4 convolutions of widths 32/64/64/128, a
+    linear ``latent_dim`` bottleneck, a transposed-convolution decoder.
+    ``mlp``: the tabular RealNVP's perceptron.
 
-Activations are applied in place wherever their input is a fresh output that nothing else needs (a
-convolution's, a linear layer's, BatchNorm's): the same numbers, one full pass over the largest tensors fewer,
-which on a CPU whose memory bandwidth is the limit saves about a third of each activation's time.
+flowood's own:
+    ``conv_bottleneck``: a bottleneck network for any image size: stride-2 3x3 convolutions down to at most 4x4,
+    a ``latent_dim`` bottleneck, an upsampling decoder with a zero-initialised output (not the paper's).
+
+``weight_norm=False`` gives ``resnet``, ``resnet_ae`` and ``convnet`` plain convolutions instead of
+weight-normalised ones (not the paper's). Activations are applied in place wherever their input is a fresh
+output that nothing else needs: the same numbers, one full pass over the largest tensors fewer.
 """
 
 from __future__ import annotations
@@ -29,14 +37,79 @@ from torch import Tensor, nn
 
 from flowood.options import ConfigError
 
-__all__ = ["ResNetST", "ConvNetST", "HighwayST", "BottleneckST", "ResNetBottleneckST", "MLPST",
-           "make_st_net", "ST_TYPES", "IMAGE_ST_TYPES"]
+__all__ = ["WeightNormConv2d", "ResNetST", "ResNetBottleneckST", "ConvNetST", "GlowConvNetST", "HighwayST",
+           "AutoencoderST", "ConvBottleneckST", "MLPST", "make_st_net", "ST_TYPES", "IMAGE_ST_TYPES"]
 
-IMAGE_ST_TYPES = ("resnet", "convnet", "highway", "autoencoder", "resnet_ae")
+IMAGE_ST_TYPES = ("resnet", "resnet_ae", "convnet", "glow_convnet", "highway", "autoencoder", "conv_bottleneck")
 ST_TYPES = IMAGE_ST_TYPES + ("mlp",)
 
 
-def _zero_init(layer: nn.Module) -> nn.Module:
+class WeightNormConv2d(nn.Module):
+    """A convolution with weight normalisation: ``weight = g * v / ||v||``, one norm per output channel.
+
+    Parameters ``weight_g`` (shape ``(out, 1, 1, 1)``) and ``weight_v`` (the convolution's weight shape), as
+    ``torch.nn.utils.weight_norm(nn.Conv2d(...))`` names them in the original code. It starts from PyTorch's
+    default convolution initialisation (``g = ||v||``), so the effective weight is the plain convolution's.
+
+    Args:
+        in_channels, out_channels, kernel_size, padding: as :class:`torch.nn.Conv2d`.
+        bias: learn an additive bias.
+
+    References:
+        Salimans, Kingma. Weight Normalization. NeurIPS 2016.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
+                 bias: bool = True) -> None:
+        super().__init__()
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=bias)
+        self.padding = padding
+        self.bias = conv.bias
+        self.weight_g = nn.Parameter(torch.linalg.vector_norm(conv.weight.detach(), dim=(1, 2, 3), keepdim=True))
+        self.weight_v = nn.Parameter(conv.weight.detach().clone())
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight_v.shape[1]
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight_v.shape[0]
+
+    @property
+    def weight(self) -> Tensor:
+        """The effective convolution weight ``g * v / ||v||`` (in ``v``'s memory format, e.g. channels-last)."""
+        norm = torch.linalg.vector_norm(self.weight_v, dim=(1, 2, 3), keepdim=True)
+        return self.weight_v * (self.weight_g / norm)
+
+    def zero_(self) -> WeightNormConv2d:
+        """Make the output exactly zero (``g = 0``, bias 0): the layer starts at zero and still learns."""
+        with torch.no_grad():
+            self.weight_g.zero_()
+            if self.bias is not None:
+                self.bias.zero_()
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight, self.bias, padding=self.padding)
+
+    def extra_repr(self) -> str:
+        k = self.weight_v.shape[-1]
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={k}, padding={self.padding}, "
+                f"bias={self.bias is not None}")
+
+
+def _conv(cin: int, cout: int, kernel: int, padding: int = 0, bias: bool = True,
+          weight_norm: bool = True) -> nn.Module:
+    if weight_norm:
+        return WeightNormConv2d(cin, cout, kernel, padding, bias)
+    return nn.Conv2d(cin, cout, kernel, padding=padding, bias=bias)
+
+
+def _zero(layer: nn.Module) -> nn.Module:
+    """Zero a layer's output: weight-normalised ones through ``g``, others through weight and bias."""
+    if isinstance(layer, WeightNormConv2d):
+        return layer.zero_()
     nn.init.zeros_(layer.weight)
     if layer.bias is not None:
         nn.init.zeros_(layer.bias)
@@ -44,17 +117,26 @@ def _zero_init(layer: nn.Module) -> nn.Module:
 
 
 def _maybe_zero(layer: nn.Module, init_zeros: bool) -> nn.Module:
-    return _zero_init(layer) if init_zeros else layer
+    return _zero(layer) if init_zeros else layer
+
+
+def _normal(layer: nn.Conv2d, std: float = 0.05) -> nn.Conv2d:
+    """Glow's initialisation of hidden convolutions: weights N(0, std^2), zero bias."""
+    nn.init.normal_(layer.weight, 0.0, std)
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 class _ResidualBlock(nn.Module):
-    def __init__(self, channels: int, batchnorm: bool) -> None:
+    """BatchNorm, ReLU, 3x3 conv without bias, BatchNorm, ReLU, 3x3 conv; plus the input."""
+
+    def __init__(self, channels: int, batchnorm: bool, weight_norm: bool) -> None:
         super().__init__()
         self.batchnorm = batchnorm
         self.in_norm = nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
-        self.in_conv = nn.Conv2d(channels, channels, 3, padding=1, bias=not batchnorm)
+        self.in_conv = _conv(channels, channels, 3, 1, bias=False, weight_norm=weight_norm)
         self.out_norm = nn.BatchNorm2d(channels) if batchnorm else nn.Identity()
-        self.out_conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.out_conv = _conv(channels, channels, 3, 1, weight_norm=weight_norm)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.in_conv(F.relu(self.in_norm(x), inplace=self.batchnorm))  # in place only on a fresh BN output
@@ -63,11 +145,12 @@ class _ResidualBlock(nn.Module):
 
 
 class ResNetST(nn.Module):
-    """RealNVP's ResNet st-network.
+    """RealNVP's ResNet st-network, the original's ``ResNet``.
 
-    The input is normalised, concatenated with its negation (so ReLU keeps both signs), passed
-    through ``num_blocks`` residual blocks whose outputs are also summed through 1x1 skip
-    convolutions, and mapped to ``out_channels`` by a 1x1 convolution.
+    The input is normalised (and doubled, for checkerboard masks, whose input is half zeros), concatenated with
+    its negation (so ReLU keeps both signs), passed through a 3x3 convolution and ``num_blocks`` residual
+    blocks whose outputs are summed through 1x1 skip convolutions, and mapped to ``out_channels`` by a 1x1
+    convolution. Every convolution is weight-normalised.
 
     Args:
         in_channels: channels of the conditioning input.
@@ -77,141 +160,242 @@ class ResNetST(nn.Module):
         batchnorm: use BatchNorm (the original's default; ``--no_batchnorm`` turns it off).
         skip: sum 1x1 skip connections from every block (the original's default).
         init_zeros: start the output layer at zero.
-        bottleneck: if set, ``(latent_dim, (H, W))``: a fully connected bottleneck of
-            ``latent_dim`` units after half of the blocks (the ``resnet_ae`` st-network).
+        double_after_norm: double the input after its BatchNorm (the original does for checkerboard masks).
+        weight_norm: weight-normalised convolutions (the original's); False: plain ones.
 
     References:
         Dinh, Sohl-Dickstein, Bengio. Density estimation using Real NVP. ICLR 2017.
     """
 
     def __init__(self, in_channels: int, out_channels: int, mid_channels: int = 64, num_blocks: int = 8,
-                 batchnorm: bool = True, skip: bool = True, init_zeros: bool = True,
-                 bottleneck: tuple[int, tuple[int, int]] | None = None) -> None:
+                 batchnorm: bool = True, skip: bool = True, init_zeros: bool = False,
+                 double_after_norm: bool = False, weight_norm: bool = True) -> None:
         super().__init__()
         self.batchnorm = batchnorm
+        self.double_after_norm = double_after_norm and batchnorm  # (the original doubles only after a BatchNorm)
         self.in_norm = nn.BatchNorm2d(in_channels) if batchnorm else nn.Identity()
-        self.in_conv = nn.Conv2d(2 * in_channels, mid_channels, 3, padding=1)
-        self.blocks = nn.ModuleList(_ResidualBlock(mid_channels, batchnorm) for _ in range(num_blocks))
-        self.skip = skip and bottleneck is None
-        if self.skip:
-            self.in_skip = nn.Conv2d(mid_channels, mid_channels, 1)
-            self.skips = nn.ModuleList(nn.Conv2d(mid_channels, mid_channels, 1) for _ in range(num_blocks))
-        self.bottleneck = None
-        if bottleneck is not None:
-            latent_dim, (h, w) = bottleneck
-            features = mid_channels * h * w
-            self.bottleneck = nn.Sequential(nn.Flatten(), nn.Linear(features, latent_dim),
-                                            nn.Linear(latent_dim, features),
-                                            nn.Unflatten(1, (mid_channels, h, w)))
-            self.bottleneck_after = max(num_blocks // 2, 1) - 1 if num_blocks else -1
+        self.in_conv = _conv(2 * in_channels, mid_channels, 3, 1, weight_norm=weight_norm)
+        self.blocks = nn.ModuleList(_ResidualBlock(mid_channels, batchnorm, weight_norm) for _ in range(num_blocks))
+        self.skip = skip
+        if skip:
+            self.in_skip = _conv(mid_channels, mid_channels, 1, weight_norm=weight_norm)
+            self.skips = nn.ModuleList(_conv(mid_channels, mid_channels, 1, weight_norm=weight_norm)
+                                       for _ in range(num_blocks))
         self.out_norm = nn.BatchNorm2d(mid_channels) if batchnorm else nn.Identity()
-        self.out_conv = _maybe_zero(nn.Conv2d(mid_channels, out_channels, 1), init_zeros)
+        self.out_conv = _maybe_zero(_conv(mid_channels, out_channels, 1, weight_norm=weight_norm), init_zeros)
+
+    def stem(self, x: Tensor) -> Tensor:
+        """Input normalisation, ``(x, -x)``, ReLU and the first convolution."""
+        x = self.in_norm(x)
+        if self.double_after_norm:
+            x = 2.0 * x
+        return self.in_conv(F.relu(torch.cat((x, -x), dim=1), inplace=True))
+
+    def head(self, x: Tensor) -> Tensor:
+        """Output normalisation, ReLU and the 1x1 output convolution."""
+        return self.out_conv(F.relu(self.out_norm(x), inplace=self.batchnorm))
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.in_norm(x)
-        x = self.in_conv(F.relu(torch.cat((x, -x), dim=1), inplace=True))
-        if self.bottleneck is not None and self.bottleneck_after < 0:
-            x = self.bottleneck(x)
+        x = self.stem(x)
         x_skip = self.in_skip(x) if self.skip else None
         for i, block in enumerate(self.blocks):
             x = block(x)
             if self.skip:
                 x_skip = x_skip + self.skips[i](x)
-            if self.bottleneck is not None and i == self.bottleneck_after:
-                x = self.bottleneck(x)
-        if self.skip:
-            x = x_skip
-        return self.out_conv(F.relu(self.out_norm(x), inplace=self.batchnorm))
+        return self.head(x_skip if self.skip else x)
 
 
 class ResNetBottleneckST(ResNetST):
-    """RealNVP's ResNet with a fully connected ``latent_dim`` bottleneck after half of its blocks.
+    """The ResNet without skips and with a fully connected bottleneck after block ``num_blocks // 2``, the
+    original's ``ResNetAE``: the activations are flattened, mapped to ``latent_dim`` numbers and back by two
+    linear layers.
 
     Args:
-        in_channels, out_channels, mid_channels, num_blocks, batchnorm, init_zeros: as :class:`ResNetST`.
+        in_channels, out_channels, mid_channels, num_blocks, batchnorm, init_zeros, double_after_norm,
+            weight_norm: as :class:`ResNetST`.
         spatial: the input's ``(H, W)``, needed for the fully connected bottleneck.
         latent_dim: bottleneck size l.
+
+    Raises:
+        ConfigError: ``num_blocks < 2`` (the bottleneck sits after block ``num_blocks // 2``; the original builds
+            it but never applies it then).
     """
 
     def __init__(self, in_channels: int, out_channels: int, spatial: tuple[int, int], latent_dim: int = 100,
-                 mid_channels: int = 64, num_blocks: int = 8, batchnorm: bool = True,
-                 init_zeros: bool = True) -> None:
+                 mid_channels: int = 64, num_blocks: int = 8, batchnorm: bool = True, init_zeros: bool = False,
+                 double_after_norm: bool = False, weight_norm: bool = True) -> None:
+        if num_blocks < 2:
+            raise ConfigError(f"the resnet_ae st-network needs num_blocks >= 2 (its bottleneck follows block "
+                              f"num_blocks // 2), got {num_blocks}")
         super().__init__(in_channels, out_channels, mid_channels, num_blocks, batchnorm, skip=False,
-                         init_zeros=init_zeros, bottleneck=(latent_dim, tuple(spatial)))
+                         init_zeros=init_zeros, double_after_norm=double_after_norm, weight_norm=weight_norm)
+        h, w = spatial
+        self.features = (mid_channels, h, w)
+        self.bottleneck = nn.Sequential(nn.Linear(mid_channels * h * w, latent_dim),
+                                        nn.Linear(latent_dim, mid_channels * h * w))
+        self.bottleneck_after = num_blocks // 2 - 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i == self.bottleneck_after:
+                x = self.bottleneck(x.flatten(1)).view(-1, *self.features)
+        return self.head(x)
 
 
 class ConvNetST(nn.Module):
-    """Glow's st-network: 3x3 conv, ``num_blocks - 1`` 1x1 convs, zero-initialised 3x3 output conv.
+    """The original's ``convnet``: a weight-normalised 3x3 convolution, ``num_blocks`` more, and a 1x1 output
+    convolution, with no activation between them (as in the original code: a linear network).
+
+    Args:
+        in_channels, out_channels, mid_channels, num_blocks, init_zeros, weight_norm: as :class:`ResNetST`.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int = 64, num_blocks: int = 8,
+                 init_zeros: bool = False, weight_norm: bool = True) -> None:
+        super().__init__()
+        layers = [_conv(in_channels, mid_channels, 3, 1, weight_norm=weight_norm)]
+        layers += [_conv(mid_channels, mid_channels, 3, 1, weight_norm=weight_norm) for _ in range(num_blocks)]
+        layers.append(_maybe_zero(_conv(mid_channels, out_channels, 1, weight_norm=weight_norm), init_zeros))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+class GlowConvNetST(nn.Sequential):
+    """Glow's st-network: 3x3 conv, ReLU, 1x1 conv, ReLU, 3x3 output conv. Hidden weights start N(0, 0.05^2)
+    with zero biases and the output layer at zero, as in Glow; its depth is fixed (``num_blocks`` is not used).
 
     References:
         Kingma, Dhariwal. Glow: Generative Flow with Invertible 1x1 Convolutions. NeurIPS 2018.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, mid_channels: int = 512, num_blocks: int = 2,
-                 init_zeros: bool = True) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, mid_channels, 3, padding=1), nn.ReLU(inplace=True)]
-        for _ in range(max(num_blocks - 1, 0)):
-            layers += [nn.Conv2d(mid_channels, mid_channels, 1), nn.ReLU(inplace=True)]
-        layers.append(_maybe_zero(nn.Conv2d(mid_channels, out_channels, 3, padding=1), init_zeros))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int = 512) -> None:
+        super().__init__(_normal(nn.Conv2d(in_channels, mid_channels, 3, padding=1)), nn.ReLU(inplace=True),
+                         _normal(nn.Conv2d(mid_channels, mid_channels, 1)), nn.ReLU(inplace=True),
+                         _zero(nn.Conv2d(mid_channels, out_channels, 3, padding=1)))
 
 
 class _HighwayLayer(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.conv_h = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv_gate = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv_h = _normal(nn.Conv2d(channels, channels, 3, padding=1))
+        self.conv_t = _normal(nn.Conv2d(channels, channels, 3, padding=1))
 
     def forward(self, x: Tensor) -> Tensor:
-        gate = torch.sigmoid(self.conv_gate(x))
-        return F.relu(self.conv_h(x), inplace=True) * gate + x * (1.0 - gate)
+        gate = torch.sigmoid(self.conv_t(x))
+        return self.conv_h(x) * gate + x * (1.0 - gate)
 
 
 class HighwayST(nn.Module):
-    """Highway st-network: input conv, ``num_blocks`` gated highway layers, zero-initialised 1x1 output.
+    """The highway st-network of the paper's Glow: a 3x3 convolution, ``num_blocks`` highway layers
+    ``h(x) * gate + x * (1 - gate)`` with ``gate = sigmoid(t(x))`` (3x3 convolutions ``h`` and ``t``, no other
+    activation), and a zero-initialised 1x1 output convolution. Hidden weights start N(0, 0.05^2), biases at 0.
 
     References:
         Srivastava, Greff, Schmidhuber. Highway Networks. 2015. Used for Glow in Kirichenko et al. 2020.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, mid_channels: int = 64, num_blocks: int = 3,
-                 init_zeros: bool = True) -> None:
+    def __init__(self, in_channels: int, out_channels: int, mid_channels: int = 64, num_blocks: int = 3) -> None:
         super().__init__()
-        self.in_conv = nn.Conv2d(in_channels, mid_channels, 3, padding=1)
+        self.in_conv = _normal(nn.Conv2d(in_channels, mid_channels, 3, padding=1))
         self.layers = nn.Sequential(*(_HighwayLayer(mid_channels) for _ in range(num_blocks)))
-        self.out_conv = _maybe_zero(nn.Conv2d(mid_channels, out_channels, 1), init_zeros)
+        self.out_conv = _zero(nn.Conv2d(mid_channels, out_channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out_conv(self.layers(F.relu(self.in_conv(x), inplace=True)))
+        return self.out_conv(self.layers(self.in_conv(x)))
 
 
-class BottleneckST(nn.Module):
-    """The paper's bottleneck ("autoencoder") st-network, whose capacity is limited by ``latent_dim``.
+#: the paper's bottleneck network: encoder widths and kernel size (every padding 0).
+_AE_WIDTHS, _AE_KERNEL = (32, 64, 64, 128), 4
 
-    A convolutional encoder halves the resolution (stride-2 convolutions, doubling the width up
-    to ``2 * mid_channels``) until it is at most 4x4, a fully connected layer maps to
-    ``latent_dim`` units and one maps back, and a mirrored decoder upsamples to the input size,
-    ending in a zero-initialised 3x3 convolution. Everything the layer predicts passes through
-    ``latent_dim`` numbers, so it cannot copy local pixel detail from its input.
+
+def _autoencoder_sizes(size: int) -> list[int] | None:
+    """Side lengths through the encoder for an input side ``size`` (strides 1, 1, s, s with s = size // 14), or
+    None when the transposed-convolution decoder cannot restore ``size`` exactly."""
+    stride = size // 14
+    if stride < 1:
+        return None
+    sizes = [size]
+    for s in (1, 1, stride, stride):
+        sizes.append((sizes[-1] - _AE_KERNEL) // s + 1)
+    if sizes[-1] < 1:
+        return None
+    back = sizes[-1]
+    for s in (stride, stride, 1, 1):
+        back = (back - 1) * s + _AE_KERNEL
+    return sizes if back == size else None
+
+
+class AutoencoderST(nn.Module):
+    """The paper's bottleneck st-network (the original's ``AE``), whose capacity ``latent_dim`` limits.
+
+    Encoder: four 4x4 convolutions without padding, widths 32, 64, 64, 128, strides 1, 1, s, s with
+    ``s = side // 14``, each followed by LeakyReLU; then ``Linear(features, latent_dim)`` and
+    ``Linear(latent_dim, features)`` with no activation between them; decoder: transposed convolutions back to
+    64, 64, 32 (LeakyReLU after each) and to ``out_channels`` (no activation). Default PyTorch initialisation.
+    Everything the layer predicts passes through ``latent_dim`` numbers, so it cannot copy local pixel detail
+    from its input (Section 7 of the paper).
+
+    Args:
+        in_channels, out_channels: as for every st-network.
+        spatial: the input's ``(H, W)``; the original supports sides where the decoder restores the size
+            exactly (14 to 27, 28, 32, 36, 40, ...).
+        latent_dim: bottleneck size l (the paper sweeps it; smaller means better OOD detection).
+
+    Raises:
+        ConfigError: for sides the network cannot reproduce.
+
+    References:
+        Kirichenko, Izmailov, Wilson. Why Normalizing Flows Fail to Detect Out-of-Distribution
+        Data. NeurIPS 2020, Section 7.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, spatial: tuple[int, int], latent_dim: int = 100) -> None:
+        super().__init__()
+        per_axis = [_autoencoder_sizes(int(side)) for side in spatial]
+        if any(sizes is None for sizes in per_axis):
+            raise ConfigError(f"the autoencoder st-network (the paper's) cannot work on {spatial[0]}x{spatial[1]} "
+                              "inputs: its decoder restores sides 14-28, 32, 36 or 40 exactly (it sees the image at "
+                              "every scale of the flow). Use fewer num_scales, or st_type conv_bottleneck")
+        stride = tuple(int(side) // 14 for side in spatial)
+        widths = (in_channels,) + _AE_WIDTHS
+        self.encoder = nn.Sequential(*(
+            nn.Sequential(nn.Conv2d(widths[i], widths[i + 1], _AE_KERNEL, stride=stride if i >= 2 else 1),
+                          nn.LeakyReLU(inplace=True)) for i in range(4)))
+        self.latent_shape = (_AE_WIDTHS[-1], per_axis[0][-1], per_axis[1][-1])
+        features = math.prod(self.latent_shape)
+        self.fc_z = nn.Linear(features, latent_dim)
+        self.decoder_input = nn.Linear(latent_dim, features)
+        back = _AE_WIDTHS[::-1] + (out_channels,)
+        self.decoder = nn.Sequential(*(
+            nn.Sequential(nn.ConvTranspose2d(back[i], back[i + 1], _AE_KERNEL, stride=stride if i < 2 else 1),
+                          *([nn.LeakyReLU(inplace=True)] if i < 3 else [])) for i in range(4)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        code = self.fc_z(self.encoder(x).flatten(1))
+        return self.decoder(self.decoder_input(code).view(-1, *self.latent_shape))
+
+
+class ConvBottleneckST(nn.Module):
+    """flowood's bottleneck st-network for any image size (not the paper's: see :class:`AutoencoderST`).
+
+    A convolutional encoder halves the resolution (stride-2 3x3 convolutions, doubling the width up to
+    ``2 * mid_channels``) until it is at most 4x4, a fully connected layer maps to ``latent_dim`` units and
+    one maps back, and a mirrored decoder upsamples to the input size, ending in a 3x3 convolution.
 
     Args:
         in_channels, out_channels: as for every st-network.
         spatial: the input's ``(H, W)``.
-        latent_dim: bottleneck size l (the paper sweeps it; smaller means better OOD detection).
+        latent_dim: bottleneck size l.
         mid_channels: width of the first convolution.
         init_zeros: start the output layer at zero.
-
-    References:
-        Kirichenko, Izmailov, Wilson. Why Normalizing Flows Fail to Detect Out-of-Distribution
-        Data. NeurIPS 2020, Section 6.
     """
 
     def __init__(self, in_channels: int, out_channels: int, spatial: tuple[int, int], latent_dim: int = 100,
-                 mid_channels: int = 32, init_zeros: bool = True) -> None:
+                 mid_channels: int = 32, init_zeros: bool = False) -> None:
         super().__init__()
         h, w = spatial
         widths, sizes = [mid_channels], [(h, w)]
@@ -237,7 +421,8 @@ class BottleneckST(nn.Module):
 
 
 class MLPST(nn.Module):
-    """Multilayer perceptron st-network for vectors, as in the original's tabular RealNVP.
+    """The tabular RealNVP's perceptron: ``Linear``, ReLU, (Dropout 0.5), ``num_hidden_layers`` x (``Linear``,
+    ReLU), ``Linear`` to the output.
 
     Args:
         in_features: features of the conditioning input.
@@ -245,12 +430,15 @@ class MLPST(nn.Module):
         hidden_units: width of each hidden layer.
         num_hidden_layers: hidden layers after the first (the original's ``--num_hidden_layers``).
         init_zeros: start the output layer at zero.
+        dropout: dropout with rate 0.5 after the first hidden layer (the original's ``--dropout``).
     """
 
     def __init__(self, in_features: int, out_features: int, hidden_units: int = 256, num_hidden_layers: int = 1,
-                 init_zeros: bool = True) -> None:
+                 init_zeros: bool = False, dropout: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Linear(in_features, hidden_units), nn.ReLU(inplace=True)]
+        if dropout:
+            layers.append(nn.Dropout(0.5))
         for _ in range(num_hidden_layers):
             layers += [nn.Linear(hidden_units, hidden_units), nn.ReLU(inplace=True)]
         layers.append(_maybe_zero(nn.Linear(hidden_units, out_features), init_zeros))
@@ -262,7 +450,8 @@ class MLPST(nn.Module):
 
 def make_st_net(st_type: str, in_channels: int, out_channels: int, spatial: tuple[int, ...] = (),
                 mid_channels: int = 64, num_blocks: int = 8, latent_dim: int = 100, batchnorm: bool = True,
-                skip: bool = True, init_zeros: bool = True) -> nn.Module:
+                skip: bool = True, init_zeros: bool = False, double_after_norm: bool = False,
+                weight_norm: bool = True, dropout: bool = False) -> nn.Module:
     """Build an st-network by its original name (see the module docstring for the types).
 
     Args:
@@ -270,24 +459,34 @@ def make_st_net(st_type: str, in_channels: int, out_channels: int, spatial: tupl
         in_channels: channels (features for ``mlp``) of the conditioning input.
         out_channels: channels to predict: 2 x the transformed channels.
         spatial: ``(H, W)`` of the input; needed by the bottleneck networks.
-        mid_channels: hidden width (hidden units for ``mlp``).
-        num_blocks: residual/highway blocks, conv layers for ``convnet``, hidden layers for ``mlp``.
-        latent_dim: bottleneck size for ``autoencoder`` and ``resnet_ae``.
+        mid_channels: hidden width (hidden units for ``mlp``; not used by ``autoencoder``).
+        num_blocks: residual/highway blocks, extra conv layers for ``convnet``, hidden layers for ``mlp``
+            (not used by ``glow_convnet`` and ``autoencoder``).
+        latent_dim: bottleneck size for ``autoencoder``, ``resnet_ae`` and ``conv_bottleneck``.
         batchnorm: BatchNorm in ``resnet`` and ``resnet_ae``.
         skip: skip connections in ``resnet``.
-        init_zeros: zero-initialise the output layer.
+        init_zeros: zero-initialise the output layer (``glow_convnet`` and ``highway`` always start at zero).
+        double_after_norm: ``resnet``, ``resnet_ae``: double the input after its BatchNorm (checkerboard masks).
+        weight_norm: weight-normalised convolutions in ``resnet``, ``resnet_ae`` and ``convnet``.
+        dropout: ``mlp``: dropout after the first hidden layer.
     """
+    resnet = dict(batchnorm=batchnorm, init_zeros=init_zeros, double_after_norm=double_after_norm,
+                  weight_norm=weight_norm)
     if st_type == "resnet":
-        return ResNetST(in_channels, out_channels, mid_channels, num_blocks, batchnorm, skip, init_zeros)
+        return ResNetST(in_channels, out_channels, mid_channels, num_blocks, skip=skip, **resnet)
     if st_type == "resnet_ae":
         return ResNetBottleneckST(in_channels, out_channels, tuple(spatial), latent_dim, mid_channels, num_blocks,
-                                  batchnorm, init_zeros)
+                                  **resnet)
     if st_type == "convnet":
-        return ConvNetST(in_channels, out_channels, mid_channels, num_blocks, init_zeros)
+        return ConvNetST(in_channels, out_channels, mid_channels, num_blocks, init_zeros, weight_norm)
+    if st_type == "glow_convnet":
+        return GlowConvNetST(in_channels, out_channels, mid_channels)
     if st_type == "highway":
-        return HighwayST(in_channels, out_channels, mid_channels, num_blocks, init_zeros)
+        return HighwayST(in_channels, out_channels, mid_channels, num_blocks)
     if st_type == "autoencoder":
-        return BottleneckST(in_channels, out_channels, tuple(spatial), latent_dim, mid_channels, init_zeros)
+        return AutoencoderST(in_channels, out_channels, tuple(spatial), latent_dim)
+    if st_type == "conv_bottleneck":
+        return ConvBottleneckST(in_channels, out_channels, tuple(spatial), latent_dim, mid_channels, init_zeros)
     if st_type == "mlp":
-        return MLPST(in_channels, out_channels, mid_channels, num_blocks, init_zeros)
+        return MLPST(in_channels, out_channels, mid_channels, num_blocks, init_zeros, dropout)
     raise ConfigError(f"unknown st_type {st_type!r}; choose one of {', '.join(ST_TYPES)}")

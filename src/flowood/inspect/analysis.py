@@ -128,7 +128,7 @@ def pixel_log_likelihood(flow: FlowModel, x: Tensor, noise: str = "center") -> T
             ld = ld + step.log_scale.view(1, -1, 1, 1)
         elif isinstance(step, InvertibleConv1x1):
             h, _ = step(h)
-            ld = ld + step.log_s.sum() / h.shape[1]
+            ld = ld + step.log_abs_det() / h.shape[1]
         else:  # coupling
             h, _, extras = step.trace_forward(h)
             ld = ld + extras["s"]

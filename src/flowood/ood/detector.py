@@ -217,7 +217,7 @@ class OODDetector(OutlierMixin, BaseEstimator):
         Raises:
             CheckpointError: the file is missing, unreadable, unsafe, or not a flowood detector.
         """
-        from flowood.checkpoints import CheckpointError, read_weights_file
+        from flowood.checkpoints import CheckpointError, check_version, read_weights_file
         from flowood.flows import build_flow
         from flowood.runtime import resolve_device
 
@@ -225,6 +225,7 @@ class OODDetector(OutlierMixin, BaseEstimator):
         if not isinstance(payload, dict) or payload.get("format") != DETECTOR_FORMAT:
             raise CheckpointError(f"{path} is not a flowood detector (write one with `flowood detector fit` or "
                                   "OODDetector.save)")
+        check_version(payload.get("flowood_version", "unknown"), path, what="detector")
         flow = build_flow(payload["flow_config"])
         flow.load_state_dict(payload["state_dict"])
         flow.to(resolve_device(device)).eval()

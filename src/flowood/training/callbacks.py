@@ -94,6 +94,8 @@ class NonFiniteGuard(Callback):
     # -- the checks ---------------------------------------------------------------------------------------------
     def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor) -> None:
         value = loss.detach().float()
+        if hasattr(pl_module, "bits_per_dim"):  # the thresholds are in bits/dim, the loss in nats per sample
+            value = pl_module.bits_per_dim(value)
         self._bad_loss = None
         if not _agreed(bool(torch.isfinite(value).all()), value.device):
             self._bad_loss = "NaN/Inf loss"

@@ -12,10 +12,10 @@ from torch.utils.data import DataLoader
 from flowood import __version__
 from flowood.data import ArrayDataset, adapt_images, load_dataset
 from flowood.errors import DataError
-from flowood.flows import ActNorm, build_flow
+from flowood.flows import build_flow
 from flowood.training.callbacks import NonFiniteLossError
 from flowood.training.config import TrainConfig
-from flowood.training.optim import make_optimizer
+from flowood.training.optim import make_optimizer, weight_decay_groups
 from flowood.training.persistence import EpochPermutationSampler, PassPosition, ResumableDataLoader
 
 __all__ = ["FlowModule", "FlowDataModule", "NonFiniteLossError", "negative_training_loss"]
@@ -132,29 +132,35 @@ class FlowModule(pl.LightningModule):
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         return x
 
+    def bits_per_dim(self, loss: torch.Tensor) -> torch.Tensor:
+        """A training loss (nats per sample) in bits per dimension."""
+        return loss / (self.flow.num_dims * math.log(2.0))
+
     def _loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean bits/dim; with an OOD set, the negative-training objective in the same units."""
+        """The original's objective: the mean negative log-likelihood in nats per sample; with an OOD set, the
+        negative-training objective in the same units. (The units matter: gradient clipping at
+        ``max_grad_norm`` and weight decay act on gradients of this loss, as in the original code.)"""
         if self.ood_data is None:
-            return self.flow.bits_per_dim(x, validate=False).mean()
-        if any(isinstance(m, ActNorm) and not bool(m.initialized) for m in self.flow.modules()):
-            with torch.no_grad():  # data-dependent init from in-distribution data only
-                self.flow.log_prob(x, validate=False)
+            return -self.flow.log_prob(x, validate=False).mean()
+        # one pass over both halves, as the original (BatchNorm statistics, and an ActNorm's first-batch
+        # initialisation, see in- and out-of-distribution samples alike)
         idx = torch.randint(0, len(self.ood_data), (x.shape[0],))
         x_ood = self.ood_data[idx].to(x.device)
         both = self.flow.log_prob(torch.cat((x, x_ood.to(x.dtype))), validate=False)
         loglik_in, loglik_ood = both[: x.shape[0]], both[x.shape[0]:]
         loss, share = negative_training_loss(loglik_in, loglik_ood, self.config.negative_val)
-        scale = self.flow.num_dims * math.log(2.0)
-        self.log("train_bpd_in", -loglik_in.mean().detach() / scale, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        self.log("train_bpd_in", self.bits_per_dim(-loglik_in.mean().detach()), on_step=True, on_epoch=True,
+                 batch_size=x.shape[0])
         self.log("train_ood_loglik", loglik_ood.mean().detach(), prog_bar=True, on_step=True, on_epoch=True,
                  batch_size=x.shape[0])
         self.log("train_ood_share_above_negative_val", share, on_step=True, on_epoch=True, batch_size=x.shape[0])
-        return loss / scale
+        return loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, _ = batch
         loss = self._loss(self._augment(x))
-        self.log("train_bpd", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=x.shape[0])
+        self.log("train_bpd", self.bits_per_dim(loss.detach()), prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=x.shape[0])
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -164,9 +170,17 @@ class FlowModule(pl.LightningModule):
         bpd = self.flow.bits_per_dim(x, validate=False, generator=generator)
         self.log("test_bpd", bpd.mean(), prog_bar=True, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
 
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip each parameter group's gradients to ``max_grad_norm`` separately, as the original code does."""
+        if gradient_clip_val:
+            for group in optimizer.param_groups:
+                torch.nn.utils.clip_grad_norm_(group["params"], gradient_clip_val)
+
     def configure_optimizers(self) -> Any:
         c = self.config
-        opt = make_optimizer(self.flow.parameters(), c.optim, lr=c.lr, weight_decay=c.weight_decay)
+        groups = weight_decay_groups(self.flow, c.weight_decay)
+        opt = make_optimizer(groups, c.optim, lr=c.lr, weight_decay=c.weight_decay)
         if not c.lr_anneal:
             return opt
         milestones = sorted({max(1, math.floor(0.8 * c.num_epochs)), max(1, math.floor(0.9 * c.num_epochs))})
