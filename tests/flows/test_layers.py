@@ -1,8 +1,9 @@
-"""Flow layers (flowood.flows.layers): ActNorm, the invertible 1x1 convolution and squeeze are exactly
+"""Flow layers (flowood.flows.layers): ActNorm, Standardize, the invertible 1x1 convolution and squeeze are exactly
 invertible, with a log-determinant equal to a brute-force Jacobian."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from builders import randomise
@@ -99,3 +100,26 @@ def test_invertible_1x1_conv_gives_the_same_numbers_on_both_memory_layouts(monke
     for a, b in zip(*results, strict=False):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
     assert torch.allclose(results[0][4], x, atol=1e-5)
+
+
+def test_standardize_is_exact_and_uses_the_training_sets_statistics():
+    from flowood.flows.layers import Standardize, set_standardization
+
+    layer = Standardize(3)
+    train = torch.randn(500, 3, dtype=torch.float64) * torch.tensor([1.0, 30.0, 0.01]) + torch.tensor([5.0, -2.0, 0])
+    assert set_standardization(torch.nn.Sequential(layer), train.float())
+    np.testing.assert_allclose(layer.mean.numpy(), train.mean(0).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.std.numpy(), train.numpy().std(0), rtol=1e-5)  # numpy's ddof 0, the original's
+    check_layer(layer, torch.randn(4, 3) * 10)
+    assert sum(p.numel() for p in layer.parameters()) == 0  # buffers only: parameter counts stay the original's
+    fresh = Standardize(3)
+    fresh.load_state_dict(layer.state_dict())
+    assert torch.equal(fresh(train[:5].float())[0], layer(train[:5].float())[0])  # not re-set from the batch
+    constant = Standardize(2)
+    constant.set_statistics(torch.tensor([[1.0, 2.0], [1.0, 4.0]]))
+    assert constant.std.tolist() == [1.0, 1.0]  # a constant feature is shifted, not divided by zero
+    unset = Standardize(2)
+    batch = torch.randn(8, 2) * 4 + 1
+    y, _ = unset(batch)  # never set: the first batch sets it
+    assert torch.allclose(y.mean(0), torch.zeros(2), atol=1e-5) and bool(unset.initialized)
+    assert not set_standardization(torch.nn.Linear(2, 2), batch)

@@ -2,9 +2,9 @@
 preprocessed form of the original code, and small real sets that ship with scikit-learn.
 
 A flow is trained on one class; the other class is the OOD set. Features are returned as they are
-(float32): the tabular flows start with an ActNorm layer that standardises them with statistics of
-the *training* class, so the OOD class is measured in the training class's units, as the original
-does by normalising every set with the training class's mean and standard deviation.
+(float32): the tabular flows start with a fixed standardisation (:class:`flowood.flows.layers.Standardize`) set
+from the *training* class's mean and standard deviation, so the OOD class is measured in the training class's
+units, as the original does by normalising every set with the training class's statistics.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from torch import nn
 from flowood.flows.autoregressive import MaskedAffineAutoregressive, ReversePermutation
 from flowood.flows.config import TABULAR_FLOWS, ConfigError, FlowConfig
 from flowood.flows.coupling import AffineCoupling
-from flowood.flows.layers import ActNorm, InvertibleConv1x1, Squeeze
+from flowood.flows.layers import ActNorm, InvertibleConv1x1, Squeeze, Standardize
 from flowood.flows.masks import make_mask
 from flowood.flows.model import FlowModel, Split
 from flowood.flows.nets import make_st_net
@@ -84,7 +84,7 @@ def _glow_steps(cfg: FlowConfig) -> list[tuple[str, nn.Module]]:
 
 def _tabular_steps(cfg: FlowConfig) -> list[tuple[str, nn.Module]]:
     (d,) = cfg.input_shape
-    steps: list[tuple[str, nn.Module]] = []
+    steps: list[tuple[str, nn.Module]] = [("standardize", Standardize(d))] if cfg.standardize else []
     if cfg.actnorm:
         steps.append(("actnorm", ActNorm(d)))
     for i in range(cfg.num_coupling_layers):
@@ -97,7 +97,7 @@ def _tabular_steps(cfg: FlowConfig) -> list[tuple[str, nn.Module]]:
 
 def _maf_steps(cfg: FlowConfig) -> list[tuple[str, nn.Module]]:
     (d,) = cfg.input_shape
-    steps: list[tuple[str, nn.Module]] = []
+    steps: list[tuple[str, nn.Module]] = [("standardize", Standardize(d))] if cfg.standardize else []
     if cfg.actnorm:
         steps.append(("actnorm", ActNorm(d)))
     for i in range(cfg.num_coupling_layers):
@@ -197,9 +197,10 @@ def Glow(input_shape: tuple[int, int, int] = (1, 28, 28), *, num_scales: int = _
 
 def RealNVPTabular(dim: int, *, num_coupling_layers: int = _D.num_coupling_layers,
                    num_hidden_layers: int = _D.num_hidden_layers, num_hidden_units: int = _D.num_hidden_units,
-                   init_zeros: bool = _D.init_zeros, dropout: bool = _D.dropout,
+                   init_zeros: bool = _D.init_zeros, dropout: bool = _D.dropout, standardize: bool = _D.standardize,
                    actnorm: bool | None = _D.actnorm) -> FlowModel:
-    """RealNVP for vectors: couplings on alternating halves of the features with MLP st-networks.
+    """RealNVP for vectors: a fixed standardisation with the training set's statistics, then couplings on
+    alternating halves of the features with MLP st-networks (the original's tabular RealNVP).
 
     Example:
         >>> flow = RealNVPTabular(6, num_coupling_layers=2, num_hidden_units=16)
@@ -212,10 +213,11 @@ def RealNVPTabular(dim: int, *, num_coupling_layers: int = _D.num_coupling_layer
 
 def MAF(dim: int, *, num_coupling_layers: int = _D.num_coupling_layers,
         num_hidden_layers: int = _D.num_hidden_layers, num_hidden_units: int = _D.num_hidden_units,
-        init_zeros: bool = _D.init_zeros, actnorm: bool | None = _D.actnorm) -> FlowModel:
+        init_zeros: bool = _D.init_zeros, standardize: bool = _D.standardize,
+        actnorm: bool | None = _D.actnorm) -> FlowModel:
     """Masked autoregressive flow for vectors: ``num_coupling_layers`` MADE layers (each feature's
     scale and shift depend on every earlier feature), the feature order reversed between layers,
-    after an ActNorm that standardises the features. Stronger than the coupling RealNVPTabular per
+    after a fixed standardisation and an ActNorm. Stronger than the coupling RealNVPTabular per
     layer; sampling takes one pass per feature.
 
     References:
@@ -235,5 +237,6 @@ _document(RealNVP, ("num_scales", "num_blocks", "num_mid_channels", "num_couplin
 _document(Glow, ("num_scales", "num_coupling_layers_per_scale", "num_blocks", "num_mid_channels", "st_type", "mask",
                  "latent_dim", "invconv", "weight_norm", "init_zeros", "logit_alpha"))
 _document(RealNVPTabular, ("num_coupling_layers", "num_hidden_layers", "num_hidden_units", "init_zeros", "dropout",
-                           "actnorm"))
-_document(MAF, ("num_coupling_layers", "num_hidden_layers", "num_hidden_units", "init_zeros", "actnorm"))
+                           "standardize", "actnorm"))
+_document(MAF, ("num_coupling_layers", "num_hidden_layers", "num_hidden_units", "init_zeros", "standardize",
+                "actnorm"))

@@ -69,6 +69,9 @@ class FlowConfig:
                           "(LU-parametrised: a free log-determinant; not the paper's model)", choices=("plain", "lu"))
     dropout: bool = option(False, "RealNVPTabular: dropout (0.5) after the first hidden layer of each st-network "
                            "(the original's --dropout)")
+    standardize: bool = option(True, "tabular flows first standardise the features with the training set's mean "
+                               "and standard deviation (fixed, no parameters: the original's normalisation of UCI "
+                               "data); the likelihood stays that of the raw features")
     actnorm: bool | None = option(None, "tabular flows start with an ActNorm layer that standardises the features "
                                   "from the first batch, then learned (default: off for RealNVPTabular, as the "
                                   "original; on for MAF)")

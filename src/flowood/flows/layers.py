@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from flowood.errors import InputError
 from flowood.flows.base import FlowLayer
 
-__all__ = ["ActNorm", "InvertibleConv1x1", "Squeeze", "squeeze2d", "unsqueeze2d"]
+__all__ = ["ActNorm", "InvertibleConv1x1", "Squeeze", "Standardize", "set_standardization", "squeeze2d", "unsqueeze2d"]
 
 
 class ActNorm(FlowLayer):
@@ -95,6 +95,86 @@ class ActNorm(FlowLayer):
 
     def extra_repr(self) -> str:
         return f"num_channels={self.num_channels}"
+
+
+class Standardize(FlowLayer):
+    """Fixed per-feature standardisation ``y = (x - mean) / std`` with the training set's statistics.
+
+    The original code normalises UCI features with the training class's mean and standard deviation before its
+    flows see them (``flow_ssl/data/miniboone.py``, ``hepmass.py``); this layer does the same inside the model,
+    so every set scored later (the other class, new data) is measured in the training class's units, and the
+    log-likelihood stays that of the raw features (log-determinant ``-sum(log std)``). It has no parameters,
+    only buffers saved with the model, so parameter counts stay the original's. Training sets the statistics
+    from the whole training set (:func:`set_standardization`); a layer never set takes them from its first batch.
+
+    Args:
+        num_features: features D of ``[B, D]`` inputs.
+
+    Example:
+        >>> layer = Standardize(2)
+        >>> set_standardization(layer, torch.tensor([[0.0, 10.0], [2.0, 30.0]]))
+        >>> layer(torch.tensor([[2.0, 30.0]]))[0]
+        tensor([[1., 1.]])
+    """
+
+    kind = "standardize"
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.register_buffer("mean", torch.zeros(num_features))
+        self.register_buffer("std", torch.ones(num_features))
+        self.register_buffer("initialized", torch.tensor(False))
+        self._known_initialized = False
+
+    @property
+    def initialization_pending(self) -> bool:
+        """True until a forward pass has seen the statistics set."""
+        return not self._known_initialized
+
+    @torch.no_grad()
+    def set_statistics(self, data: Tensor) -> None:
+        """Mean and standard deviation (ddof 0, as numpy's) of ``data`` ``[N, D]``; constant features keep std 1."""
+        data = data.to(self.mean.device, torch.float64)
+        std = data.std(dim=0, unbiased=False)
+        self.mean.copy_(data.mean(dim=0))
+        self.std.copy_(torch.where(std > 1e-12, std, torch.ones_like(std)))
+        self.initialized.fill_(True)
+        self._known_initialized = True
+
+    @torch.no_grad()
+    def set_identity(self) -> None:
+        """Mean 0 and std 1: for data already standardised outside the model (as the original code does)."""
+        self.mean.zero_()
+        self.std.fill_(1.0)
+        self.initialized.fill_(True)
+        self._known_initialized = True
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialized = False
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if not self._known_initialized:
+            if not bool(self.initialized):
+                self.set_statistics(x)
+            self._known_initialized = True
+        y = (x - self.mean) / self.std
+        return y, (-torch.log(self.std).sum()).expand(x.shape[0])
+
+    def inverse(self, y: Tensor) -> Tensor:
+        return y * self.std + self.mean
+
+    def extra_repr(self) -> str:
+        return f"num_features={self.num_features}"
+
+
+def set_standardization(module: nn.Module, data: Tensor) -> bool:
+    """Set every :class:`Standardize` layer in ``module`` from ``data`` (the training set); True if there was one."""
+    layers = [m for m in module.modules() if isinstance(m, Standardize)]
+    for layer in layers:
+        layer.set_statistics(data.reshape(len(data), -1))
+    return bool(layers)
 
 
 class InvertibleConv1x1(FlowLayer):

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from flowood.errors import InputError
 from flowood.flows.base import FlowLayer, LayerRecord, per_sample_sum
-from flowood.flows.layers import ActNorm, Squeeze, squeeze2d, unsqueeze2d
+from flowood.flows.layers import ActNorm, Squeeze, Standardize, squeeze2d, unsqueeze2d
 from flowood.flows.precision import flow_precision, parse_precision
 from flowood.flows.preprocessing import DEQUANTIZATION_LOG_DET, LogitTransform, dequantize, quantize
 
@@ -110,7 +110,7 @@ class FlowModel(nn.Module):
         self.prior = StandardNormal()
         self.config = dict(config or {})
         self._compiled_density: Any = None
-        self._lazy_layers: list[ActNorm] = []  # layers that initialise themselves from their first batch
+        self._lazy_layers: list[ActNorm | Standardize] = []  # layers that initialise themselves from their first batch
         self.st_dtype: torch.dtype | None = None  # mixed precision of the st-networks; None: fp32
 
     def mixed_precision(self, precision: str | torch.dtype | None = "bf16") -> "FlowModel":
@@ -150,7 +150,7 @@ class FlowModel(nn.Module):
         if channels_last and len(self.input_shape) == 3:
             self.to(memory_format=torch.channels_last)
         self._compiled_density = torch.compile(self._density) if compile else None
-        self._lazy_layers = [m for m in self.modules() if isinstance(m, ActNorm)]
+        self._lazy_layers = [m for m in self.modules() if isinstance(m, (ActNorm, Standardize))]
         return self
 
     def _ready_to_compile(self) -> bool:

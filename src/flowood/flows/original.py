@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from flowood.errors import ModelError
 from flowood.flows.coupling import AffineCoupling
-from flowood.flows.layers import ActNorm, InvertibleConv1x1
+from flowood.flows.layers import ActNorm, InvertibleConv1x1, Standardize
 from flowood.flows.model import FlowModel
 
 __all__ = ["load_original_state_dict", "original_state_dict"]
@@ -115,7 +115,9 @@ def load_original_state_dict(flow: FlowModel, checkpoint: Mapping[str, Any], str
         strict_shapes: refuse tensors whose shapes differ (always wanted; off only to debug).
 
     Returns:
-        ``flow`` with the weights loaded (ActNorm layers marked initialised).
+        ``flow`` with the weights loaded (ActNorm layers marked initialised). A tabular flow's
+        :class:`~flowood.flows.layers.Standardize` is set to the identity: the original normalises UCI data with
+        the training class's mean and deviation before its model, so give the loaded flow data normalised so.
 
     Raises:
         ModelError: the architectures differ (layer counts, kinds, names or shapes), naming the first layer
@@ -124,7 +126,7 @@ def load_original_state_dict(flow: FlowModel, checkpoint: Mapping[str, Any], str
     Example:
         >>> import torch
         >>> from flowood.flows import RealNVPTabular
-        >>> a = RealNVPTabular(4, num_coupling_layers=2, num_hidden_units=8)
+        >>> a = RealNVPTabular(4, num_coupling_layers=2, num_hidden_units=8, standardize=False)
         >>> b = RealNVPTabular(4, num_coupling_layers=2, num_hidden_units=8)
         >>> original = {f"body.{i}.{k}": v for i, step in enumerate(a.steps) for k, v in step.state_dict().items()}
         >>> x = torch.randn(3, 4)
@@ -147,6 +149,9 @@ def load_original_state_dict(flow: FlowModel, checkpoint: Mapping[str, Any], str
                 raise ModelError(f"{where}: {key} has shape {tuple(value.shape)} in the original, "
                                  f"{tuple(target[key].shape)} in flowood")
         layer.load_state_dict({k: v.reshape(target[k].shape) for k, v in state.items()})
+    for layer in flow.modules():  # the original normalises its data before the model: here that is the identity
+        if isinstance(layer, Standardize):
+            layer.set_identity()
     return flow
 
 

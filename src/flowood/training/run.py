@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from flowood.checkpoints import CheckpointError, load_flow
 from flowood.data import dataset_inputs, fit_to_shape, load_dataset
+from flowood.flows.layers import set_standardization
 from flowood.options import ConfigError
 from flowood.outputs import OutputExistsError, OutputFolder, open_output_folder, write_text_atomic
 from flowood.runtime import lightning_accelerator, lightning_precision
@@ -184,6 +185,8 @@ def _fit(config: TrainConfig, out: Path, resume_path: Path | None, folder: Outpu
     data = FlowDataModule(config)
     data.setup()
     module = FlowModule(config.to_dict(), data.sample_shape, ood_data=data.ood_set)
+    if resume_path is None:  # tabular flows standardise with the whole training set's statistics (a resumed run
+        set_standardization(module.flow, data.train_set.data)  # has them in its checkpoint)
     if not _is_launched_child():
         # weights, Adam's two moments, and room for the temporary file of an atomic write
         n_params = sum(p.numel() for p in module.parameters())
