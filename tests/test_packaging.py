@@ -56,6 +56,8 @@ def test_the_wheel_carries_configs_types_and_declared_dependencies(installed):
         metadata = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert "flowood/py.typed" in names and "flowood/configs/demo.yaml" in names
     assert sum(n.startswith("flowood/configs/paper/") for n in names) >= 20
+    assert {f"flowood/configs/openood/{b}.yaml" for b in ("cifar10", "cifar100", "imagenet200")} <= names
+    assert 'Requires-Dist: pytorch-ood>=0.4.0; extra == "baselines"' in metadata
     for requirement in ("torch>=2.14", "torchvision>=0.29", "lightning>=2.6", "pillow", "scikit-learn", "pyyaml"):
         assert f"Requires-Dist: {requirement}" in metadata, requirement
 

@@ -21,10 +21,12 @@ from flowood.errors import FlowoodError
 from flowood.flows import FlowModel, build_flow
 from flowood.outputs import atomic_write
 
-__all__ = ["CheckpointError", "LoadedFlow", "load_flow", "save_flow", "file_sha256", "read_weights_file",
-           "check_version"]
+__all__ = ["CLASSIFIER_FORMAT", "CheckpointError", "LoadedFlow", "load_flow", "save_flow", "file_sha256",
+           "read_weights_file", "check_version"]
 
 FORMAT = "flowood-flow"
+#: the format tag of a classifier file written by ``flowood embed --train_classifier``
+CLASSIFIER_FORMAT = "flowood-classifier-1"
 #: the first version whose flows are the original code's networks (checkerboard parity, which half a split keeps,
 #: weight-normalised st-networks and rescales); files written before it hold other networks.
 FIRST_COMPATIBLE_VERSION = (0, 2)

@@ -94,5 +94,25 @@ def test_cli_embed_then_train_and_evaluate_a_flow_on_embeddings(tmp_path, fashio
     ood = tmp_path / "emb-mnist-small.npz"
     assert main(["evaluate", "--checkpoint", str(tmp_path / "flow" / "checkpoints" / "last.ckpt"), "--ood",
                  f"npz:{ood}", "--out", str(tmp_path / "eval"), "--no_progress"]) == 0
+    printed = capsys.readouterr().out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["ood"][f"npz:{ood}"]["auroc"] > 0.8
+    # the classifier-based detectors come beside the flow's scores, on the same features and sets
+    detectors = ["msp", "energy", "maxlogit", "mahalanobis", "rmd", "knn", "vim", "react"]
+    assert set(detectors) <= set(metrics["scores_computed"])
+    assert all(0.0 <= metrics["ood"][f"npz:{ood}"]["scores"][d]["auroc"] <= 1.0 for d in detectors)
+    with np.load(out) as f:
+        logits = f["embeddings_test"] @ f["classifier_weight"].T + f["classifier_bias"]
+        accuracy = float((logits.argmax(1) == f["labels_test"]).mean())
+    assert metrics["classifier"]["test_accuracy"] == pytest.approx(accuracy)
+    assert f"classifier test accuracy {accuracy:.3f}" in printed and "ranked by mean AUROC" in printed
+    ranking = metrics["ranking"]
+    assert {r["family"] for r in ranking} == {"flow", "classifier"} and len(ranking) == len(metrics["scores_computed"])
+    assert [r["mean_auroc"] for r in ranking] == sorted((r["mean_auroc"] for r in ranking), reverse=True)
+    assert next(r for r in ranking if r["detector"] == "mahalanobis")["needs"] == "features + labels"
+    assert "Flow scores and classifier-based detectors, ranked" in (tmp_path / "eval" / "report.html").read_text()
+    # asked for explicitly on pixels, they are refused with the reason
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "flow" / "checkpoints" / "last.ckpt"), "--ood",
+                 f"npz:{ood}", "--detectors", "msp", "--dataset", fashionmnist_npz, "--out", str(tmp_path / "eval2"),
+                 "--no_progress"]) == 2
+    assert "not an embeddings file" in capsys.readouterr().err

@@ -4,6 +4,7 @@
     flowood evaluate  OOD scores and metrics of a checkpoint against named OOD sets
     flowood inspect   the paper's analyses of a checkpoint: latents, couplings, likelihood maps, samples
     flowood embed     image sets -> classifier features (.npz) for flows on embeddings
+    flowood compare   several evaluations (pixel flow, embedding flow, classifiers; seeds) in one ranking
     flowood reproduce run a suite of the paper's experiments and write results.md / results.html
     flowood detector  fit a detector (a flow, a score and a calibrated threshold) into one file
     flowood score     score new files, folders, globs and .npz files with a detector, one row per input
@@ -59,15 +60,29 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     from flowood.evaluation import EvaluateOptions
 
     p = sub.add_parser("evaluate", help="OOD scores and metrics of a checkpoint",
-                       usage="%(prog)s --checkpoint CKPT --ood NAME [NAME ...] --out DIR [options]",
+                       usage="%(prog)s --checkpoint CKPT (--ood NAME [NAME ...] | --benchmark NAME) --out DIR "
+                             "[options]",
                        parents=[_shared("folder for metrics.json, scores.npz, figures and report.html")],
                        description="Score in-distribution test data and OOD sets with every requested score; "
                                    "write metrics.json, scores.npz, figures and report.html; print tables.")
     p.add_argument("--checkpoint", required=True, metavar="CKPT",
                    help="checkpoint from flowood train (e.g. OUT/checkpoints/last.ckpt)")
-    p.add_argument("--ood", nargs="+", action=Accumulate, required=True, metavar="NAME",
-                   help="OOD data sets (repeatable)")
+    p.add_argument("--ood", nargs="+", action=Accumulate, default=[], metavar="NAME",
+                   help="OOD data sets (repeatable; optional with --benchmark)")
     add_options(p, EvaluateOptions)
+
+
+def _compare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="rank the detectors of several evaluations on their shared OOD sets",
+                       usage="%(prog)s --runs LABEL=EVAL_DIR [LABEL=EVAL_DIR ...] --out DIR [options]",
+                       parents=[_shared("folder for compare.json, compare.md, auroc.png and report.html")],
+                       description="Put several `flowood evaluate` outputs (a pixel flow, a flow on embeddings with "
+                                   "its classifier-based detectors, ...) in one ranking of every detector on every "
+                                   "OOD set they share, sets matched by the images behind them. Runs with the same "
+                                   "LABEL are seeds of one model: each metric is shown as mean ± sd over them.")
+    p.add_argument("--runs", nargs="+", action=Accumulate, required=True, metavar="LABEL=EVAL_DIR",
+                   help="evaluation folders with a label; a glob such as 'pixel=runs/r/seed*/eval' gives one run per "
+                        "match (repeatable)")
 
 
 def _inspect_parser(sub: argparse._SubParsersAction) -> None:
@@ -175,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=FlowoodParser)
     sub._parser_class = lambda **kw: FlowoodParser(allow_abbrev=False, **kw)  # no silent prefix matches
-    for add in (_train_parser, _evaluate_parser, _inspect_parser, _embed_parser, _reproduce_parser,
+    for add in (_train_parser, _evaluate_parser, _inspect_parser, _embed_parser, _compare_parser, _reproduce_parser,
                 _detector_parser, _score_parser, _data_parser):
         add(sub)
     return parser
@@ -196,7 +211,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from flowood.evaluation import EvaluateOptions, evaluate, markdown_table, scores_table
+    from flowood.evaluation import EvaluateOptions, evaluate, markdown_table, ranking_table, scores_table
+    from flowood.evaluation.evaluate import benchmark_table
 
     result = evaluate(args.checkpoint, args.ood, out=args.out, progress=args.progress, overwrite=args.overwrite,
                       **given_options(args, EvaluateOptions))
@@ -204,6 +220,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print()
     print("AUROC of every score (higher = better detection; 0.5 = chance):")
     print(scores_table(result.metrics))
+    if "classifier" in result.metrics:
+        print()
+        print(ranking_table(result.metrics))
+    if "benchmark" in result.metrics:
+        print()
+        print(benchmark_table(result.metrics))
     ind = result.metrics["in_distribution"]
     for name, m in result.metrics["ood"].items():
         if m["bpd_mean"] < ind["bpd_mean"]:
@@ -339,9 +361,39 @@ def _cmd_data(args: argparse.Namespace) -> int:
             print(f"  {name:13s} {spec.description}\n  {'':13s} {state}")
         print("  folder:PATH   a folder of images (one subfolder per class, or flat)")
         print("  npz:PATH      .npz with 'images' (uint8) or 'embeddings' (float), optional 'labels'")
+        print("  openood:BENCHMARK/SET  a set of an OpenOOD v1.5 benchmark (cifar10, cifar100, imagenet200) from "
+              "OpenOOD's image lists")
         return 0
     print("usage: flowood data {list,fetch NAME...}", file=sys.stderr)
     return 2
+
+
+def _compare_groups(specs: list[str]) -> dict[str, list[str]]:
+    """``LABEL=PATH`` arguments (PATH may be a glob) -> ``{label: [paths]}`` in the order given."""
+    import glob
+
+    from flowood.errors import InputError
+
+    groups: dict[str, list[str]] = {}
+    for spec in specs:
+        label, sep, pattern = spec.partition("=")
+        if not sep or not label or not pattern:
+            raise InputError(f"--runs takes LABEL=EVAL_DIR, got {spec!r} (e.g. --runs 'pixel flow=runs/eval')")
+        matches = sorted(glob.glob(str(Path(pattern).expanduser()))) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise InputError(f"--runs {spec!r}: no folder matches {pattern}")
+        groups.setdefault(label, []).extend(matches)
+    return groups
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from flowood.evaluation.compare import compare, comparison_markdown
+
+    result = compare(_compare_groups(args.runs), out=args.out, overwrite=args.overwrite)
+    print(f"AUROC on {result.summary['in_distribution']} (in-distribution) against each OOD set, mean ± sd over runs:")
+    print(comparison_markdown(result.summary))
+    print(f"wrote {Path(args.out) / 'report.html'} (open it in a browser), compare.json, compare.md, auroc.png")
+    return 0
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -350,7 +402,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "inspect": _cmd_inspect, "embed": _cmd_embed,
-            "reproduce": _cmd_reproduce, "detector": _cmd_detector, "score": _cmd_score, "data": _cmd_data}
+            "compare": _cmd_compare, "reproduce": _cmd_reproduce, "detector": _cmd_detector, "score": _cmd_score,
+            "data": _cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,8 @@ Names: ``mnist``, ``fashionmnist``, ``kmnist``, ``cifar10``, ``cifar100``, ``svh
 ``notmnist`` (image folder), ``digits`` (scikit-learn's 8x8 digits),
 ``noise`` and ``constant`` (generated at the model's shape); tabular sets with one class each
 (OOD by class, the paper's Appendix K): ``miniboone0/1``, ``hepmass0/1`` (UCI), ``wine0/1/2`` and
-``breastcancer0/1`` (scikit-learn); and the generic ``folder:PATH`` and ``npz:PATH``. Data live under the data
+``breastcancer0/1`` (scikit-learn); the generic ``folder:PATH`` and ``npz:PATH``; and OpenOOD's benchmark sets
+``openood:BENCHMARK/SET`` (:mod:`flowood.data.openood`). Data live under the data
 root: the ``data_root`` given, else ``$FLOWOOD_DATA``, else
 ``~/.cache/flowood``.
 """
@@ -666,14 +667,18 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in [
 
 def dataset_inputs(names: list[str | None], root: str | os.PathLike | None = None) -> list[Path]:
     """The files and folders that loading ``names`` reads: the path of ``folder:``/``npz:`` sets, and the data
-    root for registered sets kept in files (generated sets and scikit-learn's read nothing). Output folders
-    must stay clear of them (see :mod:`flowood.outputs`)."""
+    root for registered sets kept in files (generated sets and scikit-learn's read nothing), OpenOOD's folder.
+    Output folders must stay clear of them (see :mod:`flowood.outputs`)."""
     paths: list[Path] = []
     for name in names:
         if not name:
             continue
         if name.startswith(("folder:", "npz:")):
             paths.append(Path(name.split(":", 1)[1]).expanduser())
+            continue
+        if name.startswith("openood:"):
+            from flowood.data.openood import openood_inputs
+            paths += openood_inputs(data_root(root))
             continue
         spec = DATASETS.get(name.lower().replace("-", "").replace("_", ""))
         if spec is not None and spec.fetchers:
@@ -683,12 +688,12 @@ def dataset_inputs(names: list[str | None], root: str | os.PathLike | None = Non
 
 def dataset_names() -> list[str]:
     """Every registered name, plus the generic forms."""
-    return list(DATASETS) + ["folder:PATH", "npz:PATH"]
+    return list(DATASETS) + ["folder:PATH", "npz:PATH", "openood:BENCHMARK/SET"]
 
 
 def canonical_name(name: str) -> str:
-    """``"FashionMNIST"`` -> ``"fashionmnist"``; generic ``folder:``/``npz:`` names are kept."""
-    if name.startswith(("folder:", "npz:")):
+    """``"FashionMNIST"`` -> ``"fashionmnist"``; generic ``folder:``/``npz:``/``openood:`` names are kept."""
+    if name.startswith(("folder:", "npz:", "openood:")):
         return name
     key = name.lower().replace("-", "").replace("_", "")
     if key not in DATASETS:
@@ -702,7 +707,8 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
     """Load a data set by name into memory.
 
     Args:
-        name: a registry name (see the module docstring), ``folder:PATH`` or ``npz:PATH``.
+        name: a registry name (see the module docstring), ``folder:PATH``, ``npz:PATH``, or
+            ``openood:BENCHMARK/SET`` (:mod:`flowood.data.openood`).
         split: ``"train"`` or ``"test"``.
         root: the data root (see :func:`data_root`).
         shape: a model's input shape, used by generated sets (``noise``, ``constant``).
@@ -719,6 +725,9 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
         folder = Path(name[7:]).expanduser()
         images, labels, _ = read_image_folder(folder)
         return _from_numpy(images, labels, name, split, str(folder))
+    if name.startswith("openood:"):
+        from flowood.data.openood import load_openood
+        return load_openood(name, split, data_root(root))
     key = canonical_name(name)
     return DATASETS[key].loader(data_root(root), split, shape)
 
@@ -731,6 +740,9 @@ def fetch_dataset(name: str, root: str | os.PathLike | None = None) -> list[str]
     key = canonical_name(name)
     if key.startswith(("folder:", "npz:")):
         return [f"{key} is a local path; nothing to fetch"]
+    if key.startswith("openood:"):
+        from flowood.data.openood import _howto, openood_folder
+        return [f"{key}: manual: {_howto(openood_folder(data_root(root)))}"]
     spec = DATASETS[key]
     root = data_root(root)
     root.mkdir(parents=True, exist_ok=True)

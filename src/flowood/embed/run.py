@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from flowood import __version__
+from flowood.checkpoints import CLASSIFIER_FORMAT
 from flowood.data import ArrayDataset, adapt_images, dataset_inputs, load_dataset
 from flowood.embed.backbones import (
     IMAGENET_MEAN,
@@ -41,7 +42,6 @@ from flowood.runtime import data_root_option, device_option, resolve_device, see
 __all__ = ["embed", "EmbedOptions", "EmbedResult", "Embedder", "make_embedder", "load_classifier", "save_classifier",
            "fit_classifier", "embed_images", "is_embed_output"]
 
-CLASSIFIER_FORMAT = "flowood-classifier-1"
 
 
 @dataclass
@@ -266,6 +266,7 @@ def embed(dataset: str, out: str | Path, ood: tuple[str, ...] | list[str] = (), 
         raise DataError(f"{dataset} holds vectors, not images; it can be used with a tabular flow directly")
     embedder = make_embedder(train, test, o, progress)
     arrays = _embed_splits(embedder, {"train": train, "test": test}, dataset, o, progress)
+    arrays.update(_head_arrays(embedder.model))
     meta = {"backbone": embedder.backbone, "weights": embedder.source, "dataset": dataset,
             "preprocess": embedder.preprocess.to_dict(), "classifier_test_accuracy": embedder.accuracy,
             "flowood_version": __version__, "seed": o.seed, "in_distribution_shape": list(train.sample_shape)}
@@ -349,6 +350,15 @@ def _embed_splits(embedder: Embedder, splits: dict[str, ArrayDataset], dataset: 
         if ds.labels is not None:
             arrays[f"labels_{split}"] = ds.labels.numpy()
     return arrays
+
+
+def _head_arrays(model: nn.Module) -> dict[str, np.ndarray]:
+    """The classifier's last linear layer (``logits = embedding @ weight.T + bias``), kept with the embeddings so
+    that classifier-based detectors (:mod:`flowood.ood.classifier`) can be computed from them."""
+    head = last_linear(model)[2]
+    bias = head.bias if head.bias is not None else torch.zeros(head.out_features)
+    return {"classifier_weight": head.weight.detach().float().cpu().numpy(),
+            "classifier_bias": bias.detach().float().cpu().numpy()}
 
 
 def _embed_ood(embedder: Embedder, name: str, path: Path, shape: tuple[int, ...], meta: dict[str, Any],

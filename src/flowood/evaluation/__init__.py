@@ -5,8 +5,10 @@ from flowood.evaluation.evaluate import (
                                          EvaluationResult,
                                          evaluate,
                                          markdown_table,
+                                         ranking_table,
                                          score_bits_per_dim,
                                          scores_table,
 )
 
-__all__ = ["EvaluateOptions", "EvaluationResult", "evaluate", "markdown_table", "score_bits_per_dim", "scores_table"]
+__all__ = ["EvaluateOptions", "EvaluationResult", "evaluate", "markdown_table", "ranking_table", "score_bits_per_dim",
+           "scores_table"]

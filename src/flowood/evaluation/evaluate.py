@@ -16,7 +16,7 @@ import contextlib
 import json
 import platform
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,16 @@ from flowood.data import canonical_name, dataset_inputs, fit_to_shape, load_data
 from flowood.errors import DataError
 from flowood.flows import FlowModel
 from flowood.flows.precision import parse_precision
+from flowood.ood.classifier import (
+    CLASSIFIER_DETECTORS,
+    ClassifierHead,
+    available_detectors,
+    check_detector_names,
+    classifier_accuracy,
+    classifier_scores,
+    embeddings_meta,
+    head_from_embeddings,
+)
 from flowood.ood.density import as_density, is_flowood_flow
 from flowood.ood.metrics import ood_metrics
 from flowood.ood.scores import DEFAULT_SCORES, SCORE_NAMES, make_score, score_bits_per_dim
@@ -47,7 +57,8 @@ from flowood.runtime import (
 
 __all__ = ["evaluate", "EvaluateOptions", "EvaluationResult", "EvaluationPlan", "ScoredSets", "markdown_table",
            "scores_table", "plan_evaluation", "prepare_models", "load_sets", "compute_scores", "summarize",
-           "write_outputs", "score_bits_per_dim"]
+           "write_outputs", "score_bits_per_dim", "plan_detectors", "detector_table",
+           "ranking_table", "benchmark_summary", "benchmark_table"]
 
 
 @dataclass
@@ -75,6 +86,13 @@ class EvaluateOptions:
     fit_samples: int = option(10000, "in-distribution training samples for the scores that fit", minimum=1)
     compile: bool = option(False, "score through torch.compile: the same numbers, faster on large sets after a "
                            "slow first batch")
+    benchmark: str | None = option(None, "an OpenOOD v1.5 benchmark (cifar10, cifar100, imagenet200): a pixel flow is "
+                                   "scored on its in-distribution test list and every near- and far-OOD set; results "
+                                   "are grouped near/far as OpenOOD reports them", metavar="NAME")
+    detectors: list[str] | None = option(None, "classifier-based detectors (pytorch-ood) beside the flow's scores, for "
+                                         "a flow on embeddings from `flowood embed`: "
+                                         f"{', '.join(CLASSIFIER_DETECTORS)}, or none (default: every one the "
+                                         "embeddings allow)", metavar="DETECTOR")
 
 
 @dataclass
@@ -104,6 +122,8 @@ class EvaluationPlan:
         scores: the score names, ``likelihood`` first.
         root: the data root.
         options: the options.
+        detectors: classifier-based detectors to compute beside the flow's scores (embedding flows).
+        head: the classifier's last linear layer, when the in-distribution set is embeddings that carry it.
     """
 
     loaded: LoadedFlow
@@ -111,6 +131,8 @@ class EvaluationPlan:
     scores: list[str]
     root: str | None
     options: EvaluateOptions
+    detectors: list[str] = field(default_factory=list)
+    head: ClassifierHead | None = None
 
     @property
     def inputs(self) -> list[Any]:
@@ -128,12 +150,14 @@ class ScoredSets:
         info: size, source and original shape of each set.
         values: ``{score: {set: one number per sample}}``.
         fit_samples: in-distribution training samples the fitted scores saw (0: none fitted).
+        classifier: the classifier behind classifier-based detectors (head source, classes, test accuracy).
     """
 
     data: dict[str, torch.Tensor]
     info: dict[str, dict[str, Any]]
     values: dict[str, dict[str, np.ndarray]]
     fit_samples: int = 0
+    classifier: dict[str, Any] | None = None
 
 
 def markdown_table(metrics: dict[str, Any]) -> str:
@@ -158,6 +182,35 @@ def scores_table(metrics: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def ranking_table(metrics: dict[str, Any]) -> str:
+    """The flow's scores and the classifier-based detectors ranked by mean AUROC, as Markdown, with the
+    classifier's in-distribution test accuracy."""
+    clf = metrics.get("classifier") or {}
+    acc = clf.get("test_accuracy")
+    rows = [f"Flow scores and classifier-based detectors, ranked by mean AUROC over the OOD sets (classifier test "
+            f"accuracy {'unknown' if acc is None else f'{acc:.3f}'}):", "",
+            "| rank | detector | family | needs | mean AUROC |", "|---:|---|---|---|---:|"]
+    for i, r in enumerate(metrics["ranking"], 1):
+        rows.append(f"| {i} | {r['detector']} | {r['family']} | {r['needs']} | {r['mean_auroc']:.3f} |")
+    return "\n".join(rows)
+
+
+def benchmark_table(metrics: dict[str, Any]) -> str:
+    """AUROC of every score averaged over the benchmark's near-OOD and far-OOD sets (OpenOOD's columns), with the
+    published leaderboard rows flowood records, as Markdown."""
+    b = metrics["benchmark"]
+    rows = [f"{b['title']}: AUROC (%) averaged over near-OOD ({len(b['near'])} sets) and far-OOD ({len(b['far'])} "
+            "sets)", "", "| detector | near-OOD | far-OOD |", "|---|---:|---:|"]
+    for score, groups in b["scores"].items():
+        cells = [f"{100 * groups[g]['auroc']:.2f}" if g in groups else "–" for g in ("near", "far")]
+        rows.append(f"| flowood {score} | {cells[0]} | {cells[1]} |")
+    for r in b["leaderboard"].get("rows", []):
+        rows.append(f"| {r['method']} (published) | {r['near']:.2f} | {r['far']:.2f} |")
+    if b["leaderboard"].get("note"):
+        rows += ["", f"Published rows: {b['leaderboard']['note']}."]
+    return "\n".join(rows)
+
+
 def _applicable(score: str, flow: FlowModel) -> bool:
     """Default scores that make sense for this flow (no complexity for vectors, no early scales for one scale)."""
     if score.startswith("complexity"):
@@ -177,10 +230,12 @@ def plan_evaluation(loaded: LoadedFlow, ood: list[str], options: EvaluateOptions
     options.precision = check_precision(options.precision)
     resolve_device(options.device)  # a device this machine lacks is refused before anything is written
     ind_name = options.dataset or loaded.train_config.get("dataset")
+    if options.benchmark is not None:
+        ind_name, ood = _benchmark_sets(loaded, options, ind_name, ood)
     if not ind_name:
         raise DataError("the checkpoint does not say which data set it was trained on; pass `dataset`")
     if not ood:
-        raise DataError("no OOD data sets given; pass at least one, e.g. `ood=['mnist']`")
+        raise DataError("no OOD data sets given; pass at least one, e.g. `ood=['mnist']`, or a `benchmark`")
     names = [ind_name, *ood]
     sets = [canonical_name(n) for n in names]
     if len(set(sets)) != len(sets):
@@ -196,7 +251,90 @@ def plan_evaluation(loaded: LoadedFlow, ood: list[str], options: EvaluateOptions
             make_score(name, flow)  # raises with the closest valid name
     scores = ["likelihood"] + [s for s in dict.fromkeys(requested) if s != "likelihood"]
     root = options.data_root or loaded.train_config.get("data_root")
-    return EvaluationPlan(loaded, sets, scores, root, options)
+    head, detectors = plan_detectors(sets[0], options.detectors)
+    return EvaluationPlan(loaded, sets, scores, root, options, detectors, head)
+
+
+def _benchmark_sets(loaded: LoadedFlow, options: EvaluateOptions, ind_name: str | None, ood: list[str]
+                    ) -> tuple[str | None, list[str]]:
+    """A pixel flow gets the benchmark's in-distribution test list (unless `dataset` is given) and every OOD set
+    added; a flow on features keeps its sets (embed the benchmark's sets first), which are then grouped."""
+    from flowood.data.openood import load_benchmark
+
+    bench = load_benchmark(options.benchmark)
+    shape = loaded.flow.input_shape
+    if shape is not None and len(shape) == 1:
+        return ind_name, ood
+    ind = options.dataset or bench.dataset(bench.in_distribution)
+    return ind, list(dict.fromkeys([*ood, *bench.ood_datasets]))
+
+
+def benchmark_summary(benchmark: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Every score's metrics averaged over the benchmark's near-OOD and far-OOD sets, as OpenOOD reports them.
+
+    Sets are matched by the images behind them (``dataset`` in metrics.json), so embeddings of the benchmark's
+    sets count too.
+
+    Raises:
+        DataError: none of the OOD sets belongs to the benchmark.
+    """
+    from flowood.data.openood import load_benchmark
+
+    bench = load_benchmark(benchmark)
+    groups: dict[str, list[str]] = {"near": [], "far": []}
+    for name, entry in metrics["ood"].items():
+        group = bench.group(entry.get("dataset", name))
+        if group is not None:
+            groups[group].append(name)
+    if not groups["near"] and not groups["far"]:
+        raise DataError(f"none of the OOD sets belongs to the OpenOOD {bench.name} benchmark (its sets are "
+                        f"{', '.join(bench.ood_datasets)}); embed or score those sets")
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    for score in metrics["scores_computed"]:
+        scores[score] = {}
+        for group, names in groups.items():
+            if names:
+                scores[score][group] = {m: float(np.mean([metrics["ood"][n]["scores"][score][m] for n in names]))
+                                        for m in ("auroc", "aupr_in", "aupr_out", "fpr95")}
+    return {"name": bench.name, "title": bench.title, "source": bench.source, "near": groups["near"],
+            "far": groups["far"], "scores": scores, "leaderboard": bench.leaderboard}
+
+
+def _feature_file(dataset: str) -> tuple[bool, bool]:
+    """Whether ``dataset`` is an ``npz:`` file of feature vectors (``embeddings``), and whether it has labels."""
+    path = Path(dataset[4:]).expanduser() if dataset.startswith("npz:") else None
+    if path is None or not path.is_file():
+        return False, False
+    with np.load(path, allow_pickle=False) as f:
+        keys = set(f.files)
+    return bool(keys & {"embeddings", "embeddings_train"}), bool(keys & {"labels", "labels_train"})
+
+
+def plan_detectors(ind: str, requested: list[str] | None) -> tuple[ClassifierHead | None, list[str]]:
+    """The classifier head and the classifier-based detectors to compute for in-distribution set ``ind``.
+
+    They apply to features in an ``npz:`` file of ``embeddings`` (``flowood embed`` writes the classifier's last layer
+    into it).
+    By default every detector those features allow is computed; ``["none"]`` computes none.
+
+    Raises:
+        ConfigError: unknown names, or detectors asked for on data that are not classifier features.
+    """
+    if requested is not None and [r.lower() for r in requested] == ["none"]:
+        return None, []
+    if requested is not None:
+        check_detector_names(requested)
+    is_features, has_labels = _feature_file(ind)
+    head = head_from_embeddings(ind) if is_features else None
+    allowed = available_detectors(head is not None, has_labels) if is_features else []
+    if requested is None:
+        return head, allowed
+    missing = [d for d in requested if d not in allowed]
+    if missing:
+        why = ("the in-distribution set is not an embeddings file (npz:PATH from `flowood embed`)" if not is_features
+               else "these features come without " + ("the classifier's last layer" if head is None else "labels"))
+        raise ConfigError(f"cannot compute {', '.join(missing)}: {why}")
+    return head, list(dict.fromkeys(requested))
 
 
 def prepare_models(plan: EvaluationPlan) -> tuple[torch.device, list[FlowModel], FlowModel | None]:
@@ -228,7 +366,8 @@ def load_sets(plan: EvaluationPlan) -> tuple[dict[str, torch.Tensor], dict[str, 
     for name in plan.sets:
         ds = load_dataset(name, "test", plan.root, shape=shape).take(plan.options.max_samples, seed=plan.options.seed)
         data[name] = fit_to_shape(ds, shape)
-        info[name] = {"n": len(ds), "source": ds.source, "original_shape": list(ds.sample_shape)}
+        info[name] = {"n": len(ds), "source": ds.source, "original_shape": list(ds.sample_shape),
+                      "dataset": embeddings_meta(name).get("dataset", name)}  # the images behind embeddings
     return data, info
 
 
@@ -249,7 +388,34 @@ def compute_scores(plan: EvaluationPlan, data: dict[str, torch.Tensor], info: di
                 train_data = fit_to_shape(train_set.take(o.fit_samples, seed=o.seed), flow.input_shape)
             scorer.fit(train_data)
         values[scorer.name] = {name: scorer.score(x) for name, x in data.items()}
-    return ScoredSets(data, info, values, len(train_data) if train_data is not None else 0)
+    fitted = len(train_data) if train_data is not None else 0
+    if plan.detectors:
+        train_set = load_dataset(plan.sets[0], "train", plan.root).take(o.fit_samples, seed=o.seed)
+        values.update(classifier_scores(plan.detectors, train_set.data, train_set.labels, plan.head, data))
+        fitted = max(fitted, len(train_set))
+    return ScoredSets(data, info, values, fitted, _classifier_summary(plan))
+
+
+def _classifier_summary(plan: EvaluationPlan) -> dict[str, Any] | None:
+    """The classifier's accuracy on the in-distribution test features (the same subset the scores saw)."""
+    if plan.head is None:
+        return None
+    test = load_dataset(plan.sets[0], "test", plan.root).take(plan.options.max_samples, seed=plan.options.seed)
+    accuracy = classifier_accuracy(plan.head, test.data, test.labels) if test.labels is not None else None
+    return {"head": plan.head.source, "num_classes": plan.head.num_classes, "test_accuracy": accuracy,
+            "test_samples": len(test)}
+
+
+def detector_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every score and detector ranked by mean AUROC over the OOD sets (best first), with what each needs."""
+    rows = []
+    for name in metrics["scores_computed"]:
+        aurocs = [entry["scores"][name]["auroc"] for entry in metrics["ood"].values() if name in entry["scores"]]
+        info = CLASSIFIER_DETECTORS.get(name)
+        rows.append({"detector": name, "family": "classifier" if info else "flow",
+                     "needs": info.needs if info else "the flow only (no labels, no classifier)",
+                     "mean_auroc": float(np.mean(aurocs)) if aurocs else float("nan")})
+    return sorted(rows, key=lambda r: -r["mean_auroc"])
 
 
 def _as_loaded(model: str | Path | LoadedFlow | nn.Module) -> LoadedFlow:
@@ -300,6 +466,11 @@ def summarize(plan: EvaluationPlan, scored: ScoredSets, device: torch.device) ->
             "aupr": m["aupr_out"], **{k: v for k, v in m.items() if k != "mean"},
             "share_more_likely_than_median_in_dist": float(np.mean(like[name] < np.median(like[ind]))),
             "scores": per_score}
+    if scored.classifier is not None:
+        metrics["classifier"] = scored.classifier
+    metrics["ranking"] = detector_table(metrics)
+    if o.benchmark is not None:
+        metrics["benchmark"] = benchmark_summary(o.benchmark, metrics)
     metrics["provenance"] = _provenance(plan, device, scored)
     return metrics
 
