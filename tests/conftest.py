@@ -26,6 +26,11 @@ def _share_the_cores() -> None:
     threads = max(1, cores // workers)
     torch.set_num_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    # registered as a flowood process with that fixed share: the commands the tests run in-process keep it, and
+    # flowood processes they start count the workers when they divide the CPUs
+    from flowood.runtime import CoreShare
+
+    CoreShare(threads=threads).__enter__()
 
 
 _share_the_cores()

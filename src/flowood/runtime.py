@@ -8,6 +8,9 @@ every command shares (data root, seed), each defined once.
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +20,8 @@ from flowood.options import ConfigError, option
 
 __all__ = ["DeviceError", "resolve_device", "lightning_accelerator", "lightning_precision", "check_precision",
            "data_root_option", "seed_option", "device_option", "precision_option", "PRECISIONS", "DEVICE_HELP",
-           "PRECISION_HELP", "VALUE_ALIASES_PRECISION"]
+           "PRECISION_HELP", "VALUE_ALIASES_PRECISION", "usable_cpus", "CoreShare", "active_core_share",
+           "threads_option"]
 
 DEVICE_HELP = "where to compute: auto (a GPU if there is one), cpu, cuda or cuda:N"
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -99,3 +103,134 @@ def lightning_accelerator(device: str, devices: Any) -> tuple[str, Any]:
     resolve_device(device)  # refuses cuda where there is none
     index = device.partition(":")[2]
     return "gpu", [int(index)] if index else devices
+
+
+# -- CPU threads: the CPUs this process may use, shared fairly with other flowood processes -----------------------
+def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """CPUs allowed by a cgroup CPU quota (containers, CI runners), or None without a quota.
+
+    cgroup v2: ``cpu.max`` holds ``"QUOTA PERIOD"`` or ``"max PERIOD"``; cgroup v1: ``cpu/cpu.cfs_quota_us``
+    (-1: none) and ``cpu/cpu.cfs_period_us``. A fractional quota (1.5 CPUs) allows its whole part, at least 1.
+    """
+    try:
+        v2 = root / "cpu.max"
+        if v2.is_file():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else max(1, int(quota) // int(period))
+        quota_file, period_file = root / "cpu" / "cpu.cfs_quota_us", root / "cpu" / "cpu.cfs_period_us"
+        if quota_file.is_file() and period_file.is_file():
+            quota = int(quota_file.read_text())
+            return None if quota <= 0 else max(1, quota // int(period_file.read_text()))
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may compute on: its affinity mask, capped by a cgroup CPU quota; at least 1.
+
+    PyTorch's default thread count is the machine's cores, which oversubscribes a container limited to fewer.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    return max(1, min(cpus, limit) if limit else cpus)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CoreShare:
+    """This process's share of the CPUs, among the flowood processes running on the machine.
+
+    Two trainings with two threads each on two cores run three times slower than with one thread each, because
+    each thread waits for the others at every operation. A ``CoreShare`` registers the process (a file named by
+    its pid in a folder of the temporary directory), and :meth:`rebalance` sets PyTorch's intra-op threads to
+    ``usable_cpus() // (flowood processes alive)``: a process started later makes the earlier ones give up threads
+    on their next rebalance (training rebalances every few steps), and they take them back when it ends.
+
+    Args:
+        threads: a fixed thread count instead (``--threads``); None shares.
+        folder: where processes register (default: ``$TMPDIR/flowood-cores-<uid>``).
+
+    Example:
+        >>> with CoreShare(threads=1) as share:
+        ...     share.rebalance()
+        1
+    """
+
+    def __init__(self, threads: int | None = None, folder: str | os.PathLike | None = None) -> None:
+        if threads is not None and threads < 1:
+            raise ConfigError(f"`threads` must be at least 1, got {threads}")
+        self.threads = threads
+        uid = os.getuid() if hasattr(os, "getuid") else 0
+        self.folder = Path(folder) if folder else Path(tempfile.gettempdir()) / f"flowood-cores-{uid}"
+        self.entry = self.folder / str(os.getpid())
+        self._previous = torch.get_num_threads()
+        self._outer: CoreShare | None = None
+
+    def __enter__(self) -> CoreShare:
+        global _ACTIVE
+        self._previous = torch.get_num_threads()
+        self._outer = _ACTIVE
+        if self._outer is not None:  # nested (train() inside the command line's share): one entry per process
+            self.threads = self.threads or self._outer.threads
+            self.folder, self.entry = self._outer.folder, self._outer.entry
+        else:
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self.entry.touch()
+            except OSError:
+                pass  # no shared folder: the process still gets usable_cpus() threads
+        _ACTIVE = self
+        self.rebalance()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        global _ACTIVE
+        if self._outer is None:
+            self.entry.unlink(missing_ok=True)
+        _ACTIVE = self._outer
+        torch.set_num_threads(self._previous)
+
+    def processes(self) -> int:
+        """flowood processes alive with a share (this one included); entries of dead processes are removed."""
+        alive = 1
+        try:
+            entries = list(self.folder.iterdir())
+        except OSError:
+            return alive
+        for entry in entries:
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            if _alive(int(entry.name)):
+                alive += 1
+            else:
+                entry.unlink(missing_ok=True)
+        return alive
+
+    def rebalance(self) -> int:
+        """Set PyTorch's intra-op threads to this process's share; returns it."""
+        threads = self.threads or max(1, usable_cpus() // self.processes())
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return threads
+
+
+_ACTIVE: CoreShare | None = None
+
+
+def active_core_share() -> CoreShare | None:
+    """The :class:`CoreShare` this process entered, if any (training rebalances it every few steps)."""
+    return _ACTIVE
+
+
+def threads_option() -> Any:
+    return option(None, "CPU threads to compute with (default: the CPUs this process may use, shared with the "
+                        "other flowood processes running on the machine)", minimum=1, metavar="N")

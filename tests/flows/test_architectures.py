@@ -63,7 +63,7 @@ def test_maf_helper_and_config_name():
     flow = MAF(6, num_coupling_layers=2, num_hidden_units=8)
     assert flow.config["flow"] == "MAF" and not flow.discrete
     kinds = [getattr(s, "kind", "") for s in flow.steps]
-    assert kinds == ["actnorm", "autoregressive", "permutation", "autoregressive"]
+    assert kinds == ["standardize", "actnorm", "autoregressive", "permutation", "autoregressive"]
     with pytest.raises(ConfigError, match="vectors"):
         build_flow(flow="MAF", input_shape=(1, 4, 4))
     with pytest.raises(ConfigError, match="MAF"):

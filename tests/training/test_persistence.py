@@ -26,7 +26,8 @@ from flowood.training.persistence import (
 def train_args(dataset, out, *extra):
     return ["train", "--dataset", dataset, "--flow", "RealNVP", "--num_blocks", "1", "--num_mid_channels", "8",
             "--batch_size", "32", "--max_steps", "45", "--num_epochs", "100", "--max_test_samples", "64",
-            "--checkpoint_every_n_steps", "4", "--aug", "--out", str(out), "--no_progress", *extra]
+            "--checkpoint_every_n_steps", "4", "--aug", "--out", str(out), "--no_progress", "--threads", "1", *extra]
+    # bitwise equal numbers need the same thread count in every run (flowood otherwise shares the CPUs by load)
 
 
 def final_state(out):

@@ -40,7 +40,15 @@ def _shared(out_help: str, overwrite: bool = True) -> argparse.ArgumentParser:
     parent.add_argument(*spellings("no_progress"), dest="progress", action="store_false",
                         help="hide progress bars")
     parent.add_argument("--progress", dest="progress", action="store_true", help=argparse.SUPPRESS)
+    _threads_flag(parent)
     return parent
+
+
+def _threads_flag(parser: argparse.ArgumentParser) -> None:
+    from flowood.runtime import threads_option
+
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help=threads_option().metadata["option"].help)
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
@@ -129,6 +137,7 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--list", action="store_true", help="list the suite's experiments and exit")
     p.add_argument(*spellings("no_progress"), dest="progress", action="store_false", help="hide progress bars")
     p.add_argument("--progress", dest="progress", action="store_true", help=argparse.SUPPRESS)
+    _threads_flag(p)
     add_options(p, ReproduceOptions)
 
 
@@ -169,6 +178,7 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help=device_option().metadata["option"].help + " (default: auto)")
     p.add_argument("--overwrite", action="store_true", help="replace a scores file flowood wrote earlier")
     p.add_argument(*spellings("no_progress"), dest="progress", action="store_false", help="hide the progress bar")
+    _threads_flag(p)
 
 
 def _data_parser(sub: argparse._SubParsersAction) -> None:
@@ -419,10 +429,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from flowood.allocator import tune_allocator
     from flowood.errors import FlowoodError
+    from flowood.runtime import CoreShare
 
     tune_allocator()  # CPU steps reuse freed memory instead of faulting it in again (FLOWOOD_MALLOC_TUNING=0: off)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), CoreShare(getattr(args, "threads", None)):
             warnings.showwarning = _show_warning
             return COMMANDS[args.command](args)
     except FlowoodError as err:

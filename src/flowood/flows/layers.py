@@ -113,6 +113,7 @@ class Standardize(FlowLayer):
     Example:
         >>> layer = Standardize(2)
         >>> set_standardization(layer, torch.tensor([[0.0, 10.0], [2.0, 30.0]]))
+        True
         >>> layer(torch.tensor([[2.0, 30.0]]))[0]
         tensor([[1., 1.]])
     """

@@ -26,10 +26,11 @@ from lightning.pytorch.callbacks import Callback
 
 from flowood.errors import FlowoodError
 from flowood.outputs import OutputFolder
+from flowood.runtime import active_core_share
 from flowood.training.persistence import PassPosition
 
 __all__ = ["NonFiniteGuard", "NonFiniteLossError", "InvertibilityCheck", "RandomState", "TrainedBatches",
-           "RecordLogs"]
+           "RecordLogs", "ShareCores"]
 
 
 class NonFiniteLossError(FlowoodError, RuntimeError):
@@ -250,6 +251,21 @@ class InvertibilityCheck(Callback):
         if self.error > self.warn_above:
             pl_module.print(f"warning: at step {trainer.global_step} inverse(forward(x)) differs from x by "
                             f"{self.error:.3g} on the check batch: the model is close to non-invertible")
+
+
+class ShareCores(Callback):
+    """Every ``every`` training steps on a CPU, re-divide the CPUs among the flowood processes running on the
+    machine (:class:`flowood.runtime.CoreShare`): a training started later makes this one give up threads, and
+    it takes them back when the other ends. Two trainings then share two cores instead of fighting over them."""
+
+    def __init__(self, every: int = 25) -> None:
+        self.every = every
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        share = active_core_share()
+        if share is not None and trainer.global_step % self.every == 0 and pl_module.device.type == "cpu":
+            share.rebalance()
 
 
 class RandomState(Callback):

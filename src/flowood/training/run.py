@@ -21,8 +21,15 @@ from flowood.data import dataset_inputs, fit_to_shape, load_dataset
 from flowood.flows.layers import set_standardization
 from flowood.options import ConfigError
 from flowood.outputs import OutputExistsError, OutputFolder, open_output_folder, write_text_atomic
-from flowood.runtime import lightning_accelerator, lightning_precision
-from flowood.training.callbacks import InvertibilityCheck, NonFiniteGuard, RandomState, RecordLogs, TrainedBatches
+from flowood.runtime import CoreShare, lightning_accelerator, lightning_precision
+from flowood.training.callbacks import (
+    InvertibilityCheck,
+    NonFiniteGuard,
+    RandomState,
+    RecordLogs,
+    ShareCores,
+    TrainedBatches,
+)
 from flowood.training.config import TrainConfig
 from flowood.training.module import FlowDataModule, FlowModule
 from flowood.training.monitor import TimeLimitBar, TrainingMonitor
@@ -107,7 +114,8 @@ def train(config: TrainConfig, resume: str | bool | None = None, overwrite: bool
     resume_path = _resume_checkpoint(out, resume)
     folder = _open_out(config, resume_path, overwrite, inputs)
     try:
-        return _fit(config, out, resume_path, folder, progress, start)
+        with CoreShare():  # this process's share of the CPUs (the command line's, or a new one)
+            return _fit(config, out, resume_path, folder, progress, start)
     finally:
         if folder is not None:
             folder.close()
@@ -195,7 +203,7 @@ def _fit(config: TrainConfig, out: Path, resume_path: Path | None, folder: Outpu
                            config.rollback_every, 0.0 if config.ood_dataset else config.divergence_bpd,
                            config_hint=f"`lr` (now {config.lr}) or `max_grad_norm` (now {config.max_grad_norm})")
     inverse_check = InvertibilityCheck(data.test_set.data[:16].clone())
-    callbacks: list[Any] = [guard, inverse_check, RandomState(), TrainedBatches(data.position),
+    callbacks: list[Any] = [guard, inverse_check, RandomState(), TrainedBatches(data.position), ShareCores(),
                             *_checkpointing(config, out / "checkpoints")]
     callbacks += [RecordLogs(folder)] if folder is not None else []
     callbacks += [_monitor(config, data)]
