@@ -36,7 +36,7 @@ from flowood.errors import FlowoodError
 
 __all__ = ["OutputError", "OutputExistsError", "OutputLockedError", "OutputFolder", "open_output_folder",
            "atomic_write", "write_text_atomic", "save_figure", "check_output_file", "remove_output_folder", "MANIFEST",
-           "LOCK"]
+           "LOCK", "process_alive"]
 
 MANIFEST = ".flowood-run.json"
 LOCK = ".flowood-lock"
@@ -139,7 +139,8 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
-def _alive(pid: int, start: str | None) -> bool:
+def process_alive(pid: int, start: str | None = None) -> bool:
+    """Whether process ``pid`` runs (and, given its start time, is the same process, not a reused pid)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -163,7 +164,7 @@ def _acquire_lock(folder: Path) -> Path:
             except (OSError, ValueError):
                 holder = {}
             pid, host = holder.get("pid"), holder.get("host")
-            if host == me["host"] and isinstance(pid, int) and not _alive(pid, holder.get("start")):
+            if host == me["host"] and isinstance(pid, int) and not process_alive(pid, holder.get("start")):
                 warnings.warn(f"{folder}: took over the lock of flowood process {pid}, which no longer runs "
                               f"(it stopped without finishing, since {holder.get('since', '?')})", stacklevel=3)
                 lock.unlink(missing_ok=True)

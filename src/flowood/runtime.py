@@ -17,6 +17,7 @@ import torch
 
 from flowood.errors import FlowoodError
 from flowood.options import ConfigError, option
+from flowood.outputs import process_alive
 
 __all__ = ["DeviceError", "resolve_device", "lightning_accelerator", "lightning_precision", "check_precision",
            "data_root_option", "seed_option", "device_option", "precision_option", "PRECISIONS", "DEVICE_HELP",
@@ -136,16 +137,6 @@ def usable_cpus() -> int:
     return max(1, min(cpus, limit) if limit else cpus)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class CoreShare:
     """This process's share of the CPUs, among the flowood processes running on the machine.
 
@@ -209,7 +200,7 @@ class CoreShare:
         for entry in entries:
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
-            if _alive(int(entry.name)):
+            if process_alive(int(entry.name)):
                 alive += 1
             else:
                 entry.unlink(missing_ok=True)

@@ -158,7 +158,7 @@ def _figure(summary: dict[str, Any], path: Path) -> Path:
 
     plt = _pyplot()
     rows, sets = summary["rows"], summary["ood_sets"]
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) * len(sets) + 1.5))
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) * len(sets) + 1.5))
     height = 0.8 / len(sets)
     for j, s in enumerate(sets):
         means = [r["ood"][s]["auroc"]["mean"] for r in rows]
@@ -169,7 +169,7 @@ def _figure(summary: dict[str, Any], path: Path) -> Path:
     ax.axvline(0.5, color="grey", lw=0.8, ls="--")
     ax.set_xlim(0, 1)
     ax.set_xlabel("AUROC (OOD positive; 0.5 = chance)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="OOD set")
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)
