@@ -79,3 +79,15 @@ def test_overall_status_and_short_names():
     assert overall_status([{"status": "done"}, {"status": "not run"}, {"status": "done"}]) == "2 done, 1 not run"
     assert short_name("npz:/x/base/seed1/emb-mnist.npz") == "mnist"
     assert short_name("npz:/fixtures/mnist-small.npz") == "mnist-small" and short_name("svhn") == "svhn"
+
+
+def test_each_seeds_embeddings_of_a_set_are_one_set():
+    from flowood.reproduce.aggregate import ood_names
+
+    seeds = [{"status": "done", "seed": k, "stages": {"evaluate": {"test_bpd": -1.0, "ood": {
+        f"npz:/r/emb/seed{k}/emb-mnist.npz": {"auroc": 0.9 + k / 100, "bpd": 1.0, "scores": {"knn": 0.8}},
+        "npz:/data/mine.npz": {"auroc": 0.5, "bpd": 1.0, "scores": {}}}}}} for k in range(3)]
+    assert ood_names(seeds) == ["mnist", "mine"]
+    assert metric_spread(seeds, "auroc", "mnist").values == {0: 0.90, 1: 0.91, 2: 0.92}
+    assert metric_spread(seeds, "auroc", "mnist", score="knn").n == 3
+    assert metric_spread(seeds, "auroc", "mine").n == 3

@@ -28,7 +28,7 @@ from typing import Any
 from flowood.reproduce.experiments import Check
 
 __all__ = ["Spread", "Verdict", "spread", "metric_value", "metric_spread", "evaluate_check", "overall_status",
-           "ood_names", "short_name"]
+           "ood_names", "ood_entry", "short_name"]
 
 State = dict[str, Any]
 
@@ -87,12 +87,13 @@ def _evaluated(state: State) -> dict[str, Any]:
     return (state.get("stages") or {}).get("evaluate") or {}
 
 
-def _ood_entry(state: State, ood: str | None) -> dict[str, Any] | None:
+def ood_entry(state: State, ood: str | None) -> dict[str, Any] | None:
+    """One run's evaluation of the OOD set ``ood`` (by its name, or the shown name of :func:`short_name`)."""
     found = _evaluated(state).get("ood", {})
     if ood in found:
         return found[ood]
     for key, value in found.items():  # embeddings: npz:.../emb-mnist.npz stands for mnist
-        if key.endswith(f"-{ood}.npz"):
+        if key.endswith(f"-{ood}.npz") or short_name(key) == ood:
             return value
     return None
 
@@ -107,7 +108,7 @@ def metric_value(state: State, metric: str, ood: str | None = None, score: str |
         return None
     if metric == "test_bpd":
         return float(ev["test_bpd"])
-    entry = _ood_entry(state, ood)
+    entry = ood_entry(state, ood)
     if entry is None:
         return None
     if score is not None:
@@ -127,10 +128,13 @@ def metric_spread(runs: Sequence[State], metric: str, ood: str | None = None,
 
 
 def ood_names(runs: Sequence[State]) -> list[str]:
-    """The OOD sets evaluated in any run, in the order the runs list them."""
+    """The OOD sets evaluated in any run, in the order the runs list them, by their shown names (each seed's
+    embeddings of MNIST, ``npz:.../seedS/emb-mnist.npz``, are one set: ``mnist``)."""
     names: list[str] = []
     for state in runs:
-        names += [n for n in _evaluated(state).get("ood", {}) if n not in names]
+        for name in map(short_name, _evaluated(state).get("ood", {})):
+            if name not in names:
+                names.append(name)
     return names
 
 

@@ -21,6 +21,7 @@ from flowood.reproduce.aggregate import (
     evaluate_check,
     metric_spread,
     metric_value,
+    ood_entry,
     ood_names,
     overall_status,
     short_name,
@@ -57,7 +58,7 @@ def _stage(state: State, name: str) -> dict[str, Any]:
 def _score_names(runs: list[State], ood: str) -> list[str]:
     names: list[str] = []
     for state in runs:
-        entry = _stage(state, "evaluate").get("ood", {}).get(ood, {})
+        entry = ood_entry(state, ood) or {}
         names += [s for s in entry.get("scores", {}) if s != "likelihood" and s not in names]
     return names
 
