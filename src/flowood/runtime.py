@@ -140,8 +140,8 @@ def usable_cpus() -> int:
 class CoreShare:
     """This process's share of the CPUs, among the flowood processes running on the machine.
 
-    Two trainings with two threads each on two cores run three times slower than with one thread each, because
-    each thread waits for the others at every operation. A ``CoreShare`` registers the process (a file named by
+    Two trainings with two threads each on two cores wait for each other's threads at every operation, so they
+    run much slower than with one thread each. A ``CoreShare`` registers the process (a file named by
     its pid in a folder of the temporary directory), and :meth:`rebalance` sets PyTorch's intra-op threads to
     ``usable_cpus() // (flowood processes alive)``: a process started later makes the earlier ones give up threads
     on their next rebalance (training rebalances every few steps), and they take them back when it ends.
