@@ -147,3 +147,11 @@ def test_evaluate_on_a_benchmark_groups_near_and_far(tmp_path):
     assert "| MSP (published) | 88.03 | 90.73 |" in table and "flowood likelihood" in table
     assert "OpenOOD v1.5 CIFAR-10 benchmark" in (tmp_path / "eval" / "report.html").read_text()
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["benchmark"]["name"] == "cifar10"
+
+
+def test_a_list_too_large_for_memory_is_decoded_as_a_seeded_subset(tmp_path, monkeypatch):
+    monkeypatch.setattr("flowood.data.openood.MAX_DECODED_BYTES", 2 * 3 * 32 * 32)
+    write_openood(tmp_path, "cifar10", ["cifar10"], "cifar10", n=5)
+    with pytest.warns(UserWarning, match="lists 5 images; a seeded random subset of 2"):
+        ds = load_dataset("openood:cifar10/cifar10", "train", tmp_path)
+    assert ds.data.shape == (2, 3, 32, 32)

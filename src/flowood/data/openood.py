@@ -29,12 +29,13 @@ from flowood.errors import DataError, closest
 from flowood.options import ConfigError
 
 __all__ = ["Benchmark", "benchmark_names", "load_benchmark", "load_openood", "read_imglist", "openood_folder",
-           "PREFIX", "MAX_DECODED"]
+           "PREFIX", "MAX_DECODED_BYTES"]
 
 PREFIX = "openood:"
 IMAGE_DIRS = ("images_classic", "images_largescale")
-#: a list longer than this (ImageNet-200's training list) is decoded as a seeded random subset of this size
-MAX_DECODED = 50_000
+#: a list whose decoded images would take more memory than this (ImageNet-200's training list: 2 GiB holds 14,266
+#: images at 224 x 224) is decoded as a seeded random subset that fits
+MAX_DECODED_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -197,9 +198,11 @@ def _build(folder: Path, bench: Benchmark, set_name: str, split: str) -> tuple[n
     items = read_imglist(list_file)
     if not items:
         raise DataError(f"{list_file} lists no images")
-    if len(items) > MAX_DECODED:
-        keep = np.sort(np.random.default_rng(0).choice(len(items), MAX_DECODED, replace=False))
-        warnings.warn(f"{list_file} lists {len(items)} images; a seeded random subset of {MAX_DECODED} is decoded",
+    most = MAX_DECODED_BYTES // (3 * bench.image_size ** 2)
+    if len(items) > most:
+        keep = np.sort(np.random.default_rng(0).choice(len(items), most, replace=False))
+        warnings.warn(f"{list_file} lists {len(items)} images; a seeded random subset of {most} is decoded (what "
+                      f"fits in {MAX_DECODED_BYTES} bytes at {bench.image_size} x {bench.image_size})",
                       stacklevel=3)
         items = [items[i] for i in keep]
     images = np.empty((len(items), 3, bench.image_size, bench.image_size), np.uint8)
