@@ -22,7 +22,7 @@ from flowood.errors import DataError
 from flowood.ood.classifier import CLASSIFIER_DETECTORS, embeddings_meta
 from flowood.outputs import open_output_folder, write_text_atomic
 
-__all__ = ["compare", "ComparisonResult", "load_evaluation", "comparison_markdown"]
+__all__ = ["compare", "ComparisonResult", "load_evaluation", "comparison_table", "comparison_markdown"]
 
 COMPARED_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
 
@@ -121,23 +121,33 @@ def _cell(stat: dict[str, Any]) -> str:
     return f"{stat['mean']:.3f}"
 
 
-def comparison_markdown(summary: dict[str, Any], metric: str = "auroc") -> str:
-    """Every detector (ranked by mean AUROC) against every shared OOD set, for one metric, as Markdown."""
+def comparison_table(summary: dict[str, Any], metric: str = "auroc") -> tuple[list[str], list[list[str]]]:
+    """Every detector (ranked by mean AUROC) against every shared OOD set, for one metric: ``(head, rows)``."""
     sets = summary["ood_sets"]
-    lines = ["| rank | detector | family | needs | " + " | ".join(sets) + " |",
-             "|---:|---|---|---|" + "---:|" * len(sets)]
-    for i, r in enumerate(summary["rows"], 1):
-        cells = " | ".join(_cell(r["ood"][s][metric]) for s in sets)
-        lines.append(f"| {i} | {r['detector']} | {r['family']} | {r['needs']} | {cells} |")
-    return "\n".join(lines)
+    rows = [[str(i), r["detector"], r["family"], r["needs"], *(_cell(r["ood"][s][metric]) for s in sets)]
+            for i, r in enumerate(summary["rows"], 1)]
+    return ["rank", "detector", "family", "needs", *sets], rows
+
+
+def _groups_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    rows = [[label, str(g["runs"]), _cell(g["classifier_test_accuracy"]) if g["classifier_test_accuracy"] else "–"]
+            for label, g in summary["groups"].items()]
+    return ["group", "runs", "classifier test accuracy"], rows
+
+
+def _markdown_table(head: list[str], rows: list[list[str]], text: tuple[int, ...]) -> str:
+    """Markdown with the ``text`` columns left-aligned, the others (numbers) right-aligned."""
+    rule = "|" + "".join("---|" if i in text else "---:|" for i in range(len(head)))
+    return "\n".join(["| " + " | ".join(head) + " |", rule] + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def comparison_markdown(summary: dict[str, Any], metric: str = "auroc") -> str:
+    """:func:`comparison_table` as Markdown."""
+    return _markdown_table(*comparison_table(summary, metric), text=(1, 2, 3))
 
 
 def _groups_markdown(summary: dict[str, Any]) -> str:
-    lines = ["| group | runs | classifier test accuracy |", "|---|---:|---:|"]
-    for label, g in summary["groups"].items():
-        acc = g["classifier_test_accuracy"]
-        lines.append(f"| {label} | {g['runs']} | {_cell(acc) if acc else '–'} |")
-    return "\n".join(lines)
+    return _markdown_table(*_groups_table(summary), text=(0,))
 
 
 def _markdown(summary: dict[str, Any]) -> str:
@@ -179,27 +189,16 @@ def _figure(summary: dict[str, Any], path: Path) -> Path:
 def _report(summary: dict[str, Any], figure_path: Path, path: Path) -> None:
     import html
 
-    from flowood.htmlpage import figure, page
+    from flowood.htmlpage import figure, html_table, page
 
     e = html.escape
     parts = [f"<h1>Detectors compared on {e(summary['in_distribution'])}</h1>",
              "<p class='note'>Higher scores mean more anomalous; OOD is the positive class; mean ± sd over each "
-             "group's runs.</p>", _table(_groups_markdown(summary)), figure(figure_path, "AUROC of every detector")]
+             "group's runs.</p>", html_table(*_groups_table(summary)), figure(figure_path, "AUROC of every detector")]
     for metric, title in (("auroc", "AUROC"), ("fpr95", "FPR at 95% TPR"), ("aupr_in", "AUPR in"),
                           ("aupr_out", "AUPR out")):
-        parts += [f"<h2>{title}</h2>", _table(comparison_markdown(summary, metric))]
+        parts += [f"<h2>{title}</h2>", html_table(*comparison_table(summary, metric))]
     write_text_atomic(path, page(f"flowood compare: {summary['in_distribution']}", parts))
-
-
-def _table(markdown: str) -> str:
-    """A Markdown table as HTML (cells escaped)."""
-    import html
-
-    lines = [line for line in markdown.splitlines() if line.startswith("|") and not line.startswith("|---")]
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def compare(groups: dict[str, list[str | Path]], out: str | Path | None = None, *, overwrite: bool = False

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flowood import __version__
-from flowood.htmlpage import figure, page
+from flowood.htmlpage import figure, html_table, page
 from flowood.outputs import write_text_atomic
 from flowood.reproduce.aggregate import (
     Spread,
@@ -183,11 +183,7 @@ def _md_table(table: Table) -> str:
 
 
 def _html_table(table: Table) -> str:
-    head, rows = table
-    out = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
-    for r in rows:
-        out += "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-    return out + "</table>"
+    return html_table(*table)
 
 
 def _md(exp: Experiment, blocks: list[Block]) -> str:
