@@ -151,3 +151,15 @@ def test_a_split_keeps_the_first_half_of_the_channels_and_factors_out_the_second
     scale1, _, (scale0,) = flow._run(x)
     deepest, (factored0,) = flow._disassemble(flow(x)[0])
     assert torch.equal(factored0, scale0) and torch.equal(deepest, scale1)
+
+
+@pytest.mark.parametrize("name", ["realnvp-checkerboard-2scales", "realnvp-3scales-rgb", "realnvp-horizontal"])
+def test_scale_dims_and_log_prior_by_scale_follow_the_latents_of_each_scale(name):
+    flow = ready_flow(IMAGE_CONFIGS[name])
+    x = torch.randint(0, 256, (3, *flow.input_shape), dtype=torch.uint8)
+    latents = flow.latents_by_scale(x, generator=torch.Generator().manual_seed(0))
+    assert flow.scale_dims == [p[0].numel() for p in latents] and sum(flow.scale_dims) == flow.num_dims
+    by_scale = flow.log_prior_by_scale(x, generator=torch.Generator().manual_seed(0))
+    assert by_scale.shape == (3, flow.num_scales)
+    by_hand = torch.stack([(-0.5 * p.flatten(1) ** 2 - 0.5 * math.log(2 * math.pi)).sum(1) for p in latents], 1)
+    torch.testing.assert_close(by_scale, by_hand)

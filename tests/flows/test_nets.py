@@ -89,6 +89,13 @@ def test_the_rescale_is_g_times_the_sign_of_v():
         rescale.weight_v.copy_(torch.tensor([-4.0, 0.1, 3.0]).view(3, 1, 1))
     assert rescale().flatten().tolist() == pytest.approx([-2.0, 0.5, 1.5])
     assert Rescale((4,))().tolist() == [1.0] * 4
+    vector = Rescale((3,))  # the tabular flows': each entry is its own weight-norm group (torch's weight_norm, dim 0)
+    with torch.no_grad():
+        vector.weight_g.copy_(rescale.weight_g.flatten())
+        vector.weight_v.copy_(rescale.weight_v.flatten())
+    assert vector().tolist() == pytest.approx([-2.0, 0.5, 1.5])
+    torch.testing.assert_close(vector(), torch._weight_norm(vector.weight_v.view(3, 1), vector.weight_g.view(3, 1),
+                                                            0).view(3))
 
 
 def test_the_input_is_doubled_after_its_batchnorm_only_for_checkerboard_masks():

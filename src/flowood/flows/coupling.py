@@ -46,8 +46,12 @@ class Rescale(nn.Module):
         self.weight_v = nn.Parameter(torch.ones(shape))
 
     def forward(self) -> Tensor:
-        """The scale, of the parameters' shape."""
-        return torch._weight_norm(self.weight_v, self.weight_g, 0)
+        """The scale, of the parameters' shape: ``g * v / |v|`` with the norm over all but the first dimension (of a
+        vector, each entry's own absolute value). Written out rather than ``torch._weight_norm``, whose ONNX export
+        takes the norm of a whole vector."""
+        v = self.weight_v
+        norm = torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1).reshape((-1,) + (1,) * (v.dim() - 1))
+        return v * (self.weight_g / norm)
 
 
 class AffineCoupling(FlowLayer):

@@ -173,6 +173,19 @@ class FlowModel(nn.Module):
         """Dimensions of one sample, D."""
         return math.prod(self.input_shape)
 
+    @property
+    def scale_dims(self) -> list[int]:
+        """Dimensions of each scale's latents, earliest first (they sum to :attr:`num_dims`)."""
+        shape, dims = list(self.input_shape), []
+        for step in self.steps:
+            if isinstance(step, Squeeze):
+                shape = [shape[0] * 4, shape[1] // 2, shape[2] // 2]
+            elif isinstance(step, Split):
+                kept = shape[0] // 2
+                dims.append((shape[0] - kept) * math.prod(shape[1:]))
+                shape[0] = kept
+        return [*dims, math.prod(shape)]
+
     # -- shapes ----------------------------------------------------------------------------
     def assemble(self, h: Tensor, factored: list[Tensor]) -> Tensor:
         """Put the last scale's output and the factored latents (or any tensors of their shapes, e.g. per-dimension
@@ -363,6 +376,12 @@ class FlowModel(nn.Module):
         """The latents of each scale, earliest first: factored-out parts, then what the last scale outputs."""
         h, _, factored = self._run(self._continuous(x, noise, generator))
         return [*factored, h]
+
+    def log_prior_by_scale(self, x: Tensor, noise: str = "uniform", generator: torch.Generator | None = None
+                           ) -> Tensor:
+        """The prior's log-density of each scale's latents, ``[B, scales]``, earliest first (nats; what the per-scale
+        latent scores compare, and what an exported graph gives beside the log-likelihood)."""
+        return torch.stack([self.prior.log_prob(p) for p in self.latents_by_scale(x, noise, generator)], dim=1)
 
     def trace(self, x: Tensor, noise: str = "center", generator: torch.Generator | None = None) -> FlowTrace:
         """Run one forward pass and keep every step's output (and each coupling's s and t).
