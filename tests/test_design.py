@@ -15,12 +15,13 @@ ALLOWED = {
     "flows": BASE,
     **{name: BASE | {"flows"} | NEUTRAL for name in NEUTRAL},
     "data": BASE,
-    "ood": BASE | {"flows"} | NEUTRAL,
+    "engines": BASE | {"flows"} | NEUTRAL,
+    "ood": BASE | {"flows", "engines"} | NEUTRAL,
     "training": BASE | {"flows", "data"} | NEUTRAL,
-    "evaluation": BASE | {"flows", "data", "ood"} | NEUTRAL,
+    "evaluation": BASE | {"flows", "data", "engines", "ood"} | NEUTRAL,
     "inspect": BASE | {"flows", "data", "ood"} | NEUTRAL,
     "embed": BASE | {"data"} | NEUTRAL,
-    "deploy": BASE | {"flows", "data", "ood"} | NEUTRAL,
+    "deploy": BASE | {"flows", "data", "engines", "ood"} | NEUTRAL,
 }
 
 

@@ -8,6 +8,7 @@
     flowood reproduce run a suite of the paper's experiments and write results.md / results.html
     flowood detector  fit a detector (a flow, a score and a calibrated threshold) into one file
     flowood score     score new files, folders, globs and .npz files with a detector, one row per input
+    flowood export    a flow's log-likelihood as an ONNX / OpenVINO graph, checked against PyTorch
     flowood data      list the known data sets, or fetch one by every route flowood knows
 
 Every option's flag, help line and default come from its one definition (:mod:`flowood.options`); the
@@ -159,6 +160,7 @@ def _detector_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _score_parser(sub: argparse._SubParsersAction) -> None:
+    from flowood.engines.backend import BACKENDS, backend_option
     from flowood.runtime import device_option
 
     p = sub.add_parser("score", help="score new data with a saved detector, one row per input",
@@ -176,9 +178,27 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(*spellings("batch_size"), dest="batch_size", type=int, default=256,
                    help="inputs scored at once: memory stays bounded by it (default: 256)")
     p.add_argument("--device", default="auto", help=device_option().metadata["option"].help + " (default: auto)")
+    p.add_argument("--backend", default="torch", choices=BACKENDS,
+                   help=backend_option().metadata["option"].help + " (default: torch)")
     p.add_argument("--overwrite", action="store_true", help="replace a scores file flowood wrote earlier")
     p.add_argument(*spellings("no_progress"), dest="progress", action="store_false", help="hide the progress bar")
     _threads_flag(p)
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    from flowood.engines.export import ExportOptions
+
+    p = sub.add_parser("export", help="export a flow's density to ONNX or OpenVINO, checked against PyTorch",
+                       parents=[_shared("export folder (model.onnx, model.xml/.bin, flowood-export.json)")],
+                       usage="%(prog)s --checkpoint CKPT --out DIR [--format onnx|openvino] [options]",
+                       description="Export the log-likelihood of a trained flow as an ONNX graph (input x: "
+                                   "dequantized images in (0, 1) or vectors, dynamic batch; outputs log_prob in nats "
+                                   "and the prior's log-density of each scale). The graph is run on the engine and "
+                                   "on PyTorch on the same inputs; the largest difference is reported and the export "
+                                   "refused above --tolerance bits/dim. Score with it: flowood evaluate/score "
+                                   "--backend onnxruntime|openvino.")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by flowood train")
+    add_options(p, ExportOptions)
 
 
 def _data_parser(sub: argparse._SubParsersAction) -> None:
@@ -201,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=FlowoodParser)
     sub._parser_class = lambda **kw: FlowoodParser(allow_abbrev=False, **kw)  # no silent prefix matches
     for add in (_train_parser, _evaluate_parser, _inspect_parser, _embed_parser, _compare_parser, _reproduce_parser,
-                _detector_parser, _score_parser, _data_parser):
+                _detector_parser, _score_parser, _export_parser, _data_parser):
         add(sub)
     return parser
 
@@ -320,7 +340,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     out = None if args.out == "-" else args.out
     if out is not None:
         check_output_file(out, is_scores_file, [args.detector, *args.inputs], args.overwrite)
-    detector = OODDetector.load(args.detector, device=args.device)
+    detector = OODDetector.load(args.detector, device="cpu" if args.backend != "torch" and args.device == "auto"
+                                else args.device, backend=args.backend)
     rows = score_inputs(detector, args.inputs, args.batch_size, progress=args.progress and out is not None)
     if out is None:
         return _print_rows(rows, args.format or "csv")
@@ -328,6 +349,17 @@ def _cmd_score(args: argparse.Namespace) -> int:
     print(f"scored {summary.rows - summary.errors} inputs: {summary.flagged} flagged as OOD; "
           f"{summary.errors} could not be scored; wrote {summary.out}")
     return 1 if summary.errors else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from flowood.engines.export import ExportOptions, export_flow
+
+    result = export_flow(args.checkpoint, args.out, overwrite=args.overwrite, **given_options(args, ExportOptions))
+    print(f"wrote {', '.join(result.files)} to {result.path} in {result.seconds:.0f} s")
+    print(f"parity with PyTorch: max |log-likelihood difference| {result.max_abs_diff_nats:.3g} nats = "
+          f"{result.max_abs_diff_bpd:.3g} bits/dim (tolerance {result.tolerance_bpd:g})")
+    print(f"next: flowood evaluate --checkpoint {args.out} --backend onnxruntime --ood SET [SET ...]")
+    return 0
 
 
 def _print_rows(rows, fmt: str) -> int:
@@ -413,7 +445,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "inspect": _cmd_inspect, "embed": _cmd_embed,
             "compare": _cmd_compare, "reproduce": _cmd_reproduce, "detector": _cmd_detector, "score": _cmd_score,
-            "data": _cmd_data}
+            "export": _cmd_export, "data": _cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

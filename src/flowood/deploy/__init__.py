@@ -1,5 +1,6 @@
 """Deploying a detector: fit it from a trained flow into one file, then score new files, folders, globs and
-``.npz`` files with it, one row per input.
+``.npz`` files with it, one row per input; export a flow's density to ONNX / OpenVINO and score on those engines
+(:mod:`flowood.engines.export`, :mod:`flowood.engines.backend`).
 
 Example (with a trained checkpoint)::
 
@@ -19,6 +20,8 @@ from flowood.deploy.score import (
            score_inputs,
            write_scores,
 )
+from flowood.engines import BACKENDS, EngineFlow, ExportError, ExportOptions, ExportResult, engine_flow, export_flow
 
-__all__ = ["DetectorOptions", "FIELDS", "ScoreSummary", "expand_inputs", "fit_detector", "is_scores_file",
+__all__ = ["BACKENDS", "DetectorOptions", "EngineFlow", "ExportError", "ExportOptions", "ExportResult", "FIELDS",
+           "ScoreSummary", "engine_flow", "expand_inputs", "export_flow", "fit_detector", "is_scores_file",
            "score_inputs", "stream_batches", "write_scores"]

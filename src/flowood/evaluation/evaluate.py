@@ -13,6 +13,7 @@ likelihood, the failure the paper explains.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import platform
 import sys
@@ -28,6 +29,8 @@ from tqdm.auto import tqdm
 from flowood import __version__
 from flowood.checkpoints import LoadedFlow, load_flow
 from flowood.data import canonical_name, dataset_inputs, fit_to_shape, load_dataset
+from flowood.engines.backend import BACKENDS, EngineFlow, backend_option, engine_flow
+from flowood.engines.export import EXPORT_MANIFEST
 from flowood.errors import DataError
 from flowood.flows import FlowModel
 from flowood.flows.precision import parse_precision
@@ -41,7 +44,7 @@ from flowood.ood.classifier import (
     embeddings_meta,
     head_from_embeddings,
 )
-from flowood.ood.density import as_density, is_flowood_flow
+from flowood.ood.density import as_density, is_exported_flow, is_flowood_flow
 from flowood.ood.metrics import ood_metrics
 from flowood.ood.scores import DEFAULT_SCORES, SCORE_NAMES, make_score, score_bits_per_dim
 from flowood.options import ConfigError, merge_options, option, to_mapping
@@ -89,6 +92,7 @@ class EvaluateOptions:
     benchmark: str | None = option(None, "an OpenOOD v1.5 benchmark (cifar10, cifar100, imagenet200): a pixel flow is "
                                    "scored on its in-distribution test list and every near- and far-OOD set; results "
                                    "are grouped near/far as OpenOOD reports them", metavar="NAME")
+    backend: str = backend_option()
     detectors: list[str] | None = option(None, "classifier-based detectors (pytorch-ood) beside the flow's scores, for "
                                          "a flow on embeddings from `flowood embed`: "
                                          f"{', '.join(CLASSIFIER_DETECTORS)}, or none (default: every one the "
@@ -216,7 +220,7 @@ def _applicable(score: str, flow: FlowModel) -> bool:
     if score.startswith("complexity"):
         return flow.discrete and len(flow.input_shape) == 3
     if score.startswith("latent_"):
-        return is_flowood_flow(flow) and (score == "latent_last_scale" or flow.num_scales > 1)
+        return hasattr(flow, "log_prior_by_scale") and (score == "latent_last_scale" or flow.num_scales > 1)
     return True
 
 
@@ -229,6 +233,7 @@ def plan_evaluation(loaded: LoadedFlow, ood: list[str], options: EvaluateOptions
     """
     options.precision = check_precision(options.precision)
     resolve_device(options.device)  # a device this machine lacks is refused before anything is written
+    check_backend(options, loaded.flow)
     ind_name = options.dataset or loaded.train_config.get("dataset")
     if options.benchmark is not None:
         ind_name, ood = _benchmark_sets(loaded, options, ind_name, ood)
@@ -337,14 +342,52 @@ def plan_detectors(ind: str, requested: list[str] | None) -> tuple[ClassifierHea
     return head, list(dict.fromkeys(requested))
 
 
+def check_backend(options: EvaluateOptions, flow: Any) -> None:
+    """Refuse what an engine backend cannot do, before anything is written.
+
+    Raises:
+        ConfigError: an unknown backend; an engine with a GPU device, with ``compile``, with fp16, or with a model
+            that is not a flowood flow.
+    """
+    if options.backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {options.backend!r}; choose from {', '.join(BACKENDS)}")
+    if options.backend == "torch":
+        return
+    if resolve_device(options.device).type != "cpu":
+        raise ConfigError(f"the {options.backend} backend scores on the CPU; pass device='cpu' (or backend='torch' "
+                          "for the GPU)")
+    if options.compile:
+        raise ConfigError("compile applies to the torch backend; an engine compiles the exported graph itself")
+    if options.precision not in ("fp32", "bf16") or (options.precision == "bf16" and options.backend != "openvino"):
+        raise ConfigError(f"the {options.backend} backend scores in fp32" +
+                          (" or bf16" if options.backend == "openvino" else "") + f", not {options.precision}")
+    if not (is_flowood_flow(flow) or is_exported_flow(flow)):
+        raise ConfigError(f"only flowood flows can be scored on {options.backend} (they are exported first); this "
+                          f"model is a {type(flow).__name__}")
+
+
+def _on_engine(plan: EvaluationPlan) -> tuple[list[Any], Any]:
+    """Export the flow (and ensemble and given background flows) and load them on the engine; a background the
+    likelihood ratio trains is trained and scored in PyTorch."""
+    o = plan.options
+    plan.loaded = dataclasses.replace(plan.loaded, flow=engine_flow(plan.loaded.flow, o.backend,
+                                                                    precision=o.precision))
+    ensemble = [engine_flow(load_flow(p).flow, o.backend, precision=o.precision) for p in (o.ensemble or [])]
+    background = engine_flow(load_flow(o.background).flow, o.backend, precision=o.precision) if o.background else None
+    return ensemble, background
+
+
 def prepare_models(plan: EvaluationPlan) -> tuple[torch.device, list[FlowModel], FlowModel | None]:
-    """Put the flow (and ensemble and background flows) on the device, at the requested precision.
+    """Put the flow (and ensemble and background flows) on the device, at the requested precision, or export them
+    to the requested engine.
 
     Returns:
         ``(device, ensemble flows, background flow or None)``.
     """
     o = plan.options
     device = resolve_device(o.device)
+    if o.backend != "torch":
+        return (device, *_on_engine(plan))
     st_dtype = parse_precision(o.precision)
     if is_flowood_flow(plan.loaded.flow):
         plan.loaded.flow.to(device).optimize(compile=o.compile).mixed_precision(st_dtype)  # same numbers, faster
@@ -418,12 +461,21 @@ def detector_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: -r["mean_auroc"])
 
 
-def _as_loaded(model: str | Path | LoadedFlow | nn.Module) -> LoadedFlow:
-    """A checkpoint loaded, or a model in memory described as one (no file, no hash, no training config)."""
+def _as_loaded(model: str | Path | LoadedFlow | nn.Module, options: EvaluateOptions) -> LoadedFlow:
+    """A checkpoint or an export folder loaded, or a model in memory described as one (no file, no hash, no training
+    config)."""
     if isinstance(model, LoadedFlow):
         return model
     if isinstance(model, nn.Module):
         return LoadedFlow(as_density(model), {}, None, None, "in memory")
+    if Path(model).is_dir() and (Path(model) / EXPORT_MANIFEST).is_file():
+        if options.backend == "torch":
+            raise ConfigError(f"{model} is an export folder: score it on an engine with backend='onnxruntime' or "
+                              "'openvino' (or evaluate its checkpoint with backend='torch')")
+        flow = EngineFlow(model, options.backend, check_precision(options.precision))
+        m = flow.engine.manifest
+        return LoadedFlow(flow, m.get("train_config") or {}, Path(model), m.get("checkpoint_sha256"),
+                          m.get("flowood_version", "unknown"))
     return load_flow(model)
 
 
@@ -435,6 +487,7 @@ def _provenance(plan: EvaluationPlan, device: torch.device, scored: ScoredSets) 
         "flow_config": loaded.flow.config, "trained_by_flowood": loaded.version, "flowood_version": __version__,
         "torch_version": torch.__version__, "numpy_version": np.__version__, "python": sys.version.split()[0],
         "platform": platform.platform(), "device": str(device), "precision": o.precision, "seed": o.seed,
+        "backend": o.backend, "engine_parity": getattr(loaded.flow, "parity", None),
         "max_samples": o.max_samples, "dequantization": "uniform noise from a generator seeded with `seed`",
         "data_root": str(plan.root) if plan.root else None, "typicality_batch": o.typicality_batch,
         "fit_samples": o.fit_samples if scored.fit_samples else 0, "ensemble": [str(p) for p in o.ensemble or []],
@@ -516,7 +569,7 @@ def evaluate(checkpoint: str | Path | LoadedFlow | nn.Module, ood: list[str], ou
         DataError, ConfigError, CheckpointError: bad sets, options or checkpoint, named in the message.
     """
     options = merge_options(EvaluateOptions, options, option_values)
-    loaded = _as_loaded(checkpoint)
+    loaded = _as_loaded(checkpoint, options)
     plan = plan_evaluation(loaded, list(ood), options)
     folder = (open_output_folder(out, "evaluate", plan.inputs, overwrite=overwrite) if out is not None
               else contextlib.nullcontext())

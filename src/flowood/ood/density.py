@@ -39,7 +39,7 @@ from flowood.errors import InputError
 from flowood.flows import FlowModel
 from flowood.options import ConfigError
 
-__all__ = ["Density", "DensityModel", "as_density", "is_flowood_flow"]
+__all__ = ["Density", "DensityModel", "as_density", "is_exported_flow", "is_flowood_flow"]
 
 
 @runtime_checkable
@@ -119,12 +119,18 @@ def is_flowood_flow(model: Any) -> bool:
     return isinstance(model, FlowModel)
 
 
+def is_exported_flow(model: Any) -> bool:
+    """True for a flowood flow exported to an inference engine (:class:`flowood.engines.EngineFlow`): it dequantizes
+    and knows its scales and configuration like a flowood flow, but has no network to train or inspect."""
+    return getattr(model, "exported_flow", False) is True
+
+
 def as_density(model: Any, input_shape: tuple[int, ...] | None = None) -> FlowModel | DensityModel:
     """A flowood flow as it is; any other density wrapped in :class:`DensityModel`.
 
     Raises:
         ConfigError: ``model`` has no ``log_prob`` (and is no zuko flow).
     """
-    if is_flowood_flow(model) or isinstance(model, DensityModel):
+    if is_flowood_flow(model) or is_exported_flow(model) or isinstance(model, DensityModel):
         return model
     return DensityModel(model, input_shape)

@@ -211,8 +211,15 @@ class OODDetector(OutlierMixin, BaseEstimator):
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> OODDetector:
+    def load(cls, path: str | Path, device: str = "cpu", backend: str = "torch") -> OODDetector:
         """A detector written by :meth:`save`, ready to score (no refitting).
+
+        Args:
+            path: the detector file.
+            device: where a torch flow scores.
+            backend: ``torch``, or ``onnxruntime`` / ``openvino``: the flow is exported (to a temporary folder,
+                checked against PyTorch) and scored on that engine, on the CPU; a likelihood ratio's background
+                flow stays in PyTorch.
 
         Raises:
             CheckpointError: the file is missing, unreadable, unsafe, or not a flowood detector.
@@ -229,6 +236,12 @@ class OODDetector(OutlierMixin, BaseEstimator):
         flow = build_flow(payload["flow_config"])
         flow.load_state_dict(payload["state_dict"])
         flow.to(resolve_device(device)).eval()
+        if backend != "torch":
+            from flowood.engines.backend import engine_flow
+
+            if resolve_device(device).type != "cpu":
+                raise ConfigError(f"the {backend} backend scores on the CPU; pass device='cpu'")
+            flow = engine_flow(flow, backend)
         detector = cls(flow, payload["score"], payload["fpr"], payload["holdout"], payload["score_options"] or None)
         detector.scorer_ = detector._make_scorer()
         detector.scorer_.load_fitted_state(payload["fitted"])

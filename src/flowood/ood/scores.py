@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from flowood.errors import InputError, ModelError, closest
 from flowood.flows import FlowModel, build_flow
-from flowood.ood.density import as_density, is_flowood_flow
+from flowood.ood.density import as_density, is_exported_flow, is_flowood_flow
 from flowood.options import ConfigError
 
 __all__ = ["OODScore", "NegativeLogLikelihood", "LikelihoodRatio", "ComplexityCorrected", "Typicality",
@@ -229,7 +229,7 @@ class LikelihoodRatio(OODScore):
             if background.input_shape not in (None, flow.input_shape):
                 raise ModelError(f"background flow takes {background.input_shape}, the flow {flow.input_shape}")
             self.fitted = True
-        elif not is_flowood_flow(flow):
+        elif not (is_flowood_flow(flow) or is_exported_flow(flow)):
             raise ConfigError("the likelihood ratio needs a `background` model for a density that is not a flowood "
                               "flow (flowood trains background copies of its own flows only)")
 
@@ -393,7 +393,7 @@ class ScaleLikelihood(OODScore):
     def __init__(self, flow: FlowModel, which: str = "last", batch_size: int = 512, seed: int = 0,
                  noise: str = "uniform") -> None:
         super().__init__(flow, batch_size, seed, noise=noise)
-        if not is_flowood_flow(flow):
+        if not hasattr(flow, "log_prior_by_scale"):
             raise ConfigError(f"the latent_{which} score needs a multi-scale flowood flow; "
                               f"{flow.config.get('flow', 'this model')} has no per-scale latents")
         if which not in ("last", "early"):
@@ -409,11 +409,11 @@ class ScaleLikelihood(OODScore):
         device = _device_of(self.flow)
         g = torch.Generator().manual_seed(self.seed)
         out = []
+        parts = slice(-1, None) if self.which == "last" else slice(None, -1)
+        dims = sum(self.flow.scale_dims[parts])
         for b in _batches(x, self.batch_size):
-            latents = self.flow.latents_by_scale(b.to(device), noise=self.noise, generator=g)
-            parts = latents[-1:] if self.which == "last" else latents[:-1]
-            dims = sum(p[0].numel() for p in parts)
-            nll = -sum(self.flow.prior.log_prob(p) for p in parts)
+            log_prior = self.flow.log_prior_by_scale(b.to(device), noise=self.noise, generator=g)
+            nll = -log_prior[:, parts].sum(1)
             out.append((nll / (dims * math.log(2))).float().cpu())
         return torch.cat(out).numpy().astype(np.float64)
 

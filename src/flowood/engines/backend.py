@@ -1,0 +1,222 @@
+"""Score with an exported flow on ONNX Runtime or OpenVINO, through the same API as a PyTorch flow.
+
+:class:`EngineFlow` wraps an export folder (see :mod:`flowood.engines.export`) and offers what flowood's scores,
+the detector and ``flowood evaluate`` ask of a flow: ``log_prob``/``bits_per_dim`` of 8-bit images or vectors
+(dequantized in PyTorch with the same seeded noise, so the numbers equal PyTorch's within the export's
+tolerance), ``log_prior_by_scale`` for the per-scale latent scores, and the flow's configuration (the likelihood
+ratio trains its background flow in PyTorch from it). What needs the network itself (inspection, sampling,
+``trace``) stays with PyTorch flows.
+
+Example (with an export folder written by ``flowood export``)::
+
+    flow = EngineFlow("runs/demo/export", backend="onnxruntime")
+    bpd = flow.bits_per_dim(images_uint8)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from flowood.errors import InputError
+from flowood.options import ConfigError
+
+__all__ = ["BACKENDS", "ENGINES", "EngineDensity", "EngineFlow", "engine_flow", "backend_option"]
+
+#: where a flow can be scored: PyTorch, or an exported graph on an inference engine.
+BACKENDS = ("torch", "onnxruntime", "openvino")
+ENGINES = BACKENDS[1:]
+#: engine precisions: fp32 everywhere; bf16 on OpenVINO where the CPU has bf16 instructions.
+PRECISIONS = ("fp32", "bf16")
+
+
+def backend_option() -> Any:
+    from flowood.options import option
+
+    return option("torch", "where the flow is scored: torch, or onnxruntime / openvino (the flow is exported to "
+                  "ONNX first and checked against PyTorch; extras `onnxruntime`, `openvino`)", choices=BACKENDS)
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())  # flowood's share of the cores (see flowood.runtime.CoreShare)
+
+
+class EngineDensity:
+    """An exported density graph compiled on an engine: ``run(x) -> (log_prob, scale_log_prior)`` as numpy.
+
+    Args:
+        folder: an export folder.
+        backend: ``onnxruntime`` or ``openvino``.
+        precision: ``fp32``; ``bf16`` runs OpenVINO's bf16 kernels (only where the CPU supports them).
+        threads: intra-op threads (default: PyTorch's current count, flowood's share of the cores).
+        manifest: the export's description (default: read from the folder).
+    """
+
+    def __init__(self, folder: str | Path, backend: str = "onnxruntime", precision: str = "fp32",
+                 threads: int | None = None, manifest: dict[str, Any] | None = None) -> None:
+        from flowood.engines.export import EXPORT_MANIFEST, require_module
+
+        self.folder = Path(folder)
+        if backend not in ENGINES:
+            raise ConfigError(f"unknown engine {backend!r}; choose {' or '.join(ENGINES)}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown engine precision {precision!r}; choose {' or '.join(PRECISIONS)}")
+        if manifest is None:
+            path = self.folder / EXPORT_MANIFEST
+            if not path.is_file():
+                raise ConfigError(f"{self.folder} is not a flowood export folder (no {EXPORT_MANIFEST}); write one "
+                                  "with `flowood export`")
+            manifest = json.loads(path.read_text())
+        self.manifest = manifest
+        self.backend, self.precision = backend, precision
+        threads = threads or _threads()
+        onnx_path = self.folder / "model.onnx"
+        if backend == "onnxruntime":
+            if precision != "fp32":
+                raise ConfigError("ONNX Runtime scores in fp32 on CPUs; bf16 is OpenVINO's (backend openvino)")
+            ort = require_module("onnxruntime")
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self._session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+            self._outputs = [o.name for o in self._session.get_outputs()]
+        else:
+            ov = require_module("openvino")
+            core = ov.Core()
+            if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+                raise ConfigError("this CPU has no bf16 instructions OpenVINO can use; score in fp32")
+            xml = self.folder / "model.xml"
+            model = core.read_model(str(xml if xml.is_file() else onnx_path))
+            config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision.replace("fp", "f"),
+                      "PERFORMANCE_HINT": "LATENCY"}
+            self._compiled = core.compile_model(model, "CPU", config)
+            self._request = self._compiled.create_infer_request()
+
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(log_prob [B], scale_log_prior [B, scales])`` of a float32 batch of continuous inputs."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.backend == "onnxruntime":
+            log_prob, priors = self._session.run(None, {"x": x})
+            return log_prob, priors
+        result = self._request.infer({0: x})
+        return np.array(result[0]), np.array(result[1])
+
+
+class EngineFlow(nn.Module):
+    """An exported flow on an engine, scored like a :class:`~flowood.flows.FlowModel`.
+
+    Args:
+        folder: an export folder written by :func:`~flowood.engines.export_flow`.
+        backend: ``onnxruntime`` or ``openvino``.
+        precision: ``fp32``, or ``bf16`` on OpenVINO.
+        threads: intra-op threads of the engine (default: flowood's share of the cores).
+    """
+
+    exported_flow = True  # see flowood.ood.density.is_exported_flow
+
+    def __init__(self, folder: str | Path, backend: str = "onnxruntime", precision: str = "fp32",
+                 threads: int | None = None) -> None:
+        super().__init__()
+        self.engine = EngineDensity(folder, backend, precision, threads)
+        m = self.engine.manifest
+        self.input_shape = tuple(m["input_shape"])
+        self.discrete = bool(m["discrete"])
+        self.scale_dims = [int(d) for d in m["scale_dims"]]
+        self.config = dict(m["flow_config"])
+        self.parity = m.get("parity", {})
+
+    @property
+    def backend(self) -> str:
+        return self.engine.backend
+
+    @property
+    def num_dims(self) -> int:
+        return math.prod(self.input_shape)
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.scale_dims)
+
+    def check_input(self, x: Tensor, image_range: tuple[float, float] | None = (0.0, 1.0)) -> None:
+        """Refuse batches of the wrong shape, non-finite values, and image values outside [0, 1]."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"expected a torch.Tensor batch, got {type(x).__name__}")
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise InputError(f"this model takes inputs of shape {self.input_shape} per sample, got batch of shape "
+                             f"{tuple(x.shape)}")
+        if x.dtype == torch.uint8:
+            return
+        if not bool(torch.isfinite(x).all()):
+            raise InputError("inputs contain NaN or Inf values")
+        if self.discrete and image_range is not None and (float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6):
+            raise InputError("image inputs must lie in [0, 1] (uint8 / 255); undo any normalisation before scoring")
+
+    def _continuous(self, x: Tensor, noise: str, generator: torch.Generator | None) -> Tensor:
+        from flowood.flows.preprocessing import dequantize
+
+        x = x.cpu()
+        if self.discrete:
+            return dequantize(x, noise=noise, generator=generator)
+        return x.float()
+
+    def _run(self, x: Tensor, noise: str, generator: torch.Generator | None, validate: bool
+             ) -> tuple[np.ndarray, np.ndarray]:
+        if validate:
+            self.check_input(x)
+        return self.engine.run(self._continuous(x, noise, generator).numpy())
+
+    def log_prob(self, x: Tensor, noise: str = "uniform", generator: torch.Generator | None = None,
+                 validate: bool = True) -> Tensor:
+        """Per-sample log-likelihood in nats, as :meth:`FlowModel.log_prob` (computed by the engine)."""
+        return torch.from_numpy(self._run(x, noise, generator, validate)[0].copy())
+
+    def bits_per_dim(self, x: Tensor, **kwargs: Any) -> Tensor:
+        """Per-sample negative log-likelihood in bits per dimension."""
+        return -self.log_prob(x, **kwargs) / (self.num_dims * math.log(2.0))
+
+    def log_prior_by_scale(self, x: Tensor, noise: str = "uniform", generator: torch.Generator | None = None
+                           ) -> Tensor:
+        """The prior's log-density of each scale's latents, ``[B, scales]``, as :meth:`FlowModel.log_prior_by_scale`."""
+        return torch.from_numpy(self._run(x, noise, generator, False)[1].copy())
+
+    def extra_repr(self) -> str:
+        return f"backend={self.backend}, input_shape={self.input_shape}, folder={self.engine.folder}"
+
+
+def engine_flow(flow: Any, backend: str, folder: str | Path | None = None, precision: str = "fp32",
+                tolerance: float | None = None) -> Any:
+    """A flow on ``backend``: the flow itself for ``torch``, else exported (into ``folder``, or a temporary folder
+    that lives as long as the returned flow) and loaded on the engine.
+
+    Raises:
+        ConfigError: an unknown backend, or a model that is not a flowood flow (only those can be exported).
+    """
+    from flowood.engines.export import DEFAULT_TOLERANCE, export_flow
+    from flowood.flows import FlowModel
+
+    if backend == "torch":
+        return flow
+    if backend not in ENGINES:
+        raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if isinstance(flow, EngineFlow):
+        return flow
+    if not isinstance(flow, FlowModel):
+        raise ConfigError(f"only flowood flows can be scored on {backend} (they are exported first); this model is "
+                          f"a {type(flow).__name__}")
+    scratch = None
+    if folder is None:
+        scratch = tempfile.TemporaryDirectory(prefix="flowood-export-")
+        folder = Path(scratch.name) / "export"
+    export_flow(flow, folder, format="openvino" if backend == "openvino" else "onnx",
+                tolerance=tolerance or DEFAULT_TOLERANCE, overwrite=True)
+    result = EngineFlow(folder, backend, precision)
+    result._scratch = scratch  # removed with the flow
+    return result

@@ -1,0 +1,315 @@
+"""Export a flow's density to ONNX or OpenVINO, for scoring on an inference engine instead of PyTorch.
+
+``flowood export --checkpoint C --format onnx|openvino --out DIR`` writes one folder:
+
+* ``model.onnx`` (and with ``openvino`` also ``model.xml`` + ``model.bin``, OpenVINO's own format, weights in
+  fp32): a graph with one input and two outputs,
+
+  - input ``x``: float32 ``[batch, *input_shape]``, continuous inputs as :meth:`FlowModel.forward` takes them
+    (for image flows: dequantized images in (0, 1); dequantization stays outside the graph, so it is seeded and
+    identical to PyTorch's);
+  - output ``log_prob``: float32 ``[batch]``, the log-likelihood in nats, as :meth:`FlowModel.log_prob` gives it
+    for the dequantized point (for image flows the 1/256 bin width of every dimension is included);
+  - output ``scale_log_prior``: float32 ``[batch, scales]``, the prior's log-density of each scale's latents,
+    earliest first (what the per-scale latent scores need);
+
+  the batch size is dynamic.
+* ``flowood-export.json``: the input convention, the flow's configuration, the dimensions of each scale, and
+  the parity check: at export the graph is run on an engine and on PyTorch on the same inputs (samples of the
+  flow itself and noise, at two batch sizes); the largest difference of log-likelihood is recorded in nats and
+  in bits/dim, and the export is refused when it exceeds ``tolerance`` bits/dim.
+
+Glow's plain 1x1 convolutions compute ``log |det W|`` with ``slogdet``, which ONNX has no operator for; the
+weights are fixed in an exported graph, so their log-determinants are computed once and stored as constants.
+The exporter is PyTorch's ``torch.export``-based ONNX exporter (``onnx`` and ``onnxscript``, the extra
+``export``); OpenVINO converts the ONNX graph (the extra ``openvino``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from flowood.errors import FlowoodError, ModelError
+from flowood.flows.base import FlowLayer
+from flowood.flows.layers import InvertibleConv1x1
+from flowood.flows.model import FlowModel
+from flowood.flows.preprocessing import DEQUANTIZATION_LOG_DET
+from flowood.options import ConfigError, merge_options, option
+from flowood.runtime import seed_option
+
+__all__ = ["export_flow", "ExportOptions", "ExportResult", "EXPORT_FORMATS", "EXPORT_MANIFEST", "DEFAULT_TOLERANCE",
+           "ExportError", "DensityGraph", "require_module"]
+
+#: the formats ``flowood export`` writes.
+EXPORT_FORMATS = ("onnx", "openvino")
+#: the file in an export folder that describes the graph and its parity check.
+EXPORT_MANIFEST = "flowood-export.json"
+#: the largest difference of log-likelihood (bits/dim) between the engine and PyTorch an export may have.
+DEFAULT_TOLERANCE = 1e-4
+EXPORT_FORMAT_VERSION = "flowood-export-1"
+_INSTALL = {"onnx": "export", "onnxscript": "export", "onnxruntime": "onnxruntime", "openvino": "openvino"}
+
+
+class ExportError(FlowoodError, RuntimeError):
+    """A flow that could not be exported, or whose exported graph disagrees with PyTorch beyond the tolerance."""
+
+
+def require_module(name: str) -> Any:
+    """Import an optional engine package, or say which extra installs it."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise ConfigError(f"this needs the `{name}` package: pip install 'flowood[{_INSTALL.get(name, name)}]'") \
+            from err
+
+
+class _FixedConv1x1(FlowLayer):
+    """An invertible 1x1 convolution with its log-determinant precomputed (weights are fixed once exported)."""
+
+    kind = "invconv"
+
+    def __init__(self, conv: InvertibleConv1x1) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.register_buffer("weight", conv.matrix().detach().clone())
+            self.register_buffer("log_abs_det", conv.log_abs_det().detach().clone().reshape(()))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        spatial = x.shape[2] * x.shape[3]
+        y = torch.matmul(self.weight, x.flatten(2)).view(x.shape)
+        return y, (self.log_abs_det * spatial).expand(x.shape[0])
+
+
+class DensityGraph(nn.Module):
+    """What is exported: ``x -> (log_prob, scale_log_prior)`` of a flow, in fp32 and without data checks.
+
+    Args:
+        flow: the flow (copied; the copy's plain 1x1 convolutions get constant log-determinants).
+    """
+
+    def __init__(self, flow: FlowModel) -> None:
+        super().__init__()
+        if any(getattr(m, "initialization_pending", False) for m in flow.modules()):
+            raise ModelError("the flow has a layer still waiting to initialise itself from data (an untrained "
+                             "ActNorm or standardisation); train or load it before exporting")
+        flow = copy.deepcopy(flow).float().eval()
+        flow.st_dtype = None
+        flow._compiled_density = None
+        flow.to(memory_format=torch.contiguous_format)
+        for i, step in enumerate(flow.steps):
+            if isinstance(step, InvertibleConv1x1) and not step.lu:
+                flow.steps[i] = _FixedConv1x1(step)
+        self.flow = flow
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h, log_det, factored = self.flow._run_steps(x, None)
+        scale_log_prior = torch.stack([self.flow.prior.log_prob(part) for part in (*factored, h)], dim=1)
+        log_prob = scale_log_prior.sum(1) + log_det
+        if self.flow.discrete:
+            log_prob = log_prob + self.flow.num_dims * DEQUANTIZATION_LOG_DET
+        return log_prob, scale_log_prior
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_flow` wrote and how closely the engine agrees with PyTorch.
+
+    Attributes:
+        path: the export folder.
+        files: the files written in it.
+        max_abs_diff_nats: the largest |log-likelihood difference| between engine and PyTorch, nats per sample.
+        max_abs_diff_bpd: the same in bits/dim.
+        tolerance_bpd: the largest difference allowed.
+        seconds: time taken (export, conversion and check).
+    """
+
+    path: Path
+    files: list[str]
+    max_abs_diff_nats: float
+    max_abs_diff_bpd: float
+    tolerance_bpd: float
+    seconds: float
+
+
+def parity_inputs(flow: FlowModel, n: int = 16, seed: int = 0) -> Tensor:
+    """Continuous inputs the parity check runs on: half samples of the flow itself, half noise (seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    n_samples = n // 2
+    with torch.no_grad():
+        samples = flow.sample(n_samples, generator=g).float().cpu() if n_samples else None
+    if flow.discrete:
+        noise = torch.rand((n - n_samples, *flow.input_shape), generator=g)
+        from flowood.flows.preprocessing import dequantize
+
+        samples = dequantize(samples, noise="uniform", generator=g) if samples is not None else None
+    else:
+        noise = torch.randn((n - n_samples, *flow.input_shape), generator=g)
+    parts = [p for p in (samples, noise) if p is not None]
+    x = torch.cat(parts).float()
+    if flow.discrete:
+        x = x.clamp(1e-4, 1 - 1e-4)
+    if not torch.isfinite(x).all():  # a model whose samples overflow: check on noise alone
+        x = torch.cat([noise, noise]).float()
+    return x
+
+
+def _write_onnx(graph: DensityGraph, example: Tensor, path: Path) -> None:
+    """The graph through ``torch.export`` to ONNX (dynamic batch, onnxscript's optimiser), in one file."""
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # the exporter's progress lines and deprecation notes
+        try:
+            program = torch.onnx.export(graph, (example,), input_names=["x"],
+                                        output_names=["log_prob", "scale_log_prior"], dynamic_shapes=({0: batch},),
+                                        dynamo=True, optimize=True, verbose=False)
+        except Exception as err:  # the exporter's own errors are many and long: the first line says what failed
+            raise ExportError(f"PyTorch's ONNX exporter could not export this flow: {str(err).splitlines()[0]}") \
+                from err
+    program.save(str(path), external_data=False)
+
+
+def _write_openvino(onnx_path: Path, xml_path: Path) -> None:
+    """OpenVINO's IR (``.xml`` graph, ``.bin`` fp32 weights) converted from the ONNX graph, each file atomic."""
+    ov = require_module("openvino")
+    from flowood.outputs import atomic_write
+
+    model = ov.convert_model(str(onnx_path))
+    with atomic_write(xml_path) as tmp_xml, atomic_write(xml_path.with_suffix(".bin")) as tmp_bin:
+        ov.save_model(model, str(tmp_xml), compress_to_fp16=False)  # writes the weights beside it, as .bin
+        tmp_xml.with_suffix(".bin").replace(tmp_bin)
+
+
+@dataclass
+class ExportOptions:
+    """How :func:`export_flow` exports: every field is an option (``flowood export --help`` shows them)."""
+
+    format: str = option("onnx", "onnx (model.onnx, for ONNX Runtime and OpenVINO) or openvino (also OpenVINO's "
+                         "model.xml/model.bin)", choices=EXPORT_FORMATS)
+    tolerance: float = option(DEFAULT_TOLERANCE, "largest |log-likelihood difference| from PyTorch, in bits/dim, an "
+                              "export may have (above it the export is refused)", minimum=0.0)
+    check_samples: int = option(16, "inputs of the parity check (samples of the flow and noise)", minimum=4)
+    seed: int = seed_option()
+
+
+def export_flow(model: FlowModel | str | Path, out: str | Path, options: ExportOptions | None = None, *,
+                overwrite: bool = False, **option_values: Any) -> ExportResult:
+    """Export a flow's density (see the module docstring for the graph) and check it against PyTorch.
+
+    Args:
+        model: a flow, or the path of a checkpoint written by ``flowood train``.
+        out: the export folder (checked, created and locked as every flowood output folder).
+        options: an :class:`ExportOptions` (format, tolerance in bits/dim, parity-check inputs, seed).
+        overwrite: replace an earlier export in ``out``.
+        **option_values: any field of :class:`ExportOptions`, e.g. ``format="openvino"``.
+
+    Returns:
+        an :class:`ExportResult`.
+
+    Raises:
+        ConfigError: unknown format, or the exporter packages are missing. ExportError: the flow cannot be exported,
+            or the engine disagrees with PyTorch beyond the tolerance (the folder is then removed). OutputError:
+            ``out`` is unsafe.
+
+    Example:
+        >>> from flowood.flows import RealNVP
+        >>> result = export_flow(RealNVP((1, 8, 8), num_blocks=1, num_mid_channels=4), "runs/export")  # doctest: +SKIP
+        >>> result.max_abs_diff_bpd < 1e-4  # doctest: +SKIP
+        True
+    """
+    from flowood.outputs import atomic_write, open_output_folder, remove_output_folder, write_text_atomic
+
+    o = merge_options(ExportOptions, options, option_values)
+    if o.format not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown export format {o.format!r}; choose {' or '.join(EXPORT_FORMATS)}")
+    if not o.tolerance > 0:
+        raise ConfigError(f"tolerance must be positive, got {o.tolerance}")
+    engine = "openvino" if o.format == "openvino" else "onnxruntime"
+    for module in ("onnx", "onnxscript", engine):
+        require_module(module)
+    start = time.perf_counter()
+    flow, source = _source_flow(model)
+    graph = DensityGraph(flow)
+    x = parity_inputs(flow, o.check_samples, o.seed)
+    with open_output_folder(out, "export", [source["path"]] if source["path"] else [], overwrite=overwrite) as folder:
+        files = ["model.onnx"]
+        with atomic_write(folder.path / "model.onnx") as tmp:
+            _write_onnx(graph, x[:2], tmp)
+        if o.format == "openvino":
+            _write_openvino(folder.path / "model.onnx", folder.path / "model.xml")
+            files += ["model.bin", "model.xml"]
+        parity = check_parity(graph, folder.path, engine, x, o)
+        if not parity["max_abs_diff_bpd"] <= o.tolerance:
+            folder.close()
+            remove_output_folder(folder.path)
+            raise ExportError(f"the exported graph disagrees with PyTorch by {parity['max_abs_diff_bpd']:.3g} bits/dim "
+                              f"({parity['max_abs_diff_nats']:.3g} nats) on {engine}, above the tolerance "
+                              f"{o.tolerance:g}; nothing was kept")
+        manifest = _manifest(flow, source, files, parity)
+        write_text_atomic(folder.path / EXPORT_MANIFEST, json.dumps(manifest, indent=2))
+    return ExportResult(folder.path, files + [EXPORT_MANIFEST], parity["max_abs_diff_nats"],
+                        parity["max_abs_diff_bpd"], o.tolerance, time.perf_counter() - start)
+
+
+def _source_flow(model: FlowModel | str | Path) -> tuple[FlowModel, dict[str, Any]]:
+    """A CPU copy of the flow to export (the caller's stays where it is), and what is known of where it came from."""
+    from flowood.checkpoints import load_flow
+
+    source: dict[str, Any] = {"path": None, "train_config": {}, "checkpoint_sha256": None}
+    if isinstance(model, (str, Path)):
+        loaded = load_flow(model)
+        flow = loaded.flow
+        source = {"path": Path(model), "train_config": loaded.train_config, "checkpoint_sha256": loaded.sha256}
+    elif isinstance(model, FlowModel):
+        flow = copy.deepcopy(model)
+    else:
+        raise ConfigError(f"only flowood flows can be exported, got {type(model).__name__}")
+    return flow.cpu().eval(), source
+
+
+def check_parity(graph: DensityGraph, folder: Path, engine: str, x: Tensor, options: ExportOptions
+                 ) -> dict[str, Any]:
+    """Run the exported graph on ``engine`` and the PyTorch graph on the same inputs, at their batch size and at 3
+    (so the dynamic batch is exercised); the largest |log-likelihood difference| in nats and bits/dim."""
+    from flowood.engines.backend import EngineDensity
+
+    compiled = EngineDensity(folder, engine, manifest={"outputs": ["log_prob", "scale_log_prior"]})
+    with torch.no_grad():
+        reference = graph(x)[0].double().numpy()
+    got = np.concatenate([compiled.run(x.numpy())[0], compiled.run(x[:3].numpy())[0]]).astype(np.float64)
+    expected = np.concatenate([reference, reference[:3]])
+    diff = float(np.max(np.abs(got - expected))) if np.isfinite(got).all() else math.inf
+    return {"engine": engine, "samples": len(x), "batch_sizes": [len(x), 3], "max_abs_diff_nats": diff,
+            "max_abs_diff_bpd": diff / (graph.flow.num_dims * math.log(2)), "tolerance_bpd": options.tolerance,
+            "seed": options.seed}
+
+
+def _manifest(flow: FlowModel, source: dict[str, Any], files: list[str], parity: dict[str, Any]) -> dict[str, Any]:
+    """The contents of flowood-export.json: the graph's convention, the flow, where it came from, the parity check."""
+    from flowood import __version__
+
+    convention = "dequantized 8-bit images in (0, 1)" if flow.discrete else "continuous vectors as the flow takes them"
+    return {
+        "format": EXPORT_FORMAT_VERSION, "flowood_version": __version__, "torch_version": torch.__version__,
+        "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "source": str(source["path"]) if source["path"] else "a model in memory",
+        "checkpoint_sha256": source["checkpoint_sha256"], "files": files,
+        "input": {"name": "x", "shape": ["batch", *flow.input_shape], "dtype": "float32", "convention": convention},
+        "outputs": ["log_prob", "scale_log_prior"], "input_shape": list(flow.input_shape), "discrete": flow.discrete,
+        "num_dims": flow.num_dims, "scale_dims": flow.scale_dims, "flow_config": flow.config,
+        "train_config": source["train_config"], "parity": parity,
+    }
