@@ -29,6 +29,11 @@ flow hands them, with the gradient of every input the flow needs: the convolutio
 of the same model has to do. Its speed against the best peer is the ceiling for any library built on PyTorch's
 convolutions, printed in a last table with the share of flowood's time that this work takes.
 
+Engine rows (``flowood-onnxruntime``, ``flowood-openvino``, ``flowood-openvino-bf16``) train the model as
+``flowood-cl`` does, export it with ``flowood.engines.export_flow`` (parity with PyTorch checked at export) and
+score on ONNX Runtime or OpenVINO (fp32; bf16 where the CPU has bf16 instructions), dequantization in PyTorch as
+for every row; they have no training or memory columns, and their bits/dim are the engine's.
+
 Every (case, library) runs in its own process: training steps/s (forward, backward, Adam step; batch 64, or 256
 for vectors), peak memory of a training step (the tensor memory one more, untimed step allocates above what is
 held when it starts, from PyTorch's allocation records: the GPU allocator's statistics, the CPU profiler's memory
@@ -59,15 +64,18 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 _IMAGE_ROWS = ("flowood", "flowood-cl", "flowood-cl+malloc", "normflows", "normflows+malloc",
                "flowood-cl-bf16+malloc", "normflows-bf16+malloc", "stnets-cl+malloc", "stnets-cl-bf16+malloc")
+#: flowood's exported graph scored on an inference engine (the model is trained as flowood-cl, then exported)
+_ENGINE_ROWS = ("flowood-onnxruntime+malloc", "flowood-openvino+malloc", "flowood-openvino-bf16+malloc")
 _PACKED_ROWS = ("flowood-cl-packed+malloc", "flowood-cl-packed-bf16+malloc", "stnets-cl-packed+malloc",
                 "stnets-cl-packed-bf16+malloc")
 CASES = {
-    "glow-1x28x28": ("glow", (1, 28, 28), _IMAGE_ROWS + ("flowood-compile+malloc",)),
-    "glow-3x32x32": ("glow", (3, 32, 32), _IMAGE_ROWS + ("flowood-compile+malloc",)),
-    "realnvp-1x28x28": ("realnvp", (1, 28, 28), _IMAGE_ROWS + ("flowood-compile+malloc",) + _PACKED_ROWS),
-    "realnvp-3x32x32": ("realnvp", (3, 32, 32), _IMAGE_ROWS + _PACKED_ROWS),
+    "glow-1x28x28": ("glow", (1, 28, 28), _IMAGE_ROWS + ("flowood-compile+malloc",) + _ENGINE_ROWS),
+    "glow-3x32x32": ("glow", (3, 32, 32), _IMAGE_ROWS + ("flowood-compile+malloc",) + _ENGINE_ROWS),
+    "realnvp-1x28x28": ("realnvp", (1, 28, 28), _IMAGE_ROWS + ("flowood-compile+malloc",) + _PACKED_ROWS
+                        + _ENGINE_ROWS),
+    "realnvp-3x32x32": ("realnvp", (3, 32, 32), _IMAGE_ROWS + _PACKED_ROWS + _ENGINE_ROWS),
     "maf-1792": ("maf", (1792,), ("flowood", "flowood+malloc", "nflows", "nflows+malloc", "zuko", "zuko+malloc",
-                                  "flowood-bf16+malloc", "zuko-bf16+malloc")),
+                                  "flowood-bf16+malloc", "zuko-bf16+malloc") + _ENGINE_ROWS),
 }
 HIDDEN, STEPS_PER_LEVEL, LEVELS = 64, 8, 2
 MAF_LAYERS, MAF_HIDDEN = 5, 512
@@ -255,6 +263,12 @@ def worker(case: str, row: str, device: str, steps: int) -> dict:
     library = library.removesuffix("-bf16")
     packed = "-packed" in library
     library = library.replace("-packed", "")
+    engine = next((e for e in ("onnxruntime", "openvino") if library.endswith("-" + e)), None)
+    if engine is not None:
+        if device != "cpu":
+            raise SystemExit("the engine rows run on the CPU")
+        library = "flowood-cl"  # trained as flowood-cl, then exported and scored on the engine
+        engine_bf16, bf16 = bf16, False
     if tuning == "malloc":
         from flowood.allocator import tune_allocator
         if not tune_allocator(enabled=True):
@@ -311,8 +325,20 @@ def worker(case: str, row: str, device: str, steps: int) -> dict:
     sync()
     train_s = (time.perf_counter() - start) / steps
     rss = float("nan") if dev.type == "cuda" else float(_status("VmHWM") - rss_base)
-    peak = step_peak_memory(lambda: step(3 + steps), dev)  # one more step, not timed
+    if engine is None:
+        peak = step_peak_memory(lambda: step(3 + steps), dev)  # one more step, not timed
+    else:
+        step(3 + steps)  # the same step, so the exported model is the one flowood-cl scores
     model.eval()
+    if engine is not None:  # export what was trained (parity with PyTorch checked at export), score on the engine
+        import tempfile
+
+        from flowood.deploy import EngineFlow, export_flow
+        folder = Path(tempfile.mkdtemp(prefix="flowood-bench-")) / "export"
+        export_flow(model, folder, format=engine if engine == "openvino" else "onnx")
+        on_engine = EngineFlow(folder, engine, precision="bf16" if engine_bf16 else "fp32")
+        log_prob = lambda x, g=None: on_engine.log_prob(x, generator=g, validate=False)
+        train_s, peak, rss = float("inf"), float("nan"), float("nan")  # trained in PyTorch: see flowood-cl
     g = torch.Generator(device=dev).manual_seed(1)
     score_batch = 1024
     with torch.inference_mode():
@@ -352,10 +378,15 @@ def peer_rows(rows: list[dict], row: dict) -> tuple[list[dict], dict | None]:
     return peers, max(peers, key=lambda r: r["train_steps_s"], default=None)
 
 
+def _shown(value: float, spec: str, unit: str = "") -> str:
+    """A number for the tables; "–" where a row has none (engine rows only score)."""
+    return "–" if not math.isfinite(value) or value == 0 else f"{value:{spec}}{unit}"
+
+
 def versions() -> str:
     out = [f"torch {torch.__version__}"]
     from importlib.metadata import PackageNotFoundError, version
-    for name in ("normflows", "nflows", "zuko"):
+    for name in ("normflows", "nflows", "zuko", "onnxruntime", "openvino"):
         try:
             out.append(f"{name} {version(name)}")
         except PackageNotFoundError:
@@ -415,8 +446,11 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         rss = "–" if math.isnan(r["rss_mib"]) else f"{r['rss_mib']:.1f}"
-        print(f"| {r['case']} | {r['library']} | {r['params']:,} | {r['train_steps_s']:.2f} | "
-              f"{r['train_min']:.2f}-{r['train_max']:.2f} | {r['score_per_s']:.0f} | {r['peak_mib']:.1f} | {rss} | "
+        trained = r["train_steps_s"] > 0  # engine rows score only (their model is trained as flowood-cl)
+        print(f"| {r['case']} | {r['library']} | {r['params']:,} | {_shown(r['train_steps_s'], '.2f')} | "
+              f"{r['train_min']:.2f}-{r['train_max']:.2f} | {r['score_per_s']:.0f} | {_shown(r['peak_mib'], '.1f')} | "
+              f"{rss} | {r['test_bpd']:.3f} |" if trained else
+              f"| {r['case']} | {r['library']} | {r['params']:,} | – | – | {r['score_per_s']:.0f} | – | – | "
               f"{r['test_bpd']:.3f} |")
     print("\nRatios, flowood / best peer of the same precision (training and scoring: higher is better; memory: "
           "lower is better):")
@@ -428,9 +462,10 @@ def main() -> None:
             if not peers:
                 continue
             print(f"| {case} ({ours['library']}) | {best['library']} | "
-                  f"{ours['train_steps_s'] / best['train_steps_s']:.2f}x | "
+                  f"{_shown(ours['train_steps_s'] / best['train_steps_s'], '.2f', 'x')} | "
                   f"{ours['score_per_s'] / max(p['score_per_s'] for p in peers):.2f}x | "
-                  f"{ours['peak_mib'] / max(best['peak_mib'], 1e-9):.2f}x | {ours['params'] / best['params']:.3f} |")
+                  f"{_shown(ours['peak_mib'] / max(best['peak_mib'], 1e-9), '.2f', 'x')} | "
+                  f"{ours['params'] / best['params']:.3f} |")
     ceiling_lines = []
     for c in (r for r in rows if r["library"].startswith("stnets")):
         peers, best = peer_rows(rows, c)

@@ -1,0 +1,113 @@
+"""Where the time of scoring goes: flowood's density pass in PyTorch against its exported graph on ONNX Runtime.
+
+Usage::
+
+    .venv/bin/python benchmarks/engine_profile.py [--cases glow-1x28x28 realnvp-1x28x28] [--batch 1024]
+
+For each case (the models of ``benchmarks/compare.py``, initialised on the FashionMNIST fixture, not trained: the
+time does not depend on the weights), the log-likelihood of one batch is profiled in PyTorch (``torch.profiler``,
+channels-last, ``inference_mode``; self time per operator) and on ONNX Runtime (its own profiler; time per node,
+by operator type), after a warm-up pass. It prints the wall time per batch of each, and the operators that take
+most of it, so a speed-up (or its absence) is explained by where the time goes: convolutions, which no engine
+makes much faster than oneDNN does for PyTorch, or the many small element-wise operations of couplings, which an
+engine fuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import CASES, data, flowood_model  # the benchmark's models and data
+
+
+def torch_profile(flow, x: torch.Tensor) -> tuple[float, list[tuple[str, float]]]:
+    """Seconds per batch, and (operator, share of the profiled self time) sorted by share."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode():
+        flow.log_prob(x, validate=False)
+        start = time.perf_counter()
+        flow.log_prob(x, validate=False)
+        seconds = time.perf_counter() - start
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            flow.log_prob(x, validate=False)
+    self_us = collections.Counter({e.key: e.self_cpu_time_total for e in prof.key_averages()})
+    total = sum(self_us.values())
+    return seconds, [(op, us / total) for op, us in self_us.most_common()]
+
+
+def onnxruntime_profile(flow, x: torch.Tensor) -> tuple[float, list[tuple[str, float]]]:
+    """The same on ONNX Runtime: the flow exported with flowood.engines.export_flow, profiled per node."""
+    import onnxruntime as ort
+
+    from flowood.engines import export_flow
+    from flowood.flows.preprocessing import dequantize
+
+    folder = Path(tempfile.mkdtemp(prefix="flowood-profile-")) / "export"
+    export_flow(flow, folder)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    y = dequantize(x, "uniform", torch.Generator().manual_seed(0)).numpy() if flow.discrete else x.numpy()
+    session.run(None, {"x": y})
+    start = time.perf_counter()
+    session.run(None, {"x": y})
+    seconds = time.perf_counter() - start
+    options.enable_profiling = True
+    options.profile_file_prefix = str(folder / "ort-profile")
+    profiled = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    profiled.run(None, {"x": y})
+    profiled.run(None, {"x": y})
+    events = json.loads(Path(profiled.end_profiling()).read_text())
+    per_op: collections.Counter = collections.Counter()
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    last_start = runs[-1]["ts"] if runs else 0
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= last_start:
+            per_op[e["args"].get("op_name", "?")] += e["dur"]
+    total = sum(per_op.values()) or 1
+    return seconds, [(op, us / total) for op, us in per_op.most_common()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", nargs="+", default=["glow-1x28x28", "realnvp-1x28x28"],
+                        choices=[c for c in CASES if not c.startswith("maf")] + ["maf-1792"])
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--top", type=int, default=8)
+    args = parser.parse_args()
+    from flowood.allocator import tune_allocator
+
+    tune_allocator(enabled=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {args.batch}")
+    for case in args.cases:
+        kind, shape, _ = CASES[case]
+        torch.manual_seed(0)
+        flow = flowood_model(kind, shape)
+        x = data(kind, shape, args.batch)
+        with torch.no_grad():
+            flow.log_prob(x[:64])  # ActNorm's data-dependent start
+        flow.eval().optimize(channels_last=True)
+        t_torch, ops_torch = torch_profile(flow, x)
+        t_ort, ops_ort = onnxruntime_profile(flow, x)
+        print(f"\n{case}: PyTorch {t_torch * 1e3:.0f} ms per batch, ONNX Runtime {t_ort * 1e3:.0f} ms "
+              f"({t_torch / t_ort:.2f}x)")
+        print("| PyTorch operator | share | ONNX Runtime operator | share |")
+        print("|---|---:|---|---:|")
+        for i in range(args.top):
+            a = ops_torch[i] if i < len(ops_torch) else ("", 0.0)
+            b = ops_ort[i] if i < len(ops_ort) else ("", 0.0)
+            print(f"| {a[0]} | {a[1]:.0%} | {b[0]} | {b[1]:.0%} |")
+
+
+if __name__ == "__main__":
+    main()
