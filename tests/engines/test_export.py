@@ -96,6 +96,23 @@ def test_an_export_above_the_tolerance_is_refused_and_leaves_nothing(tmp_path):
     assert not (tmp_path / "export").exists()
 
 
+def test_a_failed_export_leaves_nothing_and_one_too_large_for_onnx_is_refused_first(tmp_path, monkeypatch):
+    from flowood.engines import export as export_module
+
+    flow, _ = _flow_and_data(CASES["maf"])
+    monkeypatch.setattr(export_module, "MAX_ONNX_BYTES", 1000)
+    with pytest.raises(ExportError, match="an ONNX file holds at most 2 GiB"):
+        export_flow(flow, tmp_path / "big")
+    monkeypatch.undo()
+
+    def broken_exporter(*args, **kwargs):
+        raise RuntimeError("an operator the exporter does not know\nand a long trace")
+    monkeypatch.setattr(torch.onnx, "export", broken_exporter)
+    with pytest.raises(ExportError, match="could not export this flow: an operator the exporter does not know$"):
+        export_flow(flow, tmp_path / "broken")
+    assert not (tmp_path / "big").exists() and not (tmp_path / "broken").exists()
+
+
 def test_exports_refuse_untrained_lazy_layers_other_models_and_bad_options(tmp_path):
     with pytest.raises(FlowoodError, match="still waiting to initialise"):
         export_flow(build_flow(CASES["maf"]), tmp_path / "a")
