@@ -334,7 +334,8 @@ def worker(case: str, row: str, device: str, steps: int) -> dict:
         import tempfile
 
         from flowood.deploy import EngineFlow, export_flow
-        folder = Path(tempfile.mkdtemp(prefix="flowood-bench-")) / "export"
+        scratch = tempfile.TemporaryDirectory(prefix="flowood-bench-")  # removed when the worker ends
+        folder = Path(scratch.name) / "export"
         export_flow(model, folder, format=engine if engine == "openvino" else "onnx")
         on_engine = EngineFlow(folder, engine, precision="bf16" if engine_bf16 else "fp32")
         log_prob = lambda x, g=None: on_engine.log_prob(x, generator=g, validate=False)

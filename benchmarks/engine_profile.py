@@ -52,7 +52,8 @@ def onnxruntime_profile(flow, x: torch.Tensor) -> tuple[float, list[tuple[str, f
     from flowood.engines import export_flow
     from flowood.flows.preprocessing import dequantize
 
-    folder = Path(tempfile.mkdtemp(prefix="flowood-profile-")) / "export"
+    scratch = tempfile.TemporaryDirectory(prefix="flowood-profile-")
+    folder = Path(scratch.name) / "export"
     export_flow(flow, folder)
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
@@ -75,6 +76,7 @@ def onnxruntime_profile(flow, x: torch.Tensor) -> tuple[float, list[tuple[str, f
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= last_start:
             per_op[e["args"].get("op_name", "?")] += e["dur"]
     total = sum(per_op.values()) or 1
+    scratch.cleanup()  # the export and ONNX Runtime's profile files
     return seconds, [(op, us / total) for op, us in per_op.most_common()]
 
 

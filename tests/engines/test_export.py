@@ -75,7 +75,7 @@ def test_openvino_export_writes_its_own_format_and_scores_in_fp32_and_bf16(tmp_p
     flow, x = _flow_and_data(CASES["realnvp-checkerboard"])
     result = export_flow(flow, tmp_path / "export", format="openvino")
     assert result.files == ["model.onnx", "model.bin", "model.xml", EXPORT_MANIFEST]
-    assert json.loads((result.path / EXPORT_MANIFEST).read_text())["parity"]["engine"] == "openvino"
+    assert json.loads((result.path / EXPORT_MANIFEST).read_text())["parity"]["engines"] == ["openvino", "onnxruntime"]
     assert _same_scores(flow, EngineFlow(result.path, "openvino"), x) <= DEFAULT_TOLERANCE
     import openvino as ov
 
@@ -89,11 +89,65 @@ def test_openvino_export_writes_its_own_format_and_scores_in_fp32_and_bf16(tmp_p
         EngineFlow(result.path, "onnxruntime", precision="bf16")
 
 
-def test_an_export_above_the_tolerance_is_refused_and_leaves_nothing(tmp_path):
+def test_an_engine_that_disagrees_is_caught_and_the_export_refused_leaving_nothing(tmp_path, monkeypatch):
+    from flowood.engines.backend import EngineDensity
+
     flow, _ = _flow_and_data(CASES["maf"])
-    with pytest.raises(ExportError, match="above the tolerance 1e-12; nothing was kept"):
-        export_flow(flow, tmp_path / "export", tolerance=1e-12, check_samples=8)
-    assert not (tmp_path / "export").exists()
+    run = EngineDensity.run
+    monkeypatch.setattr(EngineDensity, "run", lambda self, x: (run(self, x)[0] + 0.01, run(self, x)[1]))
+    with pytest.raises(ExportError, match=r"by 0.0024\d* bits/dim \(0.01 nats\) on (onnxruntime|openvino), above"):
+        export_flow(flow, tmp_path / "export")
+    monkeypatch.setattr(EngineDensity, "run", lambda self, x: (run(self, x)[0], run(self, x)[1] * 1.001))
+    with pytest.raises(ExportError, match="above the tolerance"):  # the per-scale output is checked too
+        export_flow(flow, tmp_path / "export")
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ExportError):
+        export_flow(flow, tmp_path / "mine")
+    assert not (tmp_path / "export").exists() and list((tmp_path / "mine").iterdir()) == []  # an empty folder stays
+
+
+@pytest.mark.parametrize("case", ["glow-plain-channel", "maf"])
+def test_a_saved_and_loaded_checkpoint_exports(case, tmp_path):
+    """ActNorm and the standardisation know they are initialised from their saved buffer, not from a forward pass."""
+    from flowood.checkpoints import load_flow, save_flow
+
+    flow, x = _flow_and_data(CASES[case])
+    save_flow(flow, tmp_path / "flow.pt", {"dataset": "digits"})
+    result = export_flow(tmp_path / "flow.pt", tmp_path / "export")
+    assert result.max_abs_diff_bpd <= DEFAULT_TOLERANCE
+    assert _same_scores(load_flow(tmp_path / "flow.pt").flow, EngineFlow(result.path), x) <= DEFAULT_TOLERANCE
+
+
+def test_vector_flows_far_from_unit_scale_pass_the_check(tmp_path):
+    """Features of mean 100: the check's inputs are the flow's own samples (unit-scale noise would lie 100 standard
+    deviations away, where float32 rounding alone moves log-likelihoods of -2e5 nats by 0.2 nats)."""
+    flow = build_flow(CASES["maf"]).eval()
+    data = 100 + torch.randn(64, 6)
+    with torch.no_grad():
+        flow.log_prob(data)  # standardisation and ActNorm from these data
+    result = export_flow(flow, tmp_path / "export")
+    assert result.max_abs_diff_bpd <= DEFAULT_TOLERANCE
+    assert _same_scores(flow, EngineFlow(result.path), data[:9]) <= DEFAULT_TOLERANCE
+
+
+def test_export_folders_are_checked_when_loaded(tmp_path):
+    flow, _ = _flow_and_data(CASES["maf"])
+    folder = export_flow(flow, tmp_path / "export").path
+    manifest = json.loads((folder / EXPORT_MANIFEST).read_text())
+    with pytest.warns(UserWarning, match="checked on onnxruntime, not on openvino"):
+        manifest["parity"]["engines"] = ["onnxruntime", "openvino"][:1]
+        (folder / EXPORT_MANIFEST).write_text(json.dumps(manifest))
+        EngineFlow(folder, "openvino")
+    (folder / EXPORT_MANIFEST).write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        EngineFlow(folder)
+    (folder / EXPORT_MANIFEST).write_text(json.dumps({**manifest, "format": "something-else"}))
+    with pytest.raises(ConfigError, match="is not a flowood-export-1 manifest"):
+        EngineFlow(folder)
+    (folder / EXPORT_MANIFEST).write_text(json.dumps(manifest))
+    (folder / "model.onnx").unlink()
+    with pytest.raises(ConfigError, match="has no model.onnx"):
+        EngineFlow(folder)
 
 
 def test_a_failed_export_leaves_nothing_and_one_too_large_for_onnx_is_refused_first(tmp_path, monkeypatch):
@@ -134,7 +188,7 @@ def test_evaluate_on_both_engines_gives_torchs_scores(trained_checkpoint, mnist_
     for backend in ("onnxruntime", "openvino"):
         result = evaluate(trained_checkpoint, [mnist_npz], backend=backend, **options)
         assert result.metrics["provenance"]["backend"] == backend
-        assert result.metrics["provenance"]["engine_parity"]["max_abs_diff_bpd"] <= DEFAULT_TOLERANCE
+        assert backend in result.metrics["provenance"]["engine_parity"]["engines"]
         assert set(result.score_values) == set(reference.score_values)
         for score, per_set in reference.score_values.items():
             for name, values in per_set.items():
@@ -144,6 +198,9 @@ def test_evaluate_on_both_engines_gives_torchs_scores(trained_checkpoint, mnist_
         evaluate(trained_checkpoint, [mnist_npz], backend="onnxruntime", compile=True)
     with pytest.raises(ConfigError, match="scores in fp32, not fp16"):
         evaluate(trained_checkpoint, [mnist_npz], backend="onnxruntime", precision="fp16")
+    export = export_flow(trained_checkpoint, tmp_path / "export").path
+    with pytest.raises(ConfigError, match="an exported flow on onnxruntime; pass backend='onnxruntime'"):
+        evaluate(EngineFlow(export), [mnist_npz], dataset=mnist_npz)
 
 
 def test_cli_exports_evaluates_the_folder_and_scores_with_a_detector_on_an_engine(trained_checkpoint, mnist_npz,

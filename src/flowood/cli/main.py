@@ -358,7 +358,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {', '.join(result.files)} to {result.path} in {result.seconds:.0f} s")
     print(f"parity with PyTorch: max |log-likelihood difference| {result.max_abs_diff_nats:.3g} nats = "
           f"{result.max_abs_diff_bpd:.3g} bits/dim (tolerance {result.tolerance_bpd:g})")
-    print(f"next: flowood evaluate --checkpoint {args.out} --backend onnxruntime --ood SET [SET ...]")
+    print(f"next: flowood evaluate --checkpoint {args.out} --backend onnxruntime --ood SET [SET ...] --out DIR")
     return 0
 
 

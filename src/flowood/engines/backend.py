@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from torch import Tensor, nn
 from flowood.errors import InputError
 from flowood.options import ConfigError
 
-__all__ = ["BACKENDS", "ENGINES", "EngineDensity", "EngineFlow", "engine_flow", "backend_option"]
+__all__ = ["BACKENDS", "ENGINES", "EngineDensity", "EngineFlow", "engine_flow", "backend_option", "read_manifest"]
 
 #: where a flow can be scored: PyTorch, or an exported graph on an inference engine.
 BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -48,6 +49,34 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())  # flowood's share of the cores (see flowood.runtime.CoreShare)
 
 
+_MANIFEST_KEYS = ("input_shape", "discrete", "scale_dims", "flow_config", "parity")
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The ``flowood-export.json`` of an export folder, checked.
+
+    Raises:
+        ConfigError: no such file, unreadable, from another program or version, or missing fields.
+    """
+    from flowood.engines.export import EXPORT_FORMAT_VERSION, EXPORT_MANIFEST
+
+    path = Path(folder) / EXPORT_MANIFEST
+    if not path.is_file():
+        raise ConfigError(f"{folder} is not a flowood export folder (no {EXPORT_MANIFEST}); write one with "
+                          "`flowood export`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path} cannot be read ({err}); export the flow again with `flowood export`") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT_VERSION:
+        raise ConfigError(f"{path} is not a {EXPORT_FORMAT_VERSION} manifest; export the flow again with this "
+                          "flowood's `flowood export`")
+    missing = [k for k in _MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise ConfigError(f"{path} lacks {', '.join(missing)}; export the flow again with `flowood export`")
+    return manifest
+
+
 class EngineDensity:
     """An exported density graph compiled on an engine: ``run(x) -> (log_prob, scale_log_prior)`` as numpy.
 
@@ -61,23 +90,19 @@ class EngineDensity:
 
     def __init__(self, folder: str | Path, backend: str = "onnxruntime", precision: str = "fp32",
                  threads: int | None = None, manifest: dict[str, Any] | None = None) -> None:
-        from flowood.engines.export import EXPORT_MANIFEST, require_module
+        from flowood.engines.export import require_module
 
         self.folder = Path(folder)
         if backend not in ENGINES:
             raise ConfigError(f"unknown engine {backend!r}; choose {' or '.join(ENGINES)}")
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown engine precision {precision!r}; choose {' or '.join(PRECISIONS)}")
-        if manifest is None:
-            path = self.folder / EXPORT_MANIFEST
-            if not path.is_file():
-                raise ConfigError(f"{self.folder} is not a flowood export folder (no {EXPORT_MANIFEST}); write one "
-                                  "with `flowood export`")
-            manifest = json.loads(path.read_text())
-        self.manifest = manifest
+        self.manifest = manifest if manifest is not None else read_manifest(self.folder)
         self.backend, self.precision = backend, precision
         threads = threads or _threads()
         onnx_path = self.folder / "model.onnx"
+        if not onnx_path.is_file():
+            raise ConfigError(f"{self.folder} has no model.onnx; export the flow again with `flowood export`")
         if backend == "onnxruntime":
             if precision != "fp32":
                 raise ConfigError("ONNX Runtime scores in fp32 on CPUs; bf16 is OpenVINO's (backend openvino)")
@@ -131,7 +156,11 @@ class EngineFlow(nn.Module):
         self.discrete = bool(m["discrete"])
         self.scale_dims = [int(d) for d in m["scale_dims"]]
         self.config = dict(m["flow_config"])
-        self.parity = m.get("parity", {})
+        self.parity = m["parity"]
+        checked = self.parity.get("engines", [])
+        if backend not in checked:
+            warnings.warn(f"this export's parity with PyTorch was checked on {', '.join(checked) or 'no engine'}, not "
+                          f"on {backend}; export again with {backend} installed to check it there", stacklevel=2)
 
     @property
     def backend(self) -> str:
@@ -207,6 +236,10 @@ def engine_flow(flow: Any, backend: str, folder: str | Path | None = None, preci
     if backend not in ENGINES:
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if isinstance(flow, EngineFlow):
+        if flow.backend != backend or flow.engine.precision != precision:
+            raise ConfigError(f"this flow is loaded on {flow.backend} in {flow.engine.precision}, not {backend} in "
+                              f"{precision}; load the export folder again with EngineFlow(folder, {backend!r}, "
+                              f"{precision!r})")
         return flow
     if not isinstance(flow, FlowModel):
         raise ConfigError(f"only flowood flows can be scored on {backend} (they are exported first); this model is "

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from flowood.errors import FlowoodError, ModelError
 from flowood.flows.base import FlowLayer
-from flowood.flows.layers import InvertibleConv1x1
+from flowood.flows.layers import ActNorm, InvertibleConv1x1, Standardize
 from flowood.flows.model import FlowModel
 from flowood.flows.preprocessing import DEQUANTIZATION_LOG_DET
 from flowood.options import ConfigError, merge_options, option
@@ -104,10 +104,14 @@ class DensityGraph(nn.Module):
 
     def __init__(self, flow: FlowModel) -> None:
         super().__init__()
-        if any(getattr(m, "initialization_pending", False) for m in flow.modules()):
+        lazy = [m for m in flow.modules() if isinstance(m, (ActNorm, Standardize))]
+        if not all(bool(m.initialized) for m in lazy):  # the saved buffer, also right after loading a checkpoint
             raise ModelError("the flow has a layer still waiting to initialise itself from data (an untrained "
                              "ActNorm or standardisation); train or load it before exporting")
         flow = copy.deepcopy(flow).float().eval()
+        for m in flow.modules():
+            if isinstance(m, (ActNorm, Standardize)):
+                m._known_initialized = True  # so the traced graph has no branch on the buffer
         flow.st_dtype = None
         flow._compiled_density = None
         flow.to(memory_format=torch.contiguous_format)
@@ -147,25 +151,27 @@ class ExportResult:
 
 
 def parity_inputs(flow: FlowModel, n: int = 16, seed: int = 0) -> Tensor:
-    """Continuous inputs the parity check runs on: half samples of the flow itself, half noise (seeded)."""
-    g = torch.Generator().manual_seed(seed)
-    n_samples = n // 2
-    with torch.no_grad():
-        samples = flow.sample(n_samples, generator=g).float().cpu() if n_samples else None
-    if flow.discrete:
-        noise = torch.rand((n - n_samples, *flow.input_shape), generator=g)
-        from flowood.flows.preprocessing import dequantize
+    """Continuous inputs the parity check runs on (seeded), in the range the flow is used on: for image flows half
+    samples of the flow itself and half uniform noise images, dequantized; for vector flows samples of the flow at
+    temperatures 1 and 1.5 (noise in raw feature units could lie far outside the data, where float32 rounding
+    alone moves log-likelihoods of -1e9 by more than any tolerance)."""
+    from flowood.flows.preprocessing import dequantize
 
-        samples = dequantize(samples, noise="uniform", generator=g) if samples is not None else None
-    else:
-        noise = torch.randn((n - n_samples, *flow.input_shape), generator=g)
-    parts = [p for p in (samples, noise) if p is not None]
-    x = torch.cat(parts).float()
-    if flow.discrete:
-        x = x.clamp(1e-4, 1 - 1e-4)
-    if not torch.isfinite(x).all():  # a model whose samples overflow: check on noise alone
-        x = torch.cat([noise, noise]).float()
-    return x
+    g = torch.Generator().manual_seed(seed)
+    half = n // 2
+    with torch.no_grad():
+        if flow.discrete:
+            images = torch.cat([flow.sample(half, generator=g).float().cpu(),
+                                torch.randint(0, 256, (n - half, *flow.input_shape), generator=g) / 255.0])
+            x = dequantize(images, noise="uniform", generator=g).clamp(1e-4, 1 - 1e-4)
+        else:
+            x = torch.cat([flow.sample(half, generator=g).float().cpu(),
+                           flow.sample(n - half, temperature=1.5, generator=g).float().cpu()])
+    finite = torch.isfinite(x.flatten(1)).all(1)
+    if not bool(finite.any()):
+        raise ExportError("the flow's own samples are not finite (a diverged model?); there is nothing to check the "
+                          "export on")
+    return x[finite]
 
 
 #: ONNX files are single protobuf messages, which cannot exceed 2 GiB; flowood writes one file per graph.
@@ -192,7 +198,10 @@ def _write_onnx(graph: DensityGraph, example: Tensor, path: Path) -> None:
         except Exception as err:  # the exporter's own errors are many and long: the first line says what failed
             raise ExportError(f"PyTorch's ONNX exporter could not export this flow: {str(err).splitlines()[0]}") \
                 from err
-    program.save(str(path), external_data=False)
+    try:
+        program.save(str(path), external_data=False)
+    except Exception as err:
+        raise ExportError(f"the ONNX graph could not be written: {str(err).splitlines()[0]}") from err
 
 
 def _write_openvino(onnx_path: Path, xml_path: Path) -> None:
@@ -200,7 +209,10 @@ def _write_openvino(onnx_path: Path, xml_path: Path) -> None:
     ov = require_module("openvino")
     from flowood.outputs import atomic_write
 
-    model = ov.convert_model(str(onnx_path))
+    try:
+        model = ov.convert_model(str(onnx_path))
+    except Exception as err:
+        raise ExportError(f"OpenVINO could not convert the ONNX graph: {str(err).splitlines()[0]}") from err
     with atomic_write(xml_path) as tmp_xml, atomic_write(xml_path.with_suffix(".bin")) as tmp_bin:
         ov.save_model(model, str(tmp_xml), compress_to_fp16=False)  # writes the weights beside it, as .bin
         tmp_xml.with_suffix(".bin").replace(tmp_bin)
@@ -243,7 +255,7 @@ def export_flow(model: FlowModel | str | Path, out: str | Path, options: ExportO
         >>> result.max_abs_diff_bpd < 1e-4  # doctest: +SKIP
         True
     """
-    from flowood.outputs import atomic_write, open_output_folder, remove_output_folder, write_text_atomic
+    from flowood.outputs import open_output_folder, remove_output_folder, write_text_atomic
 
     o = merge_options(ExportOptions, options, option_values)
     if o.format not in EXPORT_FORMATS:
@@ -258,29 +270,47 @@ def export_flow(model: FlowModel | str | Path, out: str | Path, options: ExportO
     graph = DensityGraph(flow)
     x = parity_inputs(flow, o.check_samples, o.seed)
     _check_size(graph)
+    existed = Path(out).expanduser().is_dir()
     with open_output_folder(out, "export", [source["path"]] if source["path"] else [], overwrite=overwrite) as folder:
         try:
-            files = ["model.onnx"]
-            with atomic_write(folder.path / "model.onnx") as tmp:
-                _write_onnx(graph, x[:2], tmp)
-            if o.format == "openvino":
-                _write_openvino(folder.path / "model.onnx", folder.path / "model.xml")
-                files += ["model.bin", "model.xml"]
-            parity = check_parity(graph, folder.path, engine, x, o)
-        except BaseException:  # a failed export keeps nothing
+            files = _write_graph(graph, x, folder, o.format)
+            parity = check_parity(graph, folder.path, _engines_for(o.format), x, o)
+            if not parity["max_abs_diff_bpd"] <= o.tolerance:
+                raise ExportError(f"the exported graph disagrees with PyTorch by {parity['max_abs_diff_bpd']:.3g} "
+                                  f"bits/dim ({parity['max_abs_diff_nats']:.3g} nats) on {parity['worst_engine']}, "
+                                  f"above the tolerance {o.tolerance:g}; nothing was kept")
+            write_text_atomic(folder.path / EXPORT_MANIFEST, json.dumps(_manifest(flow, source, files, parity),
+                                                                        indent=2))
+        except BaseException:  # a failed or interrupted export keeps nothing
             folder.close()
             remove_output_folder(folder.path)
+            if existed:
+                folder.path.mkdir(exist_ok=True)  # a folder that was there (empty) before stays
             raise
-        if not parity["max_abs_diff_bpd"] <= o.tolerance:
-            folder.close()
-            remove_output_folder(folder.path)
-            raise ExportError(f"the exported graph disagrees with PyTorch by {parity['max_abs_diff_bpd']:.3g} bits/dim "
-                              f"({parity['max_abs_diff_nats']:.3g} nats) on {engine}, above the tolerance "
-                              f"{o.tolerance:g}; nothing was kept")
-        manifest = _manifest(flow, source, files, parity)
-        write_text_atomic(folder.path / EXPORT_MANIFEST, json.dumps(manifest, indent=2))
     return ExportResult(folder.path, files + [EXPORT_MANIFEST], parity["max_abs_diff_nats"],
                         parity["max_abs_diff_bpd"], o.tolerance, time.perf_counter() - start)
+
+
+def _write_graph(graph: DensityGraph, x: Tensor, folder: Any, format: str) -> list[str]:
+    """model.onnx, and for ``openvino`` model.xml/model.bin converted from it; the files written."""
+    from flowood.outputs import atomic_write
+
+    with atomic_write(folder.path / "model.onnx") as tmp:
+        _write_onnx(graph, x[:2], tmp)
+    if format != "openvino":
+        return ["model.onnx"]
+    _write_openvino(folder.path / "model.onnx", folder.path / "model.xml")
+    return ["model.onnx", "model.bin", "model.xml"]
+
+
+def _engines_for(format: str) -> list[str]:
+    """The engines the parity check runs on: the format's own, and every other installed engine that reads the
+    folder (OpenVINO reads model.onnx, ONNX Runtime reads an openvino export's model.onnx)."""
+    import importlib.util
+
+    own = "openvino" if format == "openvino" else "onnxruntime"
+    others = [e for e in ("onnxruntime", "openvino") if e != own and importlib.util.find_spec(e) is not None]
+    return [own, *others]
 
 
 def _source_flow(model: FlowModel | str | Path) -> tuple[FlowModel, dict[str, Any]]:
@@ -299,21 +329,43 @@ def _source_flow(model: FlowModel | str | Path) -> tuple[FlowModel, dict[str, An
     return flow.cpu().eval(), source
 
 
-def check_parity(graph: DensityGraph, folder: Path, engine: str, x: Tensor, options: ExportOptions
+def check_parity(graph: DensityGraph, folder: Path, engines: list[str], x: Tensor, options: ExportOptions
                  ) -> dict[str, Any]:
-    """Run the exported graph on ``engine`` and the PyTorch graph on the same inputs, at their batch size and at 3
-    (so the dynamic batch is exercised); the largest |log-likelihood difference| in nats and bits/dim."""
+    """Run the exported graph on each engine (fp32) and the PyTorch graph on the same inputs, at their batch size and
+    at 3 (so the dynamic batch is exercised): the largest |difference| of log-likelihood (nats and bits/dim) and of
+    each scale's prior log-density (bits per dimension of that scale), per engine and over all.
+
+    Raises:
+        ExportError: an engine cannot load or run the graph.
+    """
     from flowood.engines.backend import EngineDensity
 
-    compiled = EngineDensity(folder, engine, manifest={"outputs": ["log_prob", "scale_log_prior"]})
     with torch.no_grad():
-        reference = graph(x)[0].double().numpy()
-    got = np.concatenate([compiled.run(x.numpy())[0], compiled.run(x[:3].numpy())[0]]).astype(np.float64)
-    expected = np.concatenate([reference, reference[:3]])
-    diff = float(np.max(np.abs(got - expected))) if np.isfinite(got).all() else math.inf
-    return {"engine": engine, "samples": len(x), "batch_sizes": [len(x), 3], "max_abs_diff_nats": diff,
-            "max_abs_diff_bpd": diff / (graph.flow.num_dims * math.log(2)), "tolerance_bpd": options.tolerance,
-            "seed": options.seed}
+        ref_log_prob, ref_priors = (t.double().numpy() for t in graph(x))
+    dims = np.array(graph.flow.scale_dims, dtype=np.float64)
+    per_engine = {}
+    for engine in engines:
+        try:
+            compiled = EngineDensity(folder, engine, manifest={"outputs": ["log_prob", "scale_log_prior"]})
+            runs = [compiled.run(x.numpy()), compiled.run(x[:3].numpy())]
+        except Exception as err:
+            raise ExportError(f"{engine} could not run the exported graph: {str(err).splitlines()[0]}") from err
+        log_prob = np.concatenate([r[0] for r in runs]).astype(np.float64)
+        priors = np.concatenate([r[1] for r in runs]).astype(np.float64)
+        expected = np.concatenate([ref_log_prob, ref_log_prob[:3]])
+        expected_priors = np.concatenate([ref_priors, ref_priors[:3]])
+        nats = float(np.max(np.abs(log_prob - expected))) if np.isfinite(log_prob).all() else math.inf
+        prior_bpd = float(np.max(np.abs(priors - expected_priors) / (dims * math.log(2)))) \
+            if np.isfinite(priors).all() else math.inf
+        per_engine[engine] = {"max_abs_diff_nats": nats, "max_abs_diff_bpd": nats / (graph.flow.num_dims * math.log(2)),
+                              "scale_log_prior_max_abs_diff_bpd": prior_bpd}
+    worst = max(per_engine, key=lambda e: max(per_engine[e]["max_abs_diff_bpd"],
+                                              per_engine[e]["scale_log_prior_max_abs_diff_bpd"]))
+    w = per_engine[worst]
+    return {"engines": engines, "precision": "fp32", "samples": len(x), "batch_sizes": [len(x), 3],
+            "max_abs_diff_nats": w["max_abs_diff_nats"],
+            "max_abs_diff_bpd": max(w["max_abs_diff_bpd"], w["scale_log_prior_max_abs_diff_bpd"]),
+            "worst_engine": worst, "per_engine": per_engine, "tolerance_bpd": options.tolerance, "seed": options.seed}
 
 
 def _manifest(flow: FlowModel, source: dict[str, Any], files: list[str], parity: dict[str, Any]) -> dict[str, Any]:

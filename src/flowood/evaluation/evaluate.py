@@ -352,7 +352,11 @@ def check_backend(options: EvaluateOptions, flow: Any) -> None:
     if options.backend not in BACKENDS:
         raise ConfigError(f"unknown backend {options.backend!r}; choose from {', '.join(BACKENDS)}")
     if options.backend == "torch":
+        if is_exported_flow(flow):
+            raise ConfigError(f"this model is an exported flow on {flow.backend}; pass backend='{flow.backend}'")
         return
+    if options.device == "auto":
+        options.device = "cpu"  # engines score on the CPU
     if resolve_device(options.device).type != "cpu":
         raise ConfigError(f"the {options.backend} backend scores on the CPU; pass device='cpu' (or backend='torch' "
                           "for the GPU)")
