@@ -123,3 +123,16 @@ def test_standardize_is_exact_and_uses_the_training_sets_statistics():
     y, _ = unset(batch)  # never set: the first batch sets it
     assert torch.allclose(y.mean(0), torch.zeros(2), atol=1e-5) and bool(unset.initialized)
     assert not set_standardization(torch.nn.Linear(2, 2), batch)
+
+
+def test_a_loaded_state_tells_actnorm_and_standardize_whether_they_are_initialised():
+    from flowood.flows.layers import ActNorm, Standardize
+
+    for make in (lambda: ActNorm(3), lambda: Standardize(3)):
+        trained, fresh = make(), make()
+        trained(torch.randn(8, 3))
+        assert not trained.initialization_pending and fresh.initialization_pending
+        fresh.load_state_dict(trained.state_dict())
+        assert not fresh.initialization_pending  # known from the loaded buffer, before any forward pass
+        trained.load_state_dict(make().state_dict())
+        assert trained.initialization_pending  # an uninitialised state: its next pass initialises it

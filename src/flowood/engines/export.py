@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from flowood.errors import FlowoodError, ModelError
 from flowood.flows.base import FlowLayer
-from flowood.flows.layers import ActNorm, InvertibleConv1x1, Standardize
+from flowood.flows.layers import InvertibleConv1x1
 from flowood.flows.model import FlowModel
 from flowood.flows.preprocessing import DEQUANTIZATION_LOG_DET
 from flowood.options import ConfigError, merge_options, option
@@ -104,14 +104,10 @@ class DensityGraph(nn.Module):
 
     def __init__(self, flow: FlowModel) -> None:
         super().__init__()
-        lazy = [m for m in flow.modules() if isinstance(m, (ActNorm, Standardize))]
-        if not all(bool(m.initialized) for m in lazy):  # the saved buffer, also right after loading a checkpoint
+        if any(getattr(m, "initialization_pending", False) for m in flow.modules()):  # (the graph cannot branch)
             raise ModelError("the flow has a layer still waiting to initialise itself from data (an untrained "
                              "ActNorm or standardisation); train or load it before exporting")
         flow = copy.deepcopy(flow).float().eval()
-        for m in flow.modules():
-            if isinstance(m, (ActNorm, Standardize)):
-                m._known_initialized = True  # so the traced graph has no branch on the buffer
         flow.st_dtype = None
         flow._compiled_density = None
         flow.to(memory_format=torch.contiguous_format)

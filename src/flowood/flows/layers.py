@@ -13,6 +13,13 @@ from flowood.flows.base import FlowLayer
 __all__ = ["ActNorm", "InvertibleConv1x1", "Squeeze", "Standardize", "set_standardization", "squeeze2d", "unsqueeze2d"]
 
 
+def _loaded_flag(initialized: Tensor) -> bool:
+    """The host mirror of a lazy layer's ``initialized`` buffer right after a state is loaded into it: read once
+    there (loading copies tensors anyway), so a loaded, trained layer counts as initialised before any forward pass
+    (compiled passes and exports need no eager pass first). Meta tensors have no value: not known yet."""
+    return not initialized.is_meta and bool(initialized)
+
+
 class ActNorm(FlowLayer):
     """Per-channel affine map ``y = (x + bias) * exp(log_scale)`` with data-dependent init.
 
@@ -54,7 +61,8 @@ class ActNorm(FlowLayer):
 
     @property
     def initialization_pending(self) -> bool:
-        """True until a forward pass has seen the layer initialised (its next pass may initialise it from data)."""
+        """True until the layer is known to be initialised (by a forward pass or a loaded state); its next pass may
+        initialise it from data."""
         return not self._known_initialized
 
     @torch.no_grad()
@@ -76,7 +84,7 @@ class ActNorm(FlowLayer):
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        self._known_initialized = False  # read the loaded buffer again on the next forward
+        self._known_initialized = _loaded_flag(self.initialized)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if not self._known_initialized:
@@ -130,7 +138,8 @@ class Standardize(FlowLayer):
 
     @property
     def initialization_pending(self) -> bool:
-        """True until a forward pass has seen the statistics set."""
+        """True until the statistics are known to be set (by a forward pass, :meth:`set_statistics` or a loaded
+        state)."""
         return not self._known_initialized
 
     @torch.no_grad()
@@ -153,7 +162,7 @@ class Standardize(FlowLayer):
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        self._known_initialized = False
+        self._known_initialized = _loaded_flag(self.initialized)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if not self._known_initialized:
