@@ -340,8 +340,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     out = None if args.out == "-" else args.out
     if out is not None:
         check_output_file(out, is_scores_file, [args.detector, *args.inputs], args.overwrite)
-    detector = OODDetector.load(args.detector, device="cpu" if args.backend != "torch" and args.device == "auto"
-                                else args.device, backend=args.backend)
+    detector = OODDetector.load(args.detector, device=args.device, backend=args.backend)
     rows = score_inputs(detector, args.inputs, args.batch_size, progress=args.progress and out is not None)
     if out is None:
         return _print_rows(rows, args.format or "csv")

@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flowood.errors import InputError
+from flowood.flows.model import check_batch
 from flowood.options import ConfigError
 
-__all__ = ["BACKENDS", "ENGINES", "EngineDensity", "EngineFlow", "engine_flow", "backend_option", "read_manifest"]
+__all__ = ["BACKENDS", "ENGINES", "EngineDensity", "EngineFlow", "engine_flow", "engine_device", "backend_option",
+           "read_manifest"]
 
 #: where a flow can be scored: PyTorch, or an exported graph on an inference engine.
 BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -43,6 +44,23 @@ def backend_option() -> Any:
 
     return option("torch", "where the flow is scored: torch, or onnxruntime / openvino (the flow is exported to "
                   "ONNX first and checked against PyTorch; extras `onnxruntime`, `openvino`)", choices=BACKENDS)
+
+
+def engine_device(backend: str, device: str) -> str:
+    """The device a flow is scored on with ``backend``: ``device`` for torch; for an engine the CPU (``auto`` means
+    it).
+
+    Raises:
+        ConfigError: an engine asked to score on another device.
+    """
+    if backend == "torch":
+        return device
+    from flowood.runtime import resolve_device
+
+    if device != "auto" and resolve_device(device).type != "cpu":
+        raise ConfigError(f"the {backend} backend scores on the CPU; pass device='cpu' (or backend='torch' for the "
+                          "GPU)")
+    return "cpu"
 
 
 def _threads() -> int:
@@ -112,7 +130,6 @@ class EngineDensity:
             options.inter_op_num_threads = 1
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             self._session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-            self._outputs = [o.name for o in self._session.get_outputs()]
         else:
             ov = require_module("openvino")
             core = ov.Core()
@@ -175,18 +192,9 @@ class EngineFlow(nn.Module):
         return len(self.scale_dims)
 
     def check_input(self, x: Tensor, image_range: tuple[float, float] | None = (0.0, 1.0)) -> None:
-        """Refuse batches of the wrong shape, non-finite values, and image values outside [0, 1]."""
-        if not isinstance(x, Tensor):
-            raise TypeError(f"expected a torch.Tensor batch, got {type(x).__name__}")
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise InputError(f"this model takes inputs of shape {self.input_shape} per sample, got batch of shape "
-                             f"{tuple(x.shape)}")
-        if x.dtype == torch.uint8:
-            return
-        if not bool(torch.isfinite(x).all()):
-            raise InputError("inputs contain NaN or Inf values")
-        if self.discrete and image_range is not None and (float(x.min()) < -1e-6 or float(x.max()) > 1 + 1e-6):
-            raise InputError("image inputs must lie in [0, 1] (uint8 / 255); undo any normalisation before scoring")
+        """Refuse what the flow could not score, as :meth:`FlowModel.check_input` (float inputs of any dtype: the
+        engine takes float32)."""
+        check_batch(x, self.input_shape, self.discrete, None, image_range)
 
     def _continuous(self, x: Tensor, noise: str, generator: torch.Generator | None) -> Tensor:
         from flowood.flows.preprocessing import dequantize

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from flowood import __version__
 from flowood.checkpoints import LoadedFlow, load_flow
 from flowood.data import canonical_name, dataset_inputs, fit_to_shape, load_dataset
-from flowood.engines.backend import BACKENDS, EngineFlow, backend_option, engine_flow
+from flowood.engines.backend import BACKENDS, EngineFlow, backend_option, engine_device, engine_flow
 from flowood.engines.export import EXPORT_MANIFEST
 from flowood.errors import DataError
 from flowood.flows import FlowModel
@@ -355,11 +355,7 @@ def check_backend(options: EvaluateOptions, flow: Any) -> None:
         if is_exported_flow(flow):
             raise ConfigError(f"this model is an exported flow on {flow.backend}; pass backend='{flow.backend}'")
         return
-    if options.device == "auto":
-        options.device = "cpu"  # engines score on the CPU
-    if resolve_device(options.device).type != "cpu":
-        raise ConfigError(f"the {options.backend} backend scores on the CPU; pass device='cpu' (or backend='torch' "
-                          "for the GPU)")
+    options.device = engine_device(options.backend, options.device)
     if options.compile:
         raise ConfigError("compile applies to the torch backend; an engine compiles the exported graph itself")
     if options.precision not in ("fp32", "bf16") or (options.precision == "bf16" and options.backend != "openvino"):

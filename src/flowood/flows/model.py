@@ -22,7 +22,7 @@ from flowood.flows.layers import ActNorm, Squeeze, Standardize, squeeze2d, unsqu
 from flowood.flows.precision import flow_precision, parse_precision
 from flowood.flows.preprocessing import DEQUANTIZATION_LOG_DET, LogitTransform, dequantize, quantize
 
-__all__ = ["FlowModel", "Split", "StandardNormal", "FlowTrace"]
+__all__ = ["FlowModel", "Split", "StandardNormal", "FlowTrace", "check_batch"]
 
 
 class Split(nn.Module):
@@ -80,6 +80,35 @@ class FlowTrace:
     log_det: Tensor
     log_prob: Tensor
     inputs: Tensor | None = None
+
+
+def check_batch(x: Tensor, input_shape: tuple[int, ...], discrete: bool, dtype: torch.dtype | None = None,
+                image_range: tuple[float, float] | None = (0.0, 1.0)) -> None:
+    """Refuse, with a message that names the fix, a batch a flow of ``input_shape`` cannot score: not a tensor, the
+    wrong shape, float inputs of another ``dtype`` than the model's (None: any), NaN/Inf, or for image flows
+    (``discrete``) float values outside ``image_range``. uint8 images of the right shape always pass.
+
+    Raises:
+        TypeError: not a tensor. InputError: any other of the above.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"expected a torch.Tensor batch, got {type(x).__name__}")
+    if tuple(x.shape[1:]) != input_shape:
+        hint = " (use flowood.data.adapt_images to convert gray/RGB and resize)" if len(input_shape) == 3 else ""
+        raise InputError(f"this model takes inputs of shape {input_shape} per sample, got batch of shape "
+                         f"{tuple(x.shape)}{hint}")
+    if x.dtype == torch.uint8:
+        return
+    if dtype is not None and x.dtype != dtype:
+        raise InputError(f"expected {dtype} inputs (the model's dtype) or uint8 images, got {x.dtype}; convert "
+                         f"them with x.to({dtype}) (or the model with model.to({x.dtype}))")
+    if not bool(torch.isfinite(x).all()):
+        raise InputError("inputs contain NaN or Inf values")
+    if discrete and image_range is not None:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < image_range[0] - 1e-6 or hi > image_range[1] + 1e-6:
+            raise InputError(f"image inputs must lie in [0, 1] (uint8 / 255), got values in [{lo:.3g}, {hi:.3g}]; "
+                             "undo any normalisation before scoring")
 
 
 class FlowModel(nn.Module):
@@ -272,32 +301,13 @@ class FlowModel(nn.Module):
 
     # -- likelihood API --------------------------------------------------------------------
     def check_input(self, x: Tensor, image_range: tuple[float, float] | None = (0.0, 1.0)) -> None:
-        """Raise a clear ``ValueError`` if ``x`` is not a batch this model can score.
+        """Raise a clear ``ValueError`` if ``x`` is not a batch this model can score (see :func:`check_batch`).
 
         Args:
             x: the batch.
             image_range: for image models, the closed range float inputs must lie in (None: not checked).
         """
-        if not isinstance(x, Tensor):
-            raise TypeError(f"expected a torch.Tensor batch, got {type(x).__name__}")
-        if tuple(x.shape[1:]) != self.input_shape:
-            hint = (" (use flowood.data.adapt_images to convert gray/RGB and resize)"
-                    if len(self.input_shape) == 3 else "")
-            raise InputError(f"this model takes inputs of shape {self.input_shape} per sample, got batch of shape "
-                             f"{tuple(x.shape)}{hint}")
-        if x.dtype == torch.uint8:
-            return
-        dtype = self._param_dtype()
-        if x.dtype != dtype:
-            raise InputError(f"expected {dtype} inputs (the model's dtype) or uint8 images, got {x.dtype}; convert "
-                             f"them with x.to({dtype}) (or the model with model.to({x.dtype}))")
-        if not bool(torch.isfinite(x).all()):
-            raise InputError("inputs contain NaN or Inf values")
-        if self.discrete and image_range is not None:
-            lo, hi = float(x.min()), float(x.max())
-            if lo < image_range[0] - 1e-6 or hi > image_range[1] + 1e-6:
-                raise InputError(f"image inputs must lie in [0, 1] (uint8 / 255), got values in [{lo:.3g}, {hi:.3g}]; "
-                                 "undo any normalisation before scoring")
+        check_batch(x, self.input_shape, self.discrete, self._param_dtype(), image_range)
 
     def _param_dtype(self) -> torch.dtype:
         return next((p.dtype for p in self.parameters() if torch.is_floating_point(p)), torch.float32)

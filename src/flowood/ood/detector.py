@@ -216,7 +216,7 @@ class OODDetector(OutlierMixin, BaseEstimator):
 
         Args:
             path: the detector file.
-            device: where a torch flow scores.
+            device: where a torch flow scores (engines score on the CPU; ``auto`` means it for them).
             backend: ``torch``, or ``onnxruntime`` / ``openvino``: the flow is exported (to a temporary folder,
                 checked against PyTorch) and scored on that engine, on the CPU; a likelihood ratio's background
                 flow stays in PyTorch.
@@ -225,6 +225,7 @@ class OODDetector(OutlierMixin, BaseEstimator):
             CheckpointError: the file is missing, unreadable, unsafe, or not a flowood detector.
         """
         from flowood.checkpoints import CheckpointError, check_version, read_weights_file
+        from flowood.engines.backend import engine_device, engine_flow
         from flowood.flows import build_flow
         from flowood.runtime import resolve_device
 
@@ -235,12 +236,9 @@ class OODDetector(OutlierMixin, BaseEstimator):
         check_version(payload.get("flowood_version", "unknown"), path, what="detector")
         flow = build_flow(payload["flow_config"])
         flow.load_state_dict(payload["state_dict"])
+        device = engine_device(backend, device)
         flow.to(resolve_device(device)).eval()
         if backend != "torch":
-            from flowood.engines.backend import engine_flow
-
-            if resolve_device(device).type != "cpu":
-                raise ConfigError(f"the {backend} backend scores on the CPU; pass device='cpu'")
             flow = engine_flow(flow, backend)
         detector = cls(flow, payload["score"], payload["fpr"], payload["holdout"], payload["score_options"] or None)
         detector.scorer_ = detector._make_scorer()
