@@ -89,6 +89,25 @@ def trained_checkpoint(tmp_path_factory, fashionmnist_npz) -> Path:
     return out / "checkpoints" / "last.ckpt"
 
 
+@pytest.fixture(scope="session")
+def embedded(tmp_path_factory, fashionmnist_npz, mnist_npz) -> dict[str, Path]:
+    """A smallcnn trained 1 epoch on the FashionMNIST fixture by ``flowood embed`` (8-dim features): its classifier
+    file, the embeddings (``emb``), the MNIST fixture's embeddings (``emb_mnist``), and a tiny RealNVPTabular trained
+    20 steps on the embeddings (``flow``, a checkpoint)."""
+    from flowood.embed import embed
+    from flowood.training import load_config, train
+
+    folder = tmp_path_factory.mktemp("embedded")
+    result = embed(fashionmnist_npz, folder / "fm.npz", ood=[mnist_npz], backbone="smallcnn", train_classifier=True,
+                   epochs=1, embedding_dim=8, progress=False)
+    config = load_config(None, dict(flow="RealNVPTabular", standardize=False, num_coupling_layers=2,
+                                    num_hidden_units=16, batch_size=64, max_steps=20, samples_every_n_epochs=0,
+                                    dataset=f"npz:{result.out}", out=str(folder / "flow")))
+    flow = train(config, progress=False)
+    return {"classifier": result.classifier, "emb": result.out, "emb_mnist": result.ood_files[mnist_npz],
+            "flow": flow.checkpoint}
+
+
 @pytest.fixture
 def train_config(fashionmnist_npz):
     """``train_config(out, **overrides)``: the checked ``TrainConfig`` of a tiny RealNVP (one residual block of 8

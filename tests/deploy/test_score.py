@@ -82,6 +82,6 @@ def test_the_cli_fits_and_scores_and_exits_by_errors_only(trained_checkpoint, ne
                  "--overwrite", "--no_progress"]) == 1  # broken.png could not be scored
     capsys.readouterr()
     assert main(["score", "--detector", str(tmp_path / "d.pt"), str(clean), "--out", "-", "--no_progress"]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == "input,score,decision,ood,percentile,error"
+    assert capsys.readouterr().out.splitlines()[0] == "input,score,decision,ood,percentile,error,adapted"
     torch.save({"a": 1}, tmp_path / "foreign.pt")
     assert main(["score", "--detector", str(tmp_path / "foreign.pt"), str(clean), "--out", "-"]) == 2

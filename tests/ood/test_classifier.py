@@ -11,10 +11,12 @@ from flowood.errors import DataError
 from flowood.ood.classifier import (
     CLASSIFIER_DETECTORS,
     ClassifierHead,
+    ClassifierOutputs,
     available_detectors,
     classifier_accuracy,
     classifier_scores,
     head_from_embeddings,
+    make_classifier_detector,
 )
 from flowood.options import ConfigError
 
@@ -130,3 +132,35 @@ def test_head_is_read_from_embeddings_or_the_classifier_beside_them(tmp_path):
     torch.save({"format": CLASSIFIER_FORMAT, "state_dict": model.state_dict()}, tmp_path / "b.classifier.pt")
     head = head_from_embeddings(f"npz:{plain}")
     assert torch.equal(head.weight, model.classifier.weight.detach()) and head.source.endswith("b.classifier.pt")
+
+
+@pytest.mark.parametrize("name", list(CLASSIFIER_DETECTORS))
+def test_each_detector_keeps_its_fitted_state_as_plain_data_and_as_a_graph(problem, name, tmp_path):
+    """state() survives a weights-only file and scores exactly as the fitted detector; graph() gives the same numbers
+    in torch operations (what an exported pipeline runs)."""
+    train, labels, head, sets = problem
+    fitted = make_classifier_detector(name, head).fit(ClassifierOutputs.of(train, head), labels)
+    torch.save({"state": fitted.state()}, tmp_path / "state.pt")
+    state = torch.load(tmp_path / "state.pt", weights_only=True)["state"]
+    loaded = make_classifier_detector(name, head).load_state(state)
+    graph = fitted.graph()
+    for x in sets.values():
+        outputs = ClassifierOutputs.of(x, head)
+        np.testing.assert_array_equal(loaded.score(outputs), fitted.score(outputs))
+        with torch.no_grad():
+            np.testing.assert_allclose(graph(outputs.features, outputs.logits).double().numpy(),
+                                       fitted.score(outputs), rtol=1e-5, atol=1e-5)
+
+
+def test_a_detector_says_what_it_lacks(problem):
+    train, labels, head, _ = problem
+    with pytest.raises(DataError, match="last linear layer"):
+        make_classifier_detector("vim", None)
+    with pytest.raises(DataError, match="not fitted"):
+        make_classifier_detector("knn").score(ClassifierOutputs(train))
+    logits_only = ClassifierOutputs(train, head.logits(train))  # a model that gives logits, with no head known
+    scores = make_classifier_detector("energy").fit(logits_only).score(logits_only)
+    np.testing.assert_allclose(scores, classifier_scores(["energy"], train, labels, head, {"a": train})["energy"]["a"],
+                               rtol=1e-6)
+    assert available_detectors(has_head=False, has_labels=True, has_logits=True) == ["msp", "energy", "maxlogit",
+                                                                                     "mahalanobis", "rmd", "knn"]

@@ -145,23 +145,39 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
 def _detector_parser(sub: argparse._SubParsersAction) -> None:
     from flowood.deploy import DetectorOptions
 
-    p = sub.add_parser("detector", help="fit a detector into one file (for flowood score)",
-                       description="Fit an OOD detector on a trained flow: the score is fitted on in-distribution "
-                                   "training data and the threshold calibrated on held-out samples of it at --fpr; "
-                                   "the flow, the score's fitted state and the threshold go into one file.")
+    p = sub.add_parser("detector", help="fit a detector into one file (for flowood score), or show what one holds",
+                       description="Fit an OOD detector into one file: a flow on the inputs (--checkpoint) with a "
+                                   "score, or a pipeline from raw images through a classifier (--classifier) to a "
+                                   "detector on its features (--method: a flow, or a classifier-based detector); the "
+                                   "threshold is calibrated on held-out in-distribution data at --fpr.")
     detector_sub = p.add_subparsers(dest="detector_command", parser_class=FlowoodParser)
-    fit = detector_sub.add_parser("fit", help="fit a detector on a checkpoint",
-                                  usage="%(prog)s --checkpoint CKPT --out DETECTOR.pt [--score SCORE] [--fpr F] "
-                                        "[options]")
-    fit.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint from flowood train")
+    fit = detector_sub.add_parser("fit", help="fit a detector on a checkpoint, or on a classifier's features",
+                                  usage="%(prog)s (--checkpoint CKPT | --classifier C --dataset NAME [--method "
+                                        "METHOD]) --out DETECTOR.pt [--fpr F] [options]",
+                                  description="With --checkpoint: a flow on the inputs and --score. With --classifier "
+                                              "(a classifier flowood embed wrote, a torchvision state_dict with "
+                                              "--backbone, or a torch.export .pt2): images -> its features -> "
+                                              "--method; for --method flow, --checkpoint gives a flow trained on "
+                                              "those features, else one is trained here (--flow_config, "
+                                              "--max_minutes).")
+    fit.add_argument("--checkpoint", metavar="CKPT", help="checkpoint from flowood train: the flow on the inputs, or "
+                                                            "with --classifier --method flow, on its features")
+    fit.add_argument("--classifier", metavar="FILE", help="the classifier whose features the detector works on: a "
+                                                           "file flowood embed wrote (.classifier.pt, or its .npz), a "
+                                                           "torchvision state_dict (with --backbone), or a .pt2")
     fit.add_argument(*spellings("out"), dest="out", required=True, metavar="FILE", help="the detector file to write")
     fit.add_argument("--overwrite", action="store_true", help="replace a detector file flowood wrote earlier")
+    fit.add_argument(*spellings("no_progress"), dest="progress", action="store_false", help="hide progress bars")
+    _threads_flag(fit)
     add_options(fit, DetectorOptions)
+    info = detector_sub.add_parser("info", help="what a detector file holds and where it came from",
+                                   usage="%(prog)s DETECTOR.pt [--json]")
+    info.add_argument("detector", metavar="DETECTOR", help="a detector file")
+    info.add_argument("--json", action="store_true", help="print it as JSON")
 
 
 def _score_parser(sub: argparse._SubParsersAction) -> None:
-    from flowood.engines.backend import BACKENDS, backend_option
-    from flowood.runtime import device_option
+    from flowood.deploy import ScoreOptions
 
     p = sub.add_parser("score", help="score new data with a saved detector, one row per input",
                        usage="%(prog)s --detector DETECTOR.pt INPUT [INPUT ...] --out FILE.csv|FILE.jsonl|- "
@@ -169,20 +185,16 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
                        description="Score image files, folders (recursively), glob patterns and .npz files (one row "
                                    "per array row) with a detector from flowood detector fit. Writes CSV or JSON "
                                    "Lines: input, score, decision (in/ood), ood, the in-distribution percentile, "
-                                   "error. Exits 0 unless an input could not be scored.")
+                                   "error, and how the input was adapted to the detector. Exits 0 unless an input "
+                                   "could not be scored.")
     p.add_argument("--detector", required=True, metavar="FILE", help="a detector file from flowood detector fit")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, glob patterns, .npz files")
     p.add_argument(*spellings("out"), dest="out", required=True, metavar="FILE",
                    help="where to write the rows: .csv, .jsonl, or - for the standard output")
-    p.add_argument("--format", choices=("csv", "jsonl"), default=None, help="default: from --out's suffix (csv)")
-    p.add_argument(*spellings("batch_size"), dest="batch_size", type=int, default=256,
-                   help="inputs scored at once: memory stays bounded by it (default: 256)")
-    p.add_argument("--device", default="auto", help=device_option().metadata["option"].help + " (default: auto)")
-    p.add_argument("--backend", default="torch", choices=BACKENDS,
-                   help=backend_option().metadata["option"].help + " (default: torch)")
     p.add_argument("--overwrite", action="store_true", help="replace a scores file flowood wrote earlier")
     p.add_argument(*spellings("no_progress"), dest="progress", action="store_false", help="hide the progress bar")
     _threads_flag(p)
+    add_options(p, ScoreOptions)
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
@@ -319,34 +331,63 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _cmd_detector(args: argparse.Namespace) -> int:
+    if args.detector_command == "info":
+        return _detector_info(args)
+    if args.detector_command != "fit":
+        print("usage: flowood detector {fit,info} ...", file=sys.stderr)
+        return 2
     from flowood.deploy import DetectorOptions, fit_detector
 
-    if args.detector_command != "fit":
-        print("usage: flowood detector fit --checkpoint CKPT --out DETECTOR.pt [options]", file=sys.stderr)
-        return 2
-    detector = fit_detector(args.checkpoint, args.out, overwrite=args.overwrite,
-                            **given_options(args, DetectorOptions))
-    print(f"wrote {args.out}: score {detector.score_name}, threshold {detector.threshold_:.4g} flags "
+    detector = fit_detector(args.checkpoint, args.out, classifier=args.classifier, overwrite=args.overwrite,
+                            progress=args.progress, **given_options(args, DetectorOptions))
+    print(f"wrote {args.out}: {detector.score_name}, threshold {detector.threshold_:.4g} flags "
           f"{100 * detector.fpr:.1f}% of {len(detector.reference_scores_)} in-distribution calibration inputs")
+    run = (getattr(detector, "provenance_", {}).get("flow") or {}).get("run")
+    if run:
+        print(f"the flow on the features: {run}")
     print(f"next: flowood score --detector {args.out} NEW_IMAGES/ --out scores.csv")
     return 0
 
 
+def _detector_info(args: argparse.Namespace) -> int:
+    import json
+
+    from flowood.deploy.pipeline import detector_info
+
+    info = detector_info(args.detector)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    for key, value in info.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for k, v in value.items():
+                if v is not None:
+                    print(f"  {k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+        elif key == "selection":
+            print(f"selection: {json.dumps(value)}")
+        else:
+            print(f"{key}: {value}")
+    return 0
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
-    from flowood.deploy import is_scores_file, score_inputs, write_scores
-    from flowood.ood import OODDetector
+    from flowood.deploy import ScoreOptions, is_scores_file, load_detector, score_inputs, write_scores
+    from flowood.options import from_mapping
     from flowood.outputs import check_output_file
 
+    o = from_mapping(ScoreOptions, given_options(args, ScoreOptions))
     out = None if args.out == "-" else args.out
     if out is not None:
         check_output_file(out, is_scores_file, [args.detector, *args.inputs], args.overwrite)
-    detector = OODDetector.load(args.detector, device=args.device, backend=args.backend)
-    rows = score_inputs(detector, args.inputs, args.batch_size, progress=args.progress and out is not None)
-    if out is None:
-        return _print_rows(rows, args.format or "csv")
-    summary = write_scores(rows, out, args.format)
-    print(f"scored {summary.rows - summary.errors} inputs: {summary.flagged} flagged as OOD; "
-          f"{summary.errors} could not be scored; wrote {summary.out}")
+    detector = load_detector(args.detector, device=o.device, backend=o.backend)
+    rows = score_inputs(detector, args.inputs, o.batch_size, progress=args.progress and out is not None,
+                        mismatch=o.mismatch)
+    summary = write_scores(rows, out, o.format, stream=sys.stdout if out is None else None)
+    if out is not None:
+        adapted = f"; {summary.adapted} adapted to the detector's input (see `adapted`)" if summary.adapted else ""
+        print(f"scored {summary.rows - summary.errors} inputs: {summary.flagged} flagged as OOD; "
+              f"{summary.errors} could not be scored{adapted}; wrote {summary.out}")
     return 1 if summary.errors else 0
 
 
@@ -359,25 +400,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
           f"{result.max_abs_diff_bpd:.3g} bits/dim (tolerance {result.tolerance_bpd:g})")
     print(f"next: flowood evaluate --checkpoint {args.out} --backend onnxruntime --ood SET [SET ...] --out DIR")
     return 0
-
-
-def _print_rows(rows, fmt: str) -> int:
-    import csv
-    import json
-
-    from flowood.deploy import FIELDS
-
-    errors = 0
-    writer = csv.DictWriter(sys.stdout, fieldnames=FIELDS) if fmt == "csv" else None
-    if writer is not None:
-        writer.writeheader()
-    for row in rows:
-        errors += bool(row["error"])
-        if writer is not None:
-            writer.writerow(row)
-        else:
-            print(json.dumps(row))
-    return 1 if errors else 0
 
 
 def _cmd_data(args: argparse.Namespace) -> int:

@@ -1,27 +1,26 @@
-"""Deploying a detector: fit it from a trained flow into one file, then score new files, folders, globs and
-``.npz`` files with it, one row per input; export a flow's density to ONNX / OpenVINO and score on those engines
-(:mod:`flowood.engines.export`, :mod:`flowood.engines.backend`).
+"""Deploying a detector: fit it into one file (a pixel flow's, or a pipeline from raw images through a classifier's
+features to a detector on them), then score new files, folders, globs and ``.npz`` files with it, one row per
+input; export a flow's density, or a whole pipeline, to ONNX / OpenVINO and score on those engines
+(:mod:`flowood.engines`, :mod:`flowood.deploy.export`).
 
-Example (with a trained checkpoint)::
+Example (with a trained checkpoint and a classifier ``flowood embed`` wrote)::
 
-    from flowood.deploy import fit_detector, score_inputs, write_scores
+    from flowood.deploy import fit_detector, load_detector, score_inputs, write_scores
 
-    detector = fit_detector("runs/demo/train/checkpoints/last.ckpt", "detector.pt", score="complexity")
+    fit_detector("runs/demo/train/checkpoints/last.ckpt", "pixel.pt", score="complexity")
+    fit_detector(classifier="runs/emb/fm.classifier.pt", out="features.pt", method="mahalanobis",
+                 dataset="fashionmnist")
+    detector = load_detector("features.pt")
     write_scores(score_inputs(detector, ["new_images/"]), "scores.csv")
 """
 
-from flowood.deploy.inputs import expand_inputs, stream_batches
-from flowood.deploy.score import (
-           FIELDS,
-           DetectorOptions,
-           ScoreSummary,
-           fit_detector,
-           is_scores_file,
-           score_inputs,
-           write_scores,
-)
+from flowood.deploy.fit import DetectorOptions, fit_detector, fit_pipeline, split_fit_calibration
+from flowood.deploy.inputs import MISMATCH_POLICIES, expand_inputs, stream_batches
+from flowood.deploy.pipeline import METHODS, DetectorPipeline, load_detector
+from flowood.deploy.score import FIELDS, ScoreOptions, ScoreSummary, is_scores_file, score_inputs, write_scores
 from flowood.engines import BACKENDS, EngineFlow, ExportError, ExportOptions, ExportResult, engine_flow, export_flow
 
-__all__ = ["BACKENDS", "DetectorOptions", "EngineFlow", "ExportError", "ExportOptions", "ExportResult", "FIELDS",
-           "ScoreSummary", "engine_flow", "expand_inputs", "export_flow", "fit_detector", "is_scores_file",
-           "score_inputs", "stream_batches", "write_scores"]
+__all__ = ["BACKENDS", "DetectorOptions", "DetectorPipeline", "EngineFlow", "ExportError", "ExportOptions",
+           "ExportResult", "FIELDS", "METHODS", "MISMATCH_POLICIES", "ScoreOptions", "ScoreSummary", "engine_flow",
+           "expand_inputs", "export_flow", "fit_detector", "fit_pipeline", "is_scores_file", "load_detector",
+           "score_inputs", "split_fit_calibration", "stream_batches", "write_scores"]

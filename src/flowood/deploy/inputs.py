@@ -4,13 +4,17 @@ streamed in batches so that a folder of any size is scored with bounded memory.
 Each input becomes ``(name, sample)`` pairs: an image file gives one sample named by its path; a folder every
 image under it (recursively, in sorted order); a glob pattern every matching file; an ``.npz`` file one sample
 per row of its ``images`` or ``embeddings`` array, named ``FILE.npz#ROW``.
+
+An image the model never saw in its format (another colour mode, size or bit depth) is converted to the model's
+input and the conversion is said (``adapted``: ``"RGB 512x512 -> gray 28x28"``), or, as the caller chooses, the
+input is flagged as OOD or refused: a format the model never saw is itself a sign of OOD.
 """
 
 from __future__ import annotations
 
 import glob
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,27 +23,40 @@ from torch import Tensor
 
 from flowood.data import adapt_images
 from flowood.data.sources import IMAGE_SUFFIXES, decode_image
-from flowood.errors import DataError
+from flowood.errors import DataError, closest
+from flowood.options import ConfigError
 
-__all__ = ["Item", "expand_inputs", "stream_batches", "Batch"]
+__all__ = ["Item", "expand_inputs", "stream_batches", "Batch", "MISMATCH_POLICIES", "describe_image"]
+
+#: what happens to an image whose format differs from the model's input: converted (and said), also flagged as
+#: OOD, or refused (not scored).
+MISMATCH_POLICIES = ("adapt", "flag", "refuse")
 
 
 @dataclass
 class Item:
-    """One input: its name, and either a sample (uint8 ``[C, H, W]`` or float ``[D]``) or why it was not read."""
+    """One input: its name, and either a sample (uint8 ``[C, H, W]`` or float ``[D]``) or why it was not read.
+
+    Attributes:
+        notes: what decoding did to it (``16-bit -> 8-bit``, ``alpha on black``).
+    """
 
     name: str
     sample: np.ndarray | None = None
     error: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Batch:
-    """Samples in the model's shape, their names, and the inputs that could not be read."""
+    """Samples in the model's shape, their names, how each was adapted (empty: not at all), which are flagged for
+    their format, and the inputs that could not be read or were refused."""
 
     names: list[str]
     data: Tensor
     failed: list[Item]
+    adapted: list[str] = field(default_factory=list)
+    flagged: list[bool] = field(default_factory=list)
 
 
 def _files(spec: str) -> list[Path]:
@@ -80,19 +97,26 @@ def _image_item(path: Path) -> Item:
     try:
         with Image.open(path) as im:
             im.load()
-            array, _ = decode_image(im, path)
+            notes = ["16-bit -> 8-bit"] if im.mode.startswith("I") else []
+            array, decoded = decode_image(im, path)
     except (OSError, SyntaxError, DataError) as err:
         return Item(str(path), error=f"cannot read the image ({err})")
-    return Item(str(path), np.array(array.transpose(2, 0, 1)))  # a writable copy, [C, H, W]
+    notes += ["alpha composited on black"] if "alpha" in decoded else []
+    return Item(str(path), np.array(array.transpose(2, 0, 1)), notes=notes)  # a writable copy, [C, H, W]
 
 
 def expand_inputs(specs: list[str]) -> Iterator[Item]:
-    """Every sample the inputs name, one at a time (nothing is loaded ahead).
+    """Every sample the inputs name, one at a time (nothing is loaded ahead); every input is checked first.
 
     Raises:
-        DataError: an input that names nothing (not a file, a folder, nor a pattern with matches).
+        DataError: an input that names nothing (not a file, a folder, nor a pattern with matches), raised here,
+            before any sample is read.
     """
-    files = [f for spec in specs for f in _files(spec)]  # every spec checked before anything is read
+    files = [f for spec in specs for f in _files(spec)]
+    return _items(files)
+
+
+def _items(files: list[Path]) -> Iterator[Item]:
     for path in files:
         if path.suffix.lower() == ".npz":
             yield from _npz_items(path)
@@ -100,35 +124,74 @@ def expand_inputs(specs: list[str]) -> Iterator[Item]:
             yield _image_item(path)
 
 
-def _fit(sample: np.ndarray, input_shape: tuple[int, ...]) -> Tensor:
-    """One sample in the model's shape: images converted gray/RGB and resized; vectors as they are."""
+def describe_image(shape: tuple[int, ...]) -> str:
+    """``(3, 512, 640)`` -> ``"RGB 512x640"`` (height x width)."""
+    return f"{'gray' if shape[0] == 1 else 'RGB' if shape[0] == 3 else f'{shape[0]}-channel'} {shape[1]}x{shape[2]}"
+
+
+def _fit(item: Item, input_shape: tuple[int, ...]) -> tuple[Tensor, str]:
+    """One sample in the model's shape, and what was done to it (empty: nothing): images converted gray/RGB and
+    resized; vectors as they are."""
+    sample = item.sample
     if len(input_shape) == 3:
         if sample.dtype != np.uint8 or sample.ndim != 3:
             raise DataError(f"expected an 8-bit image, got an array of shape {sample.shape} ({sample.dtype})")
-        return adapt_images(torch.from_numpy(sample)[None], tuple(input_shape))[0]
+        notes = list(item.notes)
+        if tuple(sample.shape) != tuple(input_shape):
+            notes.append(f"{describe_image(sample.shape)} -> {describe_image(input_shape)}")
+        return adapt_images(torch.from_numpy(sample)[None], tuple(input_shape))[0], "; ".join(notes)
     vector = torch.as_tensor(sample, dtype=torch.float32).reshape(-1)
     if tuple(vector.shape) != tuple(input_shape):
         raise DataError(f"expected a vector of {input_shape[0]} features, got {vector.numel()}")
-    return vector
+    return vector, ""
 
 
-def stream_batches(items: Iterator[Item], input_shape: tuple[int, ...], batch_size: int = 256) -> Iterator[Batch]:
+def stream_batches(items: Iterator[Item], input_shape: tuple[int, ...], batch_size: int = 256,
+                   mismatch: str = "adapt") -> Iterator[Batch]:
     """Group the samples into batches in the model's shape; unreadable or ill-shaped inputs are passed on as
-    failures, never raised, so one bad file does not stop a folder."""
-    names: list[str] = []
+    failures, never raised, so one bad file does not stop a folder.
+
+    Args:
+        items: from :func:`expand_inputs`.
+        input_shape: the model's input shape.
+        batch_size: samples per batch (memory stays bounded by it).
+        mismatch: an image in another format than the model's: ``adapt`` (converted, and said in ``adapted``),
+            ``flag`` (also flagged as OOD) or ``refuse`` (a failure, not scored).
+
+    Raises:
+        ConfigError: an unknown ``mismatch``.
+    """
+    if mismatch not in MISMATCH_POLICIES:
+        raise ConfigError(f"unknown mismatch policy {mismatch!r}{closest(mismatch, MISMATCH_POLICIES)}; choose from "
+                          f"{', '.join(MISMATCH_POLICIES)}")
+    return _batches(items, input_shape, batch_size, mismatch)
+
+
+def _batches(items: Iterator[Item], input_shape: tuple[int, ...], batch_size: int, mismatch: str
+             ) -> Iterator[Batch]:
+    batch = Batch([], torch.empty(0), [])
     samples: list[Tensor] = []
-    failed: list[Item] = []
     for item in items:
-        if item.sample is not None:
-            try:
-                samples.append(_fit(item.sample, input_shape))
-                names.append(item.name)
-            except DataError as err:
-                failed.append(Item(item.name, error=str(err)))
+        if item.sample is None:
+            batch.failed.append(item)
         else:
-            failed.append(item)
+            try:
+                sample, adapted = _fit(item, input_shape)
+            except DataError as err:
+                batch.failed.append(Item(item.name, error=str(err)))
+            else:
+                if adapted and mismatch == "refuse":
+                    batch.failed.append(Item(item.name, error=f"refused: {adapted} (the model takes "
+                                                              f"{describe_image(input_shape)})", notes=[adapted]))
+                else:
+                    samples.append(sample)
+                    batch.names.append(item.name)
+                    batch.adapted.append(adapted)
+                    batch.flagged.append(bool(adapted) and mismatch == "flag")
         if len(samples) >= batch_size:
-            yield Batch(names, torch.stack(samples), failed)
-            names, samples, failed = [], [], []
-    if samples or failed:
-        yield Batch(names, torch.stack(samples) if samples else torch.empty((0, *input_shape)), failed)
+            batch.data = torch.stack(samples)
+            yield batch
+            batch, samples = Batch([], torch.empty(0), []), []
+    if samples or batch.failed:
+        batch.data = torch.stack(samples) if samples else torch.empty((0, *input_shape))
+        yield batch

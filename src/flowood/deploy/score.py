@@ -1,15 +1,16 @@
-"""Scoring new data file by file with a saved detector, and fitting that detector from a checkpoint.
+"""Scoring new data file by file with a saved detector: one row per input.
 
-``flowood detector fit`` turns a trained flow into a detector file (the flow, a score, its fitted state, and a
-threshold calibrated on in-distribution data at a chosen false-positive rate); ``flowood score`` streams files,
-folders, globs and ``.npz`` files through it and writes one row per input (CSV or JSON Lines): the input's name,
-its anomaly score, the decision, and where the score falls among the in-distribution calibration scores.
+``flowood score`` streams files, folders, globs and ``.npz`` files through a detector (a pixel flow's, or a pipeline
+on a classifier's features: :func:`~flowood.deploy.pipeline.load_detector`) and writes one row per input (CSV or
+JSON Lines): the input's name, its anomaly score, the decision, where the score falls among the in-distribution
+calibration scores, how the input was adapted to the detector's input, and why it could not be scored.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,67 +18,33 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from flowood.checkpoints import load_flow
-from flowood.data import dataset_inputs, fit_to_shape, load_dataset
-from flowood.deploy.inputs import expand_inputs, stream_batches
-from flowood.ood.detector import OODDetector, is_detector_file
-from flowood.options import ConfigError, merge_options, option
-from flowood.outputs import atomic_write, check_output_file
-from flowood.runtime import data_root_option, device_option, resolve_device, seed_option
+from flowood.deploy.inputs import MISMATCH_POLICIES, expand_inputs, stream_batches
+from flowood.engines.backend import backend_option
+from flowood.options import ConfigError, option
+from flowood.outputs import atomic_write
+from flowood.runtime import device_option
 
-__all__ = ["DetectorOptions", "fit_detector", "score_inputs", "write_scores", "is_scores_file", "ScoreSummary",
-           "FIELDS"]
+__all__ = ["ScoreOptions", "score_inputs", "write_scores", "is_scores_file", "ScoreSummary", "FIELDS",
+           "SCORE_FORMATS"]
 
 #: the columns of every row ``flowood score`` writes.
-FIELDS = ("input", "score", "decision", "ood", "percentile", "error")
+FIELDS = ("input", "score", "decision", "ood", "percentile", "error", "adapted")
+#: the formats rows are written in.
+SCORE_FORMATS = ("csv", "jsonl")
 
 
 @dataclass
-class DetectorOptions:
-    """How ``flowood detector fit`` builds a detector: every field is an option."""
+class ScoreOptions:
+    """How ``flowood score`` scores: every field is an option (``flowood score --help`` shows them)."""
 
-    score: str = option("likelihood", "the OOD score (flowood evaluate --help lists them)", metavar="SCORE")
-    fpr: float = option(0.05, "share of in-distribution inputs flagged as OOD (sets the threshold)", minimum=0.0)
-    dataset: str | None = option(None, "in-distribution data to fit and calibrate on (default: the checkpoint's "
-                                 "training set)", metavar="NAME")
-    fit_samples: int = option(5000, "in-distribution training samples used to fit and calibrate", minimum=2)
-    holdout: float = option(0.2, "share of them kept apart to calibrate the threshold, for scores that fit",
-                            minimum=0.0)
-    typicality_batch: int = option(1, "group size of the typicality test (1: the single-sample form)", minimum=1)
-    background_steps: int = option(1000, "training steps of the likelihood ratio's background flow", minimum=1)
+    batch_size: int = option(256, "inputs scored at once: memory stays bounded by it", minimum=1)
+    mismatch: str = option("adapt", "an image in another format than the detector's input (colour, size, bit depth): "
+                           "adapt (convert it, and say so in the row's `adapted`), flag (also decide ood: a format "
+                           "the model never saw is itself a sign of OOD) or refuse (do not score it)",
+                           choices=MISMATCH_POLICIES)
+    format: str | None = option(None, "csv or jsonl (default: from --out's suffix; csv)", choices=SCORE_FORMATS)
     device: str = device_option()
-    data_root: str | None = data_root_option()
-    seed: int = seed_option()
-
-
-def fit_detector(checkpoint: str | Path, out: str | Path | None = None, options: DetectorOptions | None = None, *,
-                 overwrite: bool = False, **option_values: Any) -> OODDetector:
-    """Fit a detector on a trained flow and (with ``out``) save it as one file.
-
-    The score is fitted on a seeded random subset of the in-distribution *training* split (``fit_samples``), and
-    the threshold calibrated on held-out samples of it, so the test split stays untouched for evaluation.
-
-    Raises:
-        OutputError: ``out`` is not a file flowood may write (checked before any data are loaded).
-    """
-    o = merge_options(DetectorOptions, options, option_values)
-    loaded = load_flow(checkpoint)
-    dataset = o.dataset or loaded.train_config.get("dataset")
-    if not dataset:
-        raise ConfigError("the checkpoint does not say which data set it was trained on; pass `dataset`")
-    root = o.data_root or loaded.train_config.get("data_root")
-    if out is not None:
-        check_output_file(out, is_detector_file, [checkpoint, *dataset_inputs([dataset], root)], overwrite)
-    flow = loaded.flow.to(resolve_device(o.device)).eval()
-    options = {"typicality_batch": o.typicality_batch, "seed": o.seed}
-    if o.score == "likelihood_ratio":
-        options["background_steps"] = o.background_steps
-    detector = OODDetector(flow, o.score, o.fpr, o.holdout, options)
-    train = load_dataset(dataset, "train", root, shape=flow.input_shape).take(o.fit_samples, seed=o.seed)
-    detector.fit(fit_to_shape(train, flow.input_shape))
-    if out is not None:
-        detector.save(out, overwrite=True)  # checked above, before the work
-    return detector
+    backend: str = backend_option()
 
 
 @dataclass
@@ -88,69 +55,108 @@ class ScoreSummary:
     flagged: int
     errors: int
     out: Path | None
+    adapted: int = 0
 
 
-def score_inputs(detector: OODDetector, inputs: list[str], batch_size: int = 256,
-                 progress: bool = True) -> Iterator[dict[str, Any]]:
+def score_inputs(detector: Any, inputs: list[str], batch_size: int = 256, progress: bool = True,
+                 mismatch: str = "adapt") -> Iterator[dict[str, Any]]:
     """One row per input (see :data:`FIELDS`), streamed: at most ``batch_size`` samples are in memory at once.
-    Inputs that cannot be read or do not fit the model give a row with ``error`` set."""
+
+    Args:
+        detector: an :class:`~flowood.ood.OODDetector` or a :class:`~flowood.deploy.pipeline.DetectorPipeline`.
+        inputs: image files, folders, glob patterns, ``.npz`` files.
+        batch_size: samples scored at once.
+        progress: show a progress bar.
+        mismatch: see :class:`ScoreOptions`.
+
+    Inputs that cannot be read or do not fit the model give a row with ``error`` set (``decision`` is ``error``).
+
+    Raises:
+        DataError: an input that names nothing (checked here, before any row is made).
+    """
+    batches = stream_batches(expand_inputs(inputs), detector.input_shape, batch_size, mismatch)
+    return _rows(detector, batches, progress)
+
+
+def _rows(detector: Any, batches: Iterator[Any], progress: bool) -> Iterator[dict[str, Any]]:
     threshold = detector.threshold()
     bar = tqdm(desc="scoring", unit="input", disable=not progress)
-    for batch in stream_batches(expand_inputs(inputs), detector.input_shape, batch_size):
+    for batch in batches:
         if len(batch.names):
             scores = detector.anomaly_score(batch.data)
             percentiles = detector.percentile(scores)
-            for name, score, pct in zip(batch.names, scores, percentiles, strict=True):
-                ood = bool(score > threshold)
+            for name, score, pct, adapted, flagged in zip(batch.names, scores, percentiles, batch.adapted,
+                                                          batch.flagged, strict=True):
+                ood = bool(score > threshold) or flagged
                 yield {"input": name, "score": float(score), "decision": "ood" if ood else "in",
-                       "ood": ood, "percentile": round(float(pct), 2), "error": ""}
+                       "ood": ood, "percentile": round(float(pct), 2), "error": "", "adapted": adapted}
         for item in batch.failed:
             yield {"input": item.name, "score": None, "decision": "error", "ood": None, "percentile": None,
-                   "error": item.error}
+                   "error": item.error, "adapted": "; ".join(item.notes)}
         bar.update(len(batch.names) + len(batch.failed))
     bar.close()
 
 
 def is_scores_file(path: Path) -> bool:
-    """True for files :func:`write_scores` wrote (their first line is its CSV header or a JSON row of its fields)."""
+    """True for files :func:`write_scores` wrote (their first line is its CSV header or a JSON row of its fields,
+    this version's or the earlier one without ``adapted``)."""
     try:
         with open(path, encoding="utf-8") as f:
             first = f.readline().strip()
     except (OSError, UnicodeDecodeError):
         return False
-    if first == ",".join(FIELDS):
+    known = (FIELDS, FIELDS[:-1])
+    if first in {",".join(fields) for fields in known}:
         return True
     try:
-        return set(json.loads(first)) == set(FIELDS)
+        return set(json.loads(first)) in [set(fields) for fields in known]
     except (ValueError, TypeError):
         return False
 
 
-def write_scores(rows: Iterator[dict[str, Any]], out: str | Path | None, fmt: str | None = None) -> ScoreSummary:
+def _write_rows(rows: Iterator[dict[str, Any]], f: Any, fmt: str) -> None:
+    """Rows to an open text file; a terminal stream is flushed row by row, so a reader sees each as it comes."""
+    writer = csv.DictWriter(f, fieldnames=FIELDS) if fmt == "csv" else None
+    if writer is not None:
+        writer.writeheader()
+    for row in rows:
+        if writer is not None:
+            writer.writerow(row)
+        else:
+            f.write(json.dumps(row) + "\n")
+        if f is sys.stdout:
+            f.flush()
+
+
+def write_scores(rows: Iterator[dict[str, Any]], out: str | Path | None, fmt: str | None = None,
+                 stream: Any = None) -> ScoreSummary:
     """Write rows as CSV or JSON Lines (by ``fmt``, else by ``out``'s suffix), atomically: the file appears
-    complete once every input is scored. With ``out=None`` the rows are only counted."""
+    complete once every input is scored. With ``out=None`` the rows go to ``stream`` as they come (e.g.
+    ``sys.stdout``), or are only counted.
+
+    Raises:
+        ConfigError: an unknown format.
+    """
     path = Path(out) if out is not None else None
     fmt = fmt or ("jsonl" if path is not None and path.suffix in (".jsonl", ".json") else "csv")
-    if fmt not in ("csv", "jsonl"):
+    if fmt not in SCORE_FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; choose csv or jsonl")
-    counts = {"rows": 0, "flagged": 0, "errors": 0}
+    counts = {"rows": 0, "flagged": 0, "errors": 0, "adapted": 0}
 
     def counted(rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for row in rows:
             counts["rows"] += 1
             counts["flagged"] += row["ood"] is True
             counts["errors"] += bool(row["error"])
+            counts["adapted"] += bool(row["adapted"]) and not row["error"]
             yield row
     if path is None:
-        for _ in counted(rows):
-            pass
-        return ScoreSummary(counts["rows"], counts["flagged"], counts["errors"], None)
-    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        if fmt == "csv":
-            writer = csv.DictWriter(f, fieldnames=FIELDS)
-            writer.writeheader()
-            writer.writerows(counted(rows))
+        if stream is not None:
+            _write_rows(counted(rows), stream, fmt)
         else:
-            for row in counted(rows):
-                f.write(json.dumps(row) + "\n")
-    return ScoreSummary(counts["rows"], counts["flagged"], counts["errors"], path)
+            for _ in counted(rows):
+                pass
+    else:
+        with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            _write_rows(counted(rows), f, fmt)
+    return ScoreSummary(counts["rows"], counts["flagged"], counts["errors"], path, counts["adapted"])

@@ -6,9 +6,14 @@ Relative Mahalanobis), its features alone (KNN), or its features and last linear
 module computes them with `pytorch-ood <https://github.com/kkirchheim/pytorch-ood>`_ (``pip install
 flowood[baselines]``), so that flows and classifiers are compared on the same features, data and metrics.
 
+Each detector is a small class in :data:`CLASSIFIER_DETECTORS` with one convention: ``fit`` on the
+in-distribution training outputs of the classifier (:class:`ClassifierOutputs`), ``score`` any outputs (higher
+means more anomalous, as every flowood score), ``state`` and ``load_state`` to keep the fitted detector as plain
+tensors and numbers (a detector file is read without unpickling code), and ``graph`` for an exported graph.
+pytorch-ood computes every score; the classes only carry its fitted state in and out.
+
 An embedding is the input of the classifier's last linear layer (see :mod:`flowood.embed`), so the logits
-are ``features @ weight.T + bias`` and every detector needs only the features, the head and, for some, the
-labels of the training set. Every score is oriented as flowood's are: higher means more anomalous.
+are ``features @ weight.T + bias``.
 
 References:
     Hendrycks & Gimpel 2017 (MSP); Liu et al. 2020 (Energy); Hendrycks et al. 2022 (MaxLogit); Lee et al.
@@ -21,44 +26,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from flowood.errors import DataError, closest
 from flowood.options import ConfigError
 
-__all__ = ["CLASSIFIER_DETECTORS", "ClassifierHead", "DetectorInfo", "classifier_scores", "head_from_embeddings",
-           "embeddings_meta", "available_detectors", "check_detector_names", "classifier_accuracy"]
-
-
-@dataclass(frozen=True)
-class DetectorInfo:
-    """What a classifier-based detector needs, and where it comes from.
-
-    Attributes:
-        needs: ``logits``, ``features``, ``features + labels`` or ``features + head`` (the last linear layer).
-        reference: the paper that defines it.
-        pytorch_ood: the pytorch-ood class that computes it.
-    """
-
-    needs: str
-    reference: str
-    pytorch_ood: str
-
-
-CLASSIFIER_DETECTORS: dict[str, DetectorInfo] = {
-    "msp": DetectorInfo("logits", "Hendrycks & Gimpel, ICLR 2017", "MaxSoftmax"),
-    "energy": DetectorInfo("logits", "Liu et al., NeurIPS 2020", "EnergyBased"),
-    "maxlogit": DetectorInfo("logits", "Hendrycks et al., ICML 2022", "MaxLogit"),
-    "mahalanobis": DetectorInfo("features + labels", "Lee et al., NeurIPS 2018", "Mahalanobis"),
-    "rmd": DetectorInfo("features + labels", "Ren et al., 2021 (Relative Mahalanobis)", "RMD"),
-    "knn": DetectorInfo("features", "Sun et al., ICML 2022 (k = 50, normalised features)", "KNN"),
-    "vim": DetectorInfo("features + head", "Wang et al., CVPR 2022 (principal dimension D // 2)", "ViM"),
-    "react": DetectorInfo("features + head", "Sun et al., NeurIPS 2021 (90th percentile, energy)", "ReAct"),
-}
+__all__ = ["CLASSIFIER_DETECTORS", "ClassifierDetector", "ClassifierHead", "ClassifierOutputs", "classifier_scores",
+           "make_classifier_detector", "head_from_embeddings", "embeddings_meta", "available_detectors",
+           "check_detector_names", "classifier_accuracy"]
 
 
 @dataclass
@@ -83,9 +62,363 @@ class ClassifierHead:
     def num_classes(self) -> int:
         return int(self.weight.shape[0])
 
+    def linear(self) -> nn.Linear:
+        """The layer as an ``nn.Linear`` (a copy)."""
+        layer = nn.Linear(self.weight.shape[1], self.num_classes)
+        with torch.no_grad():
+            layer.weight.copy_(self.weight.float())
+            layer.bias.copy_(self.bias.float())
+        return layer
 
-def _npz_path(dataset: str) -> Path | None:
-    return Path(dataset[4:]).expanduser() if dataset.startswith("npz:") else None
+
+@dataclass
+class ClassifierOutputs:
+    """What a classifier gives for a batch of inputs.
+
+    Attributes:
+        features: ``[N, D]``, the input of its last linear layer.
+        logits: ``[N, C]``, or None when the classifier gives none (a feature extractor alone).
+    """
+
+    features: Tensor
+    logits: Tensor | None = None
+
+    @classmethod
+    def of(cls, features: Tensor, head: ClassifierHead | None) -> ClassifierOutputs:
+        """Features and, with a head, their logits."""
+        features = features.float()
+        return cls(features, head.logits(features) if head is not None else None)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def select(self, index: Tensor | slice) -> ClassifierOutputs:
+        return ClassifierOutputs(self.features[index], self.logits[index] if self.logits is not None else None)
+
+    @staticmethod
+    def cat(parts: list[ClassifierOutputs]) -> ClassifierOutputs:
+        logits = [p.logits for p in parts]
+        return ClassifierOutputs(torch.cat([p.features for p in parts]),
+                                 torch.cat(logits) if all(x is not None for x in logits) else None)
+
+
+def _pytorch_ood():
+    try:
+        import pytorch_ood.detector as detectors
+    except ImportError as err:
+        raise ConfigError("classifier-based detectors need pytorch-ood: pip install 'flowood[baselines]'") from err
+    return detectors
+
+
+def _contiguous(labels: Tensor) -> Tensor:
+    """Labels renumbered 0..C-1 (pytorch-ood's Mahalanobis needs every class from 0 to C-1 present)."""
+    _, inverse = torch.unique(labels, return_inverse=True)
+    return inverse
+
+
+class _Bound(nn.Module):
+    """A fitted pytorch-ood scoring function as a module, for ``torch.export``: ``(features, logits) -> score``."""
+
+    def __init__(self, score: Any, on: str) -> None:
+        super().__init__()
+        self.score, self.on = score, on
+
+    def forward(self, features: Tensor, logits: Tensor) -> Tensor:
+        return self.score(logits if self.on == "logits" else features).float()
+
+
+class ClassifierDetector:
+    """Base class: a pytorch-ood detector on a classifier's outputs.
+
+    Subclasses set ``name``, ``needs`` (``logits``, ``features``, ``features + labels`` or ``features + head``),
+    ``reference`` and ``pytorch_ood`` (the class that computes the score), and implement ``_fit``, ``_score`` and
+    their state.
+
+    Args:
+        head: the classifier's last linear layer (needed by the detectors whose ``needs`` names the head).
+    """
+
+    name: ClassVar[str] = "detector"
+    needs: ClassVar[str] = "features"
+    reference: ClassVar[str] = ""
+    pytorch_ood: ClassVar[str] = ""
+
+    def __init__(self, head: ClassifierHead | None = None) -> None:
+        if self.uses_head and head is None:
+            raise DataError(f"the {self.name} detector needs the classifier's last linear layer, which these "
+                            "features do not come with; use embeddings written by `flowood embed`, or a classifier "
+                            "whose logits are a linear function of its features")
+        self.head = head
+        self.fitted = False
+
+    @classmethod
+    def uses(cls, what: str) -> bool:
+        return what in cls.needs
+
+    uses_logits = property(lambda self: self.uses("logits"))
+    uses_labels = property(lambda self: self.uses("labels"))
+    uses_head = property(lambda self: self.uses("head"))
+
+    def fit(self, train: ClassifierOutputs, labels: Tensor | None = None) -> ClassifierDetector:
+        """Fit on in-distribution training outputs (and their class labels, for the detectors that need them).
+
+        Raises:
+            DataError: labels needed but not given.
+        """
+        if self.uses_labels and labels is None:
+            raise DataError(f"the {self.name} detector needs the class labels of the training features")
+        self._fit(train, labels)
+        self.fitted = True
+        return self
+
+    def _logits(self, x: ClassifierOutputs) -> Tensor:
+        if x.logits is not None:
+            return x.logits.float()
+        if self.head is not None:
+            return self.head.logits(x.features)
+        raise DataError(f"the {self.name} detector needs the classifier's logits or its last layer, which these "
+                        "features come without; use embeddings written by `flowood embed`, or a feature extractor "
+                        "that gives logits, or a detector that needs only features (knn, mahalanobis, rmd, a flow)")
+
+    def score(self, x: ClassifierOutputs) -> np.ndarray:
+        """One outlier score per input, float64, higher = more anomalous."""
+        if not self.fitted:
+            raise DataError(f"the {self.name} detector is not fitted yet: call fit(training outputs) first")
+        return torch.as_tensor(self._score(x)).double().cpu().numpy()
+
+    def state(self) -> dict[str, Any]:
+        """The fitted detector as tensors and numbers (what :meth:`load_state` takes back)."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> ClassifierDetector:
+        """Restore a fitted detector from :meth:`state`, without fitting again."""
+        self.fitted = True
+        return self
+
+    def graph(self) -> nn.Module:
+        """The fitted score as a module ``(features, logits) -> score [B]`` of torch operations, for export."""
+        on = "logits" if self.uses_logits else "features"
+        return _Bound(self._predictor(), on)
+
+    def _fit(self, train: ClassifierOutputs, labels: Tensor | None) -> None:
+        pass
+
+    def _score(self, x: ClassifierOutputs) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _predictor(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class _LogitDetector(ClassifierDetector):
+    needs = "logits"
+
+    def _function(self) -> Any:
+        return getattr(_pytorch_ood(), self.pytorch_ood).score
+
+    def _score(self, x: ClassifierOutputs) -> Tensor:
+        return self._function()(self._logits(x))
+
+    def _predictor(self) -> Any:
+        return self._function()
+
+
+class MSP(_LogitDetector):
+    """Maximum softmax probability (negated)."""
+
+    name, reference, pytorch_ood = "msp", "Hendrycks & Gimpel, ICLR 2017", "MaxSoftmax"
+
+
+class Energy(_LogitDetector):
+    """Free energy ``-logsumexp(logits)``."""
+
+    name, reference, pytorch_ood = "energy", "Liu et al., NeurIPS 2020", "EnergyBased"
+
+
+class MaxLogit(_LogitDetector):
+    """The largest logit (negated)."""
+
+    name, reference, pytorch_ood = "maxlogit", "Hendrycks et al., ICML 2022", "MaxLogit"
+
+
+class Mahalanobis(ClassifierDetector):
+    """Half the squared Mahalanobis distance to the closest class mean, with a shared covariance."""
+
+    name, needs, reference, pytorch_ood = "mahalanobis", "features + labels", "Lee et al., NeurIPS 2018", "Mahalanobis"
+    _keys: ClassVar[tuple[str, ...]] = ("mu", "precision")
+
+    def _new(self) -> Any:
+        return getattr(_pytorch_ood(), self.pytorch_ood)(None)
+
+    def _fit(self, train: ClassifierOutputs, labels: Tensor | None) -> None:
+        self.detector = self._new().fit_features(train.features.float(), _contiguous(labels))
+
+    def _score(self, x: ClassifierOutputs) -> Tensor:
+        return self.detector.predict_features(x.features.float())
+
+    def state(self) -> dict[str, Any]:
+        return {key: getattr(self.detector, key).detach().cpu() for key in self._keys}
+
+    def load_state(self, state: dict[str, Any]) -> ClassifierDetector:
+        self.detector = self._new()
+        for key in self._keys:
+            setattr(self.detector, key, state[key].float())
+        return super().load_state(state)
+
+    def graph(self) -> nn.Module:
+        # pytorch-ood's Mahalanobis reads ``features.data``, which torch.export cannot trace; the same formula in
+        # traceable operations (the export's parity check holds it to pytorch-ood's numbers)
+        return _MahalanobisGraph(self.detector.mu, self.detector.precision)
+
+
+class _MahalanobisGraph(nn.Module):
+    def __init__(self, mu: Tensor, precision: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mu", mu.detach().float().clone())
+        self.register_buffer("precision", precision.detach().float().clone())
+
+    def forward(self, features: Tensor, logits: Tensor) -> Tensor:
+        centred = features.float()[:, None, :] - self.mu[None]  # [B, C, D]
+        distances = ((centred @ self.precision) * centred).sum(-1)  # [B, C]
+        return 0.5 * distances.min(1).values
+
+
+class RMD(Mahalanobis):
+    """Relative Mahalanobis: the class-conditional distance minus the distance under one background Gaussian."""
+
+    name, reference, pytorch_ood = "rmd", "Ren et al., 2021 (Relative Mahalanobis)", "RMD"
+    _keys = ("mu", "precision", "background_mu", "background_precision")
+
+    def graph(self) -> nn.Module:
+        return _Bound(self.detector.predict_features, "features")
+
+
+class KNN(ClassifierDetector):
+    """Distance to the k-th nearest training feature, features normalised to unit length (k = 50)."""
+
+    name, needs, reference, pytorch_ood = "knn", "features", "Sun et al., ICML 2022 (k = 50, normalised features)", \
+        "KNN"
+
+    def _fit(self, train: ClassifierOutputs, labels: Tensor | None) -> None:
+        self._fit_features(train.features.float())
+
+    def _fit_features(self, features: Tensor) -> None:
+        self.train_features = features.detach().cpu()
+        k = min(50, len(features))
+        self.detector = _pytorch_ood().KNN(None, k=k).fit_features(features, torch.zeros(len(features),
+                                                                                         dtype=torch.long))
+
+    def _score(self, x: ClassifierOutputs) -> Tensor:
+        return self.detector.predict_features(x.features.float())
+
+    def state(self) -> dict[str, Any]:
+        return {"train_features": self.train_features}
+
+    def load_state(self, state: dict[str, Any]) -> ClassifierDetector:
+        self._fit_features(state["train_features"].float())  # the exact search's index is the features themselves
+        return super().load_state(state)
+
+    def graph(self) -> nn.Module:
+        # pytorch-ood searches with scikit-learn; in a graph the same exact search is a distance matrix and top-k
+        return _KNNGraph(self.train_features, self.detector.k)
+
+
+class _KNNGraph(nn.Module):
+    def __init__(self, train: Tensor, k: int) -> None:
+        super().__init__()
+        self.register_buffer("unit_train", _unit(train.float()).clone())
+        self.k = k
+
+    def forward(self, features: Tensor, logits: Tensor) -> Tensor:
+        distances = torch.cdist(_unit(features.float()), self.unit_train)
+        return distances.topk(self.k, dim=1, largest=False).values[:, -1]
+
+
+def _unit(z: Tensor) -> Tensor:
+    return z / z.norm(dim=1, keepdim=True).clamp(min=1e-12)  # pytorch-ood's KNN normalisation
+
+
+class ViM(ClassifierDetector):
+    """Virtual-logit matching: energy minus the scaled norm of the features' residual off the principal subspace."""
+
+    name, needs, reference, pytorch_ood = "vim", "features + head", \
+        "Wang et al., CVPR 2022 (principal dimension D // 2)", "ViM"
+
+    def _new(self, dim: int) -> Any:
+        return _pytorch_ood().ViM(None, d=max(1, dim // 2), w=self.head.weight.float(), b=self.head.bias.float())
+
+    def _fit(self, train: ClassifierOutputs, labels: Tensor | None) -> None:
+        features = train.features.float()
+        self.detector = self._new(features.shape[1]).fit_features(features, torch.zeros(len(features),
+                                                                                         dtype=torch.long))
+
+    def _score(self, x: ClassifierOutputs) -> Tensor:
+        return self.detector.predict_features(x.features.float())
+
+    def state(self) -> dict[str, Any]:
+        return {"principal_subspace": self.detector.principal_subspace.detach().cpu(),
+                "alpha": float(self.detector.alpha), "d": int(self.detector.d)}
+
+    def load_state(self, state: dict[str, Any]) -> ClassifierDetector:
+        self.detector = self._new(2 * int(state["d"]))
+        self.detector.d = int(state["d"])
+        self.detector.principal_subspace = state["principal_subspace"].float()
+        self.detector.alpha = float(state["alpha"])
+        return super().load_state(state)
+
+    def _predictor(self) -> Any:
+        return self.detector.predict_features
+
+
+class ReAct(ClassifierDetector):
+    """Energy of the logits of features clipped at their 90th percentile on the training data."""
+
+    name, needs, reference, pytorch_ood = "react", "features + head", \
+        "Sun et al., NeurIPS 2021 (90th percentile, energy)", "ReAct"
+
+    def _new(self, threshold: float | None = None) -> Any:
+        return _pytorch_ood().ReAct(backbone=None, head=self.head.linear(), percentile=0.9, threshold=threshold)
+
+    def _fit(self, train: ClassifierOutputs, labels: Tensor | None) -> None:
+        features = train.features.float()
+        self.detector = self._new().fit_feature_maps(features, torch.zeros(len(features), dtype=torch.long))
+
+    def _score(self, x: ClassifierOutputs) -> Tensor:
+        return self.detector.predict_feature_maps(x.features.float())
+
+    def state(self) -> dict[str, Any]:
+        return {"threshold": float(self.detector.threshold)}
+
+    def load_state(self, state: dict[str, Any]) -> ClassifierDetector:
+        self.detector = self._new(float(state["threshold"]))
+        return super().load_state(state)
+
+    def _predictor(self) -> Any:
+        return self.detector.predict_feature_maps
+
+
+#: every classifier-based detector by name, in the order tables list them.
+CLASSIFIER_DETECTORS: dict[str, type[ClassifierDetector]] = {
+    cls.name: cls for cls in (MSP, Energy, MaxLogit, Mahalanobis, RMD, KNN, ViM, ReAct)}
+
+
+def check_detector_names(names: list[str]) -> None:
+    """Refuse unknown detector names, suggesting the closest."""
+    for name in names:
+        if name not in CLASSIFIER_DETECTORS:
+            raise ConfigError(f"unknown classifier detector {name!r}{closest(name, list(CLASSIFIER_DETECTORS))}; "
+                              f"choose from {', '.join(CLASSIFIER_DETECTORS)}")
+
+
+def make_classifier_detector(name: str, head: ClassifierHead | None = None) -> ClassifierDetector:
+    """A detector by name (see :data:`CLASSIFIER_DETECTORS`), not fitted.
+
+    Raises:
+        ConfigError: an unknown name. DataError: the detector needs a head and none is given.
+    """
+    check_detector_names([name])
+    _pytorch_ood()
+    return CLASSIFIER_DETECTORS[name](head)
 
 
 def head_from_embeddings(dataset: str) -> ClassifierHead | None:
@@ -116,6 +449,10 @@ def head_from_embeddings(dataset: str) -> ClassifierHead | None:
     return None
 
 
+def _npz_path(dataset: str) -> Path | None:
+    return Path(dataset[4:]).expanduser() if dataset.startswith("npz:") else None
+
+
 def embeddings_meta(dataset: str) -> dict[str, Any]:
     """The ``meta`` record of an embeddings file written by ``flowood embed`` (empty for anything else)."""
     path = _npz_path(dataset)
@@ -130,53 +467,23 @@ def embeddings_meta(dataset: str) -> dict[str, Any]:
             return {}
 
 
-def available_detectors(has_head: bool, has_labels: bool) -> list[str]:
-    """The detectors that the available inputs allow, in :data:`CLASSIFIER_DETECTORS` order."""
+def available_detectors(has_head: bool, has_labels: bool, has_logits: bool | None = None) -> list[str]:
+    """The detectors that the available inputs allow, in :data:`CLASSIFIER_DETECTORS` order.
+
+    Args:
+        has_head: the classifier's last linear layer is known.
+        has_labels: the training features come with class labels.
+        has_logits: the classifier's logits are known (default: when the head is).
+    """
+    has_logits = has_head if has_logits is None else has_logits
     out = []
-    for name, info in CLASSIFIER_DETECTORS.items():
-        if ("logits" in info.needs or "head" in info.needs) and not has_head:
+    for name, cls in CLASSIFIER_DETECTORS.items():
+        if (cls.uses("logits") and not has_logits) or (cls.uses("head") and not has_head):
             continue
-        if "labels" in info.needs and not has_labels:
+        if cls.uses("labels") and not has_labels:
             continue
         out.append(name)
     return out
-
-
-def check_detector_names(names: list[str]) -> None:
-    """Refuse unknown detector names, suggesting the closest."""
-    for name in names:
-        if name not in CLASSIFIER_DETECTORS:
-            raise ConfigError(f"unknown classifier detector {name!r}{closest(name, list(CLASSIFIER_DETECTORS))}; "
-                              f"choose from {', '.join(CLASSIFIER_DETECTORS)}")
-
-
-def _contiguous(labels: Tensor) -> Tensor:
-    """Labels renumbered 0..C-1 (pytorch-ood's Mahalanobis needs every class from 0 to C-1 present)."""
-    _, inverse = torch.unique(labels, return_inverse=True)
-    return inverse
-
-
-def _pytorch_ood():
-    try:
-        import pytorch_ood.detector as detectors
-    except ImportError as err:
-        raise ConfigError("classifier-based detectors need pytorch-ood: pip install 'flowood[baselines]'") from err
-    return detectors
-
-
-def _fitted(name: str, train: Tensor, labels: Tensor | None, head: ClassifierHead | None) -> Any:
-    """A pytorch-ood detector fitted on the training features; its ``predict_features`` scores features."""
-    d = _pytorch_ood()
-    y = _contiguous(labels) if labels is not None else torch.zeros(len(train), dtype=torch.long)
-    if name == "mahalanobis":
-        return d.Mahalanobis(None).fit_features(train, y)
-    if name == "rmd":
-        return d.RMD(None).fit_features(train, y)
-    if name == "knn":
-        return d.KNN(None, k=min(50, len(train))).fit_features(train, y)
-    if name == "vim":
-        return d.ViM(None, d=max(1, train.shape[1] // 2), w=head.weight, b=head.bias).fit_features(train, y)
-    raise AssertionError(name)
 
 
 def classifier_scores(detectors: list[str], train: Tensor, labels: Tensor | None, head: ClassifierHead | None,
@@ -200,31 +507,15 @@ def classifier_scores(detectors: list[str], train: Tensor, labels: Tensor | None
         True
     """
     check_detector_names(detectors)
-    d = _pytorch_ood()
-    train = train.float()
+    fit_outputs = ClassifierOutputs.of(train, head)
+    outputs = {name: ClassifierOutputs.of(x, head) for name, x in sets.items()}
     out: dict[str, dict[str, np.ndarray]] = {}
     for name in detectors:
-        info = CLASSIFIER_DETECTORS[name]
-        if head is None and ("logits" in info.needs or "head" in info.needs):
-            raise DataError(f"the {name} detector needs the classifier's last layer, which these features do not "
-                            "come with; use embeddings written by `flowood embed`")
-        if labels is None and "labels" in info.needs:
-            raise DataError(f"the {name} detector needs the class labels of the training features")
-        if info.needs == "logits":
-            score = {"msp": d.MaxSoftmax.score, "energy": d.EnergyBased.score, "maxlogit": d.MaxLogit.score}[name]
-            out[name] = {s: score(head.logits(x)).double().numpy() for s, x in sets.items()}
-        elif name == "react":
-            linear = torch.nn.Linear(head.weight.shape[1], head.num_classes)
-            with torch.no_grad():
-                linear.weight.copy_(head.weight)
-                linear.bias.copy_(head.bias)
-            react = d.ReAct(backbone=None, head=linear, percentile=0.9).fit_feature_maps(
-                train, torch.zeros(len(train), dtype=torch.long))
-            out[name] = {s: react.predict_feature_maps(x.float()).double().numpy() for s, x in sets.items()}
-        else:
-            fitted = _fitted(name, train, labels, head)
-            out[name] = {s: torch.as_tensor(fitted.predict_features(x.float())).double().numpy()
-                         for s, x in sets.items()}
+        detector = make_classifier_detector(name, head)
+        if detector.uses_logits and head is None:
+            detector._logits(fit_outputs)  # raises: these features come without the classifier's head
+        detector.fit(fit_outputs, labels)
+        out[name] = {s: detector.score(x) for s, x in outputs.items()}
     return out
 
 

@@ -10,6 +10,7 @@ units) and :meth:`OODDetector.is_ood` (True for OOD).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from flowood.ood.density import as_density, is_flowood_flow
 from flowood.ood.scores import OODScore, make_score
 from flowood.options import ConfigError
 
-__all__ = ["OODDetector", "collect_samples", "DETECTOR_FORMAT"]
+__all__ = ["OODDetector", "CalibratedDetector", "collect_samples", "DETECTOR_FORMAT", "plain_tree"]
 
 DETECTOR_FORMAT = "flowood-detector-1"
 
@@ -47,7 +48,72 @@ def collect_samples(data: Any) -> Tensor:
     raise TypeError(f"cannot take samples from {type(data).__name__}; pass a tensor, a dataset or a DataLoader")
 
 
-class OODDetector(OutlierMixin, BaseEstimator):
+class CalibratedDetector(OutlierMixin, BaseEstimator):
+    """What every flowood detector shares: a threshold calibrated on in-distribution scores at a false-positive
+    rate, and scikit-learn's outlier-detector conventions on top of :meth:`anomaly_score`.
+
+    Subclasses implement :meth:`anomaly_score` and set ``reference_scores_`` (the anomaly scores of in-distribution
+    calibration data) when fitted; ``fpr`` is the share of those flagged.
+    """
+
+    fpr: float = 0.05
+
+    def _fitted(self) -> bool:
+        return hasattr(self, "reference_scores_")
+
+    def _check_fitted(self) -> None:
+        if not self._fitted():
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(in-distribution data) first")
+
+    def anomaly_score(self, X: Any) -> np.ndarray:  # pragma: no cover - abstract
+        """One score per input in the score's units; higher means more anomalous."""
+        raise NotImplementedError
+
+    def _calibrate(self) -> None:
+        self.threshold_ = self.threshold(self.fpr)
+        self.offset_ = -self.threshold_
+
+    def threshold(self, fpr: float | None = None) -> float:
+        """The anomaly score above which an input is flagged, so that a share ``fpr`` of the calibration data
+        is (default: the detector's ``fpr``)."""
+        if not self._fitted():
+            raise NotFittedError("call fit(in-distribution data) before threshold()")
+        fpr = self.fpr if fpr is None else fpr
+        if not 0.0 <= fpr <= 1.0:
+            raise ConfigError(f"fpr must be in [0, 1], got {fpr}")
+        return float(np.quantile(self.reference_scores_, 1.0 - fpr))
+
+    def set_fpr(self, fpr: float) -> None:
+        """Move the threshold to flag a share ``fpr`` of the calibration data, without fitting again."""
+        self.threshold(fpr)  # checks fpr
+        self.fpr = float(fpr)
+        self._calibrate()
+
+    def is_ood(self, X: Any, fpr: float | None = None) -> np.ndarray:
+        """True for inputs flagged as OOD at the threshold for ``fpr`` (default: the detector's)."""
+        return self.anomaly_score(X) > self.threshold(fpr)
+
+    def percentile(self, anomaly_scores: np.ndarray) -> np.ndarray:
+        """Where each anomaly score falls among the calibration data's, in percent (100: above them all)."""
+        self._check_fitted()
+        reference = np.sort(self.reference_scores_)
+        return 100.0 * np.searchsorted(reference, anomaly_scores, side="right") / len(reference)
+
+    # -- scikit-learn's convention ------------------------------------------------------------------------------
+    def score_samples(self, X: Any) -> np.ndarray:
+        """Higher means more normal (the negated anomaly score), as scikit-learn's outlier detectors."""
+        return -self.anomaly_score(X)
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """``score_samples(X) - offset_``: negative for inputs flagged as OOD."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X: Any) -> np.ndarray:
+        """+1 for in-distribution inputs, -1 for OOD ones (at the threshold for ``fpr``)."""
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+
+class OODDetector(CalibratedDetector):
     """Flag inputs as out-of-distribution with a density model and one of flowood's scores.
 
     Args:
@@ -129,52 +195,11 @@ class OODDetector(OutlierMixin, BaseEstimator):
         self._calibrate()
         return self
 
-    def _calibrate(self) -> None:
-        self.threshold_ = self.threshold(self.fpr)
-        self.offset_ = -self.threshold_
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "scorer_"):
-            raise NotFittedError("this OODDetector is not fitted yet: call fit(in-distribution data) first")
-
     # -- flowood's convention -----------------------------------------------------------------------------------
     def anomaly_score(self, X: Any) -> np.ndarray:
         """One score per input in the score's units; higher means more anomalous."""
         self._check_fitted()
         return self.scorer_.score(collect_samples(X))
-
-    def threshold(self, fpr: float | None = None) -> float:
-        """The anomaly score above which an input is flagged, so that a share ``fpr`` of the calibration data
-        is (default: the detector's ``fpr``)."""
-        if not hasattr(self, "reference_scores_"):
-            raise NotFittedError("call fit(in-distribution data) before threshold()")
-        fpr = self.fpr if fpr is None else fpr
-        if not 0.0 <= fpr <= 1.0:
-            raise ConfigError(f"fpr must be in [0, 1], got {fpr}")
-        return float(np.quantile(self.reference_scores_, 1.0 - fpr))
-
-    def is_ood(self, X: Any, fpr: float | None = None) -> np.ndarray:
-        """True for inputs flagged as OOD at the threshold for ``fpr`` (default: the detector's)."""
-        return self.anomaly_score(X) > self.threshold(fpr)
-
-    def percentile(self, anomaly_scores: np.ndarray) -> np.ndarray:
-        """Where each anomaly score falls among the calibration data's, in percent (100: above them all)."""
-        self._check_fitted()
-        reference = np.sort(self.reference_scores_)
-        return 100.0 * np.searchsorted(reference, anomaly_scores, side="right") / len(reference)
-
-    # -- scikit-learn's convention ------------------------------------------------------------------------------
-    def score_samples(self, X: Any) -> np.ndarray:
-        """Higher means more normal (the negated anomaly score), as scikit-learn's outlier detectors."""
-        return -self.anomaly_score(X)
-
-    def decision_function(self, X: Any) -> np.ndarray:
-        """``score_samples(X) - offset_``: negative for inputs flagged as OOD."""
-        return self.score_samples(X) - self.offset_
-
-    def predict(self, X: Any) -> np.ndarray:
-        """+1 for in-distribution inputs, -1 for OOD ones (at the threshold for ``fpr``)."""
-        return np.where(self.decision_function(X) < 0, -1, 1)
 
     @property
     def score_name(self) -> str:
@@ -205,7 +230,10 @@ class OODDetector(OutlierMixin, BaseEstimator):
                    "score_options": _plain_options(self.score_options), "flow_config": flow.config,
                    "state_dict": flow.state_dict(), "fitted": self.scorer_.fitted_state(),
                    "reference_scores": torch.from_numpy(np.asarray(self.reference_scores_, dtype=np.float64)),
-                   "input_shape": list(flow.input_shape), "source": str(self.model) if inputs else None}
+                   "input_shape": list(flow.input_shape), "source": str(self.model) if inputs else None,
+                   "provenance": plain_tree({"fitted": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                              **getattr(self, "provenance_", {})}),
+                   "selection": plain_tree(getattr(self, "selection_", None))}
         with atomic_write(path) as tmp:
             torch.save(payload, tmp)
         return Path(path)
@@ -244,6 +272,8 @@ class OODDetector(OutlierMixin, BaseEstimator):
         detector.scorer_ = detector._make_scorer()
         detector.scorer_.load_fitted_state(payload["fitted"])
         detector.reference_scores_ = payload["reference_scores"].numpy()
+        detector.provenance_ = dict(payload.get("provenance") or {})
+        detector.selection_ = payload.get("selection")
         detector._calibrate()
         return detector
 
@@ -266,11 +296,30 @@ def _plain_options(options: dict[str, Any] | None) -> dict[str, Any]:
     return plain
 
 
+def plain_tree(value: Any) -> Any:
+    """Provenance as plain data (numbers, strings, lists, dicts), what a weights-only file may hold."""
+    if isinstance(value, dict):
+        return {str(k): plain_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_tree(v) for v in value]
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    for kind in (bool, int, float):  # base types: a subclass (torch's TorchVersion is a str) is not plain data
+        if isinstance(value, kind):
+            return kind(value)
+    return None if value is None else str(value)
+
+
+#: every detector file format flowood writes: a flow's (:meth:`OODDetector.save`) and a pipeline's
+#: (:meth:`flowood.deploy.pipeline.DetectorPipeline.save`).
+DETECTOR_FILE_FORMATS = (DETECTOR_FORMAT, "flowood-pipeline-1")
+
+
 def is_detector_file(path: Path) -> bool:
-    """True for files :meth:`OODDetector.save` wrote."""
+    """True for detector files flowood wrote (a flow's or a pipeline's)."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         return False
-    return isinstance(payload, dict) and payload.get("format") == DETECTOR_FORMAT
+    return isinstance(payload, dict) and payload.get("format") in DETECTOR_FILE_FORMATS
 
