@@ -167,7 +167,7 @@ def load_images(dataset: str, root: str | None = None) -> ArrayDataset:
     train = load_dataset(dataset, "train", root)
     if not train.is_image:
         raise DataError(f"{dataset} holds vectors, not images; a detector on a classifier's features is fitted on "
-                        "images (train a flow on the vectors and fit a detector with --checkpoint instead)")
+                        "images (train a flow on the vectors and fit a detector on its `checkpoint` instead)")
     return train
 
 

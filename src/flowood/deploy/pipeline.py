@@ -94,8 +94,8 @@ class FlowStage:
                               f"{closest(score, FEATURE_FLOW_SCORES)}")
         if len(flow.input_shape) != 1:
             raise ConfigError(f"the flow takes {'x'.join(map(str, flow.input_shape))} inputs, not feature vectors; a "
-                              "pixel flow is a detector of its own (flowood detector fit --checkpoint, without "
-                              "--classifier)")
+                              "flow on the inputs is a detector of its own (fit it from its `checkpoint`, without a "
+                              "`classifier`)")
         self.flow = flow.eval()
         self.score_name = score
         self.score_options = dict(score_options or {})
