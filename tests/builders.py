@@ -164,3 +164,28 @@ def start_flowood(*args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "flowood.cli.main", *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
+
+
+# -- a user's own model, saved with torch.export ---------------------------------------------------------------
+class UserClassifier(torch.nn.Module):
+    """A user's classifier: normalisation inside, (features, logits) out."""
+
+    def __init__(self, features_only: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
+                                        torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(16, 6))
+        self.head = torch.nn.Linear(6, 3)
+        self.features_only = features_only
+
+    def forward(self, x):
+        features = self.body((x - 0.3) / 0.3)
+        return features if self.features_only else (features, self.head(features))
+
+
+def export_program(model: torch.nn.Module, path: Path, size: int = 28, dynamic: bool = True) -> Path:
+    """``model`` saved with ``torch.export`` (a dynamic batch, or a fixed batch of 1) at ``path``."""
+    example = torch.rand(2 if dynamic else 1, 1, size, size)
+    shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
+    torch.export.save(torch.export.export(model.eval(), (example,), dynamic_shapes=shapes), str(path))
+    return path

@@ -21,7 +21,7 @@ ALLOWED = {
     "evaluation": BASE | {"flows", "data", "engines", "ood"} | NEUTRAL,
     "inspect": BASE | {"flows", "data", "ood"} | NEUTRAL,
     "embed": BASE | {"data"} | NEUTRAL,
-    "deploy": BASE | {"flows", "data", "engines", "ood", "embed", "training"} | NEUTRAL,
+    "deploy": BASE | {"flows", "data", "engines", "ood", "embed", "training", "evaluation"} | NEUTRAL,
 }
 
 

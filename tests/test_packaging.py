@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -104,3 +105,41 @@ def test_the_readme_practitioner_path_from_the_wheel(installed, tmp_path, fixtur
     rows = list(csv.DictReader((tmp_path / "scores.csv").read_text().splitlines()))
     assert len(rows) == 5 and {r["decision"] for r in rows} <= {"in", "ood"}
     assert all(r["input"].startswith("new_images/") for r in rows)
+
+
+def test_the_detector_that_works_deploys_from_the_wheel(installed, tmp_path, fixtures_dir):
+    """A classifier from `flowood embed`, detectors fitted on its features (a flow trained by `detector fit`, and
+    Mahalanobis), `flowood score` on a folder of PNGs: the CSV's scores equal `flowood evaluate`'s for the same
+    images, computed from the same classifier's embeddings."""
+    shutil.copy(fixtures_dir / "fashionmnist-small.npz", tmp_path / "fm.npz")
+    new = tmp_path / "new_images"
+    new.mkdir()
+    with np.load(fixtures_dir / "mnist-small.npz") as f:
+        for i, image in enumerate(f["images_test"][:6, 0]):
+            Image.fromarray(image).save(new / f"{i}.png")
+
+    def ok(*args: str) -> subprocess.CompletedProcess:
+        done = run(installed, *args, cwd=tmp_path)
+        assert done.returncode == 0, (args, done.stderr[-2000:])
+        return done
+    ok("embed", "--dataset", "npz:fm.npz", "--train_classifier", "--epochs", "1", "--embedding_dim", "8",
+       "--out", "emb/fm.npz", "--no_progress")
+    for method in ("mahalanobis", "flow"):
+        extra = ["--flow_out", "flow_run"] if method == "flow" else []
+        ok("detector", "fit", "--classifier", "emb/fm.classifier.pt", "--dataset", "npz:fm.npz", "--method", method,
+           "--fpr", "0.05", "--out", f"{method}.pt", "--no_progress", *extra)
+        ok("score", "--detector", f"{method}.pt", "new_images", "--out", f"{method}.csv")
+    fit_samples = json.loads(ok("detector", "info", "flow.pt", "--json").stdout)["data"]["fit_samples"]
+    ok("embed", "--dataset", "npz:fm.npz", "--weights", "emb/fm.classifier.pt", "--ood", "folder:new_images",
+       "--out", "check/fm.npz", "--no_progress")
+    ok("evaluate", "--checkpoint", "flow_run/train/checkpoints/last.ckpt", "--dataset", "npz:check/fm.npz",
+       "--ood", "npz:check/fm-new_images.npz", "--scores", "likelihood", "--detectors", "mahalanobis",
+       "--fit_samples", str(fit_samples), "--out", "eval", "--no_progress")
+    with np.load(tmp_path / "eval" / "scores.npz") as f:
+        index = list(f["names"]).index("npz:check/fm-new_images.npz")
+        expected = {"flow": f[f"likelihood__set{index}"], "mahalanobis": f[f"mahalanobis__set{index}"]}
+    for method in ("mahalanobis", "flow"):
+        rows = list(csv.DictReader((tmp_path / f"{method}.csv").read_text().splitlines()))
+        assert [r["input"] for r in rows] == [f"new_images/{i}.png" for i in range(6)]
+        np.testing.assert_allclose([float(r["score"]) for r in rows], expected[method], rtol=1e-5)
+        assert {r["decision"] for r in rows} <= {"in", "ood"} and not any(r["adapted"] for r in rows)

@@ -10,9 +10,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from builders import fixture_arrays
+from builders import UserClassifier, export_program, fixture_arrays
 from PIL import Image
-from torch import nn
 
 from flowood.cli.main import main
 from flowood.data import load_dataset
@@ -98,31 +97,8 @@ def test_a_flow_trained_by_fit_is_kept_with_its_features(embedded, fashionmnist_
                      progress=False)
 
 
-class _Classifier(nn.Module):
-    """A user's classifier: normalisation inside, (features, logits) out."""
-
-    def __init__(self, features_only: bool = False) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                                  nn.Linear(16, 6))
-        self.head = nn.Linear(6, 3)
-        self.features_only = features_only
-
-    def forward(self, x):
-        features = self.body((x - 0.3) / 0.3)
-        return features if self.features_only else (features, self.head(features))
-
-
-def _export(model: nn.Module, path, size: int = 28, dynamic: bool = True):
-    example = torch.rand(2 if dynamic else 1, 1, size, size)
-    shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
-    torch.export.save(torch.export.export(model.eval(), (example,), dynamic_shapes=shapes), str(path))
-    return path
-
-
 def test_a_users_torch_export_model_is_the_extractor(tmp_path, fashionmnist_npz, mnist_images):
-    model = _Classifier().eval()
+    model = UserClassifier().eval()
     train_images = torch.from_numpy(fixture_arrays("fashionmnist")[0])
     fit_idx, _ = split_fit_calibration(600, 5000, 0.2, 0)
     with torch.no_grad():
@@ -132,8 +108,8 @@ def test_a_users_torch_export_model_is_the_extractor(tmp_path, fashionmnist_npz,
     head, residual = linear_head(ClassifierOutputs(features, logits))
     assert residual < 1e-5 and torch.allclose(head.weight, model.head.weight, atol=1e-4)
     expected = classifier_scores(["vim", "mahalanobis"], features, labels, head, {"mnist": ood_features})
-    for name, path in (("dynamic", _export(model, tmp_path / "dyn.pt2")),
-                       ("static", _export(model, tmp_path / "one.pt2", dynamic=False))):
+    for name, path in (("dynamic", export_program(model, tmp_path / "dyn.pt2")),
+                       ("static", export_program(model, tmp_path / "one.pt2", dynamic=False))):
         for method in ("vim", "mahalanobis"):
             out = tmp_path / f"{name}-{method}.pt"
             fit_detector(classifier=path, out=out, method=method, dataset=fashionmnist_npz, progress=False)
@@ -141,7 +117,7 @@ def test_a_users_torch_export_model_is_the_extractor(tmp_path, fashionmnist_npz,
             np.testing.assert_allclose(loaded.anomaly_score(mnist_images), expected[method]["mnist"], rtol=1e-4,
                                        atol=1e-6)
     assert "torch.export model giving features and logits" in detector_info(tmp_path / "dynamic-vim.pt")["extractor"]
-    features_only = _export(_Classifier(features_only=True), tmp_path / "features.pt2", size=32)
+    features_only = export_program(UserClassifier(features_only=True), tmp_path / "features.pt2", size=32)
     with pytest.raises(ConfigError, match="needs the classifier's logits, and this model gives features only"):
         fit_detector(classifier=features_only, out=tmp_path / "x.pt", method="msp", dataset=fashionmnist_npz)
     with pytest.warns(UserWarning, match=r"adapted to the classifier's input \(1x28x28 -> 1x32x32\)"):

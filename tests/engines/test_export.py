@@ -162,7 +162,7 @@ def test_a_failed_export_leaves_nothing_and_one_too_large_for_onnx_is_refused_fi
     def broken_exporter(*args, **kwargs):
         raise RuntimeError("an operator the exporter does not know\nand a long trace")
     monkeypatch.setattr(torch.onnx, "export", broken_exporter)
-    with pytest.raises(ExportError, match="could not export this flow: an operator the exporter does not know$"):
+    with pytest.raises(ExportError, match="could not export this model: an operator the exporter does not know$"):
         export_flow(flow, tmp_path / "broken")
     assert not (tmp_path / "big").exists() and not (tmp_path / "broken").exists()
 

@@ -68,14 +68,18 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     from flowood.evaluation import EvaluateOptions
 
-    p = sub.add_parser("evaluate", help="OOD scores and metrics of a checkpoint",
-                       usage="%(prog)s --checkpoint CKPT (--ood NAME [NAME ...] | --benchmark NAME) --out DIR "
-                             "[options]",
+    p = sub.add_parser("evaluate", help="OOD scores and metrics of a checkpoint, or of a saved detector",
+                       usage="%(prog)s (--checkpoint CKPT | --detector FILE) (--ood NAME [NAME ...] | --benchmark "
+                             "NAME) --out DIR [options]",
                        parents=[_shared("folder for metrics.json, scores.npz, figures and report.html")],
-                       description="Score in-distribution test data and OOD sets with every requested score; "
+                       description="Score in-distribution test data and OOD sets with every requested score of a "
+                                   "checkpoint, or with a saved detector (any family, as flowood score runs it); "
                                    "write metrics.json, scores.npz, figures and report.html; print tables.")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT",
-                   help="checkpoint from flowood train (e.g. OUT/checkpoints/last.ckpt)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="CKPT",
+                        help="checkpoint from flowood train (e.g. OUT/checkpoints/last.ckpt), or an export folder")
+    source.add_argument("--detector", metavar="FILE", help="a detector file from flowood detector fit or select (or "
+                                                           "its export folder, with an engine --backend)")
     p.add_argument("--ood", nargs="+", action=Accumulate, default=[], metavar="NAME",
                    help="OOD data sets (repeatable; optional with --benchmark)")
     add_options(p, EvaluateOptions)
@@ -144,6 +148,7 @@ def _reproduce_parser(sub: argparse._SubParsersAction) -> None:
 
 def _detector_parser(sub: argparse._SubParsersAction) -> None:
     from flowood.deploy import DetectorOptions
+    from flowood.deploy.select import SelectOptions
 
     p = sub.add_parser("detector", help="fit a detector into one file (for flowood score), or show what one holds",
                        description="Fit an OOD detector into one file: a flow on the inputs (--checkpoint) with a "
@@ -170,6 +175,27 @@ def _detector_parser(sub: argparse._SubParsersAction) -> None:
     fit.add_argument(*spellings("no_progress"), dest="progress", action="store_false", help="hide progress bars")
     _threads_flag(fit)
     add_options(fit, DetectorOptions)
+    select = detector_sub.add_parser("select", help="fit every detector, rank them on validation OOD sets, save the "
+                                                    "best",
+                                     usage="%(prog)s --classifier C --dataset NAME --ood VAL_SET [VAL_SET ...] --out "
+                                           "DETECTOR.pt [--checkpoint PIXEL_FLOW] [--method METHOD] [options]",
+                                     description="Fit every classifier-based detector the classifier allows, a flow on "
+                                                 "its features (flow:SCORE) and, with --checkpoint, a pixel flow's "
+                                                 "scores (pixel:SCORE) on the same in-distribution images; rank them "
+                                                 "by AUROC on the validation OOD sets (FPR95 too, with bootstrap "
+                                                 "intervals); save the best (or --method) with the ranking, and the "
+                                                 "ranking as OUT_STEM-selection.html beside it.")
+    select.add_argument("--classifier", required=True, metavar="FILE", help="the classifier whose features the "
+                                                                             "candidates use (as for detector fit)")
+    select.add_argument("--checkpoint", metavar="CKPT", help="a pixel flow from flowood train, whose scores join the "
+                                                             "candidates")
+    select.add_argument("--ood", nargs="+", action=Accumulate, required=True, metavar="NAME",
+                        help="validation OOD sets (repeatable); evaluate the chosen detector on others")
+    select.add_argument(*spellings("out"), dest="out", required=True, metavar="FILE", help="the detector file to write")
+    select.add_argument("--overwrite", action="store_true", help="replace a detector file (and page) flowood wrote")
+    select.add_argument(*spellings("no_progress"), dest="progress", action="store_false", help="hide progress bars")
+    _threads_flag(select)
+    add_options(select, SelectOptions)
     info = detector_sub.add_parser("info", help="what a detector file holds and where it came from",
                                    usage="%(prog)s DETECTOR.pt [--json]")
     info.add_argument("detector", metavar="DETECTOR", help="a detector file")
@@ -200,16 +226,22 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
 def _export_parser(sub: argparse._SubParsersAction) -> None:
     from flowood.engines.export import ExportOptions
 
-    p = sub.add_parser("export", help="export a flow's density to ONNX or OpenVINO, checked against PyTorch",
+    p = sub.add_parser("export", help="export a flow's density, or a whole detector, to ONNX or OpenVINO, checked "
+                                      "against PyTorch",
                        parents=[_shared("export folder (model.onnx, model.xml/.bin, flowood-export.json)")],
-                       usage="%(prog)s --checkpoint CKPT --out DIR [--format onnx|openvino] [options]",
-                       description="Export the log-likelihood of a trained flow as an ONNX graph (input x: "
-                                   "dequantized images in (0, 1) or vectors, dynamic batch; outputs log_prob in nats "
-                                   "and the prior's log-density of each scale). The graph is run on the engine and "
-                                   "on PyTorch on the same inputs; the largest difference is reported and the export "
-                                   "refused above --tolerance bits/dim. Score with it: flowood evaluate/score "
-                                   "--backend onnxruntime|openvino.")
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a checkpoint written by flowood train")
+                       usage="%(prog)s (--checkpoint CKPT | --detector DETECTOR.pt) --out DIR [--format "
+                             "onnx|openvino] [options]",
+                       description="With --checkpoint: the log-likelihood of a trained flow as an ONNX graph (input "
+                                   "x: dequantized images in (0, 1) or vectors, dynamic batch; outputs log_prob in "
+                                   "nats and the prior's log-density of each scale), refused above --tolerance "
+                                   "bits/dim of difference from PyTorch. With --detector: the whole detector, from "
+                                   "uint8 images (preprocessing and feature extractor inside) to the anomaly score and "
+                                   "the decision, refused above --score_tolerance. Score with it: flowood "
+                                   "evaluate/score --backend onnxruntime|openvino.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", metavar="CKPT", help="a checkpoint written by flowood train")
+    source.add_argument("--detector", metavar="FILE", help="a detector file written by flowood detector fit or "
+                                                           "select")
     add_options(p, ExportOptions)
 
 
@@ -256,6 +288,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from flowood.evaluation import EvaluateOptions, evaluate, markdown_table, ranking_table, scores_table
     from flowood.evaluation.evaluate import benchmark_table
 
+    if args.detector is not None:
+        from flowood.deploy.evaluate import detector_metrics_table, evaluate_detector
+
+        done = evaluate_detector(args.detector, args.ood, out=args.out, progress=args.progress,
+                                 overwrite=args.overwrite, **given_options(args, EvaluateOptions))
+        print(detector_metrics_table(done.metrics))
+        print(f"wrote {Path(args.out) / 'report.html'} (open it in a browser), metrics.json, scores.npz, scores.png")
+        return 0
     result = evaluate(args.checkpoint, args.ood, out=args.out, progress=args.progress, overwrite=args.overwrite,
                       **given_options(args, EvaluateOptions))
     print(markdown_table(result.metrics))
@@ -333,8 +373,10 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 def _cmd_detector(args: argparse.Namespace) -> int:
     if args.detector_command == "info":
         return _detector_info(args)
+    if args.detector_command == "select":
+        return _detector_select(args)
     if args.detector_command != "fit":
-        print("usage: flowood detector {fit,info} ...", file=sys.stderr)
+        print("usage: flowood detector {fit,select,info} ...", file=sys.stderr)
         return 2
     from flowood.deploy import DetectorOptions, fit_detector
 
@@ -349,6 +391,19 @@ def _cmd_detector(args: argparse.Namespace) -> int:
     return 0
 
 
+def _detector_select(args: argparse.Namespace) -> int:
+    from flowood.deploy.select import SelectOptions, select_detector, selection_table
+
+    result = select_detector(args.classifier, args.out, args.ood, checkpoint=args.checkpoint, progress=args.progress,
+                             overwrite=args.overwrite, **given_options(args, SelectOptions))
+    print(selection_table(result.detector.selection_))
+    print(f"wrote {result.out}: {result.chosen}, threshold {result.detector.threshold_:.4g} flags "
+          f"{100 * result.detector.fpr:.1f}% of the in-distribution calibration inputs; the ranking: {result.page}")
+    print("the validation sets above are the ones it was chosen on: evaluate it on others "
+          f"(flowood evaluate --detector {result.out} --ood OTHER_SETS --out DIR)")
+    return 0
+
+
 def _detector_info(args: argparse.Namespace) -> int:
     import json
 
@@ -359,13 +414,17 @@ def _detector_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     for key, value in info.items():
-        if isinstance(value, dict):
+        if key == "selection":
+            from flowood.deploy.select import selection_table
+
+            print(f"selection ({value['selected']}; chosen: {value['chosen']}, by {value['chosen_by']}; "
+                  f"validation sets: {', '.join(value['validation_sets'])}):")
+            print(selection_table(value))
+        elif isinstance(value, dict):
             print(f"{key}:")
             for k, v in value.items():
                 if v is not None:
                     print(f"  {k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
-        elif key == "selection":
-            print(f"selection: {json.dumps(value)}")
         else:
             print(f"{key}: {value}")
     return 0
@@ -394,6 +453,16 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from flowood.engines.export import ExportOptions, export_flow
 
+    if args.detector is not None:
+        from flowood.deploy.export import export_detector
+
+        done = export_detector(args.detector, args.out, overwrite=args.overwrite,
+                               **given_options(args, ExportOptions))
+        print(f"wrote {', '.join(done.files)} to {done.path} in {done.seconds:.0f} s")
+        print(f"parity with PyTorch: max |score difference| {done.max_abs_diff:.3g} = {done.max_diff_in_spreads:.3g} "
+              f"of the calibration scores' spread (tolerance {done.tolerance:g})")
+        print(f"next: flowood score --detector {args.out} --backend onnxruntime NEW_IMAGES/ --out scores.csv")
+        return 0
     result = export_flow(args.checkpoint, args.out, overwrite=args.overwrite, **given_options(args, ExportOptions))
     print(f"wrote {', '.join(result.files)} to {result.path} in {result.seconds:.0f} s")
     print(f"parity with PyTorch: max |log-likelihood difference| {result.max_abs_diff_nats:.3g} nats = "

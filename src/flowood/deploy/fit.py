@@ -15,6 +15,7 @@ evaluate --fit_samples N`` chooses its fitting samples (so the two give the same
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,16 +39,18 @@ from flowood.outputs import check_output_file, open_output_folder
 from flowood.runtime import data_root_option, device_option, resolve_device, seed_option
 
 __all__ = ["DetectorOptions", "fit_detector", "fit_pipeline", "split_fit_calibration", "PipelineData",
-           "pipeline_data", "load_images", "train_feature_flow"]
+           "pipeline_data", "load_images", "train_feature_flow", "feature_flow", "check_extractor",
+           "pipeline_provenance"]
 
 
 @dataclass
 class DetectorOptions:
     """How ``flowood detector fit`` builds a detector: every field is an option."""
 
-    method: str = option("mahalanobis", "with --classifier: the detector on its features: flow (a flow on the "
-                         f"features) or a classifier-based detector ({', '.join(CLASSIFIER_DETECTORS)})",
-                         metavar="METHOD")
+    method: str | None = option(None, "with --classifier: the detector on its features: flow (a flow on the "
+                                f"features) or a classifier-based detector ({', '.join(CLASSIFIER_DETECTORS)}) "
+                                "(default: mahalanobis; for select: the best on the validation sets)",
+                                metavar="METHOD")
     score: str = option("likelihood", "the flow's OOD score (flowood evaluate --help lists them; a flow on features "
                         f"takes {', '.join(FEATURE_FLOW_SCORES)})", metavar="SCORE")
     fpr: float = option(0.05, "share of in-distribution inputs flagged as OOD (sets the threshold)", minimum=0.0)
@@ -156,6 +159,8 @@ class PipelineData:
     labels: Tensor | None
     dataset: str
     adapted: str | None = None
+    fit_index: Tensor | None = None
+    calibration_index: Tensor | None = None
 
 
 def load_images(dataset: str, root: str | None = None) -> ArrayDataset:
@@ -183,7 +188,7 @@ def pipeline_data(train: ArrayDataset, dataset: str, shape: tuple[int, ...], fit
         adapted = f"{'x'.join(map(str, train.sample_shape))} -> {'x'.join(map(str, shape))}"
         images = torch.cat([adapt_images(images[i:i + 4096], tuple(shape)) for i in range(0, len(images), 4096)])
     labels = train.labels[fit_idx] if train.labels is not None else None
-    return PipelineData(images[fit_idx], images[cal_idx], labels, dataset, adapted)
+    return PipelineData(images[fit_idx], images[cal_idx], labels, dataset, adapted, fit_idx, cal_idx)
 
 
 def _check_method(o: DetectorOptions, labels_known: bool | None = None) -> None:
@@ -198,7 +203,7 @@ def _check_method(o: DetectorOptions, labels_known: bool | None = None) -> None:
                         "or a detector on logits")
 
 
-def _check_extractor(extractor: FeatureExtractor, method: str) -> None:
+def check_extractor(extractor: FeatureExtractor, method: str) -> None:
     """Refuse, in one line, a detector that needs logits on an extractor that gives none."""
     needs = CLASSIFIER_DETECTORS[method].needs if method in CLASSIFIER_DETECTORS else "features"
     if ("logits" in needs or "head" in needs) and not extractor.gives_logits:
@@ -229,6 +234,7 @@ def fit_pipeline(classifier: str | Path, out: str | Path | None = None, options:
         ConfigError, DataError, CheckpointError, OutputError: named in the message.
     """
     o = merge_options(DetectorOptions, options, option_values)
+    o = dataclasses.replace(o, method=o.method or "mahalanobis")
     if not o.dataset:
         raise ConfigError("a detector on a classifier's features needs the in-distribution images: pass `dataset`")
     _check_method(o)
@@ -238,7 +244,7 @@ def fit_pipeline(classifier: str | Path, out: str | Path | None = None, options:
     device = resolve_device(o.device)
     images = load_images(o.dataset, o.data_root)
     extractor = load_extractor(classifier, images.sample_shape, o.backbone, o.image_size).to(device).eval()
-    _check_extractor(extractor, o.method)
+    check_extractor(extractor, o.method)
     data = pipeline_data(images, o.dataset, extractor.input_shape, o.fit_samples, o.holdout, o.seed)
     _check_method(o, data.labels is not None)
     if data.adapted:
@@ -251,10 +257,10 @@ def fit_pipeline(classifier: str | Path, out: str | Path | None = None, options:
     calibration = pipeline.extract(data.calibration, progress, "features (calibration)")
     flow_info: dict[str, Any] = {}
     if o.method == "flow":
-        pipeline.flow, flow_info = _feature_flow(checkpoint, train, calibration, o, overwrite, progress, inputs)
+        pipeline.flow, flow_info = feature_flow(checkpoint, train, calibration, o, overwrite, progress, inputs)
         pipeline.flow.to(device)
     pipeline.fit_outputs(train, data.labels, calibration)
-    pipeline.provenance_.update(_provenance(o, data, extractor, flow_info))
+    pipeline.provenance_.update(pipeline_provenance(o, data, extractor, flow_info))
     if out is not None:
         pipeline.save(out, overwrite=True, inputs=inputs, parity_images=data.calibration[:16].clone())
     return pipeline
@@ -264,17 +270,18 @@ def _score_options(o: DetectorOptions) -> dict[str, Any]:
     return {"typicality_batch": o.typicality_batch, "seed": o.seed} if o.score == "typicality" else {"seed": o.seed}
 
 
-def _provenance(o: DetectorOptions, data: PipelineData, extractor: FeatureExtractor, flow: dict[str, Any]
-                ) -> dict[str, Any]:
+def pipeline_provenance(o: DetectorOptions, data: PipelineData, extractor: FeatureExtractor, flow: dict[str, Any]
+                        ) -> dict[str, Any]:
+    """What a pipeline's file records of how it was fitted (shown by ``flowood detector info``)."""
     return {"flowood_version": __version__, "torch_version": torch.__version__, "dataset": data.dataset,
             "data_root": o.data_root, "seed": o.seed, "images_adapted": data.adapted,
             "extractor": extractor.describe(), "classifier": extractor.source, "method": o.method,
             "score": o.score if o.method == "flow" else o.method, "flow": flow or None}
 
 
-def _feature_flow(checkpoint: str | Path | None, train: ClassifierOutputs, calibration: ClassifierOutputs,
-                  o: DetectorOptions, overwrite: bool, progress: bool, inputs: list[Any]
-                  ) -> tuple[FlowModel, dict[str, Any]]:
+def feature_flow(checkpoint: str | Path | None, train: ClassifierOutputs, calibration: ClassifierOutputs,
+                 o: DetectorOptions, overwrite: bool, progress: bool, inputs: list[Any]
+                 ) -> tuple[FlowModel, dict[str, Any]]:
     """The flow on the features: the checkpoint given, or one trained here on the fitting features."""
     dim = int(train.features.shape[1])
     if checkpoint is not None:

@@ -333,6 +333,11 @@ class DetectorPipeline(CalibratedDetector):
             return engine.score(collect_samples(X))
         return self.stage_.score(self.extract(X))
 
+    def score_outputs(self, outputs: ClassifierOutputs) -> np.ndarray:
+        """Anomaly scores of the extractor's outputs already computed (:meth:`extract`)."""
+        self._check_fitted()
+        return self.stage_.score(outputs)
+
     @property
     def score_name(self) -> str:
         """The detector's name: the classifier-based detector, or ``flow:SCORE``."""
@@ -423,7 +428,8 @@ def load_detector(path: str | Path, device: str = "cpu", backend: str = "torch"
     pipeline's (:class:`DetectorPipeline`).
 
     Args:
-        path: the detector file.
+        path: the detector file, or a folder :func:`~flowood.deploy.export.export_detector` wrote (scored on an
+            engine alone).
         device: where a torch model scores (engines score on the CPU; ``auto`` means it for them).
         backend: ``torch``, or ``onnxruntime`` / ``openvino``: the detector is exported (to a temporary folder, checked
             against PyTorch) and scored on that engine.
@@ -433,7 +439,16 @@ def load_detector(path: str | Path, device: str = "cpu", backend: str = "torch"
     """
     from flowood.checkpoints import CheckpointError, check_version, read_weights_file
     from flowood.engines.backend import engine_device
+    from flowood.engines.export import EXPORT_MANIFEST
 
+    if Path(path).is_dir() and (Path(path) / EXPORT_MANIFEST).is_file():
+        from flowood.deploy.export import ExportedDetector
+
+        if backend == "torch":
+            raise ConfigError(f"{path} is an export folder: score it on an engine with backend='onnxruntime' or "
+                              "'openvino' (or use the detector file it was exported from with backend='torch')")
+        engine_device(backend, device)
+        return ExportedDetector(path, backend)
     payload = read_weights_file(path, what="detector")
     if not isinstance(payload, dict) or payload.get("format") not in DETECTOR_FILE_FORMATS:
         raise CheckpointError(f"{path} is not a flowood detector (write one with `flowood detector fit` or "

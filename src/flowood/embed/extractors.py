@@ -147,8 +147,8 @@ class ExportedExtractor(FeatureExtractor):
         self.program = program
         self.module_ = program.module()
         self.batch = shape[0] if isinstance(shape[0], int) else None  # a fixed batch size, or None (dynamic)
-        outputs = self._outputs(torch.zeros(self.batch or 2, *self.input_shape))
-        self.gives_logits = outputs[1] is not None
+        with torch.no_grad():
+            self.gives_logits = _check_outputs(self.module_(torch.zeros(self.batch or 2, *self.input_shape)))
 
     def train(self, mode: bool = True) -> ExportedExtractor:
         """An exported program has no training mode (it was traced as it was, normally in eval mode)."""
@@ -156,19 +156,10 @@ class ExportedExtractor(FeatureExtractor):
         return self
 
     def _outputs(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        out = self.module_(x)
+        out = self.module_(x)  # its form was checked once, when loaded (a check here would fix the batch size)
         if isinstance(out, Tensor):
-            features, logits = out, None
-        elif isinstance(out, (tuple, list)) and len(out) in (1, 2) and all(isinstance(o, Tensor) for o in out):
-            features, logits = out[0], (out[1] if len(out) == 2 else None)
-        else:
-            raise DataError("the exported model must return features [batch, D], or (features, logits); it returned "
-                            f"{type(out).__name__}")
-        if features.dim() != 2 or (logits is not None and (logits.dim() != 2 or len(logits) != len(features))):
-            raise DataError(f"the exported model must return features [batch, D] (and logits [batch, K]); it returned "
-                            f"shapes {tuple(features.shape)}"
-                            + (f" and {tuple(logits.shape)}" if logits is not None else ""))
-        return features.float(), (logits.float() if logits is not None else None)
+            return out.float(), None
+        return out[0].float(), (out[1].float() if self.gives_logits else None)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
         x = images.float() / 255.0
@@ -211,6 +202,27 @@ class ExportedExtractor(FeatureExtractor):
         batch = "dynamic batch" if self.batch is None else f"fixed batch of {self.batch}"
         return (f"a torch.export model giving {outputs} (images {'x'.join(map(str, self.input_shape))} in [0, 1], "
                 f"{batch})")
+
+
+def _check_outputs(out: Any) -> bool:
+    """Whether an exported model's outputs (for one batch) are features alone (False) or ``(features, logits)``
+    (True).
+
+    Raises:
+        DataError: anything else.
+    """
+    if isinstance(out, Tensor):
+        features, logits = out, None
+    elif isinstance(out, (tuple, list)) and len(out) in (1, 2) and all(isinstance(o, Tensor) for o in out):
+        features, logits = out[0], (out[1] if len(out) == 2 else None)
+    else:
+        raise DataError("the exported model must return features [batch, D], or (features, logits); it returned "
+                        f"{type(out).__name__}")
+    if features.dim() != 2 or (logits is not None and (logits.dim() != 2 or len(logits) != len(features))):
+        raise DataError(f"the exported model must return features [batch, D] (and logits [batch, K]); it returned "
+                        f"shapes {tuple(features.shape)}" + (f" and {tuple(logits.shape)}" if logits is not None
+                                                             else ""))
+    return logits is not None
 
 
 def _weights_only(serialized: bytes) -> Any:

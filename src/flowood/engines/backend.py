@@ -67,7 +67,8 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())  # flowood's share of the cores (see flowood.runtime.CoreShare)
 
 
-_MANIFEST_KEYS = ("input_shape", "discrete", "scale_dims", "flow_config", "parity")
+_MANIFEST_KEYS = {"flow": ("input_shape", "discrete", "scale_dims", "flow_config", "parity"),
+                  "detector": ("input", "input_shape", "outputs", "threshold", "reference_scores", "parity")}
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -89,7 +90,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT_VERSION:
         raise ConfigError(f"{path} is not a {EXPORT_FORMAT_VERSION} manifest; export the flow again with this "
                           "flowood's `flowood export`")
-    missing = [k for k in _MANIFEST_KEYS if k not in manifest]
+    missing = [k for k in _MANIFEST_KEYS.get(manifest.get("kind", "flow"), ("kind",)) if k not in manifest]
     if missing:
         raise ConfigError(f"{path} lacks {', '.join(missing)}; export the flow again with `flowood export`")
     return manifest
@@ -142,14 +143,16 @@ class EngineDensity:
             self._compiled = core.compile_model(model, "CPU", config)
             self._request = self._compiled.create_infer_request()
 
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(log_prob [B], scale_log_prior [B, scales])`` of a float32 batch of continuous inputs."""
-        x = np.ascontiguousarray(x, dtype=np.float32)
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The graph's outputs for one batch: ``(log_prob [B], scale_log_prior [B, scales])`` of a float32 batch of
+        continuous inputs for a flow; what the manifest's ``outputs`` name for another graph (a detector's
+        ``(score, ood)`` of uint8 images). The input is given the dtype the manifest states (float32 by default)."""
+        spec = self.manifest.get("input") or {}
+        x = np.ascontiguousarray(x, dtype=np.dtype(spec.get("dtype", "float32")))
         if self.backend == "onnxruntime":
-            log_prob, priors = self._session.run(None, {"x": x})
-            return log_prob, priors
+            return tuple(self._session.run(None, {spec.get("name", "x"): x}))
         result = self._request.infer({0: x})
-        return np.array(result[0]), np.array(result[1])
+        return tuple(np.array(result[i]) for i in range(len(self._compiled.outputs)))
 
 
 class EngineFlow(nn.Module):
@@ -167,7 +170,11 @@ class EngineFlow(nn.Module):
     def __init__(self, folder: str | Path, backend: str = "onnxruntime", precision: str = "fp32",
                  threads: int | None = None) -> None:
         super().__init__()
-        self.engine = EngineDensity(folder, backend, precision, threads)
+        manifest = read_manifest(Path(folder))
+        if manifest.get("kind", "flow") != "flow":
+            raise ConfigError(f"{folder} holds an exported detector (images in, anomaly scores out), not a flow's "
+                              "density; score images with the detector file it was exported from")
+        self.engine = EngineDensity(folder, backend, precision, threads, manifest)
         m = self.engine.manifest
         self.input_shape = tuple(m["input_shape"])
         self.discrete = bool(m["discrete"])

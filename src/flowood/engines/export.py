@@ -34,6 +34,7 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,8 @@ from flowood.options import ConfigError, merge_options, option
 from flowood.runtime import seed_option
 
 __all__ = ["export_flow", "ExportOptions", "ExportResult", "EXPORT_FORMATS", "EXPORT_MANIFEST", "DEFAULT_TOLERANCE",
-           "ExportError", "DensityGraph", "require_module"]
+           "ExportError", "DensityGraph", "require_module", "write_checked_export", "engines_for", "check_size",
+           "EXPORT_FORMAT_VERSION", "DEFAULT_SCORE_TOLERANCE"]
 
 #: the formats ``flowood export`` writes.
 EXPORT_FORMATS = ("onnx", "openvino")
@@ -59,6 +61,9 @@ EXPORT_FORMATS = ("onnx", "openvino")
 EXPORT_MANIFEST = "flowood-export.json"
 #: the largest difference of log-likelihood (bits/dim) between the engine and PyTorch an export may have.
 DEFAULT_TOLERANCE = 1e-4
+#: the largest difference of a detector's anomaly score between the engine and PyTorch an export may have, as a share
+#: of the spread of the detector's in-distribution calibration scores.
+DEFAULT_SCORE_TOLERANCE = 1e-3
 EXPORT_FORMAT_VERSION = "flowood-export-1"
 _INSTALL = {"onnx": "export", "onnxscript": "export", "onnxruntime": "onnxruntime", "openvino": "openvino"}
 
@@ -174,25 +179,30 @@ def parity_inputs(flow: FlowModel, n: int = 16, seed: int = 0) -> Tensor:
 MAX_ONNX_BYTES = 2**31 - 2**26
 
 
-def _check_size(graph: DensityGraph) -> None:
+def check_size(graph: nn.Module) -> None:
     """Refuse, before anything is written, a flow whose weights do not fit in one ONNX file."""
     weights = sum(t.numel() * t.element_size() for t in (*graph.parameters(), *graph.buffers()))
     if weights > MAX_ONNX_BYTES:
-        raise ExportError(f"the flow's weights take {weights / 2**30:.2f} GiB; an ONNX file holds at most 2 GiB "
+        raise ExportError(f"the model's weights take {weights / 2**30:.2f} GiB; an ONNX file holds at most 2 GiB "
                           "(every paper configuration fits: the largest, ImageNet 64 RealNVP, takes 1.34 GiB)")
 
 
-def _write_onnx(graph: DensityGraph, example: Tensor, path: Path) -> None:
-    """The graph through ``torch.export`` to ONNX (dynamic batch, onnxscript's optimiser), in one file."""
+#: the names of a density graph's input and outputs.
+DENSITY_NAMES = (("x",), ("log_prob", "scale_log_prior"))
+
+
+def _write_onnx(graph: nn.Module, example: Tensor, path: Path, names: tuple[tuple[str, ...], tuple[str, ...]]
+                = DENSITY_NAMES) -> None:
+    """The graph through ``torch.export`` to ONNX (one input with a dynamic batch, onnxscript's optimiser), in one
+    file; ``names`` are its ``(input names, output names)``."""
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings(), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # the exporter's progress lines and deprecation notes
         try:
-            program = torch.onnx.export(graph, (example,), input_names=["x"],
-                                        output_names=["log_prob", "scale_log_prior"], dynamic_shapes=({0: batch},),
-                                        dynamo=True, optimize=True, verbose=False)
+            program = torch.onnx.export(graph, (example,), input_names=list(names[0]), output_names=list(names[1]),
+                                        dynamic_shapes=({0: batch},), dynamo=True, optimize=True, verbose=False)
         except Exception as err:  # the exporter's own errors are many and long: the first line says what failed
-            raise ExportError(f"PyTorch's ONNX exporter could not export this flow: {str(err).splitlines()[0]}") \
+            raise ExportError(f"PyTorch's ONNX exporter could not export this model: {str(err).splitlines()[0]}") \
                 from err
     try:
         program.save(str(path), external_data=False)
@@ -220,9 +230,13 @@ class ExportOptions:
 
     format: str = option("onnx", "onnx (model.onnx, for ONNX Runtime and OpenVINO) or openvino (also OpenVINO's "
                          "model.xml/model.bin)", choices=EXPORT_FORMATS)
-    tolerance: float = option(DEFAULT_TOLERANCE, "largest |log-likelihood difference| from PyTorch, in bits/dim, an "
-                              "export may have (above it the export is refused)", minimum=0.0)
-    check_samples: int = option(16, "inputs of the parity check (samples of the flow and noise)", minimum=4)
+    tolerance: float = option(DEFAULT_TOLERANCE, "a flow's largest |log-likelihood difference| from PyTorch, in "
+                              "bits/dim, an export may have (above it the export is refused)", minimum=0.0)
+    score_tolerance: float = option(DEFAULT_SCORE_TOLERANCE, "a detector's largest |anomaly-score difference| from "
+                                    "PyTorch on in-distribution images, as a share of the spread (standard deviation) "
+                                    "of its calibration scores (above it the export is refused)", minimum=0.0)
+    check_samples: int = option(16, "inputs of the parity check (samples of the flow and noise; for a detector, noise "
+                                "images beside the in-distribution images its file keeps)", minimum=4)
     seed: int = seed_option()
 
 
@@ -251,8 +265,6 @@ def export_flow(model: FlowModel | str | Path, out: str | Path, options: ExportO
         >>> result.max_abs_diff_bpd < 1e-4  # doctest: +SKIP
         True
     """
-    from flowood.outputs import open_output_folder, remove_output_folder, write_text_atomic
-
     o = merge_options(ExportOptions, options, option_values)
     if o.format not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {o.format!r}; choose {' or '.join(EXPORT_FORMATS)}")
@@ -265,41 +277,65 @@ def export_flow(model: FlowModel | str | Path, out: str | Path, options: ExportO
     flow, source = _source_flow(model)
     graph = DensityGraph(flow)
     x = parity_inputs(flow, o.check_samples, o.seed)
-    _check_size(graph)
+    check_size(graph)
+
+    def check(folder: Path) -> dict[str, Any]:
+        parity = check_parity(graph, folder, engines_for(o.format), x, o)
+        if not parity["max_abs_diff_bpd"] <= o.tolerance:
+            raise ExportError(f"the exported graph disagrees with PyTorch by {parity['max_abs_diff_bpd']:.3g} "
+                              f"bits/dim ({parity['max_abs_diff_nats']:.3g} nats) on {parity['worst_engine']}, "
+                              f"above the tolerance {o.tolerance:g}; nothing was kept")
+        return parity
+    path, files, parity = write_checked_export(graph, x[:2], out, o.format, check,
+                                               lambda files, parity: _manifest(flow, source, files, parity),
+                                               [source["path"]] if source["path"] else [], overwrite)
+    return ExportResult(path, files + [EXPORT_MANIFEST], parity["max_abs_diff_nats"],
+                        parity["max_abs_diff_bpd"], o.tolerance, time.perf_counter() - start)
+
+
+def write_checked_export(graph: nn.Module, example: Tensor, out: str | Path, format: str,
+                         check: Callable[[Path], dict[str, Any]],
+                         manifest: Callable[[list[str], dict[str, Any]], dict[str, Any]], inputs: list[Any],
+                         overwrite: bool = False, names: tuple[tuple[str, ...], tuple[str, ...]] = DENSITY_NAMES
+                         ) -> tuple[Path, list[str], dict[str, Any]]:
+    """Write ``graph`` into the export folder ``out`` (``model.onnx``, and OpenVINO's files for ``openvino``), run
+    ``check(folder)`` (the parity check: it returns what the manifest records, or raises :class:`ExportError`), then
+    write ``flowood-export.json`` from ``manifest(files, parity)``. A failed or interrupted export keeps nothing.
+
+    Returns:
+        ``(folder, graph files written, parity)``.
+    """
+    from flowood.outputs import open_output_folder, remove_output_folder, write_text_atomic
+
     existed = Path(out).expanduser().is_dir()
-    with open_output_folder(out, "export", [source["path"]] if source["path"] else [], overwrite=overwrite) as folder:
+    with open_output_folder(out, "export", inputs, overwrite=overwrite) as folder:
         try:
-            files = _write_graph(graph, x, folder, o.format)
-            parity = check_parity(graph, folder.path, _engines_for(o.format), x, o)
-            if not parity["max_abs_diff_bpd"] <= o.tolerance:
-                raise ExportError(f"the exported graph disagrees with PyTorch by {parity['max_abs_diff_bpd']:.3g} "
-                                  f"bits/dim ({parity['max_abs_diff_nats']:.3g} nats) on {parity['worst_engine']}, "
-                                  f"above the tolerance {o.tolerance:g}; nothing was kept")
-            write_text_atomic(folder.path / EXPORT_MANIFEST, json.dumps(_manifest(flow, source, files, parity),
-                                                                        indent=2))
+            files = _write_graph(graph, example, folder, format, names)
+            parity = check(folder.path)
+            write_text_atomic(folder.path / EXPORT_MANIFEST, json.dumps(manifest(files, parity), indent=2))
         except BaseException:  # a failed or interrupted export keeps nothing
             folder.close()
             remove_output_folder(folder.path)
             if existed:
                 folder.path.mkdir(exist_ok=True)  # a folder that was there (empty) before stays
             raise
-    return ExportResult(folder.path, files + [EXPORT_MANIFEST], parity["max_abs_diff_nats"],
-                        parity["max_abs_diff_bpd"], o.tolerance, time.perf_counter() - start)
+    return folder.path, files, parity
 
 
-def _write_graph(graph: DensityGraph, x: Tensor, folder: Any, format: str) -> list[str]:
+def _write_graph(graph: nn.Module, example: Tensor, folder: Any, format: str,
+                 names: tuple[tuple[str, ...], tuple[str, ...]] = DENSITY_NAMES) -> list[str]:
     """model.onnx, and for ``openvino`` model.xml/model.bin converted from it; the files written."""
     from flowood.outputs import atomic_write
 
     with atomic_write(folder.path / "model.onnx") as tmp:
-        _write_onnx(graph, x[:2], tmp)
+        _write_onnx(graph, example, tmp, names)
     if format != "openvino":
         return ["model.onnx"]
     _write_openvino(folder.path / "model.onnx", folder.path / "model.xml")
     return ["model.onnx", "model.bin", "model.xml"]
 
 
-def _engines_for(format: str) -> list[str]:
+def engines_for(format: str) -> list[str]:
     """The engines the parity check runs on: the format's own, and every other installed engine that reads the
     folder (OpenVINO reads model.onnx, ONNX Runtime reads an openvino export's model.onnx)."""
     import importlib.util

@@ -61,7 +61,7 @@ from flowood.runtime import (
 __all__ = ["evaluate", "EvaluateOptions", "EvaluationResult", "EvaluationPlan", "ScoredSets", "markdown_table",
            "scores_table", "plan_evaluation", "prepare_models", "load_sets", "compute_scores", "summarize",
            "write_outputs", "score_bits_per_dim", "plan_detectors", "detector_table",
-           "ranking_table", "benchmark_summary", "benchmark_table"]
+           "ranking_table", "benchmark_summary", "benchmark_table", "score_applies"]
 
 
 @dataclass
@@ -215,7 +215,7 @@ def benchmark_table(metrics: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def _applicable(score: str, flow: FlowModel) -> bool:
+def score_applies(score: str, flow: FlowModel) -> bool:
     """Default scores that make sense for this flow (no complexity for vectors, no early scales for one scale)."""
     if score.startswith("complexity"):
         return flow.discrete and len(flow.input_shape) == 3
@@ -246,7 +246,7 @@ def plan_evaluation(loaded: LoadedFlow, ood: list[str], options: EvaluateOptions
     if len(set(sets)) != len(sets):
         raise DataError(f"data set names repeat: {names}")
     flow = loaded.flow
-    requested = list(options.scores or [s for s in DEFAULT_SCORES if _applicable(s, flow)])
+    requested = list(options.scores or [s for s in DEFAULT_SCORES if score_applies(s, flow)])
     if "waic" in requested and not options.ensemble:
         raise ConfigError("the waic score needs an ensemble: pass `ensemble=[checkpoint, ...]`")
     if options.ensemble and "waic" not in requested:

@@ -25,8 +25,9 @@ def _pyplot():
 
 
 def score_histogram(values: dict[str, np.ndarray], ind_name: str, aurocs: dict[str, float], score: str, title: str,
-                    path: Path, xlabel: str | None = None) -> Path:
-    """Overlaid density histograms of one score for every set (in-distribution first)."""
+                    path: Path, xlabel: str | None = None, threshold: float | None = None) -> Path:
+    """Overlaid density histograms of one score for every set (in-distribution first), with a detector's threshold
+    as a vertical line when given."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     lo = min(np.percentile(v, 0.5) for v in values.values())
@@ -37,6 +38,8 @@ def score_histogram(values: dict[str, np.ndarray], ind_name: str, aurocs: dict[s
     for name, v in values.items():
         label = f"{name} (test, in-dist)" if name == ind_name else f"{name} (OOD, AUROC {aurocs[name]:.2f})"
         ax.hist(np.clip(v, lo, hi), bins=bins, alpha=0.5, density=True, label=label)
+    if threshold is not None:
+        ax.axvline(float(np.clip(threshold, lo, hi)), color="black", ls="--", lw=1, label="threshold")
     ax.set_xlabel(xlabel or _LABELS.get(score, f"{score} score (higher = more anomalous)"))
     ax.set_ylabel("density")
     ax.set_title(title)

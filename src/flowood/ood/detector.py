@@ -168,12 +168,14 @@ class OODDetector(CalibratedDetector):
         options = {"noise": "center", **(self.score_options or {})}
         return make_score(self.score, self._density(), progress=False, **options)
 
-    def fit(self, X: Any, y: Any = None) -> OODDetector:
+    def fit(self, X: Any, y: Any = None, X_calibration: Any = None) -> OODDetector:
         """Fit the score on in-distribution data and calibrate the threshold for ``fpr``.
 
         Args:
             X: in-distribution samples (a tensor, array, dataset or DataLoader), as the model takes them.
             y: ignored (scikit-learn's convention).
+            X_calibration: held-out in-distribution samples to calibrate the threshold on; without them, scores that
+                fit keep a share ``holdout`` of ``X`` apart (the others calibrate on all of it).
 
         Returns:
             The detector.
@@ -182,7 +184,11 @@ class OODDetector(CalibratedDetector):
         if len(x) < 2:
             raise InputError(f"fit needs at least 2 in-distribution samples, got {len(x)}")
         scorer = self._make_scorer()
-        if scorer.needs_fit:
+        if X_calibration is not None:
+            if scorer.needs_fit:
+                scorer.fit(x)
+            ref = collect_samples(X_calibration)
+        elif scorer.needs_fit:
             seed = scorer.seed
             perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
             n_ref = max(1, round(self.holdout * len(x)))
