@@ -268,8 +268,8 @@ class EngineDetector:
                  batch_size: int = 256) -> None:
         self.manifest = read_manifest(Path(folder))
         if self.manifest.get("kind") != "detector":
-            raise ConfigError(f"{folder} holds an exported flow, not a detector; score it with flowood evaluate "
-                              "--checkpoint FOLDER --backend ENGINE, or export the detector with --detector")
+            raise ConfigError(f"{folder} holds an exported flow, not a detector; evaluate it as a `checkpoint` on an "
+                              "engine `backend`, or export the detector file itself")
         self.engine = EngineDensity(folder, backend, precision, manifest=self.manifest)
         self.batch_size = batch_size
         self.input_shape = tuple(self.manifest["input_shape"])

@@ -197,6 +197,47 @@ def _fit_pixel_candidates(names: list[str], checkpoint: str | Path, images: Any,
     return fitted, rows
 
 
+@dataclass
+class _Request:
+    """A checked selection request: the validation sets, the files it reads and writes."""
+
+    sets: list[str]
+    inputs: list[Any]
+    out: Path | None
+    page: Path | None
+
+
+def _check_request(classifier: Any, out: Any, ood: list[str], o: SelectOptions, checkpoint: Any,
+                   overwrite: bool) -> _Request:
+    d = o.detector
+    if not d.dataset:
+        raise ConfigError("selection needs the in-distribution images: pass `dataset`")
+    if not ood:
+        raise DataError("selection needs validation OOD sets: pass `ood`, e.g. ['mnist']")
+    sets = [canonical_name(n) for n in ood]
+    if canonical_name(d.dataset) in sets or len(set(sets)) != len(sets):
+        raise DataError(f"the validation sets must differ from each other and from {d.dataset}")
+    if o.candidates:
+        _check_names(o.candidates, checkpoint is not None)
+    page = Path(out).with_name(f"{Path(out).stem}-selection.html") if out is not None else None
+    inputs = [classifier, checkpoint, o.feature_flow, *dataset_inputs([d.dataset, *sets], d.data_root)]
+    if out is not None:
+        check_output_file(out, is_detector_file, inputs, overwrite)
+        check_output_file(page, _is_selection_page, inputs, overwrite)
+    return _Request(sets, inputs, Path(out) if out is not None else None, page)
+
+
+def _candidate_names(o: SelectOptions, extractor: FeatureExtractor, data: PipelineData, pixel_flow: Any) -> list[str]:
+    names = list(o.candidates or _default_candidates(extractor, data.labels is not None, pixel_flow))
+    method = o.detector.method
+    if method is not None and method not in names:
+        raise ConfigError(f"`method` {method!r} is not among the candidates ({', '.join(names)})")
+    for name in names:
+        if name in CLASSIFIER_DETECTORS:
+            check_extractor(extractor, name)
+    return names
+
+
 def select_detector(classifier: str | Path, out: str | Path | None, ood: list[str],
                     options: SelectOptions | None = None, *, checkpoint: str | Path | None = None,
                     progress: bool = True, overwrite: bool = False, **option_values: Any) -> SelectionResult:
@@ -220,67 +261,55 @@ def select_detector(classifier: str | Path, out: str | Path | None, ood: list[st
     """
     o = merge_options(SelectOptions, options, option_values)
     d = o.detector
-    if not d.dataset:
-        raise ConfigError("selection needs the in-distribution images: pass `dataset`")
-    if not ood:
-        raise DataError("selection needs validation OOD sets: pass `ood`, e.g. ['mnist']")
-    sets = [canonical_name(n) for n in ood]
-    if canonical_name(d.dataset) in sets or len(set(sets)) != len(sets):
-        raise DataError(f"the validation sets must differ from each other and from {d.dataset}")
-    if o.candidates:
-        _check_names(o.candidates, checkpoint is not None)
-    page = Path(out).with_name(f"{Path(out).stem}-selection.html") if out is not None else None
-    inputs = [classifier, checkpoint, o.feature_flow, *dataset_inputs([d.dataset, *sets], d.data_root)]
-    if out is not None:
-        check_output_file(out, is_detector_file, inputs, overwrite)
-        check_output_file(page, _is_selection_page, inputs, overwrite)
+    request = _check_request(classifier, out, ood, o, checkpoint, overwrite)
     start = time.time()
     images = load_images(d.dataset, d.data_root)
     extractor = load_extractor(classifier, images.sample_shape, d.backbone, d.image_size)
     extractor = extractor.to(resolve_device(d.device)).eval()
     data = pipeline_data(images, d.dataset, extractor.input_shape, d.fit_samples, d.holdout, d.seed)
     pixel_flow = load_flow(checkpoint).flow if checkpoint is not None else None
-    names = list(o.candidates or _default_candidates(extractor, data.labels is not None, pixel_flow))
-    chosen = d.method
-    if chosen is not None and chosen not in names:
-        raise ConfigError(f"`method` {chosen!r} is not among the candidates ({', '.join(names)})")
-    for name in names:
-        if name in CLASSIFIER_DETECTORS:
-            check_extractor(extractor, name)
+    names = _candidate_names(o, extractor, data, pixel_flow)
     base = DetectorPipeline(extractor, batch_size=d.batch_size)
     train = base.extract(data.fit, progress, "features (fit)")
     calibration = base.extract(data.calibration, progress, "features (calibration)")
-    validation = _load_validation(sets, base, tuple(pixel_flow.input_shape) if pixel_flow is not None else None, o,
+    validation = _load_validation(request.sets, base, tuple(pixel_flow.input_shape) if pixel_flow else None, o,
                                   progress)
-    feature_names = [n for n in names if not n.startswith("pixel:")]
     flow, flow_info = None, {}
-    if any(n.startswith("flow:") for n in feature_names):
-        flow, flow_info = feature_flow(o.feature_flow, train, calibration, d, overwrite, progress, inputs)
+    if any(n.startswith("flow:") for n in names):
+        flow, flow_info = feature_flow(o.feature_flow, train, calibration, d, overwrite, progress, request.inputs)
         flow.to(resolve_device(d.device))
+    feature_names = [n for n in names if not n.startswith("pixel:")]
     fitted, rows = _fit_feature_candidates(feature_names, extractor, data, train, calibration, flow, validation, o)
     if pixel_flow is not None:
-        pixel = [n for n in names if n.startswith("pixel:")]
-        more, more_rows = _fit_pixel_candidates(pixel, checkpoint, images, data, validation, o, progress)
+        more, more_rows = _fit_pixel_candidates([n for n in names if n.startswith("pixel:")], checkpoint, images,
+                                                data, validation, o, progress)
         fitted.update(more)
         rows += more_rows
     ranking = sorted(rows, key=lambda r: (-r["mean_auroc"], r["mean_fpr95"]))
-    chosen = chosen or ranking[0]["detector"]
-    detector = fitted[chosen]
-    selection = {"validation_sets": sets, "validation": validation.info, "ranking": ranking, "chosen": chosen,
-                 "chosen_by": "method" if d.method else "best mean AUROC", "bootstrap": o.bootstrap,
+    chosen = d.method or ranking[0]["detector"]
+    selection = {"validation_sets": request.sets, "validation": validation.info, "ranking": ranking,
+                 "chosen": chosen, "chosen_by": "method" if d.method else "best mean AUROC", "bootstrap": o.bootstrap,
                  "selected": time.strftime("%Y-%m-%d %H:%M:%S"), "minutes": round((time.time() - start) / 60, 2)}
+    detector = fitted[chosen]
+    _keep(detector, selection, request, d, data, extractor, flow_info)
+    return SelectionResult(detector, ranking, chosen, request.page, request.out)
+
+
+def _keep(detector: Any, selection: dict[str, Any], request: _Request, d: DetectorOptions, data: PipelineData,
+          extractor: FeatureExtractor, flow_info: dict[str, Any]) -> None:
+    """Record the selection in the chosen detector; save it and the ranking's page."""
     detector.selection_ = selection
     if isinstance(detector, DetectorPipeline):
-        detector.provenance_.update(pipeline_provenance(dataclasses.replace(d, method=detector.method), data, extractor,
-                                                flow_info if detector.method == "flow" else {}))
-    if out is not None:
-        if isinstance(detector, DetectorPipeline):
-            detector.save(out, overwrite=True, inputs=inputs, parity_images=data.calibration[:16].clone())
-        else:
-            detector.save(out, overwrite=True)
-        write_text_atomic(page, selection_page(selection, d.dataset, str(out)))
-    return SelectionResult(detector, ranking, chosen, page if out is not None else None,
-                           Path(out) if out is not None else None)
+        detector.provenance_.update(pipeline_provenance(dataclasses.replace(d, method=detector.method), data,
+                                                        extractor, flow_info if detector.method == "flow" else {}))
+    if request.out is None:
+        return
+    if isinstance(detector, DetectorPipeline):
+        detector.save(request.out, overwrite=True, inputs=request.inputs,
+                      parity_images=data.calibration[:16].clone())
+    else:
+        detector.save(request.out, overwrite=True)
+    write_text_atomic(request.page, selection_page(selection, d.dataset, str(request.out)))
 
 
 def _interval(ci: list[float] | None) -> str:
