@@ -24,3 +24,15 @@ $FLOWOOD detector select --classifier "$OUT/emb/fm.classifier.pt" --checkpoint "
 $FLOWOOD detector info "$OUT/detector.pt"
 $FLOWOOD evaluate --detector "$OUT/detector.pt" --ood digits noise constant mnist --bootstrap 1000 \
     --out "$OUT/eval" --overwrite --no_progress
+# The runner-up and the flow on the features, fitted on the same 10,000 images, on the same test sets, and exported
+# (the chosen pixel:complexity needs a PNG encoder, which no graph holds: it scores on an engine with --backend)
+$FLOWOOD detector fit --classifier "$OUT/emb/fm.classifier.pt" --dataset fashionmnist --method mahalanobis \
+    --fit_samples 10000 --out "$OUT/mahalanobis.pt" --overwrite --no_progress
+$FLOWOOD detector fit --classifier "$OUT/emb/fm.classifier.pt" --dataset fashionmnist --method flow \
+    --checkpoint "$OUT/feature_flow/train/checkpoints/last.ckpt" --fit_samples 10000 --out "$OUT/flow.pt" \
+    --overwrite --no_progress
+for d in mahalanobis flow; do
+  $FLOWOOD evaluate --detector "$OUT/$d.pt" --ood digits noise constant mnist --bootstrap 1000 \
+      --out "$OUT/eval_$d" --overwrite --no_progress
+  $FLOWOOD export --detector "$OUT/$d.pt" --format openvino --out "$OUT/export_$d" --overwrite --no_progress
+done

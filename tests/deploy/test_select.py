@@ -121,3 +121,17 @@ def test_the_command_line_selects_shows_and_evaluates(embedded, fashionmnist_npz
     assert "| noise |" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["detector"] in ("mahalanobis", "rmd") and metrics["ood"]["noise"]["n"] == 50
+
+
+def test_candidates_the_validation_sets_cannot_tell_apart_are_marked():
+    from flowood.deploy.select import mark_ties, ties_note
+
+    def row(name, lo, hi):
+        return {"detector": name, "sets": {"a": {"auroc_ci": [lo, hi]}, "b": {"auroc_ci": [lo, hi]}}}
+    ranking = mark_ties([row("best", 0.95, 0.99), row("close", 0.93, 0.96), row("far", 0.80, 0.90)])
+    assert [r["tied_with_best"] for r in ranking] == [False, True, False]
+    assert ties_note({"ranking": ranking}).startswith("close is within the 95% intervals of best")
+    ranking[1]["sets"]["b"]["auroc_ci"] = [0.90, 0.94]  # apart on one set: told apart
+    assert not mark_ties(ranking)[1]["tied_with_best"] and ties_note({"ranking": ranking}) is None
+    no_intervals = [{"detector": n, "sets": {"a": {"auroc_ci": None}}} for n in ("x", "y")]
+    assert not any(r["tied_with_best"] for r in mark_ties(no_intervals))

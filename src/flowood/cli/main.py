@@ -392,11 +392,14 @@ def _cmd_detector(args: argparse.Namespace) -> int:
 
 
 def _detector_select(args: argparse.Namespace) -> int:
-    from flowood.deploy.select import SelectOptions, select_detector, selection_table
+    from flowood.deploy.select import SelectOptions, select_detector, selection_table, ties_note
 
     result = select_detector(args.classifier, args.out, args.ood, checkpoint=args.checkpoint, progress=args.progress,
                              overwrite=args.overwrite, **given_options(args, SelectOptions))
     print(selection_table(result.detector.selection_))
+    note = ties_note(result.detector.selection_)
+    if note:
+        print(f"note: {note}")
     print(f"wrote {result.out}: {result.chosen}, threshold {result.detector.threshold_:.4g} flags "
           f"{100 * result.detector.fpr:.1f}% of the in-distribution calibration inputs; the ranking: {result.page}")
     print("the validation sets above are the ones it was chosen on: evaluate it on others "

@@ -9,7 +9,8 @@ fitted on the same in-distribution training images and calibrated on the same he
 (:func:`~flowood.deploy.fit.split_fit_calibration`); each is scored on the same validation images of every OOD
 set (their ``train`` split where the set has one, so the ``test`` split stays for evaluation); AUROC and FPR at 95%
 TPR come with bootstrap intervals. Candidates are ranked by mean AUROC over the validation sets (ties: lower mean
-FPR95).
+FPR95); candidates whose AUROC interval overlaps the best's on every validation set are marked as tied with it: those
+sets cannot tell them apart.
 
 A validation set is a set the detector was chosen on: its numbers are optimistic. The detector file records the
 validation sets, and ``flowood evaluate --detector`` warns when one of them is evaluated again.
@@ -50,7 +51,8 @@ from flowood.options import ConfigError, merge_options, option
 from flowood.outputs import check_output_file, write_text_atomic
 from flowood.runtime import resolve_device
 
-__all__ = ["SelectOptions", "SelectionResult", "select_detector", "selection_table", "FEATURE_FLOW_CANDIDATES"]
+__all__ = ["SelectOptions", "SelectionResult", "select_detector", "selection_table", "FEATURE_FLOW_CANDIDATES",
+           "mark_ties", "ties_note"]
 
 #: the scores of a flow on the features that selection compares by default.
 FEATURE_FLOW_CANDIDATES = ("flow:likelihood", "flow:typicality")
@@ -285,7 +287,7 @@ def select_detector(classifier: str | Path, out: str | Path | None, ood: list[st
                                                 data, validation, o, progress)
         fitted.update(more)
         rows += more_rows
-    ranking = sorted(rows, key=lambda r: (-r["mean_auroc"], r["mean_fpr95"]))
+    ranking = mark_ties(sorted(rows, key=lambda r: (-r["mean_auroc"], r["mean_fpr95"])))
     chosen = d.method or ranking[0]["detector"]
     selection = {"validation_sets": request.sets, "validation": validation.info, "ranking": ranking,
                  "chosen": chosen, "chosen_by": "method" if d.method else "best mean AUROC", "bootstrap": o.bootstrap,
@@ -312,6 +314,28 @@ def _keep(detector: Any, selection: dict[str, Any], request: _Request, d: Detect
     write_text_atomic(request.page, selection_page(selection, d.dataset, str(request.out)))
 
 
+def mark_ties(ranking: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mark the candidates the validation sets cannot tell from the best: on every set, their AUROC interval overlaps
+    the best's (``tied_with_best``; False without bootstrap intervals)."""
+    best = ranking[0]["sets"]
+    for row in ranking:
+        row["tied_with_best"] = row is not ranking[0] and all(
+            row["sets"][s]["auroc_ci"] is not None and best[s]["auroc_ci"] is not None
+            and row["sets"][s]["auroc_ci"][1] >= best[s]["auroc_ci"][0] for s in best)
+    return ranking
+
+
+def ties_note(selection: dict[str, Any]) -> str | None:
+    """A sentence naming the candidates tied with the best, or None."""
+    tied = [r["detector"] for r in selection["ranking"] if r.get("tied_with_best")]
+    if not tied:
+        return None
+    return (f"{', '.join(tied)} {'is' if len(tied) == 1 else 'are'} within the 95% intervals of "
+            f"{selection['ranking'][0]['detector']} on every validation set: these sets cannot tell them apart, and "
+            "the order between them may not hold on other OOD data; validate on more sets, or prefer the detector "
+            "known to generalise")
+
+
 def _interval(ci: list[float] | None) -> str:
     return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
 
@@ -324,7 +348,8 @@ def selection_table(selection: dict[str, Any]) -> str:
             "mean AUROC", "mean FPR95"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---:|" * 1 + "---|---|" + "---:|" * (2 * len(sets) + 2)]
     for i, r in enumerate(selection["ranking"], 1):
-        mark = " (chosen)" if r["detector"] == selection["chosen"] else ""
+        mark = (" (chosen)" if r["detector"] == selection["chosen"] else "") + (" (tied)" if r.get("tied_with_best")
+                                                                                 else "")
         cells = [str(i), f"{r['detector']}{mark}", r["family"]]
         cells += [f"{r['sets'][s]['auroc']:.3f}{_interval(r['sets'][s]['auroc_ci'])}" for s in sets]
         cells += [f"{r['sets'][s]['fpr95']:.3f}{_interval(r['sets'][s]['fpr95_ci'])}" for s in sets]
@@ -342,7 +367,8 @@ def selection_page(selection: dict[str, Any], dataset: str, out: str) -> str:
             "mean AUROC", "mean FPR95"]
     rows = []
     for i, r in enumerate(selection["ranking"], 1):
-        rows.append([str(i), r["detector"] + (" (chosen)" if r["detector"] == selection["chosen"] else ""),
+        rows.append([str(i), r["detector"] + (" (chosen)" if r["detector"] == selection["chosen"] else "")
+                     + (" (tied)" if r.get("tied_with_best") else ""),
                      r["family"], r["needs"],
                      *[f"{r['sets'][s]['auroc']:.3f}{_interval(r['sets'][s]['auroc_ci'])}" for s in sets],
                      *[f"{r['sets'][s]['fpr95']:.3f}{_interval(r['sets'][s]['fpr95_ci'])}" for s in sets],
@@ -355,6 +381,7 @@ def selection_page(selection: dict[str, Any], dataset: str, out: str) -> str:
             f"<b>{html.escape(selection['chosen'])}</b> ({html.escape(selection['chosen_by'])}), saved as "
             f"{html.escape(out)}.</p>",
             html_table(head, rows),
+            *([f"<p class='note'>Tied: {html.escape(ties_note(selection))}.</p>"] if ties_note(selection) else []),
             "<p class='bad'>These are the sets the detector was chosen on: its numbers here are optimistic. Judge it "
             "on other OOD sets (flowood evaluate --detector warns when a validation set is evaluated again).</p>"]
     return page("flowood detector selection", body)
