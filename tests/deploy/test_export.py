@@ -76,6 +76,23 @@ def test_a_users_exported_model_exports_inside_the_detector(fashionmnist_npz, mn
         export_detector(tmp_path / "one.pt", tmp_path / "export-one")
 
 
+def test_a_pipeline_fitted_in_python_exports_and_engines_refuse_other_inputs(embedded, mnist_images, tmp_path):
+    from flowood.deploy import DetectorPipeline
+    from flowood.embed.extractors import load_extractor
+    from flowood.errors import InputError
+
+    train = torch.from_numpy(fixture_arrays("fashionmnist")[0])
+    pipeline = DetectorPipeline(load_extractor(embedded["classifier"], (1, 28, 28)), method="knn").fit(train)
+    assert len(pipeline.parity_images_) == 16
+    pipeline.save(tmp_path / "d.pt")
+    export_detector(tmp_path / "d.pt", tmp_path / "export")
+    exported = _exported_equals_torch(tmp_path / "d.pt", tmp_path / "export", mnist_images)
+    with pytest.raises(InputError, match="takes uint8 inputs"):
+        exported.anomaly_score(mnist_images.float() / 255)
+    with pytest.raises(Exception, match="`tolerance` .* applies to exporting a flow"):
+        export_detector(tmp_path / "d.pt", tmp_path / "export2", tolerance=1e-3)
+
+
 def test_a_graph_that_disagrees_is_refused_and_nothing_kept(embedded, fashionmnist_npz, monkeypatch, tmp_path):
     from flowood.deploy import pipeline as pipeline_module
 

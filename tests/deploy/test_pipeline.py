@@ -30,7 +30,8 @@ def test_fitting_samples_are_those_evaluate_fits_on():
         taken = torch.randperm(n, generator=torch.Generator().manual_seed(3))[:len(fit)].sort().values
         assert torch.equal(fit, taken) and not set(fit.tolist()) & set(cal.tolist())
         assert len(fit) + len(cal) <= n and len(cal) >= 1
-    assert len(split_fit_calibration(600, 200, 0.2, 0)[1]) == 40
+    assert len(split_fit_calibration(600, 200, 0.2, 0)[1]) == 50  # 0.2 of the 250 used calibrate
+    assert [len(i) for i in split_fit_calibration(600, 5000, 0.2, 0)] == [480, 120]  # a small split: 0.2 of it
     with pytest.raises(Exception, match="at least 3"):
         split_fit_calibration(2, 5, 0.2, 0)
 
@@ -86,7 +87,7 @@ def test_a_flow_trained_by_fit_is_kept_with_its_features(embedded, fashionmnist_
     flow = detector.provenance_["flow"]
     assert flow["steps"] == 15 and flow["flow"] == "MAF" and flow["run"] == str((tmp_path / "run").resolve())
     with np.load(tmp_path / "run" / "features.npz") as f:
-        assert f["embeddings_train"].shape == (500, 8) and f["embeddings_test"].shape == (100, 8)
+        assert f["embeddings_train"].shape == (480, 8) and f["embeddings_test"].shape == (120, 8)
     ckpt = tmp_path / "run" / "train" / "checkpoints" / "last.ckpt"
     again = fit_detector(ckpt, tmp_path / "again.pt", classifier=embedded["classifier"], method="flow",
                          dataset=fashionmnist_npz, progress=False)
@@ -157,6 +158,15 @@ def test_requests_that_cannot_work_are_refused(embedded, fashionmnist_npz, train
     with pytest.raises(Exception, match="needs class labels"):
         fit_detector(classifier=embedded["classifier"], out=tmp_path / "d.pt", method="rmd",
                      dataset=f"npz:{unlabeled}", progress=False)
+    with pytest.raises(ConfigError, match="`checkpoint` applies to a flow on the features"):
+        fit_detector(trained_checkpoint, tmp_path / "d.pt", classifier=embedded["classifier"], method="knn",
+                     dataset=fashionmnist_npz)
+    with pytest.raises(ConfigError, match="`flow_out`: the flow is given"):
+        fit_detector(embedded["flow"], tmp_path / "d.pt", classifier=embedded["classifier"], method="flow",
+                     flow_out=str(tmp_path / "run"), dataset=fashionmnist_npz)
+    with pytest.raises(ConfigError, match="`typicality_batch` must be 1"):
+        fit_detector(embedded["flow"], tmp_path / "d.pt", classifier=embedded["classifier"], method="flow",
+                     score="typicality", typicality_batch=4, dataset=fashionmnist_npz)
     with pytest.raises(Exception, match="takes 1x28x28 inputs, and the classifier gives 8-dim features"):
         fit_detector(trained_checkpoint, tmp_path / "d.pt", classifier=embedded["classifier"], method="flow",
                      dataset=fashionmnist_npz, progress=False)
@@ -175,7 +185,7 @@ def test_the_command_line_fits_shows_and_scores_a_folder_of_images(embedded, fas
     assert "wrote" in capsys.readouterr().out
     assert main(["detector", "info", str(tmp_path / "d.pt"), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["threshold"]["fpr"] == 0.1 and info["classifier"]["sha256"] and info["data"]["fit_samples"] == 500
+    assert info["threshold"]["fpr"] == 0.1 and info["classifier"]["sha256"] and info["data"]["fit_samples"] == 480
     assert main(["score", "--detector", str(tmp_path / "d.pt"), str(folder), "--out", str(tmp_path / "s.csv"),
                  "--no_progress"]) == 0
     rows = {r["input"]: r for r in csv.DictReader((tmp_path / "s.csv").read_text().splitlines())}
@@ -214,3 +224,31 @@ def fixture_path(name: str):
     from builders import FIXTURES
 
     return FIXTURES / f"{name}-small.npz"
+
+
+def test_a_tampered_exported_graph_is_refused_before_pytorch_rebuilds_it(fashionmnist_npz, tmp_path,
+                                                                         monkeypatch):
+    """PyTorch rebuilds an exported program by evaluating its size expressions (sympy) and looking up its targets;
+    a detector file whose graph was edited to run code is refused, and the code does not run."""
+    from flowood.checkpoints import CheckpointError
+    from flowood.embed.extractors import check_program
+
+    fit_detector(classifier=export_program(UserClassifier(), tmp_path / "dyn.pt2"), out=tmp_path / "d.pt",
+                 method="knn", dataset=fashionmnist_npz, progress=False)
+    payload = torch.load(tmp_path / "d.pt", weights_only=True)
+    graph = json.loads(bytes(payload["extractor"]["graph"].numpy().tobytes()))
+    check_program(graph)  # the honest graph passes
+    monkeypatch.chdir(tmp_path)
+    text = json.dumps(graph)
+    attacks = {
+        "expression": text.replace("Symbol('s", "__import__('pathlib').Path('ran').touch() or Symbol('s", 1),
+        "target": text.replace('"torch.ops.aten.relu.default"', '"builtins.exec"', 1),
+        "guards": json.dumps({**graph, "guards_code": ["__import__('pathlib').Path('ran').touch()"]}),
+    }
+    for name, tampered in attacks.items():
+        assert tampered != text, name
+        payload["extractor"]["graph"] = torch.frombuffer(bytearray(tampered.encode()), dtype=torch.uint8)
+        torch.save(payload, tmp_path / f"{name}.pt")
+        with pytest.raises(CheckpointError, match="was refused"):
+            load_detector(tmp_path / f"{name}.pt")
+        assert not (tmp_path / "ran").exists(), name

@@ -78,6 +78,10 @@ def test_a_named_method_is_saved_instead_of_the_best(embedded, fashionmnist_npz,
     result = select_detector(embedded["classifier"], tmp_path / "d.pt", [mnist_npz, "noise"], dataset=fashionmnist_npz,
                              candidates=["mahalanobis", "energy"], method="energy", bootstrap=0, progress=False)
     assert result.chosen == "energy" and load_detector(tmp_path / "d.pt").method == "energy"
+    flow = select_detector(embedded["classifier"], tmp_path / "f.pt", [mnist_npz], dataset=fashionmnist_npz,
+                           candidates=["knn", "flow:likelihood"], feature_flow=str(embedded["flow"]), method="flow",
+                           bootstrap=0, progress=False)
+    assert flow.chosen == "flow:likelihood" and load_detector(tmp_path / "f.pt").score_name == "flow:likelihood"
     assert set(result.ranking[0]["sets"]) == {mnist_npz, "noise"}
     with pytest.raises(ConfigError, match="did you mean 'energy'"):
         select_detector(embedded["classifier"], tmp_path / "e.pt", [mnist_npz], dataset=fashionmnist_npz,
@@ -132,6 +136,8 @@ def test_candidates_the_validation_sets_cannot_tell_apart_are_marked():
     assert [r["tied_with_best"] for r in ranking] == [False, True, False]
     assert ties_note({"ranking": ranking}).startswith("close is within the 95% intervals of best")
     ranking[1]["sets"]["b"]["auroc_ci"] = [0.90, 0.94]  # apart on one set: told apart
+    assert not mark_ties(ranking)[1]["tied_with_best"] and ties_note({"ranking": ranking}) is None
+    ranking[1]["sets"]["b"]["auroc_ci"] = [0.995, 0.999]  # clearly better on one set (the mean ranks it lower)
     assert not mark_ties(ranking)[1]["tied_with_best"] and ties_note({"ranking": ranking}) is None
     no_intervals = [{"detector": n, "sets": {"a": {"auroc_ci": None}}} for n in ("x", "y")]
     assert not any(r["tied_with_best"] for r in mark_ties(no_intervals))

@@ -110,7 +110,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, 
         if not info.flag:
             continue
         default = default_of(f)
-        help_line = info.help + (f"; one of: {', '.join(map(str, info.choices))}" if info.choices else "")
+        help_line = as_flags(info.help) + (f"; one of: {', '.join(map(str, info.choices))}" if info.choices else "")
         help_line = help_line.replace("%", "%%")  # argparse formats help with %
         if _members(kind) == [bool]:  # a switch (an optional one left out keeps its per-model default)
             target.add_argument(*spellings(f.name, info.aliases), dest=f.name, action="store_const", const=True,

@@ -39,6 +39,7 @@ from flowood.checkpoints import file_sha256
 from flowood.deploy.pipeline import FEATURE_FLOW_SCORES, DetectorPipeline, FlowScoreGraph, load_detector
 from flowood.engines.backend import EngineDensity, read_manifest
 from flowood.engines.export import (
+    DEFAULT_TOLERANCE,
     EXPORT_FORMAT_VERSION,
     EXPORT_FORMATS,
     EXPORT_MANIFEST,
@@ -50,6 +51,7 @@ from flowood.engines.export import (
     require_module,
     write_checked_export,
 )
+from flowood.errors import InputError
 from flowood.flows import FlowModel
 from flowood.ood.detector import CalibratedDetector, OODDetector, collect_samples
 from flowood.options import ConfigError, merge_options
@@ -118,10 +120,12 @@ def parity_inputs(detector: Any, n: int, seed: int) -> tuple[Tensor, Tensor]:
     1.5)."""
     g = torch.Generator().manual_seed(seed)
     shape = tuple(detector.input_shape)
+    noise = torch.randint(0, 256, (max(2, n // 2), *shape), generator=g, dtype=torch.uint8)
     kept = getattr(detector, "parity_images_", None)
     if kept is not None and len(kept):
-        noise = torch.randint(0, 256, (max(2, n // 2), *shape), generator=g, dtype=torch.uint8)
         return kept, noise
+    if isinstance(detector, DetectorPipeline):  # fitted from features alone: noise stands in for in-distribution
+        return torch.randint(0, 256, (n, *shape), generator=g, dtype=torch.uint8), noise
     flow = detector.scorer_.flow
     with torch.no_grad():
         if len(shape) == 3:
@@ -219,6 +223,9 @@ def export_detector(detector: str | Path | OODDetector | DetectorPipeline, out: 
     o = merge_options(ExportOptions, options, option_values)
     if o.format not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {o.format!r}; choose {' or '.join(EXPORT_FORMATS)}")
+    if o.tolerance != DEFAULT_TOLERANCE:
+        raise ConfigError("`tolerance` (bits/dim) applies to exporting a flow; a detector's parity is held to "
+                          "`score_tolerance`")
     if not o.score_tolerance > 0:
         raise ConfigError(f"score_tolerance must be positive, got {o.score_tolerance}")
     for module in ("onnx", "onnxscript", "openvino" if o.format == "openvino" else "onnxruntime"):
@@ -275,10 +282,16 @@ class EngineDetector:
         self.input_shape = tuple(self.manifest["input_shape"])
 
     def score(self, x: Tensor) -> np.ndarray:
+        """Anomaly scores (float64) of a batch in the graph's input dtype and shape.
+
+        Raises:
+            InputError: another dtype or shape (the graph would read other values).
+        """
         x = collect_samples(x)
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ConfigError(f"the exported detector takes inputs of shape {self.input_shape}, got "
-                              f"{tuple(x.shape[1:])}")
+        dtype = self.manifest["input"]["dtype"]
+        if tuple(x.shape[1:]) != self.input_shape or str(x.dtype).removeprefix("torch.") != dtype:
+            raise InputError(f"the exported detector takes {dtype} inputs of shape {self.input_shape}, got "
+                             f"{str(x.dtype).removeprefix('torch.')} {tuple(x.shape[1:])}")
         parts = [self.engine.run(x[i:i + self.batch_size].numpy())[0] for i in range(0, len(x), self.batch_size)]
         return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
 
@@ -288,8 +301,12 @@ def engine_pipeline(pipeline: DetectorPipeline, backend: str, precision: str = "
     lives as long as the returned object."""
     scratch = tempfile.TemporaryDirectory(prefix="flowood-detector-export-")
     folder = Path(scratch.name) / "export"
-    export_detector(pipeline, folder, format="openvino" if backend == "openvino" else "onnx", overwrite=True)
-    result = EngineDetector(folder, backend, precision)
+    try:
+        export_detector(pipeline, folder, format="openvino" if backend == "openvino" else "onnx", overwrite=True)
+        result = EngineDetector(folder, backend, precision)
+    except BaseException:
+        scratch.cleanup()
+        raise
     result._scratch = scratch  # removed with the object
     return result
 

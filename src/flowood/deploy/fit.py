@@ -28,7 +28,14 @@ from torch import Tensor
 from flowood import __version__
 from flowood.checkpoints import load_flow
 from flowood.data import ArrayDataset, adapt_images, dataset_inputs, fit_to_shape, load_dataset
-from flowood.deploy.pipeline import FEATURE_FLOW_SCORES, METHODS, DetectorPipeline
+from flowood.deploy.pipeline import (
+    DEFAULT_HOLDOUT,
+    FEATURE_FLOW_SCORES,
+    METHODS,
+    PARITY_IMAGES,
+    DetectorPipeline,
+    check_flow_score,
+)
 from flowood.embed.extractors import FeatureExtractor, load_extractor
 from flowood.errors import DataError, closest
 from flowood.flows import FlowModel
@@ -47,31 +54,32 @@ __all__ = ["DetectorOptions", "fit_detector", "fit_pipeline", "split_fit_calibra
 class DetectorOptions:
     """How ``flowood detector fit`` builds a detector: every field is an option."""
 
-    method: str | None = option(None, "with --classifier: the detector on its features: flow (a flow on the "
+    method: str | None = option(None, "with `classifier`: the detector on its features: flow (a flow on the "
                                 f"features) or a classifier-based detector ({', '.join(CLASSIFIER_DETECTORS)}) "
                                 "(default: mahalanobis; for select: the best on the validation sets)",
                                 metavar="METHOD")
-    score: str = option("likelihood", "the flow's OOD score (flowood evaluate --help lists them; a flow on features "
+    score: str = option("likelihood", "the flow's OOD score (`flowood evaluate` lists them; a flow on features "
                         f"takes {', '.join(FEATURE_FLOW_SCORES)})", metavar="SCORE")
     fpr: float = option(0.05, "share of in-distribution inputs flagged as OOD (sets the threshold)", minimum=0.0)
     dataset: str | None = option(None, "in-distribution data to fit and calibrate on (default: the checkpoint's "
                                  "training set)", metavar="NAME")
     fit_samples: int = option(5000, "in-distribution training samples used to fit (chosen as flowood evaluate "
-                              "--fit_samples chooses them)", minimum=2)
-    holdout: float = option(0.2, "calibration data for the threshold, as a share of the fit samples (more training "
-                            "samples, disjoint from them; a pixel flow's scores that fit keep this share of the "
-                            "fit samples apart instead)", minimum=0.0)
+                              "`fit_samples` chooses them)", minimum=2)
+    holdout: float = option(DEFAULT_HOLDOUT, "share of the in-distribution images kept apart to calibrate the "
+                            "threshold (with `classifier`: training images beside the fit samples, e.g. 0.2 of "
+                            "12,500 with 10,000 to fit; a flow's scores that fit keep it apart from the fit samples)",
+                            minimum=0.0)
     typicality_batch: int = option(1, "group size of the typicality test (1: the single-sample form)", minimum=1)
     background_steps: int = option(1000, "training steps of the likelihood ratio's background flow", minimum=1)
-    backbone: str = option("auto", "with --classifier: the torchvision architecture of a plain state_dict file (auto: "
+    backbone: str = option("auto", "with `classifier`: the torchvision architecture of a plain state_dict file (auto: "
                            "flowood's classifier files say their own)", metavar="NAME")
-    image_size: int | None = option(None, "with --classifier: resize images to this before the backbone (default: "
+    image_size: int | None = option(None, "with `classifier`: resize images to this before the backbone (default: "
                                     "the classifier's own transform)", minimum=1)
-    flow_config: str = option("features", "with --method flow and no --checkpoint: the training config of the flow "
+    flow_config: str = option("features", "with `method='flow'` and no `checkpoint`: the training config of the flow "
                               "on the features (a YAML file or a shipped config)", metavar="YAML")
-    max_minutes: float | None = option(None, "with --method flow and no --checkpoint: stop training the flow after "
+    max_minutes: float | None = option(None, "with `method='flow'` and no `checkpoint`: stop training the flow after "
                                        "this many minutes (default: the config's)", minimum=0.0)
-    flow_out: str | None = option(None, "with --method flow and no --checkpoint: keep the flow's training run (the "
+    flow_out: str | None = option(None, "with `method='flow'` and no `checkpoint`: keep the flow's training run (the "
                                   "features, checkpoints, logs) in this folder (default: a temporary one)",
                                   metavar="DIR")
     batch_size: int = option(256, "images through the classifier at once", minimum=1)
@@ -125,18 +133,19 @@ def split_fit_calibration(n: int, fit_samples: int, holdout: float, seed: int) -
 
     The fitting indices are those ``ArrayDataset.take(len(fit), seed)`` chooses (the first of one seeded
     permutation), so ``flowood evaluate --fit_samples len(fit) --seed seed`` fits on the same samples; the
-    calibration indices come next in the permutation, ``holdout`` times as many (when the split is too small for
-    both, ``holdout`` of it is kept for calibration).
+    calibration indices come next in the permutation, so that they are a share ``holdout`` of the two together.
+    When the split is too small for ``fit_samples`` and their calibration samples, a share ``holdout`` of it
+    calibrates and the rest fits (fewer than ``fit_samples``: pass the number used to ``evaluate``).
 
     Raises:
-        ConfigError: ``holdout`` outside (0, 1]. DataError: too few samples for both.
+        ConfigError: ``holdout`` outside (0, 1). DataError: too few samples for both.
     """
-    if not 0.0 < holdout <= 1.0:
-        raise ConfigError(f"holdout must be in (0, 1], got {holdout}")
+    if not 0.0 < holdout < 1.0:
+        raise ConfigError(f"holdout must be in (0, 1), got {holdout}")
     n_fit = min(fit_samples, n)
-    n_cal = max(1, round(holdout * n_fit))
+    n_cal = max(1, round(holdout * n_fit / (1.0 - holdout)))
     if n_fit + n_cal > n:
-        n_cal = max(1, round(holdout * n / (1.0 + holdout)))
+        n_cal = max(1, round(holdout * n))
         n_fit = n - n_cal
     if n_fit < 2:
         raise DataError(f"the training split has {n} samples; a detector needs at least 3 (2 to fit, 1 to calibrate)")
@@ -183,24 +192,42 @@ def pipeline_data(train: ArrayDataset, dataset: str, shape: tuple[int, ...], fit
     ``adapted``."""
     fit_idx, cal_idx = split_fit_calibration(len(train), fit_samples, holdout, seed)
     adapted = None
-    images = train.data
-    if tuple(train.sample_shape) != tuple(shape):
+    fit, calibration = train.data[fit_idx], train.data[cal_idx]
+    if tuple(train.sample_shape) != tuple(shape):  # only the images used are adapted
         adapted = f"{'x'.join(map(str, train.sample_shape))} -> {'x'.join(map(str, shape))}"
-        images = torch.cat([adapt_images(images[i:i + 4096], tuple(shape)) for i in range(0, len(images), 4096)])
+        fit, calibration = adapt_images(fit, tuple(shape)), adapt_images(calibration, tuple(shape))
     labels = train.labels[fit_idx] if train.labels is not None else None
-    return PipelineData(images[fit_idx], images[cal_idx], labels, dataset, adapted, fit_idx, cal_idx)
+    return PipelineData(fit, calibration, labels, dataset, adapted, fit_idx, cal_idx)
 
 
 def _check_method(o: DetectorOptions, labels_known: bool | None = None) -> None:
     if o.method not in METHODS:
         raise ConfigError(f"unknown method {o.method!r}{closest(o.method, METHODS)}; choose from {', '.join(METHODS)}")
-    if o.method == "flow" and o.score not in FEATURE_FLOW_SCORES:
-        raise ConfigError(f"a flow on features scores with {', '.join(FEATURE_FLOW_SCORES)}, not {o.score!r}"
-                          f"{closest(o.score, FEATURE_FLOW_SCORES)}")
+    if o.method == "flow":
+        check_flow_score(o.score, {"typicality_batch": o.typicality_batch})
     needs = CLASSIFIER_DETECTORS[o.method].needs if o.method in CLASSIFIER_DETECTORS else "features"
     if labels_known is False and "labels" in needs:
         raise DataError(f"the {o.method} detector needs class labels, and {o.dataset} has none; choose flow, knn, "
                         "or a detector on logits")
+
+
+def _check_unused(o: DetectorOptions, classifier: str | Path, checkpoint: str | Path | None) -> None:
+    """Refuse options given for a part the detector does not have (they would be ignored silently)."""
+    defaults = DetectorOptions()
+    if o.method != "flow":
+        given = [name for name in ("flow_config", "max_minutes", "flow_out") if getattr(o, name) != getattr(defaults,
+                                                                                                            name)]
+        if checkpoint is not None or given:
+            raise ConfigError(f"{', '.join(f'`{n}`' for n in (['checkpoint'] if checkpoint else []) + given)} "
+                              f"{'applies' if len(given) + bool(checkpoint) == 1 else 'apply'} to a flow on the "
+                              f"features (`method='flow'`), not to {o.method}")
+    elif checkpoint is not None:
+        given = [n for n in ("flow_config", "max_minutes", "flow_out") if getattr(o, n) != getattr(defaults, n)]
+        if given:
+            raise ConfigError(f"{', '.join(f'`{n}`' for n in given)}: the flow is given (`checkpoint`), not trained")
+    if str(classifier).endswith(".pt2") and (o.backbone != "auto" or o.image_size is not None):
+        raise ConfigError("`backbone` and `image_size` apply to classifier files; a torch.export model takes the "
+                          "images of the shape it was exported with, and resizes inside itself")
 
 
 def check_extractor(extractor: FeatureExtractor, method: str) -> None:
@@ -238,6 +265,7 @@ def fit_pipeline(classifier: str | Path, out: str | Path | None = None, options:
     if not o.dataset:
         raise ConfigError("a detector on a classifier's features needs the in-distribution images: pass `dataset`")
     _check_method(o)
+    _check_unused(o, classifier, checkpoint)
     inputs = [classifier, checkpoint, *dataset_inputs([o.dataset], o.data_root)]
     if out is not None:
         check_output_file(out, is_detector_file, inputs, overwrite)
@@ -262,12 +290,12 @@ def fit_pipeline(classifier: str | Path, out: str | Path | None = None, options:
     pipeline.fit_outputs(train, data.labels, calibration)
     pipeline.provenance_.update(pipeline_provenance(o, data, extractor, flow_info))
     if out is not None:
-        pipeline.save(out, overwrite=True, inputs=inputs, parity_images=data.calibration[:16].clone())
+        pipeline.save(out, overwrite=True, inputs=inputs, parity_images=data.calibration[:PARITY_IMAGES].clone())
     return pipeline
 
 
 def _score_options(o: DetectorOptions) -> dict[str, Any]:
-    return {"typicality_batch": o.typicality_batch, "seed": o.seed} if o.score == "typicality" else {"seed": o.seed}
+    return {"seed": o.seed}
 
 
 def pipeline_provenance(o: DetectorOptions, data: PipelineData, extractor: FeatureExtractor, flow: dict[str, Any]

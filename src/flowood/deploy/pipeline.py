@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -63,7 +64,7 @@ from flowood.ood.scores import make_score
 from flowood.options import ConfigError
 
 __all__ = ["DetectorPipeline", "FlowStage", "PIPELINE_FORMAT", "METHODS", "FEATURE_FLOW_SCORES", "load_detector",
-           "detector_info", "linear_head", "make_stage"]
+           "detector_info", "linear_head", "make_stage", "check_flow_score", "DEFAULT_HOLDOUT", "PARITY_IMAGES"]
 
 PIPELINE_FORMAT = DETECTOR_FILE_FORMATS[1]
 #: the scores a flow on features can use in a pipeline (each a function of its log-likelihood, so each exports).
@@ -72,6 +73,21 @@ FEATURE_FLOW_SCORES = ("likelihood", "typicality", "latent_last_scale", "latent_
 METHODS = ("flow", *CLASSIFIER_DETECTORS)
 #: in-distribution images kept in the file for the parity check of an export (plain uint8 pixels).
 PARITY_IMAGES = 16
+#: the held-out share of the in-distribution images that calibrates a threshold, when it is not given otherwise.
+DEFAULT_HOLDOUT = 0.2
+
+
+def check_flow_score(score: str, score_options: dict[str, Any] | None = None) -> None:
+    """Refuse a score a flow on features cannot give per image.
+
+    Raises:
+        ConfigError: a score outside :data:`FEATURE_FLOW_SCORES`, or typicality of groups of inputs.
+    """
+    if score not in FEATURE_FLOW_SCORES:
+        raise ConfigError(f"a flow on features scores with {', '.join(FEATURE_FLOW_SCORES)}, not {score!r}"
+                          f"{closest(score, FEATURE_FLOW_SCORES)}")
+    if int((score_options or {}).get("typicality_batch", 1)) != 1:
+        raise ConfigError("a detector decides per input: `typicality_batch` must be 1 (the single-sample form)")
 
 
 class FlowStage:
@@ -89,9 +105,7 @@ class FlowStage:
 
     def __init__(self, flow: FlowModel, score: str = "likelihood", score_options: dict[str, Any] | None = None
                  ) -> None:
-        if score not in FEATURE_FLOW_SCORES:
-            raise ConfigError(f"a flow on features scores with {', '.join(FEATURE_FLOW_SCORES)}, not {score!r}"
-                              f"{closest(score, FEATURE_FLOW_SCORES)}")
+        check_flow_score(score, score_options)
         if len(flow.input_shape) != 1:
             raise ConfigError(f"the flow takes {'x'.join(map(str, flow.input_shape))} inputs, not feature vectors; a "
                               "flow on the inputs is a detector of its own (fit it from its `checkpoint`, without a "
@@ -126,9 +140,6 @@ class FlowStage:
         from flowood.engines.export import DensityGraph
 
         return FlowScoreGraph(DensityGraph(self.flow), self.score_name, getattr(self.scorer, "entropy", None))
-
-    def describe(self) -> str:
-        return f"{self.flow.config.get('flow', 'flow')} on the features, {self.score_name} score"
 
 
 class FlowScoreGraph(nn.Module):
@@ -221,7 +232,7 @@ class DetectorPipeline(CalibratedDetector):
     """
 
     def __init__(self, extractor: FeatureExtractor, method: str = "mahalanobis", fpr: float = 0.05,
-                 holdout: float = 0.2, flow: FlowModel | None = None, score: str = "likelihood",
+                 holdout: float = DEFAULT_HOLDOUT, flow: FlowModel | None = None, score: str = "likelihood",
                  score_options: dict[str, Any] | None = None, batch_size: int = 256, seed: int = 0) -> None:
         self.extractor = extractor
         self.method = method
@@ -292,9 +303,12 @@ class DetectorPipeline(CalibratedDetector):
             labels = labels[keep] if labels is not None else None
         if len(images) < 2:
             raise InputError(f"fit needs at least 2 in-distribution images, got {len(images)}")
+        calibration_images = collect_samples(X_calibration)
         train = self.extract(images, progress, "features (fit)")
-        calibration = self.extract(X_calibration, progress, "features (calibration)")
-        return self.fit_outputs(train, labels, calibration)
+        calibration = self.extract(calibration_images, progress, "features (calibration)")
+        self.fit_outputs(train, labels, calibration)
+        self.parity_images_ = calibration_images[:PARITY_IMAGES].clone()
+        return self
 
     def fit_outputs(self, train: ClassifierOutputs, labels: Tensor | None, calibration: ClassifierOutputs
                     ) -> DetectorPipeline:
@@ -344,9 +358,10 @@ class DetectorPipeline(CalibratedDetector):
         return f"flow:{self.score}" if self.method == "flow" else self.method
 
     def graph(self) -> nn.Module:
-        """uint8 images -> ``(score, ood)``: the whole fitted pipeline as torch operations (what export writes)."""
+        """uint8 images -> ``(score, ood)``: the whole fitted pipeline as torch operations (what export writes), on
+        copies (the pipeline itself stays where it is)."""
         self._check_fitted()
-        return PipelineGraph(self.extractor, self.stage_.graph(), self.threshold_)
+        return PipelineGraph(copy.deepcopy(self.extractor), self.stage_.graph(), self.threshold_)
 
     # -- files --------------------------------------------------------------------------------------------------
     def save(self, path: str | Path, overwrite: bool = False, inputs: list[Any] | None = None,
@@ -362,6 +377,8 @@ class DetectorPipeline(CalibratedDetector):
 
         self._check_fitted()
         check_output_file(path, is_detector_file, inputs or [], overwrite)
+        if parity_images is None:
+            parity_images = getattr(self, "parity_images_", None)
         head = self.head_
         payload = {"format": PIPELINE_FORMAT, "flowood_version": __version__, "method": self.method,
                    "score": self.score, "fpr": float(self.fpr), "holdout": float(self.holdout),
@@ -389,8 +406,9 @@ class DetectorPipeline(CalibratedDetector):
         else:
             stage = make_classifier_detector(payload["method"], head).load_state(payload["detector"])
         pipeline = cls(extractor, payload["method"], payload["fpr"], payload["holdout"],
-                       getattr(stage, "flow", None), payload["score"], batch_size=payload["batch_size"],
-                       seed=payload["seed"])
+                       getattr(stage, "flow", None), payload["score"],
+                       (payload["detector"].get("score_options") or None) if payload["method"] == "flow" else None,
+                       batch_size=payload["batch_size"], seed=payload["seed"])
         dev = resolve_device(device)
         extractor.to(dev)
         if isinstance(stage, FlowStage):
@@ -399,7 +417,8 @@ class DetectorPipeline(CalibratedDetector):
         pipeline.reference_scores_ = payload["reference_scores"].numpy()
         pipeline.provenance_ = dict(payload.get("provenance") or {})
         pipeline.selection_ = payload.get("selection")
-        pipeline.parity_images_ = payload.get("parity_images")
+        kept = payload.get("parity_images")
+        pipeline.parity_images_ = kept if kept is not None and len(kept) else None
         pipeline._calibrate()
         return pipeline
 
@@ -454,7 +473,7 @@ def load_detector(path: str | Path, device: str = "cpu", backend: str = "torch"
         raise CheckpointError(f"{path} is not a flowood detector (write one with `flowood detector fit` or "
                               "OODDetector.save / DetectorPipeline.save)")
     if payload["format"] != PIPELINE_FORMAT:
-        return OODDetector.load(path, device=device, backend=backend)
+        return OODDetector.from_payload(payload, path, device=device, backend=backend)
     check_version(payload.get("flowood_version", "unknown"), path, what="detector")
     device = engine_device(backend, device)
     pipeline = DetectorPipeline.from_payload(payload, device)

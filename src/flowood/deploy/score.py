@@ -42,7 +42,7 @@ class ScoreOptions:
                            "adapt (convert it, and say so in the row's `adapted`), flag (also decide ood: a format "
                            "the model never saw is itself a sign of OOD) or refuse (do not score it)",
                            choices=MISMATCH_POLICIES)
-    format: str | None = option(None, "csv or jsonl (default: from --out's suffix; csv)", choices=SCORE_FORMATS)
+    format: str | None = option(None, "csv or jsonl (default: from the suffix of `out`; csv)", choices=SCORE_FORMATS)
     device: str = device_option()
     backend: str = backend_option()
 

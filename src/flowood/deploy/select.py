@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from flowood.deploy.fit import (
     pipeline_data,
     pipeline_provenance,
 )
-from flowood.deploy.pipeline import DetectorPipeline
+from flowood.deploy.pipeline import FEATURE_FLOW_SCORES, PARITY_IMAGES, DetectorPipeline, linear_head
 from flowood.embed.extractors import FeatureExtractor, load_extractor
 from flowood.errors import DataError, closest
 from flowood.evaluation.evaluate import DEFAULT_SCORES, score_applies
@@ -52,7 +52,7 @@ from flowood.outputs import check_output_file, write_text_atomic
 from flowood.runtime import resolve_device
 
 __all__ = ["SelectOptions", "SelectionResult", "select_detector", "selection_table", "FEATURE_FLOW_CANDIDATES",
-           "mark_ties", "ties_note"]
+           "mark_ties", "ties_note", "ranking_rows"]
 
 #: the scores of a flow on the features that selection compares by default.
 FEATURE_FLOW_CANDIDATES = ("flow:likelihood", "flow:typicality")
@@ -66,10 +66,10 @@ class SelectOptions:
                                        "options are given by their own names)", flag=False)
     candidates: list[str] | None = option(None, "detectors to compare: classifier-based names "
                                           f"({', '.join(CLASSIFIER_DETECTORS)}), flow:SCORE (a flow on the features), "
-                                          "pixel:SCORE (the --checkpoint flow's scores) (default: every one available)",
-                                          metavar="NAME")
+                                          "pixel:SCORE (the scores of the pixel flow given as `checkpoint`) "
+                                          "(default: every one available)", metavar="NAME")
     feature_flow: str | None = option(None, "a flow already trained on the classifier's features, for the flow:SCORE "
-                                      "candidates (default: one is trained here, see --flow_config)", metavar="CKPT")
+                                      "candidates (default: one is trained here, see `flow_config`)", metavar="CKPT")
     validation_samples: int | None = option(2000, "validation images per OOD set (a seeded subset)", minimum=1)
     bootstrap: int = option(200, "bootstrap resamples for the 95% intervals of AUROC and FPR95 (0: none)", minimum=0)
 
@@ -88,7 +88,6 @@ class SelectionResult:
     chosen: str
     page: Path | None
     out: Path | None
-    warnings: list[str] = field(default_factory=list)
 
 
 def _family(name: str) -> tuple[str, str]:
@@ -109,7 +108,7 @@ def _default_candidates(extractor: FeatureExtractor, labels: bool, pixel_flow: A
 
 
 def _check_names(names: list[str], pixel: bool) -> None:
-    known = [*CLASSIFIER_DETECTORS, "flow:likelihood", "flow:typicality", "flow:latent_last_scale",
+    known = [*CLASSIFIER_DETECTORS, *[f"flow:{s}" for s in FEATURE_FLOW_SCORES],
              *[f"pixel:{s}" for s in DEFAULT_SCORES]]
     for name in names:
         if name not in known:
@@ -229,15 +228,34 @@ def _check_request(classifier: Any, out: Any, ood: list[str], o: SelectOptions, 
     return _Request(sets, inputs, Path(out) if out is not None else None, page)
 
 
+def _method(d: DetectorOptions) -> str | None:
+    """The candidate ``method`` names: ``flow`` with ``score`` is ``flow:SCORE``."""
+    return f"flow:{d.score}" if d.method == "flow" else d.method
+
+
 def _candidate_names(o: SelectOptions, extractor: FeatureExtractor, data: PipelineData, pixel_flow: Any) -> list[str]:
     names = list(o.candidates or _default_candidates(extractor, data.labels is not None, pixel_flow))
-    method = o.detector.method
+    method = _method(o.detector)
     if method is not None and method not in names:
         raise ConfigError(f"`method` {method!r} is not among the candidates ({', '.join(names)})")
     for name in names:
         if name in CLASSIFIER_DETECTORS:
             check_extractor(extractor, name)
     return names
+
+
+def _drop_headless(names: list[str], extractor: FeatureExtractor, train: ClassifierOutputs, o: SelectOptions
+                   ) -> list[str]:
+    """Without a known last linear layer (a model whose logits are not a linear function of its features), the
+    detectors that need it leave the default candidates; named ones are refused."""
+    if extractor.head() is not None or linear_head(train)[0] is not None:
+        return names
+    headless = [n for n in names if n in CLASSIFIER_DETECTORS and CLASSIFIER_DETECTORS[n].uses("head")]
+    named = [n for n in headless if n in (o.candidates or []) or n == _method(o.detector)]
+    if named:
+        raise ConfigError(f"{', '.join(named)} need the classifier's last linear layer, and this model's logits are "
+                          "not a linear function of its features")
+    return [n for n in names if n not in headless]
 
 
 def select_detector(classifier: str | Path, out: str | Path | None, ood: list[str],
@@ -274,6 +292,7 @@ def select_detector(classifier: str | Path, out: str | Path | None, ood: list[st
     base = DetectorPipeline(extractor, batch_size=d.batch_size)
     train = base.extract(data.fit, progress, "features (fit)")
     calibration = base.extract(data.calibration, progress, "features (calibration)")
+    names = _drop_headless(names, extractor, train, o)
     validation = _load_validation(request.sets, base, tuple(pixel_flow.input_shape) if pixel_flow else None, o,
                                   progress)
     flow, flow_info = None, {}
@@ -288,7 +307,7 @@ def select_detector(classifier: str | Path, out: str | Path | None, ood: list[st
         fitted.update(more)
         rows += more_rows
     ranking = mark_ties(sorted(rows, key=lambda r: (-r["mean_auroc"], r["mean_fpr95"])))
-    chosen = d.method or ranking[0]["detector"]
+    chosen = _method(d) or ranking[0]["detector"]
     selection = {"validation_sets": request.sets, "validation": validation.info, "ranking": ranking,
                  "chosen": chosen, "chosen_by": "method" if d.method else "best mean AUROC", "bootstrap": o.bootstrap,
                  "selected": time.strftime("%Y-%m-%d %H:%M:%S"), "minutes": round((time.time() - start) / 60, 2)}
@@ -306,12 +325,16 @@ def _keep(detector: Any, selection: dict[str, Any], request: _Request, d: Detect
                                                         extractor, flow_info if detector.method == "flow" else {}))
     if request.out is None:
         return
-    if isinstance(detector, DetectorPipeline):
-        detector.save(request.out, overwrite=True, inputs=request.inputs,
-                      parity_images=data.calibration[:16].clone())
-    else:
-        detector.save(request.out, overwrite=True)
     write_text_atomic(request.page, selection_page(selection, d.dataset, str(request.out)))
+    try:
+        if isinstance(detector, DetectorPipeline):
+            detector.save(request.out, overwrite=True, inputs=request.inputs,
+                          parity_images=data.calibration[:PARITY_IMAGES].clone())
+        else:
+            detector.save(request.out, overwrite=True)
+    except BaseException:
+        request.page.unlink(missing_ok=True)  # a page without its detector would describe nothing
+        raise
 
 
 def mark_ties(ranking: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -321,7 +344,8 @@ def mark_ties(ranking: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for row in ranking:
         row["tied_with_best"] = row is not ranking[0] and all(
             row["sets"][s]["auroc_ci"] is not None and best[s]["auroc_ci"] is not None
-            and row["sets"][s]["auroc_ci"][1] >= best[s]["auroc_ci"][0] for s in best)
+            and row["sets"][s]["auroc_ci"][1] >= best[s]["auroc_ci"][0]
+            and row["sets"][s]["auroc_ci"][0] <= best[s]["auroc_ci"][1] for s in best)
     return ranking
 
 
@@ -340,39 +364,35 @@ def _interval(ci: list[float] | None) -> str:
     return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
 
 
-def selection_table(selection: dict[str, Any]) -> str:
-    """The ranking as Markdown: one row per candidate, AUROC and FPR95 (with 95% intervals) on every validation set,
-    the means, and the chosen one marked."""
+def ranking_rows(selection: dict[str, Any], needs: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The ranking as a header and rows of text cells: rank, detector (chosen and tied ones marked), family, (what
+    it needs,) AUROC and FPR95 with 95% intervals on every validation set, and the means."""
     sets = selection["validation_sets"]
-    head = ["rank", "detector", "family", *[f"AUROC {s}" for s in sets], *[f"FPR95 {s}" for s in sets],
-            "mean AUROC", "mean FPR95"]
-    rows = ["| " + " | ".join(head) + " |", "|" + "---:|" * 1 + "---|---|" + "---:|" * (2 * len(sets) + 2)]
+    head = ["rank", "detector", "family", *(["needs"] if needs else []), *[f"AUROC {s}" for s in sets],
+            *[f"FPR95 {s}" for s in sets], "mean AUROC", "mean FPR95"]
+    rows = []
     for i, r in enumerate(selection["ranking"], 1):
         mark = (" (chosen)" if r["detector"] == selection["chosen"] else "") + (" (tied)" if r.get("tied_with_best")
                                                                                  else "")
-        cells = [str(i), f"{r['detector']}{mark}", r["family"]]
-        cells += [f"{r['sets'][s]['auroc']:.3f}{_interval(r['sets'][s]['auroc_ci'])}" for s in sets]
-        cells += [f"{r['sets'][s]['fpr95']:.3f}{_interval(r['sets'][s]['fpr95_ci'])}" for s in sets]
-        cells += [f"{r['mean_auroc']:.3f}", f"{r['mean_fpr95']:.3f}"]
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+        rows.append([str(i), f"{r['detector']}{mark}", r["family"], *([r["needs"]] if needs else []),
+                     *[f"{r['sets'][s]['auroc']:.3f}{_interval(r['sets'][s]['auroc_ci'])}" for s in sets],
+                     *[f"{r['sets'][s]['fpr95']:.3f}{_interval(r['sets'][s]['fpr95_ci'])}" for s in sets],
+                     f"{r['mean_auroc']:.3f}", f"{r['mean_fpr95']:.3f}"])
+    return head, rows
+
+
+def selection_table(selection: dict[str, Any]) -> str:
+    """The ranking as Markdown (:func:`ranking_rows`)."""
+    head, rows = ranking_rows(selection)
+    lines = ["| " + " | ".join(head) + " |", "|---:|---|---|" + "---:|" * (len(head) - 3)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def selection_page(selection: dict[str, Any], dataset: str, out: str) -> str:
     """A small HTML page of the ranking."""
     from flowood.htmlpage import html_table, page
 
-    sets = selection["validation_sets"]
-    head = ["rank", "detector", "family", "needs", *[f"AUROC {s}" for s in sets], *[f"FPR95 {s}" for s in sets],
-            "mean AUROC", "mean FPR95"]
-    rows = []
-    for i, r in enumerate(selection["ranking"], 1):
-        rows.append([str(i), r["detector"] + (" (chosen)" if r["detector"] == selection["chosen"] else "")
-                     + (" (tied)" if r.get("tied_with_best") else ""),
-                     r["family"], r["needs"],
-                     *[f"{r['sets'][s]['auroc']:.3f}{_interval(r['sets'][s]['auroc_ci'])}" for s in sets],
-                     *[f"{r['sets'][s]['fpr95']:.3f}{_interval(r['sets'][s]['fpr95_ci'])}" for s in sets],
-                     f"{r['mean_auroc']:.3f}", f"{r['mean_fpr95']:.3f}"])
+    head, rows = ranking_rows(selection, needs=True)
     splits = ", ".join(f"{s}: {v['n']} images of its {v['split']} split" for s, v in selection["validation"].items())
     body = [f"<h1>Detector selection on {html.escape(dataset)}</h1>",
             f"<p class='note'>Every candidate fitted on the same in-distribution training images, calibrated on the "

@@ -17,7 +17,8 @@ score raw images. Two kinds, each kept in a detector file as weights and plain d
 
   flowood reads the ``.pt2`` with ``torch.export.load`` once, when a detector is fitted (PyTorch warns that this
   uses pickle: fit only with files you trust). The detector file then holds the graph as JSON and the weights as
-  tensors, and loading it runs no pickled code.
+  tensors: loading it unpickles nothing, and the graph is checked before PyTorch rebuilds it (:func:`check_program`:
+  only PyTorch's own tensor operators and arithmetic on sizes, size expressions of a strict form, no guard code).
 
 Example:
     >>> import torch
@@ -33,19 +34,19 @@ from __future__ import annotations
 
 import io
 import json
-import math
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from flowood.checkpoints import CLASSIFIER_FORMAT, CheckpointError, file_sha256, read_weights_file
+from flowood.checkpoints import CheckpointError, file_sha256
 from flowood.embed.backbones import Preprocess, build_backbone, feature_extractor, last_linear
 from flowood.errors import DataError
 
 __all__ = ["FeatureExtractor", "ClassifierExtractor", "ExportedExtractor", "EXTRACTORS", "load_extractor",
-           "extractor_from_spec"]
+           "extractor_from_spec", "check_program"]
 
 
 class FeatureExtractor(nn.Module):
@@ -178,6 +179,7 @@ class ExportedExtractor(FeatureExtractor):
         from torch._export.serde.serialize import serialize
 
         artifact = serialize(self.program)
+        check_program(json.loads(artifact.exported_program))  # what a detector file could not load back
         return {**super().spec(), "graph": torch.frombuffer(bytearray(artifact.exported_program), dtype=torch.uint8),
                 "state_dict": _weights_only(artifact.state_dict), "constants": _weights_only(artifact.constants),
                 "example_inputs": _weights_only(artifact.example_inputs)}
@@ -188,6 +190,10 @@ class ExportedExtractor(FeatureExtractor):
         from torch._export.serde.serialize import SerializedArtifact, deserialize
 
         graph = bytes(spec["graph"].numpy().tobytes())
+        try:
+            check_program(json.loads(graph))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"the detector's exported feature extractor was refused: {err}") from err
         try:
             program = deserialize(SerializedArtifact(graph, spec["state_dict"], spec["constants"],
                                                      spec["example_inputs"]))
@@ -202,6 +208,66 @@ class ExportedExtractor(FeatureExtractor):
         batch = "dynamic batch" if self.batch is None else f"fixed batch of {self.batch}"
         return (f"a torch.export model giving {outputs} (images {'x'.join(map(str, self.input_shape))} in [0, 1], "
                 f"{batch})")
+
+
+#: what a rebuilt program may call: PyTorch's own tensor operators, and arithmetic on sizes.
+_TARGETS = re.compile(r"^(torch\.ops\.(aten|prims)\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+"
+                      r"|_operator\.(getitem|add|sub|mul|floordiv|truediv|mod|neg|pos|pow|abs|eq|ne|lt|le|gt|ge|and_|or_"
+                      r"|not_)|math\.(ceil|floor|trunc|sqrt)|torch\.(sym_(int|float|max|min|not|ite|sum)|_sym_sqrt))$")
+#: the tokens of a size expression (sympy parses it by evaluating it as Python: nothing else may pass).
+_TOKENS = re.compile(r"\s+|\d+\.\d+(e[+-]?\d+)?|\d+|'[a-z]{1,4}\d+'|[A-Za-z][A-Za-z0-9]*|\*\*|[-+*/%(),=<>!&|~]")
+_SYMBOL = re.compile(r"^[a-z]{1,4}\d+$")
+_EXPRESSION_NAMES = {"Symbol", "Integer", "Rational", "Float", "Min", "Max", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And",
+                     "Or", "Not", "True", "False", "oo", "zoo", "nan", "positive", "integer", "real", "nonnegative",
+                     "finite", "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt",
+                     "FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv",
+                     "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt", "RoundToInt",
+                     "RoundDecimal", "ToFloat", "Identity"}
+
+
+def _safe_expression(text: str) -> bool:
+    position = 0
+    while position < len(text):
+        match = _TOKENS.match(text, position)
+        if match is None:
+            return False
+        token = match.group(0)
+        if token[0].isalpha() and token not in _EXPRESSION_NAMES and not _SYMBOL.match(token):
+            return False
+        position = match.end()
+    return True
+
+
+def check_program(data: Any) -> None:
+    """Refuse a serialized exported program (torch's JSON form) that could do more than compute: PyTorch rebuilds
+    it by looking up every node's target and by evaluating size expressions with ``sympy.sympify``, and an
+    unlifted program runs its guard code. Allowed: targets of PyTorch's ``aten``/``prims`` operators and of
+    arithmetic on sizes; size expressions made of numbers, size symbols and sympy's arithmetic; no guard code and
+    no custom objects.
+
+    Raises:
+        ValueError: what was found, named.
+    """
+    if data.get("guards_code"):
+        raise ValueError("the program carries guard code, which flowood does not run from a file")
+    for key in data.get("range_constraints") or {}:
+        if not _SYMBOL.match(str(key)):
+            raise ValueError(f"a range constraint on {str(key)[:60]!r} is not a size symbol")
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "target" and isinstance(value, str) and not _TARGETS.match(value):
+                    raise ValueError(f"the graph calls {value[:80]!r}, which is not one of PyTorch's tensor operators")
+                if key == "expr_str" and (not isinstance(value, str) or not _safe_expression(value)):
+                    raise ValueError(f"a size expression {str(value)[:80]!r} is not of the form flowood accepts")
+                if key in ("as_custom_obj", "custom_obj_values") and value:
+                    raise ValueError("the graph holds custom objects, which a detector file cannot keep")
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+    walk(data.get("graph_module", {}))
 
 
 def _check_outputs(out: Any) -> bool:
@@ -329,20 +395,3 @@ def _classifier_behind(npz: Path) -> Path:
         return weights
     raise DataError(f"{npz} does not lead to its classifier (no {beside.name} beside it, and its weights were "
                     f"{meta.get('weights', 'not recorded')!r}); pass the classifier file itself")
-
-
-def is_classifier_file(path: Path) -> bool:
-    """True for classifier files ``flowood embed`` writes."""
-    try:
-        payload = read_weights_file(path, what="classifier")
-    except CheckpointError:
-        return False
-    return isinstance(payload, dict) and payload.get("format") == CLASSIFIER_FORMAT
-
-
-def num_features(extractor: FeatureExtractor) -> int:
-    """The feature dimension, from one blank image."""
-    with torch.no_grad():
-        features, _ = extractor(torch.zeros(1, *extractor.input_shape, dtype=torch.uint8).expand(
-            max(1, getattr(extractor, "batch", None) or 1), *extractor.input_shape))
-    return int(features.shape[1]) if math.prod(features.shape) else 0

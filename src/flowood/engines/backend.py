@@ -68,7 +68,8 @@ def _threads() -> int:
 
 
 _MANIFEST_KEYS = {"flow": ("input_shape", "discrete", "scale_dims", "flow_config", "parity"),
-                  "detector": ("input", "input_shape", "outputs", "threshold", "reference_scores", "parity")}
+                  "detector": ("input", "input_shape", "outputs", "score", "threshold", "fpr", "reference_scores",
+                               "parity")}
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -90,9 +91,10 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT_VERSION:
         raise ConfigError(f"{path} is not a {EXPORT_FORMAT_VERSION} manifest; export the flow again with this "
                           "flowood's `flowood export`")
-    missing = [k for k in _MANIFEST_KEYS.get(manifest.get("kind", "flow"), ("kind",)) if k not in manifest]
+    kind = manifest.get("kind", "flow")
+    missing = [k for k in _MANIFEST_KEYS.get(kind, ("kind",)) if k not in manifest]
     if missing:
-        raise ConfigError(f"{path} lacks {', '.join(missing)}; export the flow again with `flowood export`")
+        raise ConfigError(f"{path} lacks {', '.join(missing)}; export the {kind} again with `flowood export`")
     return manifest
 
 

@@ -268,6 +268,9 @@ def export_flow(model: FlowModel | str | Path, out: str | Path, options: ExportO
     o = merge_options(ExportOptions, options, option_values)
     if o.format not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format {o.format!r}; choose {' or '.join(EXPORT_FORMATS)}")
+    if o.score_tolerance != DEFAULT_SCORE_TOLERANCE:
+        raise ConfigError("`score_tolerance` applies to exporting a detector; a flow's parity is held to `tolerance` "
+                          "(bits/dim)")
     if not o.tolerance > 0:
         raise ConfigError(f"tolerance must be positive, got {o.tolerance}")
     engine = "openvino" if o.format == "openvino" else "onnxruntime"

@@ -258,15 +258,23 @@ class OODDetector(CalibratedDetector):
         Raises:
             CheckpointError: the file is missing, unreadable, unsafe, or not a flowood detector.
         """
-        from flowood.checkpoints import CheckpointError, check_version, read_weights_file
+        from flowood.checkpoints import CheckpointError, read_weights_file
+
+        payload = read_weights_file(path, what="detector")
+        if not isinstance(payload, dict) or payload.get("format") != DETECTOR_FORMAT:
+            raise CheckpointError(f"{path} is not a flowood detector of a flow (write one with `flowood detector fit` "
+                                  "or OODDetector.save)")
+        return cls.from_payload(payload, path, device, backend)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], path: str | Path, device: str = "cpu", backend: str = "torch"
+                     ) -> OODDetector:
+        """A detector from the contents of its file (what :meth:`load` does once the file is read and checked)."""
+        from flowood.checkpoints import check_version
         from flowood.engines.backend import engine_device, engine_flow
         from flowood.flows import build_flow
         from flowood.runtime import resolve_device
 
-        payload = read_weights_file(path, what="detector")
-        if not isinstance(payload, dict) or payload.get("format") != DETECTOR_FORMAT:
-            raise CheckpointError(f"{path} is not a flowood detector (write one with `flowood detector fit` or "
-                                  "OODDetector.save)")
         check_version(payload.get("flowood_version", "unknown"), path, what="detector")
         flow = build_flow(payload["flow_config"])
         flow.load_state_dict(payload["state_dict"])
