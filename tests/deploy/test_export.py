@@ -89,8 +89,13 @@ def test_a_pipeline_fitted_in_python_exports_and_engines_refuse_other_inputs(emb
     exported = _exported_equals_torch(tmp_path / "d.pt", tmp_path / "export", mnist_images)
     with pytest.raises(InputError, match="takes uint8 inputs"):
         exported.anomaly_score(mnist_images.float() / 255)
-    with pytest.raises(Exception, match="`tolerance` .* applies to exporting a flow"):
+    with pytest.raises(Exception, match="`tolerance` applies to exporting a flow"):
         export_detector(tmp_path / "d.pt", tmp_path / "export2", tolerance=1e-3)
+    from flowood.engines import export_flow
+
+    with pytest.raises(Exception, match="`score_tolerance` applies to exporting a detector"):
+        export_flow(embedded["flow"], tmp_path / "export3", score_tolerance=1e-2)
+    assert not (tmp_path / "export2").exists() and not (tmp_path / "export3").exists()
 
 
 def test_a_graph_that_disagrees_is_refused_and_nothing_kept(embedded, fashionmnist_npz, monkeypatch, tmp_path):

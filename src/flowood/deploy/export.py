@@ -39,20 +39,19 @@ from flowood.checkpoints import file_sha256
 from flowood.deploy.pipeline import FEATURE_FLOW_SCORES, DetectorPipeline, FlowScoreGraph, load_detector
 from flowood.engines.backend import EngineDensity, read_manifest
 from flowood.engines.export import (
-    DEFAULT_TOLERANCE,
     EXPORT_FORMAT_VERSION,
-    EXPORT_FORMATS,
     EXPORT_MANIFEST,
     DensityGraph,
     ExportError,
     ExportOptions,
+    check_export_options,
     check_size,
     engines_for,
-    require_module,
     write_checked_export,
 )
 from flowood.errors import InputError
 from flowood.flows import FlowModel
+from flowood.flows.preprocessing import dequantize
 from flowood.ood.detector import CalibratedDetector, OODDetector, collect_samples
 from flowood.options import ConfigError, merge_options
 
@@ -75,7 +74,7 @@ class FlowDetectorGraph(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.discrete:
-            x = (x.float() + 0.5) / 256.0  # flows.preprocessing.dequantize with noise="center"
+            x = dequantize(x, noise="center")  # as the detector does: the same score whatever the batch
         score = self.score(x.float()).float()
         return score, score > self.threshold
 
@@ -220,16 +219,7 @@ def export_detector(detector: str | Path | OODDetector | DetectorPipeline, out: 
         >>> result.max_diff_in_spreads < 1e-3  # doctest: +SKIP
         True
     """
-    o = merge_options(ExportOptions, options, option_values)
-    if o.format not in EXPORT_FORMATS:
-        raise ConfigError(f"unknown export format {o.format!r}; choose {' or '.join(EXPORT_FORMATS)}")
-    if o.tolerance != DEFAULT_TOLERANCE:
-        raise ConfigError("`tolerance` (bits/dim) applies to exporting a flow; a detector's parity is held to "
-                          "`score_tolerance`")
-    if not o.score_tolerance > 0:
-        raise ConfigError(f"score_tolerance must be positive, got {o.score_tolerance}")
-    for module in ("onnx", "onnxscript", "openvino" if o.format == "openvino" else "onnxruntime"):
-        require_module(module)
+    o = check_export_options(merge_options(ExportOptions, options, option_values), "detector")
     start = time.perf_counter()
     source = Path(detector) if isinstance(detector, (str, Path)) else None
     fitted = load_detector(source) if source is not None else detector

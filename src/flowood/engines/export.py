@@ -53,7 +53,7 @@ from flowood.runtime import seed_option
 
 __all__ = ["export_flow", "ExportOptions", "ExportResult", "EXPORT_FORMATS", "EXPORT_MANIFEST", "DEFAULT_TOLERANCE",
            "ExportError", "DensityGraph", "require_module", "write_checked_export", "engines_for", "check_size",
-           "EXPORT_FORMAT_VERSION", "DEFAULT_SCORE_TOLERANCE"]
+           "EXPORT_FORMAT_VERSION", "DEFAULT_SCORE_TOLERANCE", "check_export_options"]
 
 #: the formats ``flowood export`` writes.
 EXPORT_FORMATS = ("onnx", "openvino")
@@ -240,6 +240,31 @@ class ExportOptions:
     seed: int = seed_option()
 
 
+#: which tolerance holds each kind of export to PyTorch: a flow's log-likelihood, or a detector's score.
+_TOLERANCES = {"flow": ("tolerance", DEFAULT_TOLERANCE, "bits/dim"),
+               "detector": ("score_tolerance", DEFAULT_SCORE_TOLERANCE, "a share of the calibration scores' spread")}
+
+
+def check_export_options(o: ExportOptions, kind: str) -> ExportOptions:
+    """Refuse, before any work, an unknown format, missing packages, and a tolerance of the other kind of export
+    (a flow is held to ``tolerance``, a detector to ``score_tolerance``).
+
+    Raises:
+        ConfigError: named in the message.
+    """
+    if o.format not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown export format {o.format!r}; choose {' or '.join(EXPORT_FORMATS)}")
+    (name, _, unit), (other, default, _) = (_TOLERANCES[kind], *[v for k, v in _TOLERANCES.items() if k != kind])
+    if getattr(o, other) != default:
+        raise ConfigError(f"`{other}` applies to exporting a {'detector' if kind == 'flow' else 'flow'}; a {kind}'s "
+                          f"parity is held to `{name}` ({unit})")
+    if not getattr(o, name) > 0:
+        raise ConfigError(f"{name} must be positive, got {getattr(o, name)}")
+    for module in ("onnx", "onnxscript", "openvino" if o.format == "openvino" else "onnxruntime"):
+        require_module(module)
+    return o
+
+
 def export_flow(model: FlowModel | str | Path, out: str | Path, options: ExportOptions | None = None, *,
                 overwrite: bool = False, **option_values: Any) -> ExportResult:
     """Export a flow's density (see the module docstring for the graph) and check it against PyTorch.
@@ -265,17 +290,7 @@ def export_flow(model: FlowModel | str | Path, out: str | Path, options: ExportO
         >>> result.max_abs_diff_bpd < 1e-4  # doctest: +SKIP
         True
     """
-    o = merge_options(ExportOptions, options, option_values)
-    if o.format not in EXPORT_FORMATS:
-        raise ConfigError(f"unknown export format {o.format!r}; choose {' or '.join(EXPORT_FORMATS)}")
-    if o.score_tolerance != DEFAULT_SCORE_TOLERANCE:
-        raise ConfigError("`score_tolerance` applies to exporting a detector; a flow's parity is held to `tolerance` "
-                          "(bits/dim)")
-    if not o.tolerance > 0:
-        raise ConfigError(f"tolerance must be positive, got {o.tolerance}")
-    engine = "openvino" if o.format == "openvino" else "onnxruntime"
-    for module in ("onnx", "onnxscript", engine):
-        require_module(module)
+    o = check_export_options(merge_options(ExportOptions, options, option_values), "flow")
     start = time.perf_counter()
     flow, source = _source_flow(model)
     graph = DensityGraph(flow)
