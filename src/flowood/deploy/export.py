@@ -113,7 +113,7 @@ def _input_spec(detector: Any) -> dict[str, Any]:
             "convention": convention}
 
 
-def parity_inputs(detector: Any, n: int, seed: int) -> tuple[Tensor, Tensor]:
+def detector_parity_inputs(detector: Any, n: int, seed: int) -> tuple[Tensor, Tensor]:
     """``(in-distribution inputs, other inputs)`` of the parity check: the in-distribution images a pipeline file
     keeps (for a flow, samples of the flow), and seeded noise images (for a flow on vectors, samples at temperature
     1.5)."""
@@ -225,7 +225,7 @@ def export_detector(detector: str | Path | OODDetector | DetectorPipeline, out: 
     fitted = load_detector(source) if source is not None else detector
     graph = detector_graph(fitted).cpu().eval()
     check_size(graph)
-    inside, outside = parity_inputs(fitted, o.check_samples, o.seed)
+    inside, outside = detector_parity_inputs(fitted, o.check_samples, o.seed)
     spec = _input_spec(fitted)
     engine_manifest = {"input": spec, "outputs": list(DETECTOR_NAMES[1])}
     engines = engines_for(o.format)
