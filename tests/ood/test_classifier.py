@@ -8,6 +8,7 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from flowood.errors import DataError
+from flowood.evaluation.embeddings import head_from_embeddings
 from flowood.ood.classifier import (
     CLASSIFIER_DETECTORS,
     ClassifierHead,
@@ -15,7 +16,6 @@ from flowood.ood.classifier import (
     available_detectors,
     classifier_accuracy,
     classifier_scores,
-    head_from_embeddings,
     make_classifier_detector,
 )
 from flowood.options import ConfigError

@@ -475,7 +475,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from flowood.data import DATASETS, DatasetNotFoundError, data_root, fetch_dataset, load_dataset
+    from flowood.data import DATASETS, PREFIXES, DatasetNotFoundError, data_root, fetch_dataset, load_dataset
 
     if args.data_command == "fetch":
         status = 0
@@ -494,10 +494,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
             except DatasetNotFoundError:
                 state = f"not here: flowood data fetch {name}"
             print(f"  {name:13s} {spec.description}\n  {'':13s} {state}")
-        print("  folder:PATH   a folder of images (one subfolder per class, or flat)")
-        print("  npz:PATH      .npz with 'images' (uint8) or 'embeddings' (float), optional 'labels'")
-        print("  openood:BENCHMARK/SET  a set of an OpenOOD v1.5 benchmark (cifar10, cifar100, imagenet200) from "
-              "OpenOOD's image lists")
+        for source in PREFIXES.values():
+            print(f"  {source.form:13s} {source.description}")
         return 0
     print("usage: flowood data {list,fetch NAME...}", file=sys.stderr)
     return 2

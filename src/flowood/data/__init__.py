@@ -9,6 +9,7 @@ Example:
 
 from flowood.data.adapt import adapt_images, fit_to_shape
 from flowood.data.arrays import ArrayDataset
+from flowood.data.prefixes import PREFIXES, DataName, PrefixSource, parse_name, register_prefix
 from flowood.data.registry import (
                                    DATASETS,
                                    DatasetNotFoundError,
@@ -22,6 +23,6 @@ from flowood.data.registry import (
 )
 from flowood.data.sources import DataWarning
 
-__all__ = ["ArrayDataset", "DATASETS", "DataWarning", "DatasetNotFoundError", "UnknownDatasetError", "adapt_images",
-           "canonical_name", "fit_to_shape", "data_root", "dataset_inputs", "dataset_names", "fetch_dataset",
-           "load_dataset"]
+__all__ = ["ArrayDataset", "DATASETS", "DataName", "DataWarning", "DatasetNotFoundError", "PREFIXES", "PrefixSource",
+           "UnknownDatasetError", "adapt_images", "canonical_name", "fit_to_shape", "data_root", "dataset_inputs",
+           "dataset_names", "fetch_dataset", "load_dataset", "parse_name", "register_prefix"]

@@ -25,6 +25,8 @@ import numpy as np
 import yaml
 
 from flowood.data.arrays import ArrayDataset
+from flowood.data.base import DatasetNotFoundError, cached
+from flowood.data.sources import decode_image
 from flowood.errors import DataError, closest
 from flowood.options import ConfigError
 
@@ -109,14 +111,15 @@ def openood_folder(root: Path) -> Path:
     return root / "openood"
 
 
-def _howto(folder: Path) -> str:
+def fetch_howto(folder: Path) -> str:
+    """How to get OpenOOD's data into ``folder`` (flowood cannot download them: OpenOOD's downloader does)."""
     return (f"OpenOOD's benchmark data are not in {folder}. Get them with OpenOOD's own downloader (github.com/"
             "Jingkang50/OpenOOD: python scripts/download/download.py --contents datasets --datasets ood_v1.5 "
             f"--save_dir {folder} --dataset_mode benchmark), so that {folder} holds benchmark_imglist/ and "
             "images_classic/ (and images_largescale/ for ImageNet-200)")
 
 
-def parse_name(name: str) -> tuple[Benchmark, str]:
+def parse_openood_name(name: str) -> tuple[Benchmark, str]:
     """``openood:cifar10/tin`` -> (the CIFAR-10 benchmark, ``tin``); the set must belong to the benchmark."""
     rest = name[len(PREFIX):]
     bench_name, sep, set_name = rest.partition("/")
@@ -158,16 +161,13 @@ def _list_file(folder: Path, bench: Benchmark, set_name: str, split: str) -> Pat
         raise DataError(f"{PREFIX}{bench.name}/{set_name} is an OOD set of the benchmark: it has a test split only")
     path = folder / "benchmark_imglist" / bench.name / f"{split}_{set_name}.txt"
     if not path.is_file():
-        from flowood.data.registry import DatasetNotFoundError
-        raise DatasetNotFoundError(f"{path} not found. {_howto(folder)}")
+        raise DatasetNotFoundError(f"{path} not found. {fetch_howto(folder)}")
     return path
 
 
 def _decode(path: Path, pre_size: int, image_size: int) -> np.ndarray:
     """One image as OpenOOD's test transform sees it: RGB, shorter side ``pre_size``, centre crop, uint8 [3,H,W]."""
     from PIL import Image
-
-    from flowood.data.sources import decode_image
 
     with Image.open(path) as im:
         array, _ = decode_image(im, path)
@@ -214,19 +214,13 @@ def _build(folder: Path, bench: Benchmark, set_name: str, split: str) -> tuple[n
 
 def load_openood(name: str, split: str, root: Path) -> ArrayDataset:
     """The data set ``openood:BENCHMARK/SET`` (its ``test`` list; ``train`` for the in-distribution set)."""
-    from flowood.data.registry import _cached
-
-    bench, set_name = parse_name(name)
+    bench, set_name = parse_openood_name(name)
     folder = openood_folder(root)
     _list_file(folder, bench, set_name, split)  # missing data are reported before any cache is looked at
     cache_name = f"openood-{bench.name}-{set_name}"
-    dataset = _cached(root, cache_name, split, lambda: _build(folder, bench, set_name, split))
+    dataset = cached(root, cache_name, split, lambda: _build(folder, bench, set_name, split))
     dataset.name = name
     return dataset
-
-
-def is_openood(name: str) -> bool:
-    return name.startswith(PREFIX)
 
 
 def openood_inputs(root: Path) -> list[Path]:

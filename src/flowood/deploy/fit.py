@@ -42,8 +42,11 @@ from flowood.flows import FlowModel
 from flowood.ood.classifier import CLASSIFIER_DETECTORS, ClassifierOutputs
 from flowood.ood.detector import OODDetector, is_detector_file
 from flowood.options import ConfigError, merge_options, option
-from flowood.outputs import check_output_file, open_output_folder
+from flowood.outputs import atomic_write, check_output_file, open_output_folder
 from flowood.runtime import data_root_option, device_option, resolve_device, seed_option
+from flowood.training import load_config
+from flowood.training import train as train_flow
+from flowood.training.config import config_path
 
 __all__ = ["DetectorOptions", "fit_detector", "fit_pipeline", "split_fit_calibration", "PipelineData",
            "pipeline_data", "load_images", "train_feature_flow", "feature_flow", "check_extractor",
@@ -332,10 +335,6 @@ def train_feature_flow(train: Tensor, test: Tensor, options: DetectorOptions | N
     Returns:
         The trained flow and what is known of its training (config, steps, minutes, held-out bits/dim, folder).
     """
-    from flowood.training import load_config
-    from flowood.training import train as train_flow
-    from flowood.training.config import config_path
-
     o = merge_options(DetectorOptions, options, option_values)
     config = config_path(o.flow_config)
     scratch = tempfile.TemporaryDirectory(prefix="flowood-feature-flow-") if o.flow_out is None else None
@@ -345,8 +344,6 @@ def train_feature_flow(train: Tensor, test: Tensor, options: DetectorOptions | N
             stack.callback(scratch.cleanup)
         folder = stack.enter_context(open_output_folder(root, "detector fit", [*inputs, config], overwrite=overwrite))
         features = folder.path / "features.npz"
-        from flowood.outputs import atomic_write
-
         with atomic_write(features) as tmp:
             np.savez(tmp, embeddings_train=train.numpy(), embeddings_test=test.numpy())
         cfg = load_config(config, {"dataset": f"npz:{features}", "out": str(folder.path / "train"), "seed": o.seed,

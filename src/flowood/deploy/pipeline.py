@@ -42,7 +42,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from flowood import __version__
+from flowood.checkpoints import CheckpointError, check_version, file_sha256, read_weights_file
 from flowood.embed.extractors import FeatureExtractor, extractor_from_spec
+from flowood.engines.backend import engine_device
+from flowood.engines.export import EXPORT_MANIFEST, DensityGraph
 from flowood.errors import InputError, closest
 from flowood.flows import FlowModel, build_flow
 from flowood.ood.classifier import (
@@ -62,6 +66,8 @@ from flowood.ood.detector import (
 )
 from flowood.ood.scores import make_score
 from flowood.options import ConfigError
+from flowood.outputs import atomic_write, check_output_file
+from flowood.runtime import resolve_device
 
 __all__ = ["DetectorPipeline", "FlowStage", "PIPELINE_FORMAT", "METHODS", "FEATURE_FLOW_SCORES", "load_detector",
            "detector_info", "linear_head", "make_stage", "check_flow_score", "DEFAULT_HOLDOUT", "PARITY_IMAGES"]
@@ -137,8 +143,6 @@ class FlowStage:
         return stage
 
     def graph(self) -> nn.Module:
-        from flowood.engines.export import DensityGraph
-
         return FlowScoreGraph(DensityGraph(self.flow), self.score_name, getattr(self.scorer, "entropy", None))
 
 
@@ -372,9 +376,6 @@ class DetectorPipeline(CalibratedDetector):
         Raises:
             OutputError: ``path`` is not a file flowood may write (see :func:`flowood.outputs.check_output_file`).
         """
-        from flowood import __version__
-        from flowood.outputs import atomic_write, check_output_file
-
         self._check_fitted()
         check_output_file(path, is_detector_file, inputs or [], overwrite)
         if parity_images is None:
@@ -396,8 +397,6 @@ class DetectorPipeline(CalibratedDetector):
     @classmethod
     def from_payload(cls, payload: dict[str, Any], device: str = "cpu") -> DetectorPipeline:
         """A fitted pipeline from the contents of its file (no refitting)."""
-        from flowood.runtime import resolve_device
-
         extractor = extractor_from_spec(payload["extractor"])
         head = payload.get("head")
         head = ClassifierHead(head["weight"], head["bias"], head.get("source", "")) if head else None
@@ -456,10 +455,6 @@ def load_detector(path: str | Path, device: str = "cpu", backend: str = "torch"
     Raises:
         CheckpointError: the file is missing, unreadable, unsafe, or not a flowood detector.
     """
-    from flowood.checkpoints import CheckpointError, check_version, read_weights_file
-    from flowood.engines.backend import engine_device
-    from flowood.engines.export import EXPORT_MANIFEST
-
     if Path(path).is_dir() and (Path(path) / EXPORT_MANIFEST).is_file():
         from flowood.deploy.export import ExportedDetector
 
@@ -492,8 +487,6 @@ def detector_info(path: str | Path) -> dict[str, Any]:
     Raises:
         CheckpointError: not a flowood detector file.
     """
-    from flowood.checkpoints import CheckpointError, file_sha256, read_weights_file
-
     payload = read_weights_file(path, what="detector")
     if not isinstance(payload, dict) or payload.get("format") not in DETECTOR_FILE_FORMATS:
         raise CheckpointError(f"{path} is not a flowood detector (write one with `flowood detector fit`)")

@@ -44,6 +44,7 @@ from flowood.deploy.pipeline import FEATURE_FLOW_SCORES, PARITY_IMAGES, Detector
 from flowood.embed.extractors import FeatureExtractor, load_extractor
 from flowood.errors import DataError, closest
 from flowood.evaluation.evaluate import DEFAULT_SCORES, score_applies
+from flowood.htmlpage import html_table, page
 from flowood.ood.classifier import CLASSIFIER_DETECTORS, ClassifierOutputs, available_detectors
 from flowood.ood.detector import OODDetector, is_detector_file
 from flowood.ood.metrics import ood_metrics
@@ -390,8 +391,6 @@ def selection_table(selection: dict[str, Any]) -> str:
 
 def selection_page(selection: dict[str, Any], dataset: str, out: str) -> str:
     """A small HTML page of the ranking."""
-    from flowood.htmlpage import html_table, page
-
     head, rows = ranking_rows(selection, needs=True)
     splits = ", ".join(f"{s}: {v['n']} images of its {v['split']} split" for s, v in selection["validation"].items())
     body = [f"<h1>Detector selection on {html.escape(dataset)}</h1>",

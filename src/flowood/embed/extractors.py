@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from flowood.checkpoints import CheckpointError, file_sha256
 from flowood.embed.backbones import Preprocess, build_backbone, feature_extractor, last_linear
+from flowood.embed.run import load_classifier
 from flowood.errors import DataError
 
 __all__ = ["FeatureExtractor", "ClassifierExtractor", "ExportedExtractor", "EXTRACTORS", "load_extractor",
@@ -350,8 +351,6 @@ def load_extractor(path: str | Path, input_shape: tuple[int, ...] | None, backbo
     Raises:
         CheckpointError, DataError: a file that is missing, unsafe, or none of these.
     """
-    from flowood.embed.run import load_classifier
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"classifier {path} does not exist")

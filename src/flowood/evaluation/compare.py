@@ -19,7 +19,8 @@ import numpy as np
 
 from flowood import __version__
 from flowood.errors import DataError
-from flowood.ood.classifier import CLASSIFIER_DETECTORS, embeddings_meta
+from flowood.evaluation.embeddings import embeddings_meta
+from flowood.ood.classifier import CLASSIFIER_DETECTORS
 from flowood.outputs import open_output_folder, write_text_atomic
 
 __all__ = ["compare", "ComparisonResult", "load_evaluation", "comparison_table", "comparison_markdown"]

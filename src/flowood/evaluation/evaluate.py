@@ -28,10 +28,11 @@ from tqdm.auto import tqdm
 
 from flowood import __version__
 from flowood.checkpoints import LoadedFlow, load_flow
-from flowood.data import canonical_name, dataset_inputs, fit_to_shape, load_dataset
+from flowood.data import canonical_name, dataset_inputs, fit_to_shape, load_dataset, parse_name
 from flowood.engines.backend import BACKENDS, EngineFlow, backend_option, engine_device, engine_flow
 from flowood.engines.export import EXPORT_MANIFEST
 from flowood.errors import DataError
+from flowood.evaluation.embeddings import embeddings_meta, head_from_embeddings
 from flowood.flows import FlowModel
 from flowood.flows.precision import parse_precision
 from flowood.ood.classifier import (
@@ -41,8 +42,6 @@ from flowood.ood.classifier import (
     check_detector_names,
     classifier_accuracy,
     classifier_scores,
-    embeddings_meta,
-    head_from_embeddings,
 )
 from flowood.ood.density import as_density, is_exported_flow, is_flowood_flow
 from flowood.ood.metrics import ood_metrics
@@ -307,7 +306,8 @@ def benchmark_summary(benchmark: str, metrics: dict[str, Any]) -> dict[str, Any]
 
 def _feature_file(dataset: str) -> tuple[bool, bool]:
     """Whether ``dataset`` is an ``npz:`` file of feature vectors (``embeddings``), and whether it has labels."""
-    path = Path(dataset[4:]).expanduser() if dataset.startswith("npz:") else None
+    parsed = parse_name(dataset)
+    path = parsed.path if parsed.prefix == "npz" else None
     if path is None or not path.is_file():
         return False, False
     with np.load(path, allow_pickle=False) as f:

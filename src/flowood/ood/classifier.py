@@ -23,9 +23,7 @@ References:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -36,7 +34,7 @@ from flowood.errors import DataError, closest
 from flowood.options import ConfigError
 
 __all__ = ["CLASSIFIER_DETECTORS", "ClassifierDetector", "ClassifierHead", "ClassifierOutputs", "classifier_scores",
-           "make_classifier_detector", "head_from_embeddings", "embeddings_meta", "available_detectors",
+           "make_classifier_detector", "available_detectors",
            "check_detector_names", "classifier_accuracy"]
 
 
@@ -425,52 +423,6 @@ def make_classifier_detector(name: str, head: ClassifierHead | None = None) -> C
     check_detector_names([name])
     _pytorch_ood()
     return CLASSIFIER_DETECTORS[name](head)
-
-
-def head_from_embeddings(dataset: str) -> ClassifierHead | None:
-    """The head of the classifier behind an embeddings file written by ``flowood embed``, or None.
-
-    Read from the file's ``classifier_weight``/``classifier_bias`` arrays, or else from the classifier file
-    ``flowood embed`` wrote beside it (``<stem>.classifier.pt``). Anything else (not an ``npz:`` set, features
-    from elsewhere) has no known head: the detectors that need logits or the head are then not available.
-    """
-    path = _npz_path(dataset)
-    if path is None or not path.is_file():
-        return None
-    with np.load(path, allow_pickle=False) as f:
-        if "classifier_weight" in f.files and "classifier_bias" in f.files:
-            return ClassifierHead(torch.from_numpy(f["classifier_weight"].astype(np.float32)),
-                                  torch.from_numpy(f["classifier_bias"].astype(np.float32)), str(path))
-    beside = path.with_name(f"{path.stem}.classifier.pt")
-    if beside.is_file():
-        from flowood.checkpoints import CLASSIFIER_FORMAT, read_weights_file
-
-        payload = read_weights_file(beside, what="classifier file")
-        if isinstance(payload, dict) and payload.get("format") == CLASSIFIER_FORMAT:
-            state = payload["state_dict"]
-            weights = [k for k, v in state.items() if k.endswith(".weight") and v.dim() == 2]
-            if weights:
-                key = weights[-1]
-                return ClassifierHead(state[key].float(), state[key[:-len("weight")] + "bias"].float(), str(beside))
-    return None
-
-
-def _npz_path(dataset: str) -> Path | None:
-    return Path(dataset[4:]).expanduser() if dataset.startswith("npz:") else None
-
-
-def embeddings_meta(dataset: str) -> dict[str, Any]:
-    """The ``meta`` record of an embeddings file written by ``flowood embed`` (empty for anything else)."""
-    path = _npz_path(dataset)
-    if path is None or not path.is_file():
-        return {}
-    with np.load(path, allow_pickle=False) as f:
-        if "meta" not in f.files:
-            return {}
-        try:
-            return json.loads(str(f["meta"]))
-        except json.JSONDecodeError:
-            return {}
 
 
 def available_detectors(has_head: bool, has_labels: bool, has_logits: bool | None = None) -> list[str]:

@@ -22,9 +22,9 @@ from __future__ import annotations
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from flowood.data import parse_name
 from flowood.reproduce.experiments import Check
 
 __all__ = ["Spread", "Verdict", "spread", "metric_value", "metric_spread", "evaluate_check", "overall_status",
@@ -77,10 +77,11 @@ def spread(values: Mapping[int, float | None]) -> Spread | None:
 def short_name(name: str) -> str:
     """An OOD set's name as shown: an ``npz:`` file by its stem, an embedded set (``npz:.../emb-mnist.npz``, as
     the runner writes them) by the set's name (``mnist``)."""
-    if not name.startswith("npz:"):
+    parsed = parse_name(name)
+    if parsed.prefix != "npz":
         return name
-    stem = Path(name[4:]).stem
-    return stem[4:] if stem.startswith("emb-") else stem
+    stem = parsed.path.stem
+    return stem.removeprefix("emb-")
 
 
 def _evaluated(state: State) -> dict[str, Any]:
