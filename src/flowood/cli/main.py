@@ -203,7 +203,7 @@ def _detector_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _score_parser(sub: argparse._SubParsersAction) -> None:
-    from flowood.deploy import ScoreOptions
+    from flowood.deploy import ScoringOptions
 
     p = sub.add_parser("score", help="score new data with a saved detector, one row per input",
                        usage="%(prog)s --detector DETECTOR.pt INPUT [INPUT ...] --out FILE.csv|FILE.jsonl|- "
@@ -220,7 +220,7 @@ def _score_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a scores file flowood wrote earlier")
     p.add_argument(*spellings("no_progress"), dest="progress", action="store_false", help="hide the progress bar")
     _threads_flag(p)
-    add_options(p, ScoreOptions)
+    add_options(p, ScoringOptions)
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
@@ -434,11 +434,11 @@ def _detector_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from flowood.deploy import ScoreOptions, is_scores_file, load_detector, score_inputs, write_scores
+    from flowood.deploy import ScoringOptions, is_scores_file, load_detector, score_inputs, write_scores
     from flowood.options import from_mapping
     from flowood.outputs import check_output_file
 
-    o = from_mapping(ScoreOptions, given_options(args, ScoreOptions))
+    o = from_mapping(ScoringOptions, given_options(args, ScoringOptions))
     out = None if args.out == "-" else args.out
     if out is not None:
         check_output_file(out, is_scores_file, [args.detector, *args.inputs], args.overwrite)

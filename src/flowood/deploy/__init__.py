@@ -17,10 +17,10 @@ Example (with a trained checkpoint and a classifier ``flowood embed`` wrote)::
 from flowood.deploy.fit import DetectorOptions, fit_detector, fit_pipeline, split_fit_calibration
 from flowood.deploy.inputs import MISMATCH_POLICIES, expand_inputs, stream_batches
 from flowood.deploy.pipeline import METHODS, DetectorPipeline, load_detector
-from flowood.deploy.score import FIELDS, ScoreOptions, ScoreSummary, is_scores_file, score_inputs, write_scores
+from flowood.deploy.score import FIELDS, ScoreSummary, ScoringOptions, is_scores_file, score_inputs, write_scores
 from flowood.engines import BACKENDS, EngineFlow, ExportError, ExportOptions, ExportResult, engine_flow, export_flow
 
 __all__ = ["BACKENDS", "DetectorOptions", "DetectorPipeline", "EngineFlow", "ExportError", "ExportOptions",
-           "ExportResult", "FIELDS", "METHODS", "MISMATCH_POLICIES", "ScoreOptions", "ScoreSummary", "engine_flow",
+           "ExportResult", "FIELDS", "METHODS", "MISMATCH_POLICIES", "ScoringOptions", "ScoreSummary", "engine_flow",
            "expand_inputs", "export_flow", "fit_detector", "fit_pipeline", "is_scores_file", "load_detector",
            "score_inputs", "split_fit_calibration", "stream_batches", "write_scores"]

@@ -24,7 +24,7 @@ from flowood.options import ConfigError, option
 from flowood.outputs import atomic_write
 from flowood.runtime import device_option
 
-__all__ = ["ScoreOptions", "score_inputs", "write_scores", "is_scores_file", "ScoreSummary", "FIELDS",
+__all__ = ["ScoringOptions", "score_inputs", "write_scores", "is_scores_file", "ScoreSummary", "FIELDS",
            "SCORE_FORMATS"]
 
 #: the columns of every row ``flowood score`` writes.
@@ -34,7 +34,7 @@ SCORE_FORMATS = ("csv", "jsonl")
 
 
 @dataclass
-class ScoreOptions:
+class ScoringOptions:
     """How ``flowood score`` scores: every field is an option (``flowood score --help`` shows them)."""
 
     batch_size: int = option(256, "inputs scored at once: memory stays bounded by it", minimum=1)
@@ -67,7 +67,7 @@ def score_inputs(detector: Any, inputs: list[str], batch_size: int = 256, progre
         inputs: image files, folders, glob patterns, ``.npz`` files.
         batch_size: samples scored at once.
         progress: show a progress bar.
-        mismatch: see :class:`ScoreOptions`.
+        mismatch: see :class:`ScoringOptions`.
 
     Inputs that cannot be read or do not fit the model give a row with ``error`` set (``decision`` is ``error``).
 
