@@ -217,17 +217,14 @@ def _check_method(o: DetectorOptions, labels_known: bool | None = None) -> None:
 def _check_unused(o: DetectorOptions, classifier: str | Path, checkpoint: str | Path | None) -> None:
     """Refuse options given for a part the detector does not have (they would be ignored silently)."""
     defaults = DetectorOptions()
+    given = [n for n in ("flow_config", "max_minutes", "flow_out") if getattr(o, n) != getattr(defaults, n)]
     if o.method != "flow":
-        given = [name for name in ("flow_config", "max_minutes", "flow_out") if getattr(o, name) != getattr(defaults,
-                                                                                                            name)]
         if checkpoint is not None or given:
-            raise ConfigError(f"{', '.join(f'`{n}`' for n in (['checkpoint'] if checkpoint else []) + given)} "
-                              f"{'applies' if len(given) + bool(checkpoint) == 1 else 'apply'} to a flow on the "
-                              f"features (`method='flow'`), not to {o.method}")
-    elif checkpoint is not None:
-        given = [n for n in ("flow_config", "max_minutes", "flow_out") if getattr(o, n) != getattr(defaults, n)]
-        if given:
-            raise ConfigError(f"{', '.join(f'`{n}`' for n in given)}: the flow is given (`checkpoint`), not trained")
+            named = (["checkpoint"] if checkpoint is not None else []) + given
+            raise ConfigError(f"{', '.join(f'`{n}`' for n in named)} {'applies' if len(named) == 1 else 'apply'} to "
+                              f"a flow on the features (`method='flow'`), not to {o.method}")
+    elif checkpoint is not None and given:
+        raise ConfigError(f"{', '.join(f'`{n}`' for n in given)}: the flow is given (`checkpoint`), not trained")
     if str(classifier).endswith(".pt2") and (o.backbone != "auto" or o.image_size is not None):
         raise ConfigError("`backbone` and `image_size` apply to classifier files; a torch.export model takes the "
                           "images of the shape it was exported with, and resizes inside itself")

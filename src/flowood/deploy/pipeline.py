@@ -60,6 +60,7 @@ from flowood.ood.detector import (
     DETECTOR_FILE_FORMATS,
     CalibratedDetector,
     OODDetector,
+    calibrated_threshold,
     collect_samples,
     is_detector_file,
     plain_tree,
@@ -515,7 +516,7 @@ def detector_info(path: str | Path) -> dict[str, Any]:
     info["data"] = {"dataset": prov.get("dataset"), "fit_samples": prov.get("fit_samples"),
                     "calibration_samples": prov.get("calibration_samples", len(reference)), "seed": prov.get("seed"),
                     "images_adapted": prov.get("images_adapted")}
-    info["threshold"] = {"value": float(np.quantile(reference, 1.0 - fpr)), "fpr": fpr,
+    info["threshold"] = {"value": calibrated_threshold(reference, fpr), "fpr": fpr,
                          "calibration_scores": {"n": len(reference), "min": float(reference.min()),
                                                 "median": float(np.median(reference)), "max": float(reference.max())}}
     info["fitted"] = prov.get("fitted", "not recorded (a file from flowood 0.2)")

@@ -26,7 +26,8 @@ from flowood.ood.density import as_density, is_flowood_flow
 from flowood.ood.scores import OODScore, make_score
 from flowood.options import ConfigError
 
-__all__ = ["OODDetector", "CalibratedDetector", "collect_samples", "DETECTOR_FORMAT", "plain_tree"]
+__all__ = ["OODDetector", "CalibratedDetector", "collect_samples", "DETECTOR_FORMAT", "plain_tree",
+           "calibrated_threshold"]
 
 DETECTOR_FORMAT = "flowood-detector-1"
 
@@ -46,6 +47,11 @@ def collect_samples(data: Any) -> Tensor:
             raise InputError("the data loader yielded no batches")
         return torch.cat(parts)
     raise TypeError(f"cannot take samples from {type(data).__name__}; pass a tensor, a dataset or a DataLoader")
+
+
+def calibrated_threshold(reference_scores: np.ndarray, fpr: float) -> float:
+    """The anomaly score above which a share ``fpr`` of the calibration scores lies."""
+    return float(np.quantile(reference_scores, 1.0 - fpr))
 
 
 class CalibratedDetector(OutlierMixin, BaseEstimator):
@@ -81,7 +87,7 @@ class CalibratedDetector(OutlierMixin, BaseEstimator):
         fpr = self.fpr if fpr is None else fpr
         if not 0.0 <= fpr <= 1.0:
             raise ConfigError(f"fpr must be in [0, 1], got {fpr}")
-        return float(np.quantile(self.reference_scores_, 1.0 - fpr))
+        return calibrated_threshold(self.reference_scores_, fpr)
 
     def set_fpr(self, fpr: float) -> None:
         """Move the threshold to flag a share ``fpr`` of the calibration data, without fitting again."""
