@@ -7,11 +7,12 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "flowood"
 NEUTRAL = {"outputs", "runtime", "checkpoints", "resources", "htmlpage", "allocator"}
-BASE = {"errors", "options"}
+BASE = {"errors", "options", "variants"}
 #: what each part may import from flowood (besides the package root's version and itself)
 ALLOWED = {
     "errors": set(),
     "options": {"errors"},
+    "variants": {"errors", "options"},
     "flows": BASE,
     **{name: BASE | {"flows"} | NEUTRAL for name in NEUTRAL},
     "data": BASE,

@@ -68,3 +68,33 @@ def test_maf_helper_and_config_name():
         build_flow(flow="MAF", input_shape=(1, 4, 4))
     with pytest.raises(ConfigError, match="MAF"):
         build_flow(flow="MAFF", input_shape=(4,))
+
+
+def test_a_new_flow_is_one_class_and_one_registry_line():
+    """A RegisteredFlow subclass registered from outside the package is a valid `flow` of FlowConfig and
+    build_flow, with its own defaults and options."""
+    from flowood.flows import FLOWS, ConfigError, RegisteredFlow, register_flow
+    from flowood.flows.layers import ActNorm
+
+    @register_flow("ActNormOnly")
+    class ActNormOnly(RegisteredFlow):
+        """Two ActNorm layers: a diagonal Gaussian, the simplest flow."""
+
+        inputs = "vectors"
+        options = ("actnorm",)
+
+        @classmethod
+        def build_steps(cls, config):
+            (d,) = config.input_shape
+            return [("norm0", ActNorm(d)), ("norm1", ActNorm(d))]
+
+    try:
+        flow = build_flow(flow="actnormonly", input_shape=(3,))
+        assert type(flow) is ActNormOnly and flow.config["flow"] == "ActNormOnly"
+        assert ActNormOnly(3).log_prob(torch.randn(5, 3)).shape == (5,)
+        with pytest.raises(ConfigError, match="ActNormOnly does not take num_blocks; it takes actnorm"):
+            ActNormOnly(3, num_blocks=2)
+    finally:
+        FLOWS.unregister("ActNormOnly")
+    with pytest.raises(ConfigError, match="unknown flow"):
+        build_flow(flow="ActNormOnly", input_shape=(3,))

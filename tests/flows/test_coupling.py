@@ -8,7 +8,7 @@ import torch
 from builders import randomise
 from layer_checks import check_layer
 
-from flowood.flows import AffineCoupling, make_mask, make_st_net
+from flowood.flows import AffineCoupling, make_coupling, make_mask, make_st_net
 
 
 @pytest.mark.parametrize("kind,shape,index", [
@@ -24,22 +24,22 @@ def test_coupling_every_mask(kind, shape, index):
     c = shape[0]
     if mask.is_channel_split:
         cond = c - c // 2 if index % 2 == 0 else c // 2
-        net = make_st_net("resnet", cond, 2 * (c - cond), shape[1:], mid_channels=4, num_blocks=1)
+        net = make_st_net("resnet", cond, 2 * (c - cond), mid_channels=4, num_blocks=1)
     else:
-        net = make_st_net("resnet", c, 2 * c, shape[1:], mid_channels=4, num_blocks=1)
-    layer = randomise(AffineCoupling(mask, net))
+        net = make_st_net("resnet", c, 2 * c, mid_channels=4, num_blocks=1)
+    layer = randomise(make_coupling(mask, net))
     check_layer(layer, torch.randn(2, *shape))
 
 
 def test_tabular_coupling():
-    net = make_st_net("mlp", 5, 10, mid_channels=8, num_blocks=1)
-    check_layer(randomise(AffineCoupling(make_mask("tabular", (5,), 1), net)), torch.randn(3, 5))
+    net = make_st_net("mlp", 5, 10, hidden_units=8, num_hidden_layers=1)
+    check_layer(randomise(make_coupling(make_mask("tabular", (5,), 1), net)), torch.randn(3, 5))
 
 
 def test_coupling_only_touches_transformed_part():
     mask = make_mask("cycle", (1, 4, 4), 0)
     net = make_st_net("convnet", 1, 2, mid_channels=4, num_blocks=1)
-    layer = randomise(AffineCoupling(mask, net)).eval()
+    layer = randomise(make_coupling(mask, net)).eval()
     x = torch.randn(2, 1, 4, 4)
     y, _ = layer(x)
     untouched = mask.transform == 0
@@ -53,7 +53,7 @@ def test_coupling_only_touches_transformed_part():
 
 def test_trace_forward_gives_full_size_s_and_t_for_channel_masks():
     mask = make_mask("channel", (4, 2, 2), 1)
-    layer = randomise(AffineCoupling(mask, make_st_net("convnet", 2, 4, mid_channels=4, num_blocks=1)))
+    layer = randomise(make_coupling(mask, make_st_net("convnet", 2, 4, mid_channels=4, num_blocks=1)))
     x = torch.randn(3, 4, 2, 2)
     y, log_det, extras = layer.trace_forward(x)
     assert extras["s"].shape == x.shape and extras["t"].shape == x.shape
@@ -67,7 +67,7 @@ def test_packed_checkerboard_transforms_the_checkerboard_pixels_seeing_only_the_
     mask = make_mask("checkerboard_packed", shape, index)
     assert torch.equal(mask.transform, make_mask("checkerboard", shape, index).transform)
     net = make_st_net("convnet", 2, 4, mid_channels=4, num_blocks=1)
-    layer = randomise(AffineCoupling(mask, net))
+    layer = randomise(make_coupling(mask, net))
     x = torch.randn(3, *shape)
     # pack/unpack are inverse permutations, and the packed halves hold exactly the two checkerboard halves
     kept, changed = layer.split(x)
@@ -84,3 +84,8 @@ def test_packed_checkerboard_transforms_the_checkerboard_pixels_seeing_only_the_
     _, _, extras2 = layer.trace_forward(x2)
     assert torch.equal(extras["s"], extras2["s"]) and torch.equal(extras["t"], extras2["t"])
     assert (extras["s"][keep] == 0).all()  # full-size s and t are zero where nothing is transformed
+
+
+def test_the_base_coupling_is_not_built_directly():
+    with pytest.raises(TypeError, match="make_coupling"):
+        AffineCoupling(make_mask("checkerboard", (1, 4, 4)), make_st_net("convnet", 1, 2, mid_channels=4))

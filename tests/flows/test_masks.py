@@ -34,3 +34,30 @@ def test_masks_cover_as_documented():
 def test_packed_checkerboard_needs_an_even_width():
     with pytest.raises(ValueError, match="even width"):
         make_mask("checkerboard_packed", (1, 4, 5))
+
+
+def test_a_new_mask_is_one_function_and_one_registry_line():
+    """Registered from outside the package, a mask is a valid `mask` of RealNVP and gives an exact coupling."""
+    import torch
+    from builders import randomise
+    from layer_checks import check_layer
+
+    from flowood.flows import MASKS, ConfigError, CouplingMask, build_flow, register_mask
+
+    @register_mask("diagonal")
+    def diagonal(shape, index):
+        """Pixels on and above the diagonal condition the others (and the other way round)."""
+        _, h, w = shape
+        upper = (torch.arange(h)[:, None] <= torch.arange(w)[None, :]).float().expand(shape).clone()
+        cond = upper if index % 2 == 0 else 1.0 - upper
+        return CouplingMask("diagonal", index % 2, cond, 1.0 - cond)
+
+    try:
+        flow = build_flow(flow="RealNVP", input_shape=(1, 4, 4), mask="diagonal", num_blocks=1, num_mid_channels=4)
+        spatial = [layer for name, layer in flow.coupling_layers() if "channel" not in name]
+        assert [layer.mask_kind for layer in spatial] == ["diagonal"] * len(spatial)
+        check_layer(randomise(spatial[1]), torch.randn(2, 1, 4, 4))
+    finally:
+        MASKS.unregister("diagonal")
+    with pytest.raises(ConfigError, match="does not work with RealNVP"):
+        build_flow(flow="RealNVP", input_shape=(1, 4, 4), mask="diagonal")

@@ -8,16 +8,17 @@ import torch
 from builders import randomise, trained_like
 from layer_checks import check_layer
 
-from flowood.flows import AffineCoupling, make_mask, make_st_net
-from flowood.flows.nets import ST_TYPES
+from flowood.flows import make_coupling, make_mask, make_st_net
+from flowood.flows.nets import image_st_types, st_net_options
 
 
-@pytest.mark.parametrize("st_type", [t for t in ST_TYPES if t != "mlp"])
+@pytest.mark.parametrize("st_type", image_st_types())
 def test_coupling_every_image_st_network(st_type):
     side = 14 if st_type == "autoencoder" else 8  # the paper's autoencoder works on sides of 14 and more
     shape = (2, side, side)
-    net = make_st_net(st_type, 2, 4, (side, side), mid_channels=4, num_blocks=2, latent_dim=3)
-    layer = randomise(AffineCoupling(make_mask("checkerboard", shape, 0), net))
+    offered = dict(spatial=(side, side), mid_channels=4, num_blocks=2, latent_dim=3)
+    net = make_st_net(st_type, 2, 4, **st_net_options(st_type, offered))
+    layer = randomise(make_coupling(make_mask("checkerboard", shape, 0), net))
     check_layer(layer, torch.randn(2, *shape))
 
 
@@ -114,19 +115,52 @@ def test_which_st_networks_start_at_zero():
     """init_zeros (off in the paper's commands) zeroes the output layer; Glow's networks always start at zero."""
     x = torch.randn(2, 2, 8, 8)
     for st_type in ("resnet", "convnet", "conv_bottleneck"):
-        assert make_st_net(st_type, 2, 4, (8, 8), 4, 1, 3, init_zeros=True).eval()(x).abs().max() == 0, st_type
-        assert make_st_net(st_type, 2, 4, (8, 8), 4, 1, 3).eval()(x).abs().max() > 0, st_type
+        options = st_net_options(st_type, dict(spatial=(8, 8), mid_channels=4, num_blocks=1, latent_dim=3))
+        assert make_st_net(st_type, 2, 4, init_zeros=True, **options).eval()(x).abs().max() == 0, st_type
+        assert make_st_net(st_type, 2, 4, **options).eval()(x).abs().max() > 0, st_type
     for st_type in ("highway", "glow_convnet"):
-        assert make_st_net(st_type, 2, 4, (8, 8), 4, 1).eval()(x).abs().max() == 0, st_type
+        options = st_net_options(st_type, dict(mid_channels=4, num_blocks=1))
+        assert make_st_net(st_type, 2, 4, **options).eval()(x).abs().max() == 0, st_type
 
 
 def test_the_papers_autoencoder_keeps_its_shape_and_refuses_sizes_it_cannot_rebuild():
     from flowood.options import ConfigError
     for side in (14, 16, 28, 32):
-        net = make_st_net("autoencoder", 2, 4, (side, side), latent_dim=5)
+        net = make_st_net("autoencoder", 2, 4, spatial=(side, side), latent_dim=5)
         assert net(torch.randn(3, 2, side, side)).shape == (3, 4, side, side)
         assert net.fc_z.out_features == 5
     with pytest.raises(ConfigError, match="conv_bottleneck"):
-        make_st_net("autoencoder", 2, 4, (8, 8))
+        make_st_net("autoencoder", 2, 4, spatial=(8, 8))
     with pytest.raises(ConfigError, match="num_blocks >= 2"):
-        make_st_net("resnet_ae", 2, 4, (8, 8), num_blocks=1)
+        make_st_net("resnet_ae", 2, 4, spatial=(8, 8), num_blocks=1)
+
+
+def test_a_new_st_network_is_one_class_and_one_registry_line():
+    """Registered from outside the package, a network becomes a valid `st_type` of every image flow; each network
+    takes only the options it declares."""
+    from flowood.flows import ST_NETWORKS, ConfigError, build_flow, register_st_net
+
+    @register_st_net("two_convs")
+    class TwoConvST(torch.nn.Sequential):
+        """Two 3x3 convolutions with a ReLU between them."""
+
+        def __init__(self, in_channels, out_channels, mid_channels=8):
+            super().__init__(torch.nn.Conv2d(in_channels, mid_channels, 3, padding=1), torch.nn.ReLU(),
+                             torch.nn.Conv2d(mid_channels, out_channels, 3, padding=1))
+
+    try:
+        assert "two_convs" in image_st_types()
+        flow = build_flow(flow="RealNVP", input_shape=(1, 8, 8), st_type="two_convs", num_mid_channels=4,
+                          num_blocks=7, latent_dim=3)  # options two_convs does not declare are not passed to it
+        nets = [layer.st_net for _, layer in flow.coupling_layers()]
+        assert all(isinstance(net, TwoConvST) for net in nets)
+        assert nets[0][0].out_channels == 4 and nets[-1][0].out_channels == 8  # mid_channels doubles after squeeze
+        for _, layer in flow.coupling_layers():
+            randomise(layer)
+        check_layer(flow.coupling_layers()[0][1], torch.randn(2, 1, 8, 8))
+        with pytest.raises(ConfigError, match="does not take num_blocks; it takes mid_channels"):
+            make_st_net("two_convs", 1, 2, num_blocks=3)
+    finally:
+        ST_NETWORKS.unregister("two_convs")
+    with pytest.raises(ConfigError, match="unknown st_type 'two_convs'"):
+        build_flow(flow="RealNVP", input_shape=(1, 8, 8), st_type="two_convs")

@@ -9,21 +9,28 @@ Example:
     torch.Size([4])
 """
 
-from flowood.flows.architectures import MAF, Glow, RealNVP, RealNVPTabular, build_flow
+from flowood.flows.architectures import MAF, Glow, RealNVP, RealNVPTabular, RegisteredFlow, build_flow, register_flow
 from flowood.flows.autoregressive import MADE, MaskedAffineAutoregressive, ReversePermutation
 from flowood.flows.base import FlowLayer, LayerRecord
-from flowood.flows.config import FLOW_ALIASES, FLOW_NAMES, TABULAR_FLOWS, ConfigError, FlowConfig
-from flowood.flows.coupling import AffineCoupling, ChannelCoupling, MaskedCoupling, PackedCheckerboardCoupling
+from flowood.flows.config import FLOW_ALIASES, FLOWS, ConfigError, FlowConfig
+from flowood.flows.coupling import (
+    AffineCoupling,
+    ChannelCoupling,
+    MaskedCoupling,
+    PackedCheckerboardCoupling,
+    make_coupling,
+)
 from flowood.flows.layers import ActNorm, InvertibleConv1x1, Squeeze
-from flowood.flows.masks import MASK_KINDS, CouplingMask, make_mask
+from flowood.flows.masks import MASKS, CouplingMask, make_mask, register_mask
 from flowood.flows.model import FlowModel, FlowTrace, Split, StandardNormal
-from flowood.flows.nets import ST_TYPES, make_st_net
+from flowood.flows.nets import ST_NETWORKS, make_st_net, register_st_net
 from flowood.flows.preprocessing import LogitTransform, dequantize, quantize
 
 __all__ = [
-    "ActNorm", "AffineCoupling", "ChannelCoupling", "ConfigError", "CouplingMask", "FLOW_ALIASES", "FLOW_NAMES",
+    "ActNorm", "AffineCoupling", "ChannelCoupling", "ConfigError", "CouplingMask", "FLOWS", "FLOW_ALIASES",
     "FlowConfig", "FlowLayer", "FlowModel", "FlowTrace", "Glow", "InvertibleConv1x1", "LayerRecord", "LogitTransform",
-    "MADE", "MAF", "MASK_KINDS", "MaskedAffineAutoregressive", "MaskedCoupling", "PackedCheckerboardCoupling",
-    "ReversePermutation", "TABULAR_FLOWS", "RealNVP", "RealNVPTabular", "ST_TYPES", "Split", "Squeeze",
-    "StandardNormal", "build_flow", "dequantize", "make_mask", "make_st_net", "quantize",
+    "MADE", "MAF", "MASKS", "MaskedAffineAutoregressive", "MaskedCoupling", "PackedCheckerboardCoupling",
+    "ReversePermutation", "RealNVP", "RealNVPTabular", "RegisteredFlow", "ST_NETWORKS", "Split", "Squeeze",
+    "StandardNormal", "build_flow", "dequantize", "make_coupling", "make_mask", "make_st_net", "quantize",
+    "register_flow", "register_mask", "register_st_net",
 ]

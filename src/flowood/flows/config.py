@@ -6,15 +6,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowood.errors import closest
-from flowood.flows.masks import SPATIAL_MASK_KINDS
-from flowood.flows.nets import IMAGE_ST_TYPES
+from flowood.flows.masks import spatial_mask_kinds
+from flowood.flows.nets import image_st_types
 from flowood.options import ConfigError, default_of, from_mapping, option, options_of, to_mapping
+from flowood.variants import Registry
 
-__all__ = ["FlowConfig", "FLOW_NAMES", "TABULAR_FLOWS", "FLOW_ALIASES", "ConfigError"]
+__all__ = ["FlowConfig", "FLOWS", "FLOW_ALIASES", "ConfigError"]
 
-FLOW_NAMES = ("RealNVP", "Glow", "RealNVPTabular", "MAF")
-#: flows over vectors ``(D,)``; the others model images.
-TABULAR_FLOWS = ("RealNVPTabular", "MAF")
+#: every flow by name, a :class:`flowood.flows.FlowModel` subclass each (:mod:`flowood.flows.architectures`
+#: registers RealNVP, Glow, RealNVPTabular and MAF). A flow class declares what a config needs from it:
+#: ``inputs`` ("images" or "vectors"), ``defaults`` (values for options left unset), ``fixed`` (values it always
+#: uses), ``extra_masks`` (masks beyond the spatial ones) and ``squeezes(config)``.
+FLOWS: Registry[Any] = Registry("flow", "flow")
+#: other spellings of flow names.
+FLOW_SPELLINGS = {"tabular": "RealNVPTabular", "realnvp_tabular": "RealNVPTabular"}
 
 #: the original code's fixed variants, each a setting of the general models here.
 FLOW_ALIASES: dict[str, dict[str, Any]] = {
@@ -37,8 +42,7 @@ class FlowConfig:
     """
 
     flow: str = option("RealNVP", "the flow: RealNVP, Glow (images), RealNVPTabular, MAF (vectors), or one of the "
-                       "original code's fixed variants RealNVPCycleMask, RealNVPMaskHorizontal, RealNVP8Layers, "
-                       "RealNVPSmall", metavar="NAME")
+                       f"original code's fixed variants {', '.join(FLOW_ALIASES)}", metavar="NAME")
     input_shape: tuple[int, ...] = option((1, 28, 28), "one sample's shape, (C, H, W) for images, (D,) for vectors "
                                           "(set from the data)", flag=False)
     num_scales: int = option(2, "scales of the multi-scale architecture (RealNVP, Glow)")
@@ -48,12 +52,13 @@ class FlowConfig:
     num_coupling_layers_per_scale: int | None = option(
         None, "RealNVP: spatial-mask couplings per scale (default 3, and 4 at the last scale, as Dinh et al.); "
               "Glow: steps per scale (default 8)")
-    st_type: str | None = option(None, "st-network, by the original code's names: resnet, resnet_ae, convnet, "
-                                 "glow_convnet, highway, autoencoder (the paper's bottleneck); flowood's own: "
-                                 "conv_bottleneck (default: resnet for RealNVP, glow_convnet for Glow)")
-    mask: str | None = option(None, "coupling mask: checkerboard (RealNVP's default), checkerboard_packed (the same "
-                              "pixels on half-width tensors, faster, not the paper's model), horizontal, vertical, "
-                              "cycle; Glow also channel (its default)")
+    st_type: str | None = option(None, "st-network of an image flow, by the original code's names, then flowood's "
+                                 f"own: {', '.join(image_st_types())} (default: resnet for "
+                                 "RealNVP, glow_convnet for Glow)")
+    mask: str | None = option(None, "coupling mask of an image flow: "
+                              f"{', '.join(spatial_mask_kinds())}; Glow also channel (its default). "
+                              "checkerboard_packed computes checkerboard's pixels on half-width tensors: faster, not "
+                              "the paper's model")
     latent_dim: int = option(100, "bottleneck size l of the autoencoder and resnet_ae st-networks")
     batchnorm: bool = option(True, "BatchNorm inside resnet st-networks (the original's --no_batchnorm turns it off)")
     weight_norm: bool = option(True, "weight-normalised convolutions in resnet, resnet_ae and convnet st-networks, as "
@@ -99,38 +104,30 @@ class FlowConfig:
         values = self.to_dict()
         if values["flow"] in FLOW_ALIASES:
             values.update(FLOW_ALIASES[values["flow"]])
-        by_lower = {n.lower(): n for n in FLOW_NAMES}
-        by_lower.update({"tabular": "RealNVPTabular", "realnvp_tabular": "RealNVPTabular"})
-        name = by_lower.get(str(values["flow"]).lower())
-        if name is None:
-            known = FLOW_NAMES + tuple(FLOW_ALIASES)
-            raise ConfigError(f"unknown flow {values['flow']!r}{closest(values['flow'], known)}; "
-                              f"choose one of {', '.join(FLOW_NAMES + tuple(FLOW_ALIASES))}")
-        values["flow"] = name
+        values["flow"] = self.flow_name(values["flow"])
         cfg = FlowConfig.from_dict(values)
-        cfg._fill_defaults()
-        cfg._check(check_shape)
+        family = FLOWS[cfg.flow]
+        for name, value in family.defaults.items():
+            if getattr(cfg, name) is None:
+                setattr(cfg, name, value)
+        for name, value in family.fixed.items():
+            setattr(cfg, name, value)
+        cfg.check(check_shape)
         return cfg
 
-    def _fill_defaults(self) -> None:
-        if self.flow == "RealNVP":
-            self.st_type = self.st_type or "resnet"
-            self.mask = self.mask or "checkerboard"
-        elif self.flow == "Glow":
-            self.st_type = self.st_type or "glow_convnet"
-            self.mask = self.mask or "channel"
-            if self.num_coupling_layers_per_scale is None:
-                self.num_coupling_layers_per_scale = 8
-        elif self.flow == "RealNVPTabular":
-            self.st_type = "mlp"
-            self.mask = "tabular"
-            self.actnorm = bool(self.actnorm)
-        else:
-            self.st_type = "made"
-            self.mask = "autoregressive"
-            self.actnorm = True if self.actnorm is None else self.actnorm
+    @staticmethod
+    def flow_name(name: str) -> str:
+        """The registered name of a flow, whatever its case or other spelling (``"glow"`` -> ``"Glow"``)."""
+        by_lower = {n.lower(): n for n in FLOWS}
+        by_lower.update(FLOW_SPELLINGS)
+        found = by_lower.get(str(name).lower())
+        if found is None:
+            known = tuple(FLOWS) + tuple(FLOW_ALIASES)
+            raise ConfigError(f"unknown flow {name!r}{closest(str(name), known)}; choose one of {', '.join(known)}")
+        return found
 
-    def _check(self, check_shape: bool = True) -> None:
+    def check(self, check_shape: bool = True) -> None:
+        """Refuse values that cannot work, naming the option (see :meth:`resolved`)."""
         def positive(name: str) -> None:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -146,26 +143,26 @@ class FlowConfig:
         if not 0.0 <= float(self.logit_alpha) < 0.5:
             raise ConfigError(f"logit_alpha must be in [0, 0.5), got {self.logit_alpha}")
         shape = self.input_shape
-        if self.flow in TABULAR_FLOWS:
-            if not check_shape:
-                return
-            if len(shape) != 1 or shape[0] < 2:
+        family = FLOWS[self.flow]
+        if family.inputs == "vectors":
+            if check_shape and (len(shape) != 1 or shape[0] < 2):
                 raise ConfigError(f"{self.flow} models vectors: input_shape must be (D,) with D >= 2, got {shape}")
             return
         if check_shape and (len(shape) != 3 or min(shape) < 1):
             raise ConfigError(f"{self.flow} models images: input_shape must be (C, H, W), got {shape}; "
-                              "use flow RealNVPTabular or MAF for vectors")
-        if self.st_type not in IMAGE_ST_TYPES:
-            raise ConfigError(f"unknown st_type {self.st_type!r}{closest(self.st_type, IMAGE_ST_TYPES)}; "
-                              f"choose one of {', '.join(IMAGE_ST_TYPES)}")
-        allowed = SPATIAL_MASK_KINDS + (("channel",) if self.flow == "Glow" else ())
+                              f"use flow {' or '.join(FLOWS.names(lambda f: f.inputs == 'vectors'))} for vectors")
+        image_nets = image_st_types()
+        if self.st_type not in image_nets:
+            raise ConfigError(f"unknown st_type {self.st_type!r}{closest(str(self.st_type), image_nets)}; "
+                              f"choose one of {', '.join(image_nets)}")
+        allowed = spatial_mask_kinds() + tuple(family.extra_masks)
         if self.mask not in allowed:
             raise ConfigError(f"mask {self.mask!r} does not work with {self.flow}{closest(self.mask, allowed)}; "
                               f"choose one of {', '.join(allowed)}")
         if not check_shape:
             return
         _, h, w = shape
-        squeezes = self.num_scales - 1 if self.flow == "RealNVP" else self.num_scales
+        squeezes = family.squeezes(self)
         factor = 2 ** squeezes
         if h % factor or w % factor:
             raise ConfigError(f"{self.flow} with num_scales={self.num_scales} squeezes {squeezes} times, so image "

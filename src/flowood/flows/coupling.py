@@ -30,7 +30,8 @@ from flowood.flows.base import FlowLayer, per_sample_sum
 from flowood.flows.masks import CouplingMask
 from flowood.flows.precision import run_st_net
 
-__all__ = ["AffineCoupling", "MaskedCoupling", "ChannelCoupling", "PackedCheckerboardCoupling", "Rescale"]
+__all__ = ["AffineCoupling", "MaskedCoupling", "ChannelCoupling", "PackedCheckerboardCoupling", "Rescale",
+           "COUPLINGS", "make_coupling"]
 
 
 class Rescale(nn.Module):
@@ -57,9 +58,9 @@ class Rescale(nn.Module):
 class AffineCoupling(FlowLayer):
     """Affine coupling layer ``y_b = (x_b + t(x_a)) * exp(s(x_a))`` for any :class:`CouplingMask`.
 
-    Calling ``AffineCoupling(mask, st_net)`` builds the subclass the mask needs (channel masks:
-    :class:`ChannelCoupling`; ``checkerboard_packed``: :class:`PackedCheckerboardCoupling`; all others:
-    :class:`MaskedCoupling`). Works on images ``[B, C, H, W]`` and on vectors ``[B, D]``.
+    The base of the couplings: a subclass says how the input splits and joins, one per mask layout (see
+    :data:`COUPLINGS`); :func:`make_coupling` builds the one a mask needs. Works on images ``[B, C, H, W]`` and
+    on vectors ``[B, D]``.
 
     Args:
         mask: which part is seen and which is transformed.
@@ -72,7 +73,7 @@ class AffineCoupling(FlowLayer):
         >>> from flowood.flows.masks import make_mask
         >>> from flowood.flows.nets import make_st_net
         >>> mask = make_mask("checkerboard", (1, 4, 4))
-        >>> layer = AffineCoupling(mask, make_st_net("resnet", 1, 2, mid_channels=8, num_blocks=1))
+        >>> layer = make_coupling(mask, make_st_net("resnet", 1, 2, mid_channels=8, num_blocks=1))
         >>> type(layer).__name__
         'MaskedCoupling'
         >>> x = torch.randn(3, 1, 4, 4)
@@ -83,13 +84,10 @@ class AffineCoupling(FlowLayer):
 
     kind = "coupling"
 
-    def __new__(cls, mask: CouplingMask | None = None, st_net: nn.Module | None = None) -> AffineCoupling:
-        if cls is AffineCoupling and mask is not None:  # (copy and pickle call __new__ without arguments)
-            cls = ChannelCoupling if mask.is_channel_split else \
-                PackedCheckerboardCoupling if mask.is_packed else MaskedCoupling
-        return super().__new__(cls)
-
     def __init__(self, mask: CouplingMask, st_net: nn.Module) -> None:
+        if type(self) is AffineCoupling:
+            raise TypeError("AffineCoupling is the base of the couplings: build one with make_coupling(mask, st_net), "
+                            "which picks the subclass the mask's layout needs")
         super().__init__()
         self.mask_kind = mask.kind
         self.mask_index = mask.index
@@ -225,3 +223,19 @@ class PackedCheckerboardCoupling(AffineCoupling):
 
     def full_size(self, v: Tensor, x: Tensor) -> Tensor:
         return self.join(torch.zeros_like(v), v)
+
+
+#: the coupling class of each mask layout (see :class:`flowood.flows.masks.CouplingMask`).
+COUPLINGS: dict[str, type[AffineCoupling]] = {"masked": MaskedCoupling, "channel": ChannelCoupling,
+                                              "packed": PackedCheckerboardCoupling}
+
+
+def make_coupling(mask: CouplingMask, st_net: nn.Module) -> AffineCoupling:
+    """The affine coupling for ``mask``: the :data:`COUPLINGS` subclass of its layout, around ``st_net``.
+
+    Example:
+        >>> from flowood.flows.masks import make_mask
+        >>> type(make_coupling(make_mask("channel", (2, 4, 4)), nn.Conv2d(1, 2, 1))).__name__
+        'ChannelCoupling'
+    """
+    return COUPLINGS[mask.layout](mask, st_net)

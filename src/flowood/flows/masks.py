@@ -16,18 +16,19 @@ Kinds:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from flowood.options import ConfigError
+from flowood.variants import Registry
 
-__all__ = ["CouplingMask", "make_mask", "MASK_KINDS", "SPATIAL_MASK_KINDS"]
+__all__ = ["CouplingMask", "MaskKind", "MASKS", "register_mask", "make_mask", "spatial_mask_kinds"]
 
-#: masks over the spatial grid of an image, usable at any scale.
-SPATIAL_MASK_KINDS = ("checkerboard", "checkerboard_packed", "horizontal", "vertical", "cycle")
-MASK_KINDS = SPATIAL_MASK_KINDS + ("channel", "tabular")
+#: how a coupling applies a mask: by multiplication, by slicing channels, or on packed half-width tensors.
+LAYOUTS = ("masked", "channel", "packed")
 
 
 @dataclass(frozen=True)
@@ -35,32 +36,86 @@ class CouplingMask:
     """A coupling layer's mask for inputs of one sample shape.
 
     Attributes:
-        kind: one of :data:`MASK_KINDS`.
+        kind: a name in :data:`MASKS`.
         index: the variant: parity 0/1 for two-way masks, the conditioning quadrant 0-3 for cycle.
         condition: 0/1 tensor of the sample shape: 1 where the st-network sees the input.
         transform: 0/1 tensor of the sample shape: 1 where the layer transforms the input.
+        layout: how a coupling applies it, one of ``masked`` (multiplication), ``channel`` (slicing the
+            channels) and ``packed`` (half-width tensors); set from the mask's :class:`MaskKind`.
     """
 
     kind: str
     index: int
     condition: Tensor
     transform: Tensor
+    layout: str = "masked"
 
     @property
     def is_channel_split(self) -> bool:
         """True when the mask is a split of the channels, which couplings implement by slicing."""
-        return self.kind == "channel"
+        return self.layout == "channel"
 
     @property
     def is_packed(self) -> bool:
         """True for ``checkerboard_packed``: couplings gather each half into a half-width tensor."""
-        return self.kind == "checkerboard_packed"
+        return self.layout == "packed"
 
     def describe(self) -> str:
         """A short human-readable label, e.g. ``"cycle 2->3"``."""
         if self.kind == "cycle":
             return f"cycle {self.index}->{(self.index + 1) % 4}"
         return f"{self.kind} {self.index}"
+
+
+@dataclass(frozen=True)
+class MaskKind:
+    """A kind of coupling mask: how to build it and where it works.
+
+    Attributes:
+        build: ``(shape, index) -> CouplingMask`` for one sample shape.
+        layout: how a coupling applies it (see :class:`CouplingMask`).
+        inputs: ``"images"`` (shape ``(C, H, W)``) or ``"vectors"`` (shape ``(D,)``).
+        spatial: an image mask over the pixel grid, usable at any scale of a RealNVP (channel masks are not).
+    """
+
+    build: Callable[[tuple[int, ...], int], CouplingMask]
+    layout: str = "masked"
+    inputs: str = "images"
+    spatial: bool = True
+
+
+#: every mask by name (see :func:`register_mask`).
+MASKS: Registry[MaskKind] = Registry("mask", "mask")
+
+
+def register_mask(name: str, *, layout: str = "masked", inputs: str = "images", spatial: bool = True,
+                  replace: bool = False) -> Callable:
+    """Decorator that adds a mask builder ``(shape, index) -> CouplingMask`` to :data:`MASKS` under ``name``.
+
+    Example:
+        >>> @register_mask("left_column")
+        ... def left_column(shape, index):
+        ...     '''The first column conditions the rest.'''
+        ...     cond = torch.zeros(shape)
+        ...     cond[..., 0] = 1.0
+        ...     return CouplingMask("left_column", index, cond, 1.0 - cond)
+        >>> make_mask("left_column", (1, 2, 2)).transform[0].tolist()
+        [[0.0, 1.0], [0.0, 1.0]]
+        >>> _ = MASKS.unregister("left_column")
+    """
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown mask layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+
+    def add(build: Callable[[tuple[int, ...], int], CouplingMask]) -> Callable:
+        MASKS.register(name, MaskKind(build, layout, inputs, spatial), replace=replace)
+        return build
+
+    return add
+
+
+def spatial_mask_kinds() -> tuple[str, ...]:
+    """The registered masks over an image's pixel grid (a RealNVP's spatial couplings may use any of them)."""
+    return MASKS.names(lambda kind: kind.inputs == "images" and kind.spatial)
 
 
 def _quadrant(shape: tuple[int, ...], q: int) -> Tensor:
@@ -75,6 +130,7 @@ def _quadrant(shape: tuple[int, ...], q: int) -> Tensor:
 
 
 def _tabular_mask(shape: tuple[int, ...], index: int) -> CouplingMask:
+    """Halves of a feature vector: index 0 transforms the last half."""
     if len(shape) != 1 or shape[0] < 2:
         raise ConfigError(f"a tabular mask needs a vector of at least 2 features, got shape {shape}")
     d = shape[0]
@@ -87,6 +143,7 @@ def _tabular_mask(shape: tuple[int, ...], index: int) -> CouplingMask:
 
 
 def _checkerboard_mask(shape: tuple[int, ...], index: int, kind: str = "checkerboard") -> CouplingMask:
+    """RealNVP's checkerboard: index 0 transforms the pixels with ``i + j`` even."""
     c, h, w = shape
     if kind == "checkerboard_packed" and w % 2:
         raise ConfigError(f"a checkerboard_packed mask needs an even width, got shape {shape}")
@@ -98,6 +155,7 @@ def _checkerboard_mask(shape: tuple[int, ...], index: int, kind: str = "checkerb
 
 
 def _channel_mask(shape: tuple[int, ...], index: int) -> CouplingMask:
+    """Halves of the channels, by slicing: index 0 transforms the first half."""
     c = shape[0]
     if c < 2:
         raise ConfigError(f"a channel mask needs at least 2 channels, got {c}; squeeze first")
@@ -125,6 +183,7 @@ def _half_mask(shape: tuple[int, ...], index: int, kind: str) -> CouplingMask:
 
 
 def _cycle_mask(shape: tuple[int, ...], index: int) -> CouplingMask:
+    """The paper's cycle mask: quadrant q conditions quadrant q + 1 (0 -> 1 -> 2 -> 3 -> 0)."""
     _, h, w = shape
     if h < 2 or w < 2:
         raise ConfigError(f"a cycle mask needs at least 2x2 pixels, got shape {shape}")
@@ -132,21 +191,36 @@ def _cycle_mask(shape: tuple[int, ...], index: int) -> CouplingMask:
     return CouplingMask("cycle", q, _quadrant(shape, q), _quadrant(shape, (q + 1) % 4))
 
 
-_IMAGE_MASKS = {
-    "checkerboard": _checkerboard_mask,
-    "checkerboard_packed": lambda shape, index: _checkerboard_mask(shape, index, "checkerboard_packed"),
-    "channel": _channel_mask,
-    "horizontal": lambda shape, index: _half_mask(shape, index, "horizontal"),
-    "vertical": lambda shape, index: _half_mask(shape, index, "vertical"),
-    "cycle": _cycle_mask,
-}
+def _packed_checkerboard_mask(shape: tuple[int, ...], index: int) -> CouplingMask:
+    """The checkerboard's pixels, each half gathered into a tensor of half the width (faster; not the paper's)."""
+    return _checkerboard_mask(shape, index, "checkerboard_packed")
+
+
+def _horizontal_mask(shape: tuple[int, ...], index: int) -> CouplingMask:
+    """Top and bottom halves: index 0 transforms the bottom half."""
+    return _half_mask(shape, index, "horizontal")
+
+
+def _vertical_mask(shape: tuple[int, ...], index: int) -> CouplingMask:
+    """Left and right halves: index 0 transforms the right half."""
+    return _half_mask(shape, index, "vertical")
+
+
+# in the order choices are listed: the spatial masks, then the others
+register_mask("checkerboard")(_checkerboard_mask)
+register_mask("checkerboard_packed", layout="packed")(_packed_checkerboard_mask)
+register_mask("horizontal")(_horizontal_mask)
+register_mask("vertical")(_vertical_mask)
+register_mask("cycle")(_cycle_mask)
+register_mask("channel", layout="channel", spatial=False)(_channel_mask)
+register_mask("tabular", inputs="vectors", spatial=False)(_tabular_mask)
 
 
 def make_mask(kind: str, shape: tuple[int, ...], index: int = 0) -> CouplingMask:
     """Build a mask for inputs of one sample shape.
 
     Args:
-        kind: one of :data:`MASK_KINDS`.
+        kind: a name in :data:`MASKS`.
         shape: ``(C, H, W)`` for images, ``(D,)`` for ``tabular``.
         index: which variant; two-way masks use ``index % 2``, the cycle mask ``index % 4``
             (the layer transforms quadrant ``index + 1`` conditioned on quadrant ``index``). Index 0 is the
@@ -163,10 +237,7 @@ def make_mask(kind: str, shape: tuple[int, ...], index: int = 0) -> CouplingMask
         ([[0.0, 1.0], [1.0, 0.0]], [[1.0, 0.0], [0.0, 1.0]])
     """
     shape = tuple(int(s) for s in shape)
-    if kind == "tabular":
-        return _tabular_mask(shape, index)
-    if kind not in _IMAGE_MASKS:
-        raise ConfigError(f"unknown mask {kind!r}; choose one of {', '.join(MASK_KINDS)}")
-    if len(shape) != 3:
+    entry = MASKS[kind]
+    if entry.inputs == "images" and len(shape) != 3:
         raise ConfigError(f"a {kind} mask needs an image shape (C, H, W), got {shape}")
-    return _IMAGE_MASKS[kind](shape, index)
+    return replace(entry.build(shape, index), layout=entry.layout)

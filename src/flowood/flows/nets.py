@@ -30,18 +30,42 @@ output that nothing else needs: the same numbers, one full pass over the largest
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from flowood.options import ConfigError
+from flowood.variants import Registry, declared_parameters
 
 __all__ = ["WeightNormConv2d", "ResNetST", "ResNetBottleneckST", "ConvNetST", "GlowConvNetST", "HighwayST",
-           "AutoencoderST", "ConvBottleneckST", "MLPST", "make_st_net", "ST_TYPES", "IMAGE_ST_TYPES"]
+           "AutoencoderST", "ConvBottleneckST", "MLPST", "ST_NETWORKS", "register_st_net", "make_st_net",
+           "st_net_options", "image_st_types"]
 
-IMAGE_ST_TYPES = ("resnet", "resnet_ae", "convnet", "glow_convnet", "highway", "autoencoder", "conv_bottleneck")
-ST_TYPES = IMAGE_ST_TYPES + ("mlp",)
+#: every st-network by name (see :func:`register_st_net`); a network's class attribute ``inputs`` says whether it
+#: conditions on images ``(B, C, H, W)`` or vectors ``(B, D)``.
+ST_NETWORKS: Registry[type[nn.Module]] = Registry("st-network", "st_type")
+
+
+def register_st_net(name: str, *, replace: bool = False) -> Any:
+    """Class decorator that adds an st-network to :data:`ST_NETWORKS` under ``name``.
+
+    The class takes ``(in_channels, out_channels, ...)`` positionally, then the keyword parameters it needs among
+    those a flow passes (see :func:`st_net_options`); a class attribute ``inputs = "vectors"`` marks a network
+    for tabular flows (the default is ``"images"``). Once registered, ``FlowConfig(st_type=name)`` builds it.
+
+    Example:
+        >>> @register_st_net("tiny_conv")
+        ... class TinyConvST(nn.Conv2d):
+        ...     '''One 3x3 convolution.'''
+        ...     def __init__(self, in_channels, out_channels, init_zeros=False):
+        ...         super().__init__(in_channels, out_channels, 3, padding=1)
+        >>> make_st_net("tiny_conv", 2, 4)
+        TinyConvST(2, 4, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
+        >>> _ = ST_NETWORKS.unregister("tiny_conv")
+    """
+    return ST_NETWORKS.register(name, replace=replace)
 
 
 class WeightNormConv2d(nn.Module):
@@ -144,6 +168,7 @@ class _ResidualBlock(nn.Module):
         return x + h
 
 
+@register_st_net("resnet")
 class ResNetST(nn.Module):
     """RealNVP's ResNet st-network, the original's ``ResNet``.
 
@@ -205,6 +230,7 @@ class ResNetST(nn.Module):
         return self.head(x_skip if self.skip else x)
 
 
+@register_st_net("resnet_ae")
 class ResNetBottleneckST(ResNetST):
     """The ResNet without skips and with a fully connected bottleneck after block ``num_blocks // 2``, the
     original's ``ResNetAE``: the activations are flattened, mapped to ``latent_dim`` numbers and back by two
@@ -244,6 +270,7 @@ class ResNetBottleneckST(ResNetST):
         return self.head(x)
 
 
+@register_st_net("convnet")
 class ConvNetST(nn.Module):
     """The original's ``convnet``: a weight-normalised 3x3 convolution, ``num_blocks`` more, and a 1x1 output
     convolution, with no activation between them (as in the original code: a linear network).
@@ -264,6 +291,7 @@ class ConvNetST(nn.Module):
         return self.layers(x)
 
 
+@register_st_net("glow_convnet")
 class GlowConvNetST(nn.Sequential):
     """Glow's st-network: 3x3 conv, ReLU, 1x1 conv, ReLU, 3x3 output conv. Hidden weights start N(0, 0.05^2)
     with zero biases and the output layer at zero, as in Glow; its depth is fixed (``num_blocks`` is not used).
@@ -289,6 +317,7 @@ class _HighwayLayer(nn.Module):
         return self.conv_h(x) * gate + x * (1.0 - gate)
 
 
+@register_st_net("highway")
 class HighwayST(nn.Module):
     """The highway st-network of the paper's Glow: a 3x3 convolution, ``num_blocks`` highway layers
     ``h(x) * gate + x * (1 - gate)`` with ``gate = sigmoid(t(x))`` (3x3 convolutions ``h`` and ``t``, no other
@@ -329,6 +358,7 @@ def _autoencoder_sizes(size: int) -> list[int] | None:
     return sizes if back == size else None
 
 
+@register_st_net("autoencoder")
 class AutoencoderST(nn.Module):
     """The paper's bottleneck st-network (the original's ``AE``), whose capacity ``latent_dim`` limits.
 
@@ -379,6 +409,7 @@ class AutoencoderST(nn.Module):
         return self.decoder(self.decoder_input(code).view(-1, *self.latent_shape))
 
 
+@register_st_net("conv_bottleneck")
 class ConvBottleneckST(nn.Module):
     """flowood's bottleneck st-network for any image size (not the paper's: see :class:`AutoencoderST`).
 
@@ -420,6 +451,7 @@ class ConvBottleneckST(nn.Module):
         return self.decoder(self.encoder(x))
 
 
+@register_st_net("mlp")
 class MLPST(nn.Module):
     """The tabular RealNVP's perceptron: ``Linear``, ReLU, (Dropout 0.5), ``num_hidden_layers`` x (``Linear``,
     ReLU), ``Linear`` to the output.
@@ -432,6 +464,8 @@ class MLPST(nn.Module):
         init_zeros: start the output layer at zero.
         dropout: dropout with rate 0.5 after the first hidden layer (the original's ``--dropout``).
     """
+
+    inputs = "vectors"
 
     def __init__(self, in_features: int, out_features: int, hidden_units: int = 256, num_hidden_layers: int = 1,
                  init_zeros: bool = False, dropout: bool = False) -> None:
@@ -448,45 +482,38 @@ class MLPST(nn.Module):
         return self.net(x)
 
 
-def make_st_net(st_type: str, in_channels: int, out_channels: int, spatial: tuple[int, ...] = (),
-                mid_channels: int = 64, num_blocks: int = 8, latent_dim: int = 100, batchnorm: bool = True,
-                skip: bool = True, init_zeros: bool = False, double_after_norm: bool = False,
-                weight_norm: bool = True, dropout: bool = False) -> nn.Module:
-    """Build an st-network by its original name (see the module docstring for the types).
+def image_st_types() -> tuple[str, ...]:
+    """The registered st-networks that condition on images (every one whose ``inputs`` is not ``"vectors"``)."""
+    return ST_NETWORKS.names(lambda cls: getattr(cls, "inputs", "images") == "images")
+
+
+def make_st_net(st_type: str, in_channels: int, out_channels: int, **options: Any) -> nn.Module:
+    """Build an st-network by name (see :data:`ST_NETWORKS`).
 
     Args:
-        st_type: one of :data:`ST_TYPES`.
-        in_channels: channels (features for ``mlp``) of the conditioning input.
+        st_type: a name in :data:`ST_NETWORKS`.
+        in_channels: channels (features, for vector networks) of the conditioning input.
         out_channels: channels to predict: 2 x the transformed channels.
-        spatial: ``(H, W)`` of the input; needed by the bottleneck networks.
-        mid_channels: hidden width (hidden units for ``mlp``; not used by ``autoencoder``).
-        num_blocks: residual/highway blocks, extra conv layers for ``convnet``, hidden layers for ``mlp``
-            (not used by ``glow_convnet`` and ``autoencoder``).
-        latent_dim: bottleneck size for ``autoencoder``, ``resnet_ae`` and ``conv_bottleneck``.
-        batchnorm: BatchNorm in ``resnet`` and ``resnet_ae``.
-        skip: skip connections in ``resnet``.
-        init_zeros: zero-initialise the output layer (``glow_convnet`` and ``highway`` always start at zero).
-        double_after_norm: ``resnet``, ``resnet_ae``: double the input after its BatchNorm (checkerboard masks).
-        weight_norm: weight-normalised convolutions in ``resnet``, ``resnet_ae`` and ``convnet``.
-        dropout: ``mlp``: dropout after the first hidden layer.
+        **options: the keyword parameters the network's class declares (its docstring lists them).
+
+    Raises:
+        ConfigError: an unknown name, or an option the network does not take.
     """
-    resnet = dict(batchnorm=batchnorm, init_zeros=init_zeros, double_after_norm=double_after_norm,
-                  weight_norm=weight_norm)
-    if st_type == "resnet":
-        return ResNetST(in_channels, out_channels, mid_channels, num_blocks, skip=skip, **resnet)
-    if st_type == "resnet_ae":
-        return ResNetBottleneckST(in_channels, out_channels, tuple(spatial), latent_dim, mid_channels, num_blocks,
-                                  **resnet)
-    if st_type == "convnet":
-        return ConvNetST(in_channels, out_channels, mid_channels, num_blocks, init_zeros, weight_norm)
-    if st_type == "glow_convnet":
-        return GlowConvNetST(in_channels, out_channels, mid_channels)
-    if st_type == "highway":
-        return HighwayST(in_channels, out_channels, mid_channels, num_blocks)
-    if st_type == "autoencoder":
-        return AutoencoderST(in_channels, out_channels, tuple(spatial), latent_dim)
-    if st_type == "conv_bottleneck":
-        return ConvBottleneckST(in_channels, out_channels, tuple(spatial), latent_dim, mid_channels, init_zeros)
-    if st_type == "mlp":
-        return MLPST(in_channels, out_channels, mid_channels, num_blocks, init_zeros, dropout)
-    raise ConfigError(f"unknown st_type {st_type!r}; choose one of {', '.join(ST_TYPES)}")
+    cls = ST_NETWORKS[st_type]
+    declared = declared_parameters(cls, skip=2)
+    unknown = sorted(set(options) - set(declared))
+    if unknown:
+        raise ConfigError(f"the {st_type} st-network does not take {', '.join(unknown)}; it takes "
+                          f"{', '.join(declared) or 'no options'}")
+    return cls(in_channels, out_channels, **options)
+
+
+def st_net_options(st_type: str, available: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``available`` that the named st-network declares.
+
+    A flow offers every network the same values (``spatial``, ``mid_channels``, ``num_blocks``, ``latent_dim``,
+    ``batchnorm``, ``skip``, ``init_zeros``, ``double_after_norm``, ``weight_norm``, ...) and each takes the ones
+    its constructor names, as nflows and zuko pass a variant its own keyword arguments.
+    """
+    declared = declared_parameters(ST_NETWORKS[st_type], skip=2)
+    return {name: value for name, value in available.items() if name in declared}
