@@ -39,7 +39,7 @@ class StripesSource(PrefixSource):
 def stripes():
     source = register_prefix(StripesSource())
     yield source
-    del PREFIXES[source.prefix]
+    PREFIXES.unregister(source.prefix)
 
 
 def test_a_new_source_is_one_class_and_one_registration(stripes, tmp_path):
@@ -49,7 +49,7 @@ def test_a_new_source_is_one_class_and_one_registration(stripes, tmp_path):
     assert dataset_inputs(["stripes:5"]) == [] and fetch_dataset("stripes:5") == ["stripes:5 is a local path; "
                                                                                     "nothing to fetch"]
     assert parse_name("stripes:5").value == "5" and parse_name("stripes:5").path is None
-    with pytest.raises(ValueError, match="taken"):
+    with pytest.raises(ValueError, match="exists already"):
         register_prefix(StripesSource())
 
 

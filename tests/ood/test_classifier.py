@@ -164,3 +164,44 @@ def test_a_detector_says_what_it_lacks(problem):
                                rtol=1e-6)
     assert available_detectors(has_head=False, has_labels=True, has_logits=True) == ["msp", "energy", "maxlogit",
                                                                                      "mahalanobis", "rmd", "knn"]
+
+
+def test_a_new_detector_is_one_class_and_one_registry_line():
+    """Registered from outside the package, a detector is made by name, listed where its inputs allow it, fitted,
+    scored, and exported as a graph."""
+    from flowood.ood.classifier import (
+        CLASSIFIER_DETECTORS,
+        ClassifierDetector,
+        ClassifierOutputs,
+        available_detectors,
+        make_classifier_detector,
+        register_detector,
+    )
+
+    @register_detector
+    class FeatureNorm(ClassifierDetector):
+        """The features' Euclidean norm, centred on the training mean's norm."""
+
+        name, needs, reference = "featnorm", "features", "a hand case"
+
+        def _fit(self, train, labels):
+            self.centre = float(train.features.norm(dim=1).mean())
+
+        def _score(self, x):
+            return (x.features.norm(dim=1) - self.centre).abs()
+
+        def _predictor(self):
+            centre = self.centre
+            return lambda z: (z.norm(dim=1) - centre).abs()
+
+    try:
+        train = ClassifierOutputs(torch.randn(50, 4))
+        detector = make_classifier_detector("featnorm").fit(train)
+        far = ClassifierOutputs(10 * torch.ones(1, 4))
+        assert detector.score(far)[0] > detector.score(train).max()
+        assert "featnorm" in available_detectors(has_head=False, has_labels=False)
+        torch.testing.assert_close(detector.graph()(far.features, None).double(),
+                                   torch.as_tensor(detector.score(far)))
+    finally:
+        CLASSIFIER_DETECTORS.unregister("featnorm")
+    assert "featnorm" not in available_detectors(has_head=False, has_labels=False)

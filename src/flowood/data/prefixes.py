@@ -27,6 +27,7 @@ from flowood.data.base import DatasetNotFoundError, from_numpy
 from flowood.data.openood import fetch_howto, load_openood, openood_folder, openood_inputs
 from flowood.data.sources import read_image_folder
 from flowood.errors import DataError
+from flowood.variants import Registry
 
 __all__ = ["DataName", "PrefixSource", "PREFIXES", "parse_name", "register_prefix", "NpzSource", "FolderSource",
            "OpenOODSource"]
@@ -85,17 +86,14 @@ class PrefixSource:
 
 
 #: every source of ``PREFIX:VALUE`` names, by prefix.
-PREFIXES: dict[str, PrefixSource] = {}
+PREFIXES: Registry[PrefixSource] = Registry("data source", "data prefix")
 
 
-def register_prefix(source: PrefixSource) -> PrefixSource:
-    """Add a source to :data:`PREFIXES` (its ``prefix`` must be new)."""
+def register_prefix(source: PrefixSource, *, replace: bool = False) -> PrefixSource:
+    """Add a source to :data:`PREFIXES` (its ``prefix`` must be new, unless ``replace``)."""
     if not source.prefix or not source.prefix.isidentifier():
         raise ValueError(f"a prefix is a name of letters, digits and underscores, got {source.prefix!r}")
-    if source.prefix in PREFIXES:
-        raise ValueError(f"the prefix {source.prefix!r} is taken by {type(PREFIXES[source.prefix]).__name__}")
-    PREFIXES[source.prefix] = source
-    return source
+    return PREFIXES.register(source.prefix, source, replace=replace)
 
 
 def parse_name(name: str) -> DataName:

@@ -30,12 +30,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flowood.errors import DataError, closest
+from flowood.errors import DataError
 from flowood.options import ConfigError
+from flowood.variants import Registry
 
 __all__ = ["CLASSIFIER_DETECTORS", "ClassifierDetector", "ClassifierHead", "ClassifierOutputs", "classifier_scores",
            "make_classifier_detector", "available_detectors",
-           "check_detector_names", "classifier_accuracy"]
+           "check_detector_names", "classifier_accuracy", "register_detector"]
 
 
 @dataclass
@@ -401,17 +402,24 @@ class ReAct(ClassifierDetector):
         return self.detector.predict_feature_maps
 
 
-#: every classifier-based detector by name, in the order tables list them.
-CLASSIFIER_DETECTORS: dict[str, type[ClassifierDetector]] = {
-    cls.name: cls for cls in (MSP, Energy, MaxLogit, Mahalanobis, RMD, KNN, ViM, ReAct)}
+#: every classifier-based detector by name, in the order tables list them (see :func:`register_detector`).
+CLASSIFIER_DETECTORS: Registry[type[ClassifierDetector]] = Registry("classifier detector", "classifier detector")
+
+
+def register_detector(cls: type[ClassifierDetector], *, replace: bool = False) -> type[ClassifierDetector]:
+    """Add a :class:`ClassifierDetector` subclass to :data:`CLASSIFIER_DETECTORS` under its ``name`` (a class
+    decorator too): ``evaluate``'s `detectors`, ``detector fit``'s `method` and ``detector select`` then offer it."""
+    return CLASSIFIER_DETECTORS.register(cls.name, cls, replace=replace)
+
+
+for _detector in (MSP, Energy, MaxLogit, Mahalanobis, RMD, KNN, ViM, ReAct):
+    register_detector(_detector)
 
 
 def check_detector_names(names: list[str]) -> None:
     """Refuse unknown detector names, suggesting the closest."""
     for name in names:
-        if name not in CLASSIFIER_DETECTORS:
-            raise ConfigError(f"unknown classifier detector {name!r}{closest(name, list(CLASSIFIER_DETECTORS))}; "
-                              f"choose from {', '.join(CLASSIFIER_DETECTORS)}")
+        CLASSIFIER_DETECTORS[name]
 
 
 def make_classifier_detector(name: str, head: ClassifierHead | None = None) -> ClassifierDetector:
