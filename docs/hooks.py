@@ -3,6 +3,8 @@
 * ``reference/cli.md``: every command and flag of ``flowood``, from the parser (itself generated from the options'
   one definition). It is committed, so it can be read on the repository's site too; ``python docs/hooks.py``
   writes it again, and a test fails when it differs from what the code generates.
+* ``reference/variants.md``: every registered flow, st-network, mask, score, classifier detector and data prefix,
+  from the registries' keys and each entry's own docstring and parameters (committed and checked the same way).
 * ``results/benchmarks.md``: ``benchmarks/RESULTS.md`` (which lives beside the benchmark scripts), added to the
   site at build time by the MkDocs hook below.
 """
@@ -51,8 +53,56 @@ def cli_reference() -> str:
     return "\n".join(lines)
 
 
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows] + [""]
+
+
+def _variant_sections() -> list[tuple[str, str, tuple[str, ...], list[tuple[str, ...]]]]:
+    """(title, introduction, header, rows) of every registry."""
+    from flowood.data.prefixes import PREFIXES
+    from flowood.flows import FLOWS, MASKS, ST_NETWORKS
+    from flowood.ood.classifier import CLASSIFIER_DETECTORS
+    from flowood.variants import declared_parameters, summary
+
+    def code(names) -> str:
+        return ", ".join(f"`{n}`" for n in names) or "none"
+
+    return [
+        ("Flows", "`flow`; `flowood.flows.register_flow` adds one.", ("flow", "what", "inputs", "options"),
+         [(f"`{n}`", summary(c), c.inputs, code(c.options)) for n, c in FLOWS.items()]),
+        ("st-networks", "`st_type`; `flowood.flows.register_st_net` adds one. Each network takes the options its "
+         "constructor names.", ("st_type", "what", "inputs", "takes"),
+         [(f"`{n}`", summary(c), getattr(c, "inputs", "images"), code(declared_parameters(c, skip=2)))
+          for n, c in ST_NETWORKS.items()]),
+        ("Masks", "`mask`; `flowood.flows.register_mask` adds one.", ("mask", "what", "inputs", "layout"),
+         [(f"`{n}`", summary(k.build), k.inputs + (" (spatial)" if k.spatial and k.inputs == "images" else ""),
+           k.layout) for n, k in MASKS.items()]),
+        ("Classifier detectors", "`detectors` of `evaluate`, `method` of `detector fit`; "
+         "`flowood.ood.classifier.register_detector` adds one.", ("detector", "what", "needs", "reference"),
+         [(f"`{n}`", summary(c), c.needs, c.reference) for n, c in CLASSIFIER_DETECTORS.items()]),
+        ("Data prefixes", "`PREFIX:VALUE` data names; `flowood.data.prefixes.register_prefix` adds one.",
+         ("prefix", "what"), [(f"`{n}:`", summary(type(src))) for n, src in PREFIXES.items()]),
+    ]
+
+
+def variants_reference() -> str:
+    """Every registry's entries as Markdown tables, from their keys, docstrings and declared parameters."""
+    lines = ["# Variants", "", "Generated from the registries of `flowood`: each kind of variant is a name-to-class "
+             "table, and a new one is a class plus one registration (see the [models guide](../guide/models.md)).",
+             ""]
+    for title, intro, header, rows in _variant_sections():
+        lines += [f"## {title}", "", intro, ""] + _table(header, rows)
+    return "\n".join(lines).rstrip("\n")
+
+
 def on_files(files, config):
     files.append(File.generated(config, "reference/cli.md", content=cli_reference()))
+    files.append(File.generated(config, "reference/variants.md", content=variants_reference()))
     results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
     results = results.replace("](compare.py)", "](benchmarks.md)")
     files.append(File.generated(config, "results/benchmarks.md", content=results))
@@ -61,3 +111,4 @@ def on_files(files, config):
 
 if __name__ == "__main__":
     (ROOT / "docs" / "reference" / "cli.md").write_text(cli_reference() + "\n")
+    (ROOT / "docs" / "reference" / "variants.md").write_text(variants_reference() + "\n")

@@ -59,6 +59,19 @@ def test_front_pages_link_only_to_files_that_exist(page):
         assert path.exists() or str(path.relative_to(ROOT)) in GENERATED_AT_BUILD, f"{page} links to {target}"
 
 
+def test_the_committed_variants_reference_is_what_the_registries_hold():
+    import sys
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        from hooks import variants_reference
+    finally:
+        sys.path.pop(0)
+    committed = (ROOT / "docs" / "reference" / "variants.md").read_text()
+    assert committed == variants_reference() + "\n", "docs/reference/variants.md is stale: run python docs/hooks.py"
+    for name in ("resnet", "autoencoder", "cycle", "RealNVP", "mahalanobis", "npz"):
+        assert f"`{name}" in committed
+
+
 def test_the_readme_is_a_front_door():
     lines = (ROOT / "README.md").read_text().splitlines()
     assert len(lines) < 200

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -92,6 +93,7 @@ def declared_parameters(cls: Callable[..., Any], skip: int = 0) -> dict[str, Any
 
 
 def summary(entry: Any) -> str:
-    """The first paragraph of an entry's docstring, on one line (for tables of variants)."""
+    """The first paragraph of an entry's docstring, on one line, cross-reference roles dropped (for tables of
+    variants)."""
     doc = inspect.getdoc(entry) or ""
-    return " ".join(doc.split("\n\n")[0].split())
+    return re.sub(r":\w+:`~?([^`]+)`", r"`\1`", " ".join(doc.split("\n\n")[0].split()))
