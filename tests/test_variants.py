@@ -22,6 +22,7 @@ def test_lookup_registration_and_removal():
     table = Registry("widget", "widget_type")
     table.register("plain", Widget)
     assert table["plain"] is Widget and list(table) == ["plain"] and len(table) == 1
+    assert table.get("plain") is Widget and table.get("none") is None and table.get("none", 1) == 1
     message = r"unknown widget_type 'plian' \(did you mean 'plain'\?\); choose one of plain"
     with pytest.raises(ConfigError, match=message):
         table["plian"]

@@ -69,6 +69,10 @@ class Registry(Mapping[str, T], Generic[T]):
                               f"choose one of {', '.join(self._entries)}")
         return self._entries[name]
 
+    def get(self, name: str, default: Any = None) -> Any:
+        """The entry ``name``, or ``default`` when there is none."""
+        return self._entries.get(name, default)
+
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
