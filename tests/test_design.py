@@ -63,3 +63,40 @@ def test_the_flow_core_stays_light():
             "print(sorted(m for m in ('lightning', 'matplotlib', 'sklearn', 'torchvision') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _structure():
+    import sys
+    sys.path.insert(0, str(SRC.parents[1] / "scripts"))
+    try:
+        import structure
+    finally:
+        sys.path.pop(0)
+    return structure, structure.modules(SRC)
+
+
+#: public callables allowed more than 8 parameters: the option constructor, and the paper's ResNet st-networks,
+#: whose constructors take the original's options one by one (docs/design.md).
+LONG_SIGNATURES = {"options.option (9)", "flows.nets.ResNetST.__init__ (9)",
+                   "flows.nets.ResNetBottleneckST.__init__ (10)"}
+
+
+def test_no_public_callable_takes_more_than_8_parameters():
+    structure, trees = _structure()
+    assert set(structure.long_signatures(trees)) <= LONG_SIGNATURES
+
+
+def test_few_imports_hide_inside_functions():
+    structure, trees = _structure()
+    found = structure.local_imports(trees)
+    assert len(found) < 20, "\n".join(found)
+
+
+def test_no_module_reaches_into_another_modules_private_names():
+    structure, trees = _structure()
+    assert structure.private_reaches(trees) == []
+
+
+def test_no_import_cycles_between_modules():
+    structure, trees = _structure()
+    assert structure.cycles(structure.import_arrows(trees)) == []
