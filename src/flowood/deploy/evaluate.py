@@ -53,7 +53,8 @@ class DetectorEvaluation:
     """What :func:`evaluate_detector` produced.
 
     Attributes:
-        metrics: the contents of metrics.json. scores: the anomaly scores of every set. out: the folder written.
+        metrics: the contents of metrics.json, typed (:class:`~flowood.evaluation.metrics_file.DetectorMetrics`).
+        scores: the anomaly scores of every set. out: the folder written.
     """
 
     metrics: DetectorMetrics

@@ -120,7 +120,7 @@ class EvaluationResult:
     """What an evaluation produced.
 
     Attributes:
-        metrics: the contents of metrics.json.
+        metrics: the contents of metrics.json, typed (:class:`~flowood.evaluation.metrics_file.Metrics`).
         scores: bits/dim per sample of every set (the likelihood score), ``{set: array}``.
         score_values: every score, ``{score: {set: array}}``.
         out: the output directory, if one was written.

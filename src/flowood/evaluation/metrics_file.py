@@ -61,7 +61,7 @@ class Record:
         return out
 
     @classmethod
-    def from_dict(cls: type[R], data: Mapping[str, Any], source: str = "metrics") -> R:
+    def from_dict(cls: type[R], data: Mapping[str, Any], source: str = "the given metrics") -> R:
         """The record of a JSON object; ``source`` (a file's path) is named in errors.
 
         Raises:
