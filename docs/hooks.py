@@ -30,6 +30,7 @@ def _flags(action: argparse.Action) -> str:
 def cli_reference() -> str:
     """The CLI reference as Markdown: one section per command, one row per flag."""
     from flowood.cli.main import build_parser
+    from flowood.tables import Table
 
     parser = build_parser()
     lines = ["# Command line", "", "Generated from `flowood --help` of every command. Flags use the options' names",
@@ -42,14 +43,10 @@ def cli_reference() -> str:
         for title, p in parsers:
             if title:
                 lines += [f"### {title}", ""]
-            lines += ["| flag | meaning |", "|---|---|"]
-            for action in p._actions:
-                if action.help == argparse.SUPPRESS or isinstance(action, (argparse._HelpAction,
-                                                                           argparse._SubParsersAction)):
-                    continue
-                text = (action.help or "").replace("%%", "%").replace("|", "\\|")
-                lines.append(f"| {_flags(action)} | {text} |")
-            lines.append("")
+            rows = [[_flags(action), (action.help or "").replace("%%", "%")] for action in p._actions
+                    if action.help != argparse.SUPPRESS and not isinstance(action, (argparse._HelpAction,
+                                                                                      argparse._SubParsersAction))]
+            lines += [Table(["flag", "meaning"], rows, align="ll").markdown(), ""]
     return "\n".join(lines)
 
 

@@ -65,4 +65,4 @@ def test_save_flow_roundtrip_and_wrong_shape_data(tmp_path):
     with pytest.raises(ValueError, match="vectors cannot be adapted"):
         evaluate(loaded, [f"npz:{tmp_path}/vec.npz"], progress=False, scores=["likelihood"])
     r = evaluate(loaded, ["noise"], progress=False, scores=["likelihood"])  # the checkpoint's in-distribution set
-    assert r.metrics["in_distribution"]["name"] == "digits"
+    assert r.metrics.in_distribution.name == "digits"

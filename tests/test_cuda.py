@@ -63,7 +63,7 @@ def test_every_score_on_gpu_equals_cpu(tmp_path, fixtures_dir):
                                   rtol=1e-4, atol=1e-4), score
     r = evaluate(path, ["noise"], device="cuda", scores=["likelihood_ratio"], background_steps=5, max_samples=50,
                  progress=False)
-    assert 0.0 <= r.metrics["ood"]["noise"]["scores"]["likelihood_ratio"]["auroc"] <= 1.0
+    assert 0.0 <= r.metrics.ood["noise"].scores["likelihood_ratio"].auroc <= 1.0
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])

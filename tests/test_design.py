@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "flowood"
-NEUTRAL = {"outputs", "runtime", "checkpoints", "resources", "htmlpage", "allocator"}
+NEUTRAL = {"outputs", "runtime", "checkpoints", "resources", "htmlpage", "allocator", "tables"}
 BASE = {"errors", "options", "variants"}
 #: what each part may import from flowood (besides the package root's version and itself)
 ALLOWED = {

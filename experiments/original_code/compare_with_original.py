@@ -39,6 +39,7 @@ import torch
 from flowood.flows import build_flow
 from flowood.flows.original import load_original_state_dict
 from flowood.reproduce.experiments import load_experiments
+from flowood.tables import Table
 from flowood.training.config import TrainConfig
 
 FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "original_models.json.gz"
@@ -175,19 +176,19 @@ def flowood_loglik(flow: torch.nn.Module, x: torch.Tensor, u: torch.Tensor | Non
         return flow._density(v) + shift, z
 
 
-def compare_counts(original: Any) -> list[str]:
+def compare_counts(original: Any) -> Table:
     """Parameter counts of every shipped paper config, flowood against the original."""
-    lines = ["| config | flowood | original | equal |", "|---|---|---|---|"]
+    rows = []
     for exp in load_experiments(scale="paper", suite="all"):
         cfg = flow_config_of(exp)
         if cfg is None:
-            lines.append(f"| {exp.name} | - | - | (flowood-only model or unknown input shape) |")
+            rows.append([exp.name, "-", "-", "(flowood-only model or unknown input shape)"])
             continue
         with torch.device("meta"):
             ours = sum(p.numel() for p in build_flow(cfg).parameters())
             theirs = sum(p.numel() for p in original_model(original, cfg).parameters())
-        lines.append(f"| {exp.name} | {ours:,} | {theirs:,} | {'yes' if ours == theirs else 'NO'} |")
-    return lines
+        rows.append([exp.name, f"{ours:,}", f"{theirs:,}", "yes" if ours == theirs else "NO"])
+    return Table(["config", "flowood", "original", "equal"], rows, align="llll")
 
 
 def flow_config_of(exp: Any) -> dict[str, Any] | None:
@@ -238,7 +239,7 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     original = import_original(args.original)
     start = time.time()
-    print("\n".join(compare_counts(original)))
+    print(compare_counts(original).markdown())
     cases = {}
     for name, (options, amp) in CASES.items():
         if args.skip_large and name in LARGE:

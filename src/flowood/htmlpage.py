@@ -1,4 +1,5 @@
-"""Self-contained HTML pages: one stylesheet and PNGs embedded as data URIs, so a page works offline."""
+"""Self-contained HTML pages: one stylesheet and PNGs embedded as data URIs, so a page works offline (tables come
+from :mod:`flowood.tables`)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import base64
 import html
 from pathlib import Path
 
-__all__ = ["STYLE", "embed_png", "figure", "page", "html_table"]
+__all__ = ["STYLE", "embed_png", "figure", "page"]
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -35,11 +36,3 @@ def page(title: str, body: list[str]) -> str:
     """A complete HTML document."""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>")
-
-
-def html_table(head: list[str], rows: list[list[str]]) -> str:
-    """A table of text cells (escaped), the header row first."""
-    out = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
-    for r in rows:
-        out += "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-    return out + "</table>"

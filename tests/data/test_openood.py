@@ -15,7 +15,7 @@ from flowood.data import load_dataset
 from flowood.data.openood import benchmark_names, load_benchmark, read_imglist
 from flowood.data.registry import DatasetNotFoundError
 from flowood.errors import DataError
-from flowood.evaluation import evaluate
+from flowood.evaluation import Metrics, evaluate
 from flowood.evaluation.evaluate import benchmark_table
 from flowood.options import ConfigError
 
@@ -137,16 +137,17 @@ def test_evaluate_on_a_benchmark_groups_near_and_far(tmp_path):
     result = evaluate(ckpt, [], out=tmp_path / "eval", benchmark="cifar10", data_root=str(tmp_path),
                       scores=["likelihood"], progress=False)
     m = result.metrics
-    assert m["in_distribution"]["name"] == "openood:cifar10/cifar10"
-    assert list(m["ood"]) == b.ood_datasets
-    bench = m["benchmark"]
-    assert bench["near"] == ["openood:cifar10/cifar100", "openood:cifar10/tin"] and len(bench["far"]) == 4
-    near = np.mean([m["ood"][n]["scores"]["likelihood"]["auroc"] for n in bench["near"]])
-    assert bench["scores"]["likelihood"]["near"]["auroc"] == pytest.approx(near)
+    assert m.in_distribution.name == "openood:cifar10/cifar10"
+    assert list(m.ood) == b.ood_datasets
+    bench = m.benchmark
+    assert bench.near == ["openood:cifar10/cifar100", "openood:cifar10/tin"] and len(bench.far) == 4
+    near = np.mean([m.ood[n].scores["likelihood"].auroc for n in bench.near])
+    assert bench.scores["likelihood"]["near"].auroc == pytest.approx(near)
     table = benchmark_table(m)
     assert "| MSP (published) | 88.03 | 90.73 |" in table and "flowood likelihood" in table
     assert "OpenOOD v1.5 CIFAR-10 benchmark" in (tmp_path / "eval" / "report.html").read_text()
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["benchmark"]["name"] == "cifar10"
+    assert Metrics.from_json(tmp_path / "eval") == m  # the benchmark and its leaderboard round-trip too
 
 
 def test_a_list_too_large_for_memory_is_decoded_as_a_seeded_subset(tmp_path, monkeypatch):

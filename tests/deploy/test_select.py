@@ -15,6 +15,7 @@ from flowood.deploy import load_detector
 from flowood.deploy.evaluate import evaluate_detector, load_set
 from flowood.deploy.pipeline import DetectorPipeline, detector_info
 from flowood.deploy.select import select_detector
+from flowood.evaluation import DetectorMetrics
 from flowood.ood.detector import OODDetector
 from flowood.ood.metrics import ood_metrics
 from flowood.options import ConfigError
@@ -67,7 +68,7 @@ def test_evaluating_on_a_validation_set_warns_and_other_sets_do_not(selected, mn
     _, out = selected
     with pytest.warns(UserWarning, match="was a validation set of this detector's selection"):
         done = evaluate_detector(out, [mnist_npz, "noise"], out=tmp_path / "eval", progress=False, max_samples=100)
-    assert done.metrics["validation_sets_evaluated"] == [mnist_npz]
+    assert done.metrics.validation_sets_evaluated == [mnist_npz]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         evaluate_detector(out, ["noise"], progress=False, max_samples=100)
@@ -106,8 +107,8 @@ def test_a_detectors_evaluation_equals_its_scores_and_threshold(embedded, fashio
     inside, _ = load_set(fashionmnist_npz, "test", (1, 28, 28), None, None, 0)
     outside, _ = load_set(mnist_npz, "test", (1, 28, 28), None, None, 0)
     a, b = detector.anomaly_score(inside), detector.anomaly_score(outside)
-    assert done.metrics["ood"][mnist_npz]["auroc"] == pytest.approx(ood_metrics(a, b)["auroc"])
-    assert done.metrics["in_distribution"]["flagged"] == pytest.approx(np.mean(a > detector.threshold_))
+    assert done.metrics.ood[mnist_npz].auroc == pytest.approx(ood_metrics(a, b)["auroc"])
+    assert done.metrics.in_distribution.flagged == pytest.approx(np.mean(a > detector.threshold_))
     with pytest.raises(ConfigError, match="applies to evaluating a checkpoint"):
         evaluate_detector(tmp_path / "d.pt", [mnist_npz], scores=["likelihood"])
 
@@ -125,6 +126,7 @@ def test_the_command_line_selects_shows_and_evaluates(embedded, fashionmnist_npz
     assert "| noise |" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["detector"] in ("mahalanobis", "rmd") and metrics["ood"]["noise"]["n"] == 50
+    assert DetectorMetrics.from_json(tmp_path / "eval").to_dict() == metrics
 
 
 def test_candidates_the_validation_sets_cannot_tell_apart_are_marked():

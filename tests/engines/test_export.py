@@ -187,8 +187,8 @@ def test_evaluate_on_both_engines_gives_torchs_scores(trained_checkpoint, mnist_
     reference = evaluate(trained_checkpoint, [mnist_npz], **options)
     for backend in ("onnxruntime", "openvino"):
         result = evaluate(trained_checkpoint, [mnist_npz], backend=backend, **options)
-        assert result.metrics["provenance"]["backend"] == backend
-        assert backend in result.metrics["provenance"]["engine_parity"]["engines"]
+        assert result.metrics.provenance.backend == backend
+        assert backend in result.metrics.provenance.engine_parity["engines"]
         assert set(result.score_values) == set(reference.score_values)
         for score, per_set in reference.score_values.items():
             for name, values in per_set.items():

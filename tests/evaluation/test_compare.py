@@ -15,7 +15,7 @@ from builders import tiny_checkpoint
 from flowood.checkpoints import save_flow
 from flowood.cli.main import main
 from flowood.errors import DataError
-from flowood.evaluation import evaluate
+from flowood.evaluation import Metrics, evaluate
 from flowood.evaluation.compare import compare
 from flowood.flows import RealNVPTabular
 from flowood.options import ConfigError
@@ -52,22 +52,23 @@ def _embedding_evaluation(folder, seed: int):
 def test_evaluate_adds_every_classifier_detector_on_embeddings(tmp_path):
     result = _embedding_evaluation(tmp_path, 0)
     m = result.metrics
-    assert m["scores_computed"][:1] == ["likelihood"]
-    assert m["scores_computed"][-8:] == ["msp", "energy", "maxlogit", "mahalanobis", "rmd", "knn", "vim", "react"]
-    entry = next(iter(m["ood"].values()))
-    assert entry["dataset"] == "mnist" and m["in_distribution"]["dataset"] == "fashionmnist"
-    assert set(entry["scores"]["knn"]) >= {"auroc", "aupr_in", "aupr_out", "fpr95", "auroc_ci"}
-    assert entry["scores"]["mahalanobis"]["auroc"] > 0.9  # far-away features, as their definition says
+    assert m.scores_computed[:1] == ["likelihood"]
+    assert m.scores_computed[-8:] == ["msp", "energy", "maxlogit", "mahalanobis", "rmd", "knn", "vim", "react"]
+    entry = next(iter(m.ood.values()))
+    assert entry.dataset == "mnist" and m.in_distribution.dataset == "fashionmnist"
+    assert set(entry.scores["knn"].to_dict()) >= {"auroc", "aupr_in", "aupr_out", "fpr95", "auroc_ci"}
+    assert entry.scores["mahalanobis"].auroc > 0.9  # far-away features, as their definition says
     with np.load(tmp_path / "emb.npz") as f:
         logits = f["embeddings_test"] @ f["classifier_weight"].T
-        assert m["classifier"]["test_accuracy"] == pytest.approx(float((logits.argmax(1) == f["labels_test"]).mean()))
-    assert {r["family"] for r in m["ranking"]} == {"flow", "classifier"}
+        assert m.classifier.test_accuracy == pytest.approx(float((logits.argmax(1) == f["labels_test"]).mean()))
+    assert {r.family for r in m.ranking} == {"flow", "classifier"}
+    assert Metrics.from_json(tmp_path / "eval") == m  # the classifier and ranking round-trip too
     # a subset by name, none, and refusals with the reason
-    ood = next(iter(m["ood"]))
+    ood = next(iter(m.ood))
     only = evaluate(tmp_path / "flow.pt", [ood], detectors=["energy"], progress=False)
-    assert only.metrics["scores_computed"][-1] == "energy" and "msp" not in only.metrics["scores_computed"]
+    assert only.metrics.scores_computed[-1] == "energy" and "msp" not in only.metrics.scores_computed
     none = evaluate(tmp_path / "flow.pt", [ood], detectors=["none"], progress=False)
-    assert "classifier" not in none.metrics and not set(none.metrics["scores_computed"]) & {"msp", "knn"}
+    assert none.metrics.classifier is None and not set(none.metrics.scores_computed) & {"msp", "knn"}
     with pytest.raises(ConfigError, match="did you mean 'vim'"):
         evaluate(tmp_path / "flow.pt", [ood], detectors=["vin"], progress=False)
 

@@ -13,7 +13,7 @@ from builders import tiny_checkpoint, tiny_realnvp
 
 from flowood.checkpoints import save_flow
 from flowood.cli.main import main
-from flowood.evaluation import evaluate
+from flowood.evaluation import Metrics, evaluate
 
 
 def test_evaluate_writes_metrics_in_the_documented_schema(trained_checkpoint, mnist_npz, tmp_path):
@@ -36,6 +36,10 @@ def test_evaluate_writes_metrics_in_the_documented_schema(trained_checkpoint, mn
     assert m["ood"]["noise"]["auroc"] > 0.95
     prov = m["provenance"]
     assert len(prov["checkpoint_sha256"]) == 64 and prov["seed"] == 0
+    # the file round-trips through its typed schema exactly, text included
+    typed = Metrics.from_json(tmp_path)
+    assert typed.to_dict() == m and typed.to_json() == (tmp_path / "metrics.json").read_text()
+    assert Metrics.from_json(m) == typed and typed.ood["noise"].auroc_ci == m["ood"]["noise"]["auroc_ci"]
     assert (tmp_path / "loglik_hist.png").stat().st_size > 1000
     with np.load(tmp_path / "scores.npz") as s:
         assert next(iter(s["names"])) == ind["name"] and s["set1"].shape == (200,)
@@ -60,11 +64,11 @@ def test_paper_headline_mnist_more_likely_than_fashionmnist(trained_checkpoint, 
     """The paper's first finding, on real images: a flow trained on FashionMNIST prefers MNIST."""
     ckpt = trained_checkpoint
     r = evaluate(ckpt, [mnist_npz], progress=False, scores=["likelihood", "complexity"])
-    entry = next(iter(r.metrics["ood"].values()))
-    assert entry["bpd_mean"] < r.metrics["in_distribution"]["bpd_mean"]
-    assert entry["auroc"] < 0.5
+    entry = next(iter(r.metrics.ood.values()))
+    assert entry.bpd_mean < r.metrics.in_distribution.bpd_mean
+    assert entry.auroc < 0.5
     # Serra et al.'s complexity correction separates MNIST better than the raw likelihood (issue 3)
-    assert entry["scores"]["complexity"]["auroc"] > entry["scores"]["likelihood"]["auroc"] + 0.3
+    assert entry.scores["complexity"].auroc > entry.scores["likelihood"].auroc + 0.3
 
 
 def test_evaluation_is_deterministic(trained_checkpoint):
@@ -85,10 +89,10 @@ def test_evaluate_with_ensemble_and_background_checkpoints(tmp_path, fashionmnis
         paths.append(tiny_checkpoint(tmp_path / f"f{seed}.pt", fashionmnist_npz, init_batch=8, input_shape=(1, 28, 28)))
     r = evaluate(paths[0], ["noise"], scores=["likelihood", "likelihood_ratio"], ensemble=paths[1:],
                  background=paths[2], max_samples=40, progress=False)
-    assert r.metrics["scores_computed"] == ["likelihood", "likelihood_ratio", "waic"]
-    entry = r.metrics["ood"]["noise"]["scores"]
-    assert 0.0 <= entry["waic"]["auroc"] <= 1.0 and 0.0 <= entry["likelihood_ratio"]["auroc"] <= 1.0
-    assert r.metrics["provenance"]["background"] == str(paths[2]) and len(r.metrics["provenance"]["ensemble"]) == 2
+    assert r.metrics.scores_computed == ["likelihood", "likelihood_ratio", "waic"]
+    entry = r.metrics.ood["noise"].scores
+    assert 0.0 <= entry["waic"].auroc <= 1.0 and 0.0 <= entry["likelihood_ratio"].auroc <= 1.0
+    assert r.metrics.provenance.background == str(paths[2]) and len(r.metrics.provenance.ensemble) == 2
     with pytest.raises(ValueError, match="ensemble"):
         evaluate(paths[0], ["noise"], scores=["waic"], progress=False)
     with pytest.raises(ValueError, match="did you mean 'typicality'"):
@@ -103,9 +107,9 @@ def test_evaluate_with_bf16_st_networks_records_it_and_agrees(tmp_path, fashionm
     full = evaluate(path, ood, scores=["likelihood"], max_samples=64, progress=False)
     mixed = evaluate(path, ood, out=tmp_path / "eval", scores=["likelihood"], max_samples=64, precision="bf16",
                      progress=False)
-    assert mixed.metrics["provenance"]["precision"] == "bf16"
-    name = next(iter(mixed.metrics["ood"]))
-    assert mixed.metrics["ood"][name]["auroc"] == pytest.approx(full.metrics["ood"][name]["auroc"], abs=0.05)
+    assert mixed.metrics.provenance.precision == "bf16"
+    name = next(iter(mixed.metrics.ood))
+    assert mixed.metrics.ood[name].auroc == pytest.approx(full.metrics.ood[name].auroc, abs=0.05)
     with pytest.raises(ValueError, match="fp32, bf16 or fp16"):
         evaluate(path, ood, precision="half", progress=False)
 
@@ -120,5 +124,5 @@ def test_tabular_flow_detects_the_other_class(tmp_path, flow):
                                  batch_size=64, lr=1e-3, num_epochs=1000, max_steps=300, out=str(tmp_path / "t")))
     result = train(cfg, progress=False)
     metrics = evaluate(result.checkpoint, ["breastcancer0"], out=tmp_path / "e", progress=False).metrics
-    assert metrics["ood"]["breastcancer0"]["auroc"] > 0.85
+    assert metrics.ood["breastcancer0"].auroc > 0.85
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["in_distribution"]["name"] == "breastcancer1"

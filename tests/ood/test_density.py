@@ -89,6 +89,6 @@ def test_evaluate_takes_any_density_and_writes_its_report(tmp_path):
     result = evaluate(StandardGaussian(), ["noise", "constant"], out=tmp_path / "e", dataset="digits",
                       progress=False)
     metrics = result.metrics
-    assert metrics["scores_computed"] == ["likelihood", "typicality"]  # no per-scale or image-complexity scores
-    assert metrics["provenance"]["checkpoint"] == "a model in memory"
+    assert metrics.scores_computed == ["likelihood", "typicality"]  # no per-scale or image-complexity scores
+    assert metrics.provenance.checkpoint == "a model in memory"
     assert (tmp_path / "e" / "report.html").is_file()

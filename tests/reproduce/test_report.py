@@ -28,7 +28,8 @@ NUMBERS = [PaperNumber("test_bpd", 3.1408, "the authors' notebook"),
 
 def test_the_paper_vs_flowood_table_sets_each_number_beside_ours():
     runs = [state(0, 3.0, 0.1), state(1, 4.0, 0.3)]
-    head, rows = paper_table(experiment(NUMBERS), runs)
+    table = paper_table(experiment(NUMBERS), runs)
+    head, rows = table.head, table.rows
     assert head == ["number", "the paper's", "source", "flowood", "flowood's scale"]
     assert rows[0] == ["test bits/dim", "3.1408", "the authors' notebook", "3.500 ± 0.707", "cpu, 2 seeds"]
     assert rows[1] == ["bits/dim (mnist)", "2.0807", "the authors' notebook (epoch 80)", "2.500 ± 0.707",
@@ -36,7 +37,7 @@ def test_the_paper_vs_flowood_table_sets_each_number_beside_ours():
     assert rows[2][3] == "– (not evaluated)"  # no notmnist here
     assert rows[3][:4] == ["test bits/dim (literature)", "3.49", "source not given",
                            "– (not a metric flowood reports)"]
-    (one,) = paper_table(experiment(NUMBERS[:1]), [state(0, 3.0, 0.1)])[1]
+    (one,) = paper_table(experiment(NUMBERS[:1]), [state(0, 3.0, 0.1)]).rows
     assert one[3:] == ["3.000", "cpu"]
 
 

@@ -30,8 +30,8 @@ def test_negative_training_pushes_the_ood_likelihood_down(tmp_path, mnist_npz, t
                 progress=False)
     bpd = {name: evaluate(r.checkpoint, [mnist], scores=["likelihood"], progress=False).metrics
            for name, r in (("plain", plain), ("neg", neg))}
-    assert bpd["neg"]["ood"][mnist]["bpd_mean"] > bpd["plain"]["ood"][mnist]["bpd_mean"] + 1.0
-    assert bpd["neg"]["ood"][mnist]["auroc"] > bpd["plain"]["ood"][mnist]["auroc"]
+    assert bpd["neg"].ood[mnist].bpd_mean > bpd["plain"].ood[mnist].bpd_mean + 1.0
+    assert bpd["neg"].ood[mnist].auroc > bpd["plain"].ood[mnist].auroc
     import csv
     with open(tmp_path / "neg" / "run" / "logs" / "csv" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))

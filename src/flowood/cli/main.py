@@ -302,17 +302,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print()
     print("AUROC of every score (higher = better detection; 0.5 = chance):")
     print(scores_table(result.metrics))
-    if "classifier" in result.metrics:
+    if result.metrics.classifier is not None:
         print()
         print(ranking_table(result.metrics))
-    if "benchmark" in result.metrics:
+    if result.metrics.benchmark is not None:
         print()
         print(benchmark_table(result.metrics))
-    ind = result.metrics["in_distribution"]
-    for name, m in result.metrics["ood"].items():
-        if m["bpd_mean"] < ind["bpd_mean"]:
-            print(f"note: {name} gets HIGHER likelihood than {ind['name']} test data "
-                  f"({m['bpd_mean']:.3f} vs {ind['bpd_mean']:.3f} bits/dim, AUROC {m['auroc']:.3f}): "
+    ind = result.metrics.in_distribution
+    for name, m in result.metrics.ood.items():
+        if m.bpd_mean < ind.bpd_mean:
+            print(f"note: {name} gets HIGHER likelihood than {ind.name} test data "
+                  f"({m.bpd_mean:.3f} vs {ind.bpd_mean:.3f} bits/dim, AUROC {m.auroc:.3f}): "
                   "the failure the paper explains")
     print(f"wrote {Path(args.out) / 'report.html'} (open it in a browser), metrics.json, scores.npz, figures")
     return 0

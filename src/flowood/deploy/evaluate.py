@@ -10,7 +10,7 @@ detector select``) gives optimistic numbers; it is named in a warning.
 from __future__ import annotations
 
 import contextlib
-import json
+import html
 import time
 import warnings
 from dataclasses import dataclass
@@ -28,10 +28,18 @@ from flowood.deploy.pipeline import load_detector
 from flowood.errors import DataError
 from flowood.evaluation.evaluate import EvaluateOptions
 from flowood.evaluation.figures import score_histogram
-from flowood.htmlpage import figure, html_table, page
+from flowood.evaluation.metrics_file import (
+    METRICS_FILE,
+    DetectorInDistribution,
+    DetectorMetrics,
+    DetectorOODSet,
+    DetectorProvenance,
+)
+from flowood.htmlpage import figure, page
 from flowood.ood.metrics import ood_metrics
 from flowood.options import ConfigError, default_of, merge_options, options_of, to_mapping
 from flowood.outputs import atomic_write, open_output_folder, write_text_atomic
+from flowood.tables import Table
 
 __all__ = ["evaluate_detector", "DetectorEvaluation", "detector_metrics_table", "score_in_batches", "load_set"]
 
@@ -45,10 +53,11 @@ class DetectorEvaluation:
     """What :func:`evaluate_detector` produced.
 
     Attributes:
-        metrics: the contents of metrics.json. scores: the anomaly scores of every set. out: the folder written.
+        metrics: the contents of metrics.json, typed (:class:`~flowood.evaluation.metrics_file.DetectorMetrics`).
+        scores: the anomaly scores of every set. out: the folder written.
     """
 
-    metrics: dict[str, Any]
+    metrics: DetectorMetrics
     scores: dict[str, np.ndarray]
     out: Path | None
 
@@ -149,63 +158,58 @@ def evaluate_detector(detector: Any, ood: list[str], out: str | Path | None = No
 
 
 def _summary(detector: Any, sets: list[str], scores: dict[str, np.ndarray], info: dict[str, dict[str, Any]],
-             o: EvaluateOptions, path: Path | None, overlap: list[str]) -> dict[str, Any]:
+             o: EvaluateOptions, path: Path | None, overlap: list[str]) -> DetectorMetrics:
     ind = sets[0]
     threshold = float(detector.threshold_)
-    metrics: dict[str, Any] = {
-        "detector": detector.score_name, "threshold": threshold, "fpr": float(detector.fpr),
-        "in_distribution": {"name": ind, "split": "test", **info[ind], "score_mean": float(scores[ind].mean()),
-                            "score_std": float(scores[ind].std()),
-                            "flagged": float(np.mean(scores[ind] > threshold))},
-        "ood": {}, "score": "the detector's anomaly score; higher means more OOD; OOD is the positive class",
-        "validation_sets_evaluated": overlap,
-    }
-    for name in sets[1:]:
-        m = ood_metrics(scores[ind], scores[name], bootstrap=o.bootstrap, seed=o.seed)
-        metrics["ood"][name] = {**info[name], "score_mean": float(scores[name].mean()),
-                                "score_std": float(scores[name].std()),
-                                "flagged": float(np.mean(scores[name] > threshold)), **m}
-    metrics["provenance"] = {"detector": str(path) if path else "a detector in memory",
-                             "fitted": getattr(detector, "provenance_", {}).get("fitted"),
-                             "flowood_version": __version__, "evaluated": time.strftime("%Y-%m-%d %H:%M:%S"),
-                             "backend": o.backend, "options": to_mapping(o)}
-    return metrics
+
+    def scored(name: str) -> dict[str, Any]:
+        return {**info[name], "score_mean": float(scores[name].mean()), "score_std": float(scores[name].std()),
+                "flagged": float(np.mean(scores[name] > threshold))}
+
+    ood = {name: DetectorOODSet(**scored(name), **ood_metrics(scores[ind], scores[name], bootstrap=o.bootstrap,
+                                                              seed=o.seed))
+           for name in sets[1:]}
+    provenance = DetectorProvenance(detector=str(path) if path else "a detector in memory",
+                                    fitted=getattr(detector, "provenance_", {}).get("fitted"),
+                                    flowood_version=__version__, evaluated=time.strftime("%Y-%m-%d %H:%M:%S"),
+                                    backend=o.backend, options=to_mapping(o))
+    return DetectorMetrics(detector=detector.score_name, threshold=threshold, fpr=float(detector.fpr),
+                           in_distribution=DetectorInDistribution(name=ind, split="test", **scored(ind)), ood=ood,
+                           score="the detector's anomaly score; higher means more OOD; OOD is the positive class",
+                           validation_sets_evaluated=overlap, provenance=provenance)
 
 
-def detector_metrics_table(metrics: dict[str, Any]) -> str:
+def detector_metrics_table(metrics: DetectorMetrics) -> str:
     """The evaluation as a Markdown table, one row per set: size, AUROC, AUPR, FPR@95%TPR, and the share the
     detector's threshold flags (for the in-distribution test split: its real false-positive rate)."""
-    ind = metrics["in_distribution"]
-    rows = [f"detector: {metrics['detector']}, threshold {metrics['threshold']:.4g} (calibrated to flag "
-            f"{100 * metrics['fpr']:.1f}% of in-distribution data)", "",
-            "| data set | n | AUROC | AUPR | FPR@95%TPR | flagged |", "|---|---:|---:|---:|---:|---:|",
-            f"| {ind['name']} (in-dist, test) | {ind['n']} | – | – | – | {ind['flagged']:.3f} |"]
-    for name, m in metrics["ood"].items():
-        note = " (adapted: " + m["adapted"] + ")" if m.get("adapted") else ""
-        rows.append(f"| {name}{note} | {m['n']} | {m['auroc']:.3f} | {m['aupr_out']:.3f} | {m['fpr95']:.3f} | "
-                    f"{m['flagged']:.3f} |")
-    return "\n".join(rows)
+    ind = metrics.in_distribution
+    rows = [[f"{ind.name} (in-dist, test)", str(ind.n), "–", "–", "–", f"{ind.flagged:.3f}"]]
+    rows += [[name + (f" (adapted: {m.adapted})" if m.adapted else ""), str(m.n), f"{m.auroc:.3f}",
+              f"{m.aupr_out:.3f}", f"{m.fpr95:.3f}", f"{m.flagged:.3f}"] for name, m in metrics.ood.items()]
+    table = Table(["data set", "n", "AUROC", "AUPR", "FPR@95%TPR", "flagged"], rows)
+    return (f"detector: {metrics.detector}, threshold {metrics.threshold:.4g} (calibrated to flag "
+            f"{100 * metrics.fpr:.1f}% of in-distribution data)\n\n" + table.markdown())
 
 
-def _write(out: Path, metrics: dict[str, Any], scores: dict[str, np.ndarray]) -> None:
+def _write(out: Path, metrics: DetectorMetrics, scores: dict[str, np.ndarray]) -> None:
     names = list(scores)
-    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+    write_text_atomic(out / METRICS_FILE, metrics.to_json())
     with atomic_write(out / "scores.npz") as tmp:
         np.savez(tmp, names=np.array(names), **{f"set{i}": scores[n] for i, n in enumerate(names)})
-    aurocs = {n: m["auroc"] for n, m in metrics["ood"].items()}
-    histogram = score_histogram(scores, names[0], aurocs, metrics["detector"], f"{metrics['detector']} scores",
-                                out / "scores.png", xlabel=f"{metrics['detector']} (higher = more anomalous)",
-                                threshold=metrics["threshold"])
-    rows = [[n, str(m["n"]), f"{m['auroc']:.3f}", f"{m['aupr_out']:.3f}", f"{m['fpr95']:.3f}", f"{m['flagged']:.3f}",
-             m.get("adapted") or ""] for n, m in metrics["ood"].items()]
-    ind = metrics["in_distribution"]
-    body = [f"<h1>OOD evaluation of a detector: {metrics['detector']}</h1>",
-            f"<p class='note'>Threshold {metrics['threshold']:.4g}, calibrated to flag {100 * metrics['fpr']:.1f}% of "
-            f"in-distribution data; on {ind['name']}'s test split ({ind['n']} inputs) it flags "
-            f"{100 * ind['flagged']:.1f}%.</p>",
-            html_table(["OOD set", "n", "AUROC", "AUPR", "FPR@95%TPR", "flagged", "adapted"], rows),
+    aurocs = {n: m.auroc for n, m in metrics.ood.items()}
+    histogram = score_histogram(scores, names[0], aurocs, metrics.detector, f"{metrics.detector} scores",
+                                out / "scores.png", xlabel=f"{metrics.detector} (higher = more anomalous)",
+                                threshold=metrics.threshold)
+    rows = [[n, str(m.n), f"{m.auroc:.3f}", f"{m.aupr_out:.3f}", f"{m.fpr95:.3f}", f"{m.flagged:.3f}", m.adapted or ""]
+            for n, m in metrics.ood.items()]
+    ind = metrics.in_distribution
+    body = [f"<h1>OOD evaluation of a detector: {html.escape(metrics.detector)}</h1>",
+            f"<p class='note'>Threshold {metrics.threshold:.4g}, calibrated to flag {100 * metrics.fpr:.1f}% of "
+            f"in-distribution data; on {html.escape(ind.name)}'s test split ({ind.n} inputs) it flags "
+            f"{100 * ind.flagged:.1f}%.</p>",
+            Table(["OOD set", "n", "AUROC", "AUPR", "FPR@95%TPR", "flagged", "adapted"], rows).html(),
             figure(histogram, "anomaly scores of every set", wide=True)]
-    if metrics["validation_sets_evaluated"]:
-        body.append(f"<p class='bad'>{', '.join(metrics['validation_sets_evaluated'])}: validation sets of the "
-                    "detector's selection; their numbers are optimistic.</p>")
+    if metrics.validation_sets_evaluated:
+        body.append(f"<p class='bad'>{html.escape(', '.join(metrics.validation_sets_evaluated))}: validation sets of "
+                    "the detector's selection; their numbers are optimistic.</p>")
     write_text_atomic(out / "report.html", page("flowood detector evaluation", body))

@@ -44,13 +44,14 @@ from flowood.deploy.pipeline import FEATURE_FLOW_SCORES, PARITY_IMAGES, Detector
 from flowood.embed.extractors import FeatureExtractor, load_extractor
 from flowood.errors import DataError, closest
 from flowood.evaluation.evaluate import DEFAULT_SCORES, score_applies
-from flowood.htmlpage import html_table, page
+from flowood.htmlpage import page
 from flowood.ood.classifier import CLASSIFIER_DETECTORS, ClassifierOutputs, available_detectors
 from flowood.ood.detector import OODDetector, is_detector_file
 from flowood.ood.metrics import ood_metrics
 from flowood.options import ConfigError, merge_options, option
 from flowood.outputs import check_output_file, write_text_atomic
 from flowood.runtime import resolve_device
+from flowood.tables import Table
 
 __all__ = ["SelectOptions", "SelectionResult", "select_detector", "selection_table", "FEATURE_FLOW_CANDIDATES",
            "mark_ties", "ties_note", "ranking_rows"]
@@ -365,9 +366,9 @@ def _interval(ci: list[float] | None) -> str:
     return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
 
 
-def ranking_rows(selection: dict[str, Any], needs: bool = False) -> tuple[list[str], list[list[str]]]:
-    """The ranking as a header and rows of text cells: rank, detector (chosen and tied ones marked), family, (what
-    it needs,) AUROC and FPR95 with 95% intervals on every validation set, and the means."""
+def ranking_rows(selection: dict[str, Any], needs: bool = False) -> Table:
+    """The ranking as a table: rank, detector (chosen and tied ones marked), family, (what it needs,) AUROC and FPR95
+    with 95% intervals on every validation set, and the means."""
     sets = selection["validation_sets"]
     head = ["rank", "detector", "family", *(["needs"] if needs else []), *[f"AUROC {s}" for s in sets],
             *[f"FPR95 {s}" for s in sets], "mean AUROC", "mean FPR95"]
@@ -379,19 +380,17 @@ def ranking_rows(selection: dict[str, Any], needs: bool = False) -> tuple[list[s
                      *[f"{r['sets'][s]['auroc']:.3f}{_interval(r['sets'][s]['auroc_ci'])}" for s in sets],
                      *[f"{r['sets'][s]['fpr95']:.3f}{_interval(r['sets'][s]['fpr95_ci'])}" for s in sets],
                      f"{r['mean_auroc']:.3f}", f"{r['mean_fpr95']:.3f}"])
-    return head, rows
+    text = "rlll" if needs else "rll"  # the rank right; the detector, its family (and what it needs) left
+    return Table(head, rows, align=text + "r" * (len(head) - len(text)))
 
 
 def selection_table(selection: dict[str, Any]) -> str:
     """The ranking as Markdown (:func:`ranking_rows`)."""
-    head, rows = ranking_rows(selection)
-    lines = ["| " + " | ".join(head) + " |", "|---:|---|---|" + "---:|" * (len(head) - 3)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    return ranking_rows(selection).markdown()
 
 
 def selection_page(selection: dict[str, Any], dataset: str, out: str) -> str:
     """A small HTML page of the ranking."""
-    head, rows = ranking_rows(selection, needs=True)
     splits = ", ".join(f"{s}: {v['n']} images of its {v['split']} split" for s, v in selection["validation"].items())
     body = [f"<h1>Detector selection on {html.escape(dataset)}</h1>",
             f"<p class='note'>Every candidate fitted on the same in-distribution training images, calibrated on the "
@@ -399,7 +398,7 @@ def selection_page(selection: dict[str, Any], dataset: str, out: str) -> str:
             f"95% bootstrap intervals ({selection['bootstrap']} resamples). Chosen: "
             f"<b>{html.escape(selection['chosen'])}</b> ({html.escape(selection['chosen_by'])}), saved as "
             f"{html.escape(out)}.</p>",
-            html_table(head, rows),
+            ranking_rows(selection, needs=True).html(),
             *([f"<p class='note'>Tied: {html.escape(ties_note(selection))}.</p>"] if ties_note(selection) else []),
             "<p class='bad'>These are the sets the detector was chosen on: its numbers here are optimistic. Judge it "
             "on other OOD sets (flowood evaluate --detector warns when a validation set is evaluated again).</p>"]

@@ -9,6 +9,7 @@ from flowood.evaluation.evaluate import (
                                          score_bits_per_dim,
                                          scores_table,
 )
+from flowood.evaluation.metrics_file import DetectorMetrics, Metrics
 
 __all__ = ["EvaluateOptions", "EvaluationResult", "evaluate", "markdown_table", "ranking_table", "score_bits_per_dim",
-           "scores_table"]
+           "scores_table", "Metrics", "DetectorMetrics"]

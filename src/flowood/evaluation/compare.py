@@ -10,6 +10,7 @@ matched by the data set behind them, so ``mnist`` scored by a pixel flow and ``n
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,14 @@ import numpy as np
 
 from flowood import __version__
 from flowood.errors import DataError
-from flowood.evaluation.embeddings import embeddings_meta
+from flowood.evaluation.figures import pyplot
+from flowood.evaluation.metrics_file import Metrics
+from flowood.htmlpage import figure, page
 from flowood.ood.classifier import CLASSIFIER_DETECTORS
-from flowood.outputs import open_output_folder, write_text_atomic
+from flowood.outputs import open_output_folder, save_figure, write_text_atomic
+from flowood.tables import Table
 
-__all__ = ["compare", "ComparisonResult", "load_evaluation", "comparison_table", "comparison_markdown"]
+__all__ = ["compare", "ComparisonResult", "comparison_table", "comparison_markdown"]
 
 COMPARED_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
 
@@ -41,26 +45,6 @@ class ComparisonResult:
     out: Path | None
 
 
-def load_evaluation(path: str | Path) -> dict[str, Any]:
-    """The metrics.json of an evaluation folder (or the file itself)."""
-    path = Path(path).expanduser()
-    file = path / "metrics.json" if path.is_dir() else path
-    if not file.is_file():
-        raise DataError(f"{path} holds no metrics.json: pass folders written by `flowood evaluate`")
-    try:
-        metrics = json.loads(file.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{file} is not valid JSON ({err}); evaluate again") from err
-    if "ood" not in metrics or "in_distribution" not in metrics:
-        raise DataError(f"{file} is not a flowood evaluation (no 'ood' or 'in_distribution')")
-    return metrics
-
-
-def _dataset(name: str, info: dict[str, Any]) -> str:
-    """The data set behind a scored set: itself, or the images an embeddings file was computed from."""
-    return info.get("dataset") or embeddings_meta(name).get("dataset", name)
-
-
 def _stat(values: list[float], ci: list[float] | None) -> dict[str, Any]:
     arr = np.asarray(values, dtype=float)
     out: dict[str, Any] = {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if len(arr) > 1 else None,
@@ -70,11 +54,11 @@ def _stat(values: list[float], ci: list[float] | None) -> dict[str, Any]:
     return out
 
 
-def _group_rows(label: str, runs: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """One row per score of a group (scores every run computed), metrics over runs per OOD data set."""
-    scores = [s for s in runs[0]["scores_computed"] if all(s in m["scores_computed"] for m in runs)]
-    per_set: list[dict[str, dict[str, Any]]] = [
-        {_dataset(n, e): e for n, e in m["ood"].items()} for m in runs]
+def _group_rows(label: str, runs: list[Metrics]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One row per score of a group (scores every run computed), metrics over runs per OOD data set; sets are keyed
+    by the data set behind them."""
+    scores = [s for s in runs[0].scores_computed if all(s in m.scores_computed for m in runs)]
+    per_set = [{e.dataset: e for e in m.ood.values()} for m in runs]
     sets = [s for s in per_set[0] if all(s in p for p in per_set)]
     rows = []
     for score in scores:
@@ -83,18 +67,18 @@ def _group_rows(label: str, runs: list[dict[str, Any]]) -> tuple[list[dict[str, 
                                "family": "classifier" if info else "flow",
                                "needs": info.needs if info else "the flow only (no labels, no classifier)", "ood": {}}
         for s in sets:
-            entries = [p[s]["scores"][score] for p in per_set]
-            row["ood"][s] = {m: _stat([e[m] for e in entries], entries[0].get(f"{m}_ci")) for m in COMPARED_METRICS}
+            entries = [p[s].scores[score] for p in per_set]
+            row["ood"][s] = {m: _stat([getattr(e, m) for e in entries], entries[0].interval(m))
+                             for m in COMPARED_METRICS}
         rows.append(row)
-    accuracies = [m["classifier"]["test_accuracy"] for m in runs
-                  if m.get("classifier", {}).get("test_accuracy") is not None]
-    group = {"runs": len(runs), "scores": scores, "ood_sets": sets,
-             "in_distribution": _dataset(runs[0]["in_distribution"]["name"], runs[0]["in_distribution"]),
+    accuracies = [m.classifier.test_accuracy for m in runs
+                  if m.classifier is not None and m.classifier.test_accuracy is not None]
+    group = {"runs": len(runs), "scores": scores, "ood_sets": sets, "in_distribution": runs[0].in_distribution.dataset,
              "classifier_test_accuracy": _stat(accuracies, None) if accuracies else None}
     return rows, group
 
 
-def _summary(groups: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def _summary(groups: dict[str, list[Metrics]]) -> dict[str, Any]:
     rows, info = [], {}
     for label, runs in groups.items():
         group_rows, info[label] = _group_rows(label, runs)
@@ -122,39 +106,29 @@ def _cell(stat: dict[str, Any]) -> str:
     return f"{stat['mean']:.3f}"
 
 
-def comparison_table(summary: dict[str, Any], metric: str = "auroc") -> tuple[list[str], list[list[str]]]:
-    """Every detector (ranked by mean AUROC) against every shared OOD set, for one metric: ``(head, rows)``."""
+def comparison_table(summary: dict[str, Any], metric: str = "auroc") -> Table:
+    """Every detector (ranked by mean AUROC) against every shared OOD set, for one metric."""
     sets = summary["ood_sets"]
     rows = [[str(i), r["detector"], r["family"], r["needs"], *(_cell(r["ood"][s][metric]) for s in sets)]
             for i, r in enumerate(summary["rows"], 1)]
-    return ["rank", "detector", "family", "needs", *sets], rows
+    return Table(["rank", "detector", "family", "needs", *sets], rows, align="rlll" + "r" * len(sets))
 
 
-def _groups_table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+def _groups_table(summary: dict[str, Any]) -> Table:
     rows = [[label, str(g["runs"]), _cell(g["classifier_test_accuracy"]) if g["classifier_test_accuracy"] else "–"]
             for label, g in summary["groups"].items()]
-    return ["group", "runs", "classifier test accuracy"], rows
-
-
-def _markdown_table(head: list[str], rows: list[list[str]], text: tuple[int, ...]) -> str:
-    """Markdown with the ``text`` columns left-aligned, the others (numbers) right-aligned."""
-    rule = "|" + "".join("---|" if i in text else "---:|" for i in range(len(head)))
-    return "\n".join(["| " + " | ".join(head) + " |", rule] + ["| " + " | ".join(r) + " |" for r in rows])
+    return Table(["group", "runs", "classifier test accuracy"], rows)
 
 
 def comparison_markdown(summary: dict[str, Any], metric: str = "auroc") -> str:
     """:func:`comparison_table` as Markdown."""
-    return _markdown_table(*comparison_table(summary, metric), text=(1, 2, 3))
-
-
-def _groups_markdown(summary: dict[str, Any]) -> str:
-    return _markdown_table(*_groups_table(summary), text=(0,))
+    return comparison_table(summary, metric).markdown()
 
 
 def _markdown(summary: dict[str, Any]) -> str:
     parts = [f"# Detectors compared on {summary['in_distribution']} (in-distribution)", "",
              "Scores are oriented so that higher means more anomalous; OOD is the positive class. Each cell is the "
-             "mean ± sd over a group's runs (seeds).", "", _groups_markdown(summary)]
+             "mean ± sd over a group's runs (seeds).", "", _groups_table(summary).markdown()]
     titles = {"auroc": "AUROC (higher is better)", "aupr_in": "AUPR, in-distribution positive",
               "aupr_out": "AUPR, OOD positive", "fpr95": "FPR at 95% TPR (lower is better)"}
     for metric in COMPARED_METRICS:
@@ -164,10 +138,7 @@ def _markdown(summary: dict[str, Any]) -> str:
 
 def _figure(summary: dict[str, Any], path: Path) -> Path:
     """Grouped horizontal bars: AUROC (mean, sd as error bars) of every detector on every shared OOD set."""
-    from flowood.evaluation.figures import _pyplot
-    from flowood.outputs import save_figure
-
-    plt = _pyplot()
+    plt = pyplot()
     rows, sets = summary["rows"], summary["ood_sets"]
     fig, ax = plt.subplots(figsize=(8, 0.3 * len(rows) * len(sets) + 1.5))
     height = 0.8 / len(sets)
@@ -188,17 +159,12 @@ def _figure(summary: dict[str, Any], path: Path) -> Path:
 
 
 def _report(summary: dict[str, Any], figure_path: Path, path: Path) -> None:
-    import html
-
-    from flowood.htmlpage import figure, html_table, page
-
-    e = html.escape
-    parts = [f"<h1>Detectors compared on {e(summary['in_distribution'])}</h1>",
+    parts = [f"<h1>Detectors compared on {html.escape(summary['in_distribution'])}</h1>",
              "<p class='note'>Higher scores mean more anomalous; OOD is the positive class; mean ± sd over each "
-             "group's runs.</p>", html_table(*_groups_table(summary)), figure(figure_path, "AUROC of every detector")]
+             "group's runs.</p>", _groups_table(summary).html(), figure(figure_path, "AUROC of every detector")]
     for metric, title in (("auroc", "AUROC"), ("fpr95", "FPR at 95% TPR"), ("aupr_in", "AUPR in"),
                           ("aupr_out", "AUPR out")):
-        parts += [f"<h2>{title}</h2>", html_table(*comparison_table(summary, metric))]
+        parts += [f"<h2>{title}</h2>", comparison_table(summary, metric).html()]
     write_text_atomic(path, page(f"flowood compare: {summary['in_distribution']}", parts))
 
 
@@ -219,7 +185,7 @@ def compare(groups: dict[str, list[str | Path]], out: str | Path | None = None, 
     """
     if not groups or any(not runs for runs in groups.values()):
         raise DataError("give every group at least one evaluation folder")
-    loaded = {label: [load_evaluation(p) for p in runs] for label, runs in groups.items()}
+    loaded = {label: [Metrics.from_json(p) for p in runs] for label, runs in groups.items()}
     summary = _summary(loaded)
     summary["inputs"] = {label: [str(p) for p in runs] for label, runs in groups.items()}
     inputs = [p for runs in groups.values() for p in runs]

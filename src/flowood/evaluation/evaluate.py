@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import platform
 import sys
 from dataclasses import dataclass, field
@@ -29,10 +28,27 @@ from tqdm.auto import tqdm
 from flowood import __version__
 from flowood.checkpoints import LoadedFlow, load_flow
 from flowood.data import canonical_name, dataset_inputs, fit_to_shape, load_dataset, parse_name
+from flowood.data.openood import load_benchmark
 from flowood.engines.backend import BACKENDS, EngineFlow, backend_option, engine_device, engine_flow
 from flowood.engines.export import EXPORT_MANIFEST
 from flowood.errors import DataError
 from flowood.evaluation.embeddings import embeddings_meta, head_from_embeddings
+from flowood.evaluation.figures import evaluation_figures
+from flowood.evaluation.metrics_file import (
+    METRICS_FILE,
+    Benchmark,
+    Classifier,
+    GroupMean,
+    InDistribution,
+    Leaderboard,
+    Metrics,
+    OODSet,
+    Provenance,
+    RankedDetector,
+    ScoreDetection,
+    ScoreMean,
+)
+from flowood.evaluation.report import benchmark_rows, ranking_rows, write_report
 from flowood.flows import FlowModel
 from flowood.flows.precision import parse_precision
 from flowood.ood.classifier import (
@@ -56,6 +72,7 @@ from flowood.runtime import (
     resolve_device,
     seed_option,
 )
+from flowood.tables import Table
 
 __all__ = ["evaluate", "EvaluateOptions", "EvaluationResult", "EvaluationPlan", "ScoredSets", "markdown_table",
            "scores_table", "plan_evaluation", "prepare_models", "load_sets", "compute_scores", "summarize",
@@ -103,13 +120,13 @@ class EvaluationResult:
     """What an evaluation produced.
 
     Attributes:
-        metrics: the contents of metrics.json.
+        metrics: the contents of metrics.json, typed (:class:`~flowood.evaluation.metrics_file.Metrics`).
         scores: bits/dim per sample of every set (the likelihood score), ``{set: array}``.
         score_values: every score, ``{score: {set: array}}``.
         out: the output directory, if one was written.
     """
 
-    metrics: dict[str, Any]
+    metrics: Metrics
     scores: dict[str, np.ndarray]
     score_values: dict[str, dict[str, np.ndarray]]
     out: Path | None
@@ -160,58 +177,49 @@ class ScoredSets:
     info: dict[str, dict[str, Any]]
     values: dict[str, dict[str, np.ndarray]]
     fit_samples: int = 0
-    classifier: dict[str, Any] | None = None
+    classifier: Classifier | None = None
 
 
-def markdown_table(metrics: dict[str, Any]) -> str:
+def markdown_table(metrics: Metrics) -> str:
     """The likelihood evaluation as a Markdown table, one row per data set."""
-    ind = metrics["in_distribution"]
-    rows = ["| data set | n | bits/dim (mean ± sd) | AUROC | AUPR | FPR@95%TPR |", "|---|---:|---:|---:|---:|---:|",
-            f"| {ind['name']} (in-dist, test) | {ind['n']} | {ind['bpd_mean']:.3f} ± {ind['bpd_std']:.3f} "
-            "| – | – | – |"]
-    for name, m in metrics["ood"].items():
-        rows.append(f"| {name} | {m['n']} | {m['bpd_mean']:.3f} ± {m['bpd_std']:.3f} | {m['auroc']:.3f} | "
-                    f"{m['aupr']:.3f} | {m['fpr95']:.3f} |")
-    return "\n".join(rows)
+    ind = metrics.in_distribution
+    rows = [[f"{ind.name} (in-dist, test)", str(ind.n), f"{ind.bpd_mean:.3f} ± {ind.bpd_std:.3f}", "–", "–", "–"]]
+    rows += [[name, str(m.n), f"{m.bpd_mean:.3f} ± {m.bpd_std:.3f}", f"{m.auroc:.3f}", f"{m.aupr:.3f}",
+              f"{m.fpr95:.3f}"] for name, m in metrics.ood.items()]
+    return Table(["data set", "n", "bits/dim (mean ± sd)", "AUROC", "AUPR", "FPR@95%TPR"], rows).markdown()
 
 
-def scores_table(metrics: dict[str, Any]) -> str:
+def scores_table(metrics: Metrics) -> str:
     """AUROC of every score against every OOD set, as a Markdown table."""
-    names = metrics["scores_computed"]
-    rows = ["| OOD set | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for name, entry in metrics["ood"].items():
-        cells = [f"{entry['scores'][s]['auroc']:.3f}" if s in entry["scores"] else "–" for s in names]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+    names = metrics.scores_computed
+    rows = [[name, *(f"{entry.scores[s].auroc:.3f}" if s in entry.scores else "–" for s in names)]
+            for name, entry in metrics.ood.items()]
+    return Table(["OOD set", *names], rows).markdown()
 
 
-def ranking_table(metrics: dict[str, Any]) -> str:
+def ranking_table(metrics: Metrics) -> str:
     """The flow's scores and the classifier-based detectors ranked by mean AUROC, as Markdown, with the
     classifier's in-distribution test accuracy."""
-    clf = metrics.get("classifier") or {}
-    acc = clf.get("test_accuracy")
-    rows = [f"Flow scores and classifier-based detectors, ranked by mean AUROC over the OOD sets (classifier test "
-            f"accuracy {'unknown' if acc is None else f'{acc:.3f}'}):", "",
-            "| rank | detector | family | needs | mean AUROC |", "|---:|---|---|---|---:|"]
-    for i, r in enumerate(metrics["ranking"], 1):
-        rows.append(f"| {i} | {r['detector']} | {r['family']} | {r['needs']} | {r['mean_auroc']:.3f} |")
-    return "\n".join(rows)
+    acc = metrics.classifier.test_accuracy if metrics.classifier is not None else None
+    return (f"Flow scores and classifier-based detectors, ranked by mean AUROC over the OOD sets (classifier test "
+            f"accuracy {'unknown' if acc is None else f'{acc:.3f}'}):\n\n" + ranking_rows(metrics).markdown())
 
 
-def benchmark_table(metrics: dict[str, Any]) -> str:
+def benchmark_table(metrics: Metrics) -> str:
     """AUROC of every score averaged over the benchmark's near-OOD and far-OOD sets (OpenOOD's columns), with the
-    published leaderboard rows flowood records, as Markdown."""
-    b = metrics["benchmark"]
-    rows = [f"{b['title']}: AUROC (%) averaged over near-OOD ({len(b['near'])} sets) and far-OOD ({len(b['far'])} "
-            "sets)", "", "| detector | near-OOD | far-OOD |", "|---|---:|---:|"]
-    for score, groups in b["scores"].items():
-        cells = [f"{100 * groups[g]['auroc']:.2f}" if g in groups else "–" for g in ("near", "far")]
-        rows.append(f"| flowood {score} | {cells[0]} | {cells[1]} |")
-    for r in b["leaderboard"].get("rows", []):
-        rows.append(f"| {r['method']} (published) | {r['near']:.2f} | {r['far']:.2f} |")
-    if b["leaderboard"].get("note"):
-        rows += ["", f"Published rows: {b['leaderboard']['note']}."]
-    return "\n".join(rows)
+    published leaderboard rows flowood records, as Markdown.
+
+    Raises:
+        ValueError: the evaluation was not run on a benchmark.
+    """
+    b = metrics.benchmark
+    if b is None:
+        raise ValueError("this evaluation has no benchmark: evaluate with `benchmark`")
+    lines = [f"{b.title}: AUROC (%) averaged over near-OOD ({len(b.near)} sets) and far-OOD ({len(b.far)} sets)", "",
+             benchmark_rows(b).markdown()]
+    if b.leaderboard.note:
+        lines += ["", f"Published rows: {b.leaderboard.note}."]
+    return "\n".join(lines)
 
 
 def score_applies(score: str, flow: FlowModel) -> bool:
@@ -263,8 +271,6 @@ def _benchmark_sets(loaded: LoadedFlow, options: EvaluateOptions, ind_name: str 
                     ) -> tuple[str | None, list[str]]:
     """A pixel flow gets the benchmark's in-distribution test list (unless `dataset` is given) and every OOD set
     added; a flow on features keeps its sets (embed the benchmark's sets first), which are then grouped."""
-    from flowood.data.openood import load_benchmark
-
     bench = load_benchmark(options.benchmark)
     shape = loaded.flow.input_shape
     if shape is not None and len(shape) == 1:
@@ -273,35 +279,30 @@ def _benchmark_sets(loaded: LoadedFlow, options: EvaluateOptions, ind_name: str 
     return ind, list(dict.fromkeys([*ood, *bench.ood_datasets]))
 
 
-def benchmark_summary(benchmark: str, metrics: dict[str, Any]) -> dict[str, Any]:
+def benchmark_summary(benchmark: str, ood: dict[str, OODSet], scores: list[str]) -> Benchmark:
     """Every score's metrics averaged over the benchmark's near-OOD and far-OOD sets, as OpenOOD reports them.
 
-    Sets are matched by the images behind them (``dataset`` in metrics.json), so embeddings of the benchmark's
-    sets count too.
+    Sets are matched by the images behind them (:attr:`OODSet.dataset`), so embeddings of the benchmark's sets count
+    too.
 
     Raises:
         DataError: none of the OOD sets belongs to the benchmark.
     """
-    from flowood.data.openood import load_benchmark
-
     bench = load_benchmark(benchmark)
     groups: dict[str, list[str]] = {"near": [], "far": []}
-    for name, entry in metrics["ood"].items():
-        group = bench.group(entry.get("dataset", name))
+    for name, entry in ood.items():
+        group = bench.group(entry.dataset)
         if group is not None:
             groups[group].append(name)
     if not groups["near"] and not groups["far"]:
         raise DataError(f"none of the OOD sets belongs to the OpenOOD {bench.name} benchmark (its sets are "
                         f"{', '.join(bench.ood_datasets)}); embed or score those sets")
-    scores: dict[str, dict[str, dict[str, float]]] = {}
-    for score in metrics["scores_computed"]:
-        scores[score] = {}
-        for group, names in groups.items():
-            if names:
-                scores[score][group] = {m: float(np.mean([metrics["ood"][n]["scores"][score][m] for n in names]))
-                                        for m in ("auroc", "aupr_in", "aupr_out", "fpr95")}
-    return {"name": bench.name, "title": bench.title, "source": bench.source, "near": groups["near"],
-            "far": groups["far"], "scores": scores, "leaderboard": bench.leaderboard}
+    means = {score: {group: GroupMean(**{m: float(np.mean([getattr(ood[n].scores[score], m) for n in names]))
+                                         for m in ("auroc", "aupr_in", "aupr_out", "fpr95")})
+                     for group, names in groups.items() if names}
+             for score in scores}
+    return Benchmark(name=bench.name, title=bench.title, source=bench.source, near=groups["near"], far=groups["far"],
+                     scores=means, leaderboard=Leaderboard.from_dict(bench.leaderboard, f"the {bench.name} benchmark"))
 
 
 def _feature_file(dataset: str) -> tuple[bool, bool]:
@@ -439,26 +440,26 @@ def compute_scores(plan: EvaluationPlan, data: dict[str, torch.Tensor], info: di
     return ScoredSets(data, info, values, fitted, _classifier_summary(plan))
 
 
-def _classifier_summary(plan: EvaluationPlan) -> dict[str, Any] | None:
+def _classifier_summary(plan: EvaluationPlan) -> Classifier | None:
     """The classifier's accuracy on the in-distribution test features (the same subset the scores saw)."""
     if plan.head is None:
         return None
     test = load_dataset(plan.sets[0], "test", plan.root).take(plan.options.max_samples, seed=plan.options.seed)
     accuracy = classifier_accuracy(plan.head, test.data, test.labels) if test.labels is not None else None
-    return {"head": plan.head.source, "num_classes": plan.head.num_classes, "test_accuracy": accuracy,
-            "test_samples": len(test)}
+    return Classifier(head=plan.head.source, num_classes=plan.head.num_classes, test_accuracy=accuracy,
+                      test_samples=len(test))
 
 
-def detector_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+def detector_table(scores: list[str], ood: dict[str, OODSet]) -> list[RankedDetector]:
     """Every score and detector ranked by mean AUROC over the OOD sets (best first), with what each needs."""
     rows = []
-    for name in metrics["scores_computed"]:
-        aurocs = [entry["scores"][name]["auroc"] for entry in metrics["ood"].values() if name in entry["scores"]]
+    for name in scores:
+        aurocs = [entry.scores[name].auroc for entry in ood.values() if name in entry.scores]
         info = CLASSIFIER_DETECTORS.get(name)
-        rows.append({"detector": name, "family": "classifier" if info else "flow",
-                     "needs": info.needs if info else "the flow only (no labels, no classifier)",
-                     "mean_auroc": float(np.mean(aurocs)) if aurocs else float("nan")})
-    return sorted(rows, key=lambda r: -r["mean_auroc"])
+        rows.append(RankedDetector(detector=name, family="classifier" if info else "flow",
+                                   needs=info.needs if info else "the flow only (no labels, no classifier)",
+                                   mean_auroc=float(np.mean(aurocs)) if aurocs else float("nan")))
+    return sorted(rows, key=lambda r: -r.mean_auroc)
 
 
 def _as_loaded(model: str | Path | LoadedFlow | nn.Module, options: EvaluateOptions) -> LoadedFlow:
@@ -479,62 +480,55 @@ def _as_loaded(model: str | Path | LoadedFlow | nn.Module, options: EvaluateOpti
     return load_flow(model)
 
 
-def _provenance(plan: EvaluationPlan, device: torch.device, scored: ScoredSets) -> dict[str, Any]:
+def _provenance(plan: EvaluationPlan, device: torch.device, scored: ScoredSets) -> Provenance:
     o, loaded = plan.options, plan.loaded
-    return {
-        "checkpoint": str(loaded.path) if loaded.path else "a model in memory", "checkpoint_sha256": loaded.sha256,
-        "flow": loaded.flow.config.get("flow"),
-        "flow_config": loaded.flow.config, "trained_by_flowood": loaded.version, "flowood_version": __version__,
-        "torch_version": torch.__version__, "numpy_version": np.__version__, "python": sys.version.split()[0],
-        "platform": platform.platform(), "device": str(device), "precision": o.precision, "seed": o.seed,
-        "backend": o.backend, "engine_parity": getattr(loaded.flow, "parity", None),
-        "max_samples": o.max_samples, "dequantization": "uniform noise from a generator seeded with `seed`",
-        "data_root": str(plan.root) if plan.root else None, "typicality_batch": o.typicality_batch,
-        "fit_samples": o.fit_samples if scored.fit_samples else 0, "ensemble": [str(p) for p in o.ensemble or []],
-        "background": str(o.background) if o.background else None,
-        "background_steps": o.background_steps if "likelihood_ratio" in scored.values and not o.background else None,
-        "options": to_mapping(o),
-    }
+    return Provenance(
+        checkpoint=str(loaded.path) if loaded.path else "a model in memory", checkpoint_sha256=loaded.sha256,
+        flow=loaded.flow.config.get("flow"),
+        flow_config=loaded.flow.config, trained_by_flowood=loaded.version, flowood_version=__version__,
+        torch_version=torch.__version__, numpy_version=np.__version__, python=sys.version.split()[0],
+        platform=platform.platform(), device=str(device), precision=o.precision, seed=o.seed,
+        backend=o.backend, engine_parity=getattr(loaded.flow, "parity", None),
+        max_samples=o.max_samples, dequantization="uniform noise from a generator seeded with `seed`",
+        data_root=str(plan.root) if plan.root else None, typicality_batch=o.typicality_batch,
+        fit_samples=o.fit_samples if scored.fit_samples else 0, ensemble=[str(p) for p in o.ensemble or []],
+        background=str(o.background) if o.background else None,
+        background_steps=o.background_steps if "likelihood_ratio" in scored.values and not o.background else None,
+        options=to_mapping(o),
+    )
 
 
-def summarize(plan: EvaluationPlan, scored: ScoredSets, device: torch.device) -> dict[str, Any]:
+def _ood_set(plan: EvaluationPlan, scored: ScoredSets, name: str) -> OODSet:
+    """One OOD set's bits/dim and every score's metrics; its top-level metrics are the likelihood's."""
+    ind, values, o = plan.sets[0], scored.values, plan.options
+    computed = {s: ood_metrics(v[ind], v[name], bootstrap=o.bootstrap, seed=o.seed) for s, v in values.items()}
+    like = values["likelihood"]
+    return OODSet(**scored.info[name], **computed["likelihood"], bpd_mean=float(like[name].mean()),
+                  bpd_std=float(like[name].std()), aupr=computed["likelihood"]["aupr_out"],
+                  share_more_likely_than_median_in_dist=float(np.mean(like[name] < np.median(like[ind]))),
+                  scores={s: ScoreDetection(**m, mean=float(values[s][name].mean())) for s, m in computed.items()})
+
+
+def summarize(plan: EvaluationPlan, scored: ScoredSets, device: torch.device) -> Metrics:
     """The metrics.json of an evaluation: per set, bits/dim and every score's AUROC, AUPR, FPR95 (and intervals)."""
     ind, values, o = plan.sets[0], scored.values, plan.options
     like = values["likelihood"]
-    metrics: dict[str, Any] = {
-        "in_distribution": {"name": ind, "split": "test", **scored.info[ind], "bpd_mean": float(like[ind].mean()),
-                            "bpd_std": float(like[ind].std()),
-                            "scores": {s: {"mean": float(v[ind].mean())} for s, v in values.items()}},
-        "ood": {},
-        "score": "bits/dim (negative log-likelihood); higher means more OOD; OOD is the positive class",
-        "scores_computed": list(values),
-    }
-    for name in plan.sets[1:]:
-        per_score = {s: ood_metrics(v[ind], v[name], bootstrap=o.bootstrap, seed=o.seed) for s, v in values.items()}
-        for s, v in values.items():
-            per_score[s]["mean"] = float(v[name].mean())
-        m = per_score["likelihood"]
-        metrics["ood"][name] = {
-            **scored.info[name], "bpd_mean": float(like[name].mean()), "bpd_std": float(like[name].std()),
-            "aupr": m["aupr_out"], **{k: v for k, v in m.items() if k != "mean"},
-            "share_more_likely_than_median_in_dist": float(np.mean(like[name] < np.median(like[ind]))),
-            "scores": per_score}
-    if scored.classifier is not None:
-        metrics["classifier"] = scored.classifier
-    metrics["ranking"] = detector_table(metrics)
-    if o.benchmark is not None:
-        metrics["benchmark"] = benchmark_summary(o.benchmark, metrics)
-    metrics["provenance"] = _provenance(plan, device, scored)
-    return metrics
+    in_distribution = InDistribution(name=ind, split="test", **scored.info[ind], bpd_mean=float(like[ind].mean()),
+                                     bpd_std=float(like[ind].std()),
+                                     scores={s: ScoreMean(mean=float(v[ind].mean())) for s, v in values.items()})
+    ood = {name: _ood_set(plan, scored, name) for name in plan.sets[1:]}
+    scores = list(values)
+    return Metrics(in_distribution=in_distribution, ood=ood,
+                   score="bits/dim (negative log-likelihood); higher means more OOD; OOD is the positive class",
+                   scores_computed=scores, classifier=scored.classifier, ranking=detector_table(scores, ood),
+                   benchmark=benchmark_summary(o.benchmark, ood, scores) if o.benchmark is not None else None,
+                   provenance=_provenance(plan, device, scored))
 
 
-def write_outputs(out: Path, metrics: dict[str, Any], scored: ScoredSets, num_dims: int) -> None:
+def write_outputs(out: Path, metrics: Metrics, scored: ScoredSets, num_dims: int) -> None:
     """metrics.json, scores.npz, the figures and report.html, each written atomically."""
-    from flowood.evaluation.figures import evaluation_figures
-    from flowood.evaluation.report import write_report
-
-    names = [metrics["in_distribution"]["name"], *metrics["ood"]]
-    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
+    names = metrics.set_names
+    write_text_atomic(out / METRICS_FILE, metrics.to_json())
     arrays = {f"set{i}": scored.values["likelihood"][n] for i, n in enumerate(names)}
     for score, per_set in scored.values.items():
         arrays.update({f"{score}__set{i}": per_set[n] for i, n in enumerate(names)})
@@ -562,7 +556,7 @@ def evaluate(checkpoint: str | Path | LoadedFlow | nn.Module, ood: list[str], ou
 
     Example:
         >>> result = evaluate("runs/demo/train/checkpoints/last.ckpt", ["mnist"], max_samples=500)  # doctest: +SKIP
-        >>> auroc = result.metrics.get("ood").get("mnist").get("auroc")  # doctest: +SKIP
+        >>> auroc = result.metrics.ood["mnist"].auroc  # doctest: +SKIP
 
     Raises:
         OutputError: ``out`` is unsafe, not writable, or holds an earlier evaluation without ``overwrite``.

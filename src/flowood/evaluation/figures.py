@@ -10,14 +10,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from flowood.evaluation.metrics_file import Metrics
 from flowood.outputs import atomic_write, save_figure
 
-__all__ = ["score_histogram", "roc_curves", "image_grid", "evaluation_figures"]
+__all__ = ["pyplot", "score_histogram", "roc_curves", "image_grid", "evaluation_figures"]
 
 _LABELS = {"likelihood": "bits/dim (negative log-likelihood)"}
 
 
-def _pyplot():
+def pyplot() -> Any:
+    """matplotlib's pyplot on the headless Agg backend (imported when the first figure is drawn)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -28,7 +30,7 @@ def score_histogram(values: dict[str, np.ndarray], ind_name: str, aurocs: dict[s
                     path: Path, xlabel: str | None = None, threshold: float | None = None) -> Path:
     """Overlaid density histograms of one score for every set (in-distribution first), with a detector's threshold
     as a vertical line when given."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     lo = min(np.percentile(v, 0.5) for v in values.values())
     hi = max(np.percentile(v, 99.5) for v in values.values())
@@ -52,7 +54,7 @@ def score_histogram(values: dict[str, np.ndarray], ind_name: str, aurocs: dict[s
 
 def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str, path: Path) -> Path:
     """ROC curves ``{score: (fpr, tpr, auroc)}`` of several scores for one OOD set (OOD positive)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 4.5))
     for score, (fpr, tpr, auc) in curves.items():
         ax.plot(fpr, tpr, label=f"{score} ({auc:.3f})")
@@ -90,30 +92,30 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[-60:] or "set"
 
 
-def evaluation_figures(metrics: dict[str, Any], values: dict[str, dict[str, np.ndarray]],
+def evaluation_figures(metrics: Metrics, values: dict[str, dict[str, np.ndarray]],
                        data: dict[str, torch.Tensor], num_dims: int, out: Path) -> dict[str, Any]:
     """Every figure of an evaluation, written into ``out``: ``{"histograms": {score: png}, "roc": {set: png},
     "examples": {set: (most likely png, least likely png)}}`` (the likelihood histogram in nats is
     ``loglik_hist.png``)."""
     from sklearn.metrics import roc_curve
 
-    ind = metrics["in_distribution"]["name"]
-    title = f"{metrics['provenance']['flow']} trained on {ind}"
+    ind = metrics.in_distribution.name
+    title = f"{metrics.provenance.flow} trained on {ind}"
     figs: dict[str, Any] = {"histograms": {}, "roc": {}, "examples": {}}
     for score, per_set in values.items():
-        aurocs = {n: metrics["ood"][n]["scores"][score]["auroc"] for n in per_set if n != ind}
+        aurocs = {n: metrics.ood[n].scores[score].auroc for n in per_set if n != ind}
         figs["histograms"][score] = score_histogram(per_set, ind, aurocs, score, f"{score}: {title}",
                                                     out / f"hist_{score}.png")
     like = values["likelihood"]
     nats = {n: -v * num_dims * math.log(2) for n, v in like.items()}
-    score_histogram(nats, ind, {n: metrics["ood"][n]["auroc"] for n in like if n != ind}, "likelihood", title,
+    score_histogram(nats, ind, {n: metrics.ood[n].auroc for n in like if n != ind}, "likelihood", title,
                     out / "loglik_hist.png", xlabel="log-likelihood per image (nats)")
-    for i, name in enumerate(metrics["ood"], start=1):
+    for i, name in enumerate(metrics.ood, start=1):
         curves = {}
         for score, per_set in values.items():
             a, b = per_set[ind], per_set[name]
             fpr, tpr, _ = roc_curve(np.r_[np.zeros(len(a)), np.ones(len(b))], np.r_[a, b])
-            curves[score] = (fpr, tpr, metrics["ood"][name]["scores"][score]["auroc"])
+            curves[score] = (fpr, tpr, metrics.ood[name].scores[score].auroc)
         figs["roc"][name] = roc_curves(curves, f"{name} vs {ind}", out / f"roc_{i}_{_safe(name)}.png")
     if all(x.dim() == 4 for x in data.values()):
         for i, (name, x) in enumerate(data.items()):

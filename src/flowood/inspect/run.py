@@ -31,6 +31,7 @@ from flowood.ood.scores import compressed_bits_per_dim, score_bits_per_dim
 from flowood.options import merge_options, option
 from flowood.outputs import open_output_folder, write_text_atomic
 from flowood.runtime import data_root_option, seed_option
+from flowood.tables import Table
 
 __all__ = ["inspect_flow", "InspectOptions", "parse_image_spec", "ImageSelection", "InspectionResult",
            "load_selections"]
@@ -236,10 +237,30 @@ def _finite_or_null(value: Any) -> Any:
     return value
 
 
+def _prediction_table(numbers: dict[str, Any]) -> Table:
+    """R² and correlation of every coupling layer's -t with the pixels it transforms, for every image."""
+    prediction = numbers["coupling_prediction"]
+    labels = list(prediction)
+    rows = [[first["name"], first["mask"],
+             *(f"{prediction[label][i][k]:.3f}" for label in labels for k in ("r2", "corr"))]
+            for i, first in enumerate(prediction[labels[0]])]
+    return Table(["layer", "mask", *(f"{k} {label}" for label in labels for k in ("R²", "corr"))], rows,
+                 align="ll" + "r" * 2 * len(labels))
+
+
+def _contributions_table(numbers: dict[str, Any]) -> Table:
+    """Every image's log-likelihood in nats, split by the prior of each scale, and its correlation with PNG length."""
+    contributions, correlation = numbers["likelihood_contributions"], numbers["likelihood_vs_complexity_correlation"]
+    labels = list(contributions)
+    rows = [[label, f"{c['total_nats']:.1f}", *(f"{s['prior_nats']:.1f}" for s in c["scales"]),
+             f"{correlation.get(label, float('nan')):.3f}"] for label, c in contributions.items()]
+    return Table(["set", "total (nats/image)", *(f"prior {s['name']}" for s in contributions[labels[0]]["scales"]),
+                  "corr. with PNG complexity"], rows)
+
+
 def _write_page(numbers: dict[str, Any], figs: dict[str, Any], path: Path) -> Path:
     e = html.escape
     cfg = numbers["flow_config"]
-    labels = list(numbers["coupling_prediction"])
     body = [f"<h1>Inside a {e(str(cfg.get('flow')))} (mask {e(str(cfg.get('mask')))}, st-network "
             f"{e(str(cfg.get('st_type')))})</h1>",
             f"<p class='note'>checkpoint {e(numbers['checkpoint'])} (sha256 {e(numbers['checkpoint_sha256'][:12])}…); "
@@ -248,27 +269,10 @@ def _write_page(numbers: dict[str, Any], figs: dict[str, Any], path: Path) -> Pa
             "out-of-distribution images alike; these pages show it for this model.</p>",
             "<h2>1. Latent representations</h2>",
             figure(figs["latents"], "inputs, z, z averaged over noise, per-scale latents", wide=True),
-            "<h2>2. How well each coupling predicts the pixels it transforms</h2>"
-            "<table><tr><th>layer</th><th>mask</th>"]
-    body += [f"<th>R² {e(label)}</th><th>corr {e(label)}</th>" for label in labels]
-    body.append("</tr>")
-    for i, first in enumerate(numbers["coupling_prediction"][labels[0]]):
-        cells = "".join(f"<td>{numbers['coupling_prediction'][label][i]['r2']:.3f}</td>"
-                        f"<td>{numbers['coupling_prediction'][label][i]['corr']:.3f}</td>" for label in labels)
-        body.append(f"<tr><td>{e(first['name'])}</td><td>{e(first['mask'])}</td>{cells}</tr>")
-    body.append("</table>")
+            "<h2>2. How well each coupling predicts the pixels it transforms</h2>", _prediction_table(numbers).html()]
     body += [figure(figs["prediction"], "R² of -t per coupling layer"),
              figure(figs["contributions"], "shares of the log-likelihood")]
-    body.append("<h2>3. Where the log-likelihood comes from</h2><table><tr><th>set</th><th>total (nats/image)</th>"
-                + "".join(f"<th>prior {e(s['name'])}</th>"
-                          for s in numbers["likelihood_contributions"][labels[0]]["scales"])
-                + "<th>corr. with PNG complexity</th></tr>")
-    for label in labels:
-        c = numbers["likelihood_contributions"][label]
-        body.append(f"<tr><td>{e(label)}</td><td>{c['total_nats']:.1f}</td>"
-                    + "".join(f"<td>{s['prior_nats']:.1f}</td>" for s in c["scales"])
-                    + f"<td>{numbers['likelihood_vs_complexity_correlation'].get(label, float('nan')):.3f}</td></tr>")
-    body.append("</table>")
+    body += ["<h2>3. Where the log-likelihood comes from</h2>", _contributions_table(numbers).html()]
     body += [figure(figs["pixel_maps"], "per-pixel log-likelihood", wide=True),
              figure(figs["complexity"], "bits/dim against PNG length")]
     body.append("<h2>4. Coupling layers at work</h2><p class='note'>For each coupling: its input, the part it "

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flowood import __version__
-from flowood.htmlpage import figure, html_table, page
+from flowood.htmlpage import figure, page
 from flowood.outputs import write_text_atomic
 from flowood.reproduce.aggregate import (
     Spread,
@@ -28,10 +28,10 @@ from flowood.reproduce.aggregate import (
     spread,
 )
 from flowood.reproduce.experiments import Experiment, run_folder
+from flowood.tables import Table
 
 __all__ = ["write_results", "metric_value", "evaluate_check", "paper_table", "paper_lines", "SEED_RULE"]
 
-Table = tuple[list[str], list[list[str]]]
 Block = tuple[str, Any]  # ("p", markdown text) | ("note", text) | ("h4", text) | ("table", Table)
 State = dict[str, Any]
 
@@ -64,17 +64,16 @@ def _score_names(runs: list[State], ood: str) -> list[str]:
 
 
 def _numbers_table(runs: list[State]) -> Table:
-    numbers: Table = (["set", "bits/dim", "AUROC (likelihood)", "AUROC (other scores)"], [])
+    rows: list[list[str]] = []
     n = len(runs)
-    if metric_spread(runs, "test_bpd") is None:
-        return numbers
-    numbers[1].append(["in-distribution test", _fmt(metric_spread(runs, "test_bpd"), n), "–", "–"])
-    for name in ood_names(runs):
-        others = ", ".join(f"{s} {_fmt(metric_spread(runs, 'auroc', name, score=s), n)}"
-                           for s in _score_names(runs, name))
-        numbers[1].append([short_name(name), _fmt(metric_spread(runs, "ood_bpd", name), n),
-                           _fmt(metric_spread(runs, "auroc", name), n), others or "–"])
-    return numbers
+    if metric_spread(runs, "test_bpd") is not None:
+        rows.append(["in-distribution test", _fmt(metric_spread(runs, "test_bpd"), n), "–", "–"])
+        for name in ood_names(runs):
+            others = ", ".join(f"{s} {_fmt(metric_spread(runs, 'auroc', name, score=s), n)}"
+                               for s in _score_names(runs, name))
+            rows.append([short_name(name), _fmt(metric_spread(runs, "ood_bpd", name), n),
+                         _fmt(metric_spread(runs, "auroc", name), n), others or "–"])
+    return Table(["set", "bits/dim", "AUROC (likelihood)", "AUROC (other scores)"], rows)
 
 
 def _settings(exp: Experiment, runs: list[State]) -> str:
@@ -120,7 +119,7 @@ def paper_table(exp: Experiment, runs: Sequence[State]) -> Table | None:
         else:
             flowood = _fmt(ours, len(runs))
         rows.append([number.describe(), f"{number.value:g}", source, flowood, _scale_text(exp, runs)])
-    return ["number", "the paper's", "source", "flowood", "flowood's scale"], rows
+    return Table(["number", "the paper's", "source", "flowood", "flowood's scale"], rows)
 
 
 def paper_lines(exp: Experiment) -> list[str]:
@@ -156,7 +155,7 @@ def _section(exp: Experiment, runs: list[State]) -> list[Block]:
     blocks: list[Block] = [("p", _status_line(exp, runs)),
                            ("note", f"Settings at this scale: {_settings(exp, runs)}.")]
     numbers = _numbers_table(runs)
-    if numbers[1]:
+    if numbers.rows:
         blocks.append(("table", numbers))
     blocks.append(("h4", "The paper vs flowood"))
     table = paper_table(exp, runs)
@@ -174,23 +173,11 @@ def _section(exp: Experiment, runs: list[State]) -> list[Block]:
     return blocks
 
 
-def _md_table(table: Table) -> str:
-    head, rows = table
-    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"
-    lines = ["| " + " | ".join(head) + " |", rule]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _html_table(table: Table) -> str:
-    return html_table(*table)
-
-
 def _md(exp: Experiment, blocks: list[Block]) -> str:
     lines = [f"### {exp.title} (`{exp.name}`)", ""]
     for kind, value in blocks:
         if kind == "table":
-            lines += [_md_table(value), ""]
+            lines += [value.markdown(), ""]
         elif kind == "h4":
             lines += [f"#### {value}", ""]
         else:
@@ -220,7 +207,7 @@ def _html(exp: Experiment, blocks: list[Block], runs: list[State], out: Path) ->
     body = [f"<h3>{html.escape(exp.title)} ({html.escape(exp.name)})</h3>"]
     for kind, value in blocks:
         if kind == "table":
-            body.append(_html_table(value))
+            body.append(value.html())
         elif kind == "h4":
             body.append(f"<h4>{html.escape(value)}</h4>")
         else:
@@ -289,21 +276,21 @@ def write_results(out: Path, experiments: list[Experiment], states: Mapping[str,
         sections_md.append(_md(exp, blocks))
         sections_html.append(_html(exp, blocks, runs, out))
         machine["experiments"][exp.name] = _experiment_json(exp, runs, verdicts)
-    summary: Table = (["experiment", "paper", "status", "test bits/dim", "AUROC (likelihood)", "claims reproduced"],
-                      summary_rows)
-    claims: Table = (["experiment", "the paper's claim", "our numbers", "reproduced"], claim_rows)
+    summary = Table(["experiment", "paper", "status", "test bits/dim", "AUROC (likelihood)", "claims reproduced"],
+                    summary_rows)
+    claims = Table(["experiment", "the paper's claim", "our numbers", "reproduced"], claim_rows)
     title = f"Reproducing \"Why Normalizing Flows Fail to Detect Out-of-Distribution Data\": suite {run['suite']}, " \
             f"scale {run['scale']}"
     header = _header(run, seconds)
-    md = "\n".join([f"# {title}", "", *header, "## Summary", "", _md_table(summary), "", "## The paper's claims",
-                    "", _md_table(claims) if claim_rows else "(no checks)", "", "## Experiments", "",
+    md = "\n".join([f"# {title}", "", *header, "## Summary", "", summary.markdown(), "", "## The paper's claims",
+                    "", claims.markdown() if claim_rows else "(no checks)", "", "## Experiments", "",
                     *sections_md])
     md_path, html_path, json_path = out / "results.md", out / "results.html", out / "results.json"
     write_text_atomic(md_path, md + "\n")
     doc = page(title, [f"<h1>{html.escape(title)}</h1>",
                        *(f"<p class='note'>{html.escape(h.replace('`', ''))}</p>" for h in header if h),
-                       "<h2>Summary</h2>", _html_table(summary), "<h2>The paper's claims</h2>",
-                       _html_table(claims), "<h2>Experiments</h2>", *sections_html])
+                       "<h2>Summary</h2>", summary.html(), "<h2>The paper's claims</h2>",
+                       claims.html(), "<h2>Experiments</h2>", *sections_html])
     write_text_atomic(html_path, doc)
     write_text_atomic(json_path, json.dumps(machine, indent=1, default=str) + "\n")
     return md_path, html_path, json_path

@@ -205,10 +205,9 @@ def _evaluate_stage(run: Stage, checkpoint: Path, ood: list[str]) -> None:
                       overwrite=True, **values)
     m = result.metrics
     run.done["evaluate"] = {
-        "test_bpd": m["in_distribution"]["bpd_mean"], "seconds": round(time.time() - start, 1),
-        "ood": {name: {"auroc": v["auroc"], "bpd": v["bpd_mean"],
-                       "scores": {s: v["scores"][s]["auroc"] for s in v.get("scores", {})}}
-                for name, v in m["ood"].items()}}
+        "test_bpd": m.in_distribution.bpd_mean, "seconds": round(time.time() - start, 1),
+        "ood": {name: {"auroc": v.auroc, "bpd": v.bpd_mean, "scores": {s: e.auroc for s, e in v.scores.items()}}
+                for name, v in m.ood.items()}}
     run.save()
 
 
