@@ -50,15 +50,6 @@ def cli_reference() -> str:
     return "\n".join(lines)
 
 
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows] + [""]
-
-
 def _variant_sections() -> list[tuple[str, str, tuple[str, ...], list[tuple[str, ...]]]]:
     """(title, introduction, header, rows) of every registry."""
     from flowood.data.prefixes import PREFIXES
@@ -89,11 +80,14 @@ def _variant_sections() -> list[tuple[str, str, tuple[str, ...], list[tuple[str,
 
 def variants_reference() -> str:
     """Every registry's entries as Markdown tables, from their keys, docstrings and declared parameters."""
+    from flowood.tables import Table
+
     lines = ["# Variants", "", "Generated from the registries of `flowood`: each kind of variant is a name-to-class "
              "table, and a new one is a class plus one registration (see the [models guide](../guide/models.md)).",
              ""]
     for title, intro, header, rows in _variant_sections():
-        lines += [f"## {title}", "", intro, ""] + _table(header, rows)
+        table = Table(list(header), [list(r) for r in rows], align="l" * len(header))
+        lines += [f"## {title}", "", intro, "", table.markdown(), ""]
     return "\n".join(lines).rstrip("\n")
 
 
