@@ -5,6 +5,7 @@ writes results.md / results.html with the paper's claims checked."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,6 +13,7 @@ import yaml
 from flowood.cli.main import main
 from flowood.flows import ConfigError
 from flowood.reproduce import reproduce
+from flowood.reproduce.runner import default_out
 
 
 def test_smoke_suite_runs_resumes_and_reports(tmp_path, mini_suite, capsys):
@@ -209,6 +211,10 @@ def test_cli_seeds_flag(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["reproduce", "--seeds", "4", "--out", str(tmp_path / "r")])
     assert seen["options"].seeds == 4 and seen["out"] == str(tmp_path / "r")
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--suite", "mini", "--scale", "smoke"])
+    assert seen["out"] is None  # the library's default folder: the same for the command line and Python
+    assert default_out(seen["options"]) == Path("runs/reproduce/mini-smoke")
     assert main(["reproduce", "--seeds", "0", "--out", str(tmp_path / "r")]) == 2
     assert "seeds must be at least 1" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="seeds must be at least 1"):

@@ -35,10 +35,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+from flowood.data import DATASETS, canonical_name
+from flowood.embed.backbones import build_backbone, last_linear
 from flowood.errors import closest
 from flowood.flows.config import ConfigError
+from flowood.resources import paper_configs_dir
 
 __all__ = ["Experiment", "Check", "PaperNumber", "load_experiments", "parse_paper_numbers", "default_config_dir",
            "run_folder", "SCALES"]
@@ -118,17 +122,11 @@ class Experiment:
         """One sample's shape as the flow sees it, known without loading any data: the registered data set's shape,
         or for embeddings the backbone's feature size (None where only the data can tell, e.g. ``folder:`` sets)."""
         if self.embed:
-            import torch
-
-            from flowood.embed.backbones import build_backbone, last_linear
-
             backbone = self.embed.get("backbone", "smallcnn")
             if backbone == "smallcnn":
                 return (int(self.embed.get("embedding_dim", 64)),)
             with torch.device("meta"):  # the architecture only: no weights, no memory
                 return (last_linear(build_backbone(backbone))[2].in_features,)
-        from flowood.data.registry import DATASETS, canonical_name
-
         spec = DATASETS.get(canonical_name(str(self.train.get("dataset", ""))))
         return tuple(spec.shape) if spec is not None and spec.shape is not None else None
 
@@ -140,8 +138,6 @@ def run_folder(out: Path, exp: Experiment, seed: int, seeds: int) -> Path:
 
 def default_config_dir() -> Path:
     """The paper's experiments shipped with flowood."""
-    from flowood.resources import paper_configs_dir
-
     return paper_configs_dir()
 
 
