@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
+import json
 import sys
 import warnings
 from collections.abc import Callable
@@ -33,17 +35,20 @@ from typing import Any
 
 import numpy as np
 
+from flowood import __version__
+from flowood.allocator import tune_allocator
 from flowood.cli.flags import Accumulate, FlowoodParser, add_options, as_flags, given_options, spellings
 from flowood.deploy import DetectorOptions, ScoringOptions
 from flowood.deploy.select import SelectOptions
 from flowood.embed import EmbedOptions
 from flowood.engines.export import ExportOptions
+from flowood.errors import FlowoodError, InputError
 from flowood.evaluation import EvaluateOptions
 from flowood.inspect.run import InspectOptions
 from flowood.options import from_mapping, option_info, to_mapping
 from flowood.reproduce import ReproduceOptions
 from flowood.reproduce.runner import DEFAULT_OUT
-from flowood.runtime import RunOptions, data_root_option
+from flowood.runtime import CoreShare, RunOptions, data_root_option
 from flowood.training import TrainConfig
 
 __all__ = ["main", "build_parser", "COMMANDS", "Command", "Arg", "as_flags"]
@@ -221,10 +226,6 @@ def _cmd_embed(args: argparse.Namespace, values: dict[str, Any]) -> int:
 
 def _compare_groups(specs: list[str]) -> dict[str, list[str]]:
     """``LABEL=PATH`` arguments (PATH may be a glob) -> ``{label: [paths]}`` in the order given."""
-    import glob
-
-    from flowood.errors import InputError
-
     groups: dict[str, list[str]] = {}
     for spec in specs:
         label, sep, pattern = spec.partition("=")
@@ -294,8 +295,6 @@ def _cmd_detector_select(args: argparse.Namespace, values: dict[str, Any]) -> in
 
 
 def _cmd_detector_info(args: argparse.Namespace, values: dict[str, Any]) -> int:
-    import json
-
     from flowood.deploy.pipeline import detector_info
     from flowood.deploy.select import selection_table
 
@@ -557,8 +556,6 @@ def _run(command: Command, args: argparse.Namespace) -> int:
     for key, value in to_mapping(run).items():
         setattr(args, key, value)
     values = given_options(args, command.options) if command.options is not None else {}
-    from flowood.runtime import CoreShare
-
     with warnings.catch_warnings(), CoreShare(run.threads):
         warnings.showwarning = _show_warning
         return command.run(args, values)
@@ -574,7 +571,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from flowood import __version__
         print(__version__)
         return 0
     if args.command not in COMMANDS:
@@ -583,9 +579,6 @@ def main(argv: list[str] | None = None) -> int:
     command = _chosen(args)
     if command is None:
         return 2
-    from flowood.allocator import tune_allocator
-    from flowood.errors import FlowoodError
-
     tune_allocator()  # CPU steps reuse freed memory instead of faulting it in again (FLOWOOD_MALLOC_TUNING=0: off)
     try:
         return _run(command, args)
