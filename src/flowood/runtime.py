@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from flowood.outputs import process_alive
 __all__ = ["DeviceError", "resolve_device", "lightning_accelerator", "lightning_precision", "check_precision",
            "data_root_option", "seed_option", "device_option", "precision_option", "PRECISIONS", "DEVICE_HELP",
            "PRECISION_HELP", "VALUE_ALIASES_PRECISION", "usable_cpus", "CoreShare", "active_core_share",
-           "threads_option"]
+           "threads_option", "RunOptions"]
 
 DEVICE_HELP = "where to compute: auto (a GPU if there is one), cpu, cuda or cuda:N"
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -223,5 +224,17 @@ def active_core_share() -> CoreShare | None:
 
 
 def threads_option() -> Any:
+    """The CPU threads option (one definition: :class:`RunOptions`, :class:`CoreShare`'s ``threads``)."""
     return option(None, "CPU threads to compute with (default: the CPUs this process may use, shared with the "
                         "other flowood processes running on the machine)", minimum=1, metavar="N")
+
+
+@dataclass
+class RunOptions:
+    """How any command runs, beside its own options, each defined once: the ``overwrite`` and ``progress``
+    parameters every entry point of the library takes, and this process's CPU threads (:class:`CoreShare`)."""
+
+    overwrite: bool = option(False, "replace an earlier output of this command at `out` (only the files flowood "
+                             "wrote there are removed; never a folder or file of your own)")
+    progress: bool = option(True, "show progress bars")
+    threads: int | None = threads_option()

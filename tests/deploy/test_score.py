@@ -4,6 +4,7 @@ per input, streamed, with unreadable inputs reported, not fatal; and the CLI aro
 from __future__ import annotations
 
 import csv
+import io
 import json
 
 import numpy as np
@@ -12,7 +13,15 @@ import torch
 from PIL import Image
 
 from flowood.cli.main import main
-from flowood.deploy import expand_inputs, fit_detector, score_inputs, stream_batches, write_scores
+from flowood.deploy import (
+    FIELDS,
+    expand_inputs,
+    fit_detector,
+    is_scores_file,
+    score_inputs,
+    stream_batches,
+    write_scores,
+)
 from flowood.ood import OODDetector
 
 
@@ -46,6 +55,28 @@ def test_inputs_expand_to_one_sample_each_and_batches_stay_bounded(new_data):
     assert max(len(b.names) for b in batches) <= 4 and sum(len(b.names) for b in batches) == 14
     with pytest.raises(Exception, match="neither a file, a folder nor a pattern"):
         list(expand_inputs([str(folder / "nothing*.png")]))
+
+
+def test_one_writer_puts_rows_in_a_file_or_a_stream(tmp_path):
+    rows = [{"input": "a.png", "score": 1.5, "decision": "ood", "ood": True, "percentile": 99.0, "error": "",
+             "adapted": "RGB -> gray"},
+            {"input": "b.png", "score": None, "decision": "error", "ood": None, "percentile": None,
+             "error": "not an image", "adapted": ""}]
+    for fmt, suffix in (("csv", ".csv"), ("jsonl", ".jsonl")):
+        to_file = write_scores(iter(rows), tmp_path / f"s{suffix}")  # the format from the suffix
+        stream = io.StringIO()
+        to_stream = write_scores(iter(rows), stream, fmt)
+        assert stream.getvalue() == (tmp_path / f"s{suffix}").read_bytes().decode()
+        assert is_scores_file(tmp_path / f"s{suffix}")
+        for summary in (to_file, to_stream):
+            assert (summary.rows, summary.flagged, summary.errors, summary.adapted) == (2, 1, 1, 1)
+        assert to_file.out == tmp_path / f"s{suffix}" and to_stream.out is None
+    first = stream.getvalue().splitlines()[0]
+    assert list(json.loads(first)) == list(FIELDS)
+    default = io.StringIO()
+    write_scores(rows, default)  # a stream has no suffix: csv
+    assert default.getvalue().splitlines()[0] == ",".join(FIELDS)
+    assert write_scores(iter(rows), None).rows == 2  # counted only
 
 
 def test_fit_score_and_write_rows(trained_checkpoint, new_data, tmp_path):

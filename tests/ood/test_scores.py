@@ -9,21 +9,29 @@ import math
 import numpy as np
 import pytest
 import torch
-from builders import tiny_realnvp
+from builders import tiny_checkpoint, tiny_realnvp
 from PIL import Image
 
 from flowood.flows import RealNVPTabular
 from flowood.ood import (
+    DEFAULT_SCORES,
+    SCORE_NAMES,
+    SCORES,
     WAIC,
     ComplexityCorrected,
     LikelihoodRatio,
     NegativeLogLikelihood,
+    OODDetector,
+    OODScore,
     ScaleLikelihood,
+    ScoreOptions,
     Typicality,
     compressed_bits_per_dim,
     make_score,
+    register_score,
 )
 from flowood.ood.scores import perturb_pixels
+from flowood.options import ConfigError
 
 
 def test_likelihood_is_bits_per_dim_and_deterministic(fitted_flow, fixture_images):
@@ -98,7 +106,7 @@ def test_likelihood_ratio_with_given_and_trained_background(fitted_flow, fixture
     fm, mn = fixture_images
     same = LikelihoodRatio(fitted_flow, background=fitted_flow)
     assert np.allclose(same.score(mn[:5]), 0.0)  # a model against itself: ratio 1
-    lr = LikelihoodRatio(fitted_flow, steps=5, train_batch_size=16, progress=False)
+    lr = LikelihoodRatio(fitted_flow, background_steps=5, background_batch_size=16, progress=False)
     with pytest.raises(RuntimeError, match="fit"):
         lr.score(mn[:2])
     lr.fit(fm)
@@ -157,3 +165,69 @@ def test_shared_cache_computes_each_likelihood_once(fitted_flow, fixture_images,
         assert np.array_equal(plain[n], shared[n])
     make_score("likelihood", fitted_flow, cache=cache).score(x.clone())  # another tensor is not mistaken for x
     assert calls["n"] == 2
+
+
+def test_make_score_takes_an_options_object_and_values(fitted_flow, fixture_images):
+    fm, mn = fixture_images
+    grouped = make_score("typicality", fitted_flow, ScoreOptions(typicality_batch=4), seed=2)
+    assert grouped.name == "typicality_batch4" and grouped.group == 4 and grouped.seed == 2
+    assert make_score("typicality", fitted_flow, typicality_batch="3").group == 3  # checked as the option says
+    ratio = make_score("likelihood_ratio", fitted_flow, background_steps=7, noise="center", progress=False)
+    assert (ratio.steps, ratio.noise, ratio.progress) == (7, "center", False)
+    with pytest.raises(ConfigError, match="did you mean 'typicality_batch'"):
+        make_score("typicality", fitted_flow, typicality_bacth=2)
+    with pytest.raises(ConfigError, match="at least 1"):
+        make_score("typicality", fitted_flow, typicality_batch=0)
+
+
+class MeanIntensity(OODScore):
+    """A score defined outside flowood: how far an input's mean pixel value lies from the training data's, times
+    ``scale`` (a parameter its registry line fixes)."""
+
+    name = "mean_intensity"
+    needs_fit = True
+
+    def __init__(self, flow, scale=1.0, batch_size=512, seed=0, cache=None, noise="uniform"):
+        super().__init__(flow, batch_size, seed, cache, noise)
+        self.scale = scale
+        self.mean = None
+
+    def fit(self, train):
+        self.mean = float(train.float().mean())
+        self.fitted = True
+        return self
+
+    def score(self, x):
+        self._require_fit()
+        return self.scale * np.abs(x.float().flatten(1).mean(1).numpy() - self.mean)
+
+
+@pytest.fixture
+def mean_intensity():
+    register_score("mean_intensity", MeanIntensity, scale=2.0)
+    yield "mean_intensity"
+    SCORES.pop("mean_intensity")
+
+
+def test_a_score_of_ones_own_is_a_class_and_a_registry_line(mean_intensity, fitted_flow, fixture_images, tmp_path):
+    fm, mn = fixture_images
+    assert mean_intensity in SCORE_NAMES and mean_intensity in DEFAULT_SCORES  # the names follow the table
+    score = make_score(mean_intensity, fitted_flow, seed=3).fit(fm[:100])
+    assert isinstance(score, MeanIntensity) and (score.scale, score.seed) == (2.0, 3)
+    expected = 2.0 * np.abs(mn[:5].float().flatten(1).mean(1).numpy() - float(fm[:100].float().mean()))
+    assert np.allclose(score.score(mn[:5]), expected)
+    detector = OODDetector(fitted_flow, score=mean_intensity).fit(fm[:100])
+    assert detector.anomaly_score(mn[:5]).shape == (5,)
+    from flowood.evaluation import evaluate
+
+    ckpt = tiny_checkpoint(tmp_path / "f.pt")
+    result = evaluate(ckpt, ["noise"], scores=["likelihood", mean_intensity], max_samples=50, fit_samples=50,
+                      progress=False)
+    assert result.metrics["scores_computed"] == ["likelihood", mean_intensity]
+    assert result.score_values[mean_intensity]["noise"].shape == (50,)
+
+
+def test_only_scores_are_registered():
+    with pytest.raises(ConfigError, match="subclass of OODScore"):
+        register_score("not_a_score", dict)
+    assert "not_a_score" not in SCORE_NAMES

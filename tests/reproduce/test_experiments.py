@@ -56,7 +56,7 @@ def test_experiment_names_cannot_leave_the_output_folder(tmp_path):
     (configs / "x.yaml").write_text("name: ../../escaped\ntitle: t\ntrain: {dataset: digits}\n"
                                     "evaluate: {ood: [noise]}\n")
     with pytest.raises(ConfigError, match="must be a plain folder name"):
-        reproduce("all", "smoke", tmp_path / "out" / "suite", configs, say=print)
+        reproduce(tmp_path / "out" / "suite", suite="all", scale="smoke", configs=configs, say=print)
     assert not (tmp_path / "escaped").exists() and not (tmp_path / "out").exists()
 
 

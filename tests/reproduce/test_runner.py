@@ -5,6 +5,7 @@ writes results.md / results.html with the paper's claims checked."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,12 +13,13 @@ import yaml
 from flowood.cli.main import main
 from flowood.flows import ConfigError
 from flowood.reproduce import reproduce
+from flowood.reproduce.runner import default_out
 
 
 def test_smoke_suite_runs_resumes_and_reports(tmp_path, mini_suite, capsys):
     configs, out = mini_suite, tmp_path / "out"
     empty_root = str(tmp_path / "no-data")
-    result = reproduce("all", "smoke", out, configs, data_root=empty_root, say=print)
+    result = reproduce(out, suite="all", scale="smoke", configs=configs, data_root=empty_root, say=print)
     assert result.statuses == {"base": "done", "cycle": "done", "emb": "done", "photos": "skipped"}
     base = json.loads((out / "base" / "status.json").read_text())
     assert base["stages"]["train"]["steps"] == 4  # the smoke override
@@ -30,14 +32,14 @@ def test_smoke_suite_runs_resumes_and_reports(tmp_path, mini_suite, capsys):
     assert html.count("<img") >= 2 and "The paper's claims" in html
     # a second run keeps what is done
     capsys.readouterr()
-    reproduce("all", "smoke", out, configs, data_root=empty_root, say=print)
+    reproduce(out, suite="all", scale="smoke", configs=configs, data_root=empty_root, say=print)
     assert capsys.readouterr().out.count("earlier; kept") == 4
     # an interrupted experiment resumes its training from the checkpoint
     status = json.loads((out / "cycle" / "status.json").read_text())
     del status["stages"]["train"], status["stages"]["evaluate"]
     status["status"] = "interrupted"
     (out / "cycle" / "status.json").write_text(json.dumps(status))
-    reproduce("all", "smoke", out, configs, only=["cycle"], data_root=empty_root, say=print)
+    reproduce(out, suite="all", scale="smoke", configs=configs, only=["cycle"], data_root=empty_root, say=print)
     printed = capsys.readouterr().out
     assert "cycle: resuming" in printed and "base" not in printed
     assert json.loads((out / "cycle" / "status.json").read_text())["status"] == "done"
@@ -45,13 +47,13 @@ def test_smoke_suite_runs_resumes_and_reports(tmp_path, mini_suite, capsys):
 
 def test_changed_config_restarts_that_experiment(tmp_path, mini_suite, capsys):
     configs, out = mini_suite, tmp_path / "out"
-    reproduce("mini", "smoke", out, configs, only=["cycle"], say=print)
+    reproduce(out, suite="mini", scale="smoke", configs=configs, only=["cycle"], say=print)
     path = configs / "1_cycle.yaml"
     spec = yaml.safe_load(path.read_text())
     spec["train"]["max_steps"] = 7
     path.write_text(yaml.safe_dump(spec))
     capsys.readouterr()
-    reproduce("mini", "smoke", out, configs, only=["cycle"], say=print)
+    reproduce(out, suite="mini", scale="smoke", configs=configs, only=["cycle"], say=print)
     assert "configuration changed" in capsys.readouterr().out
     assert json.loads((out / "cycle" / "status.json").read_text())["stages"]["train"]["steps"] == 7
 
@@ -70,7 +72,7 @@ def test_every_file_a_suite_writes_is_in_a_manifest(tmp_path, mini_suite, seeds)
     from flowood.outputs import MANIFEST
 
     configs, out = mini_suite, tmp_path / "out"
-    result = reproduce("mini", "smoke", out, configs, only=["cycle"], seeds=seeds, say=print)
+    result = reproduce(out, suite="mini", scale="smoke", configs=configs, only=["cycle"], seeds=seeds, say=print)
     assert result.statuses == {"cycle": "done"}
     recorded = set()
     for manifest in out.rglob(MANIFEST):
@@ -124,7 +126,7 @@ def fake_stages(monkeypatch):
 
 def test_seeds_run_each_experiment_with_distinct_seeds_in_their_own_folders(tmp_path, mini_suite, fake_stages):
     out = tmp_path / "out"
-    result = reproduce("mini", "smoke", out, mini_suite, seeds=3, say=print)
+    result = reproduce(out, suite="mini", scale="smoke", configs=mini_suite, seeds=3, say=print)
     assert result.statuses == {"base": "done", "cycle": "done"}
     assert result.seed_statuses == {name: {0: "done", 1: "done", 2: "done"} for name in ("base", "cycle")}
     for name in ("base", "cycle"):
@@ -157,11 +159,11 @@ def test_seeds_run_each_experiment_with_distinct_seeds_in_their_own_folders(tmp_
 
 def test_seeds_resume_per_seed_and_more_seeds_run_only_the_new_ones(tmp_path, mini_suite, fake_stages, capsys):
     out = tmp_path / "out"
-    reproduce("mini", "smoke", out, mini_suite, only=["cycle"], seeds=2, say=print)
+    reproduce(out, suite="mini", scale="smoke", configs=mini_suite, only=["cycle"], seeds=2, say=print)
     assert len(fake_stages) == 4
     fake_stages.clear()
     capsys.readouterr()
-    reproduce("mini", "smoke", out, mini_suite, only=["cycle"], seeds=2, say=print)
+    reproduce(out, suite="mini", scale="smoke", configs=mini_suite, only=["cycle"], seeds=2, say=print)
     assert fake_stages == []
     printed = capsys.readouterr().out
     assert "cycle (seed 0): done earlier; kept" in printed and "cycle (seed 1): done earlier; kept" in printed
@@ -171,7 +173,7 @@ def test_seeds_resume_per_seed_and_more_seeds_run_only_the_new_ones(tmp_path, mi
     del status["stages"]["evaluate"]
     status["status"] = "interrupted"
     status_path.write_text(json.dumps(status))
-    result = reproduce("mini", "smoke", out, mini_suite, only=["cycle"], seeds=3, say=print)
+    result = reproduce(out, suite="mini", scale="smoke", configs=mini_suite, only=["cycle"], seeds=3, say=print)
     assert [(stage, seed) for _, stage, seed, _ in fake_stages] == [("evaluate", 1), ("train", 2), ("evaluate", 2)]
     assert result.seed_statuses == {"cycle": {0: "done", 1: "done", 2: "done"}}
     assert "Seeds: 3 per experiment" in result.markdown.read_text()
@@ -202,35 +204,39 @@ def test_cli_seeds_flag(tmp_path, monkeypatch, capsys):
     assert ReproduceOptions().seeds == 1
     seen = {}
 
-    def fake(*args, **kwargs):
-        seen.update(kwargs)
+    def fake(out=None, options=None, **kwargs):
+        seen.update(out=out, options=options)
         raise SystemExit(0)
     monkeypatch.setattr(flowood.reproduce, "reproduce", fake)
     with pytest.raises(SystemExit):
         main(["reproduce", "--seeds", "4", "--out", str(tmp_path / "r")])
-    assert seen["seeds"] == 4
+    assert seen["options"].seeds == 4 and seen["out"] == str(tmp_path / "r")
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--suite", "mini", "--scale", "smoke"])
+    assert seen["out"] is None  # the library's default folder: the same for the command line and Python
+    assert default_out(seen["options"]) == Path("runs/reproduce/mini-smoke")
     assert main(["reproduce", "--seeds", "0", "--out", str(tmp_path / "r")]) == 2
     assert "seeds must be at least 1" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="seeds must be at least 1"):
-        reproduce("all", "smoke", tmp_path / "r2", seeds=0)
+        reproduce(tmp_path / "r2", suite="all", scale="smoke", seeds=0)
 
 
 def test_only_what_a_run_computes_restarts_it(tmp_path, mini_suite, fake_stages, capsys):
     out, path = tmp_path / "out", mini_suite / "1_cycle.yaml"
-    reproduce("mini", "smoke", out, mini_suite, only=["cycle"], say=print)
+    reproduce(out, suite="mini", scale="smoke", configs=mini_suite, only=["cycle"], say=print)
     spec = yaml.safe_load(path.read_text())
     spec.update(title="renamed", paper_numbers=[{"metric": "test_bpd", "value": 3.0, "source": "s"}],
                 paper_numbers_note="n")
     path.write_text(yaml.safe_dump(spec))
     fake_stages.clear()
-    reproduce("mini", "smoke", out, mini_suite, only=["cycle"], say=print)
+    reproduce(out, suite="mini", scale="smoke", configs=mini_suite, only=["cycle"], say=print)
     assert fake_stages == [] and "| test bits/dim | 3 | s | 5.000 | smoke |" in (out / "results.md").read_text()
     # a status written by an earlier flowood (no run fingerprint) is started again
     status = json.loads((out / "cycle" / "status.json").read_text())
     status["spec"] = status.pop("run_spec")
     (out / "cycle" / "status.json").write_text(json.dumps(status))
     capsys.readouterr()
-    reproduce("mini", "smoke", out, mini_suite, only=["cycle"], say=print)
+    reproduce(out, suite="mini", scale="smoke", configs=mini_suite, only=["cycle"], say=print)
     printed = capsys.readouterr().out
     assert "cycle: its status was recorded by an earlier version of flowood; starting it again" in printed
     assert [stage for _, stage, _, _ in fake_stages] == ["train", "evaluate"]

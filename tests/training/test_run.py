@@ -41,7 +41,7 @@ def test_resume_continues_from_last_checkpoint(tmp_path, train_config):
     assert result.steps == 10
     with pytest.raises(CheckpointError, match="cannot resume"):
         train(train_config(tmp_path / "run"), resume=str(tmp_path / "missing.ckpt"), progress=False)
-    result = train(train_config(tmp_path / "run", max_steps=3), overwrite=True, progress=False)
+    result = train(train_config(tmp_path / "run"), overwrite=True, progress=False, max_steps=3)  # a config + values
     assert result.steps == 3
 
 
@@ -58,6 +58,10 @@ def test_unknown_dataset_fails_before_training(tmp_path):
     from flowood.data import UnknownDatasetError
     with pytest.raises(UnknownDatasetError, match="fashionmnist"):
         train(cfg, progress=False)
+    with pytest.raises(UnknownDatasetError, match="fashionmnist"):  # options as values, as every entry point
+        train(dataset="fashion-mnst", out=str(tmp_path / "r"), progress=False)
+    with pytest.raises(ValueError, match="did you mean 'max_steps'"):
+        train(cfg, max_stesp=3)
 
 
 def test_training_set_smaller_than_a_batch_is_refused(tmp_path):

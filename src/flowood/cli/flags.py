@@ -25,13 +25,22 @@ __all__ = ["FlowoodParser", "Accumulate", "add_options", "given_options", "spell
 class FlowoodParser(argparse.ArgumentParser):
     """An ArgumentParser whose "unrecognized arguments" error names the closest known flag."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._subcommand_actions: list[argparse.Action] = []
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        """argparse's subcommands, remembered so that an unknown flag of a subcommand finds its closest flag."""
+        action = super().add_subparsers(**kwargs)
+        self._subcommand_actions.append(action)
+        return action
+
     def _known_flags(self) -> list[str]:
         """Every flag of this parser and of its subcommands (an unknown flag of a subcommand surfaces here)."""
         flags = [s for action in self._actions for s in action.option_strings]
-        for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for sub in action.choices.values():
-                    flags += sub._known_flags() if isinstance(sub, FlowoodParser) else []
+        for action in self._subcommand_actions:
+            for sub in action.choices.values():
+                flags += sub._known_flags() if isinstance(sub, FlowoodParser) else []
         return flags
 
     def error(self, message: str) -> typing.NoReturn:
@@ -50,10 +59,9 @@ class Accumulate(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        seen = getattr(namespace, "_accumulated", set())
-        current = list(getattr(namespace, self.dest, None) or []) if self.dest in seen else []
-        setattr(namespace, self.dest, current + list(values))
-        namespace._accumulated = seen | {self.dest}
+        current = getattr(namespace, self.dest, None)
+        earlier = [] if current is None or current is self.default else list(current)  # the default is replaced
+        setattr(namespace, self.dest, earlier + list(values))
 
 
 def spellings(name: str, aliases: tuple[str, ...] = ()) -> list[str]:

@@ -93,10 +93,11 @@ def load_set(name: str, split: str, shape: tuple[int, ...], root: str | None, ma
 
 
 def _refuse_checkpoint_options(o: EvaluateOptions) -> None:
-    for f, _, _ in options_of(EvaluateOptions):
-        if f.name in _CHECKPOINT_ONLY and getattr(o, f.name) != default_of(f):
-            raise ConfigError(f"`{f.name}` applies to evaluating a checkpoint; a detector has its own score and "
-                              "fitted state (evaluate its flow's checkpoint to compare every score)")
+    for given in (o, o.score_options):
+        for f, _, _ in options_of(type(given)):
+            if f.name in _CHECKPOINT_ONLY and getattr(given, f.name) != default_of(f):
+                raise ConfigError(f"`{f.name}` applies to evaluating a checkpoint; a detector has its own score and "
+                                  "fitted state (evaluate its flow's checkpoint to compare every score)")
 
 
 def _validation_overlap(detector: Any, sets: list[str]) -> list[str]:

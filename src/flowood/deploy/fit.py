@@ -41,6 +41,7 @@ from flowood.errors import DataError, closest
 from flowood.flows import FlowModel
 from flowood.ood.classifier import CLASSIFIER_DETECTORS, ClassifierOutputs
 from flowood.ood.detector import OODDetector, is_detector_file
+from flowood.ood.scores import ScoreOptions
 from flowood.options import ConfigError, merge_options, option
 from flowood.outputs import atomic_write, check_output_file, open_output_folder
 from flowood.runtime import data_root_option, device_option, resolve_device, seed_option
@@ -72,8 +73,8 @@ class DetectorOptions:
                             "threshold (with `classifier`: training images beside the fit samples, e.g. 0.2 of "
                             "12,500 with 10,000 to fit; a flow's scores that fit keep it apart from the fit samples)",
                             minimum=0.0)
-    typicality_batch: int = option(1, "group size of the typicality test (1: the single-sample form)", minimum=1)
-    background_steps: int = option(1000, "training steps of the likelihood ratio's background flow", minimum=1)
+    score_options: ScoreOptions = option(default_factory=ScoreOptions, help="the flow scores' own options (given by "
+                                         "their own names)", flag=False)
     backbone: str = option("auto", "with `classifier`: the torchvision architecture of a plain state_dict file (auto: "
                            "flowood's classifier files say their own)", metavar="NAME")
     image_size: int | None = option(None, "with `classifier`: resize images to this before the backbone (default: "
@@ -118,9 +119,9 @@ def fit_detector(checkpoint: str | Path | None = None, out: str | Path | None = 
     if out is not None:
         check_output_file(out, is_detector_file, [checkpoint, *dataset_inputs([dataset], root)], overwrite)
     flow = loaded.flow.to(resolve_device(o.device)).eval()
-    options = {"typicality_batch": o.typicality_batch, "seed": o.seed}
+    options = {"typicality_batch": o.score_options.typicality_batch, "seed": o.seed}
     if o.score == "likelihood_ratio":
-        options["background_steps"] = o.background_steps
+        options["background_steps"] = o.score_options.background_steps
     detector = OODDetector(flow, o.score, o.fpr, o.holdout, options)
     train = load_dataset(dataset, "train", root, shape=flow.input_shape).take(o.fit_samples, seed=o.seed)
     detector.fit(fit_to_shape(train, flow.input_shape))
@@ -207,7 +208,7 @@ def _check_method(o: DetectorOptions, labels_known: bool | None = None) -> None:
     if o.method not in METHODS:
         raise ConfigError(f"unknown method {o.method!r}{closest(o.method, METHODS)}; choose from {', '.join(METHODS)}")
     if o.method == "flow":
-        check_flow_score(o.score, {"typicality_batch": o.typicality_batch})
+        check_flow_score(o.score, {"typicality_batch": o.score_options.typicality_batch})
     needs = CLASSIFIER_DETECTORS[o.method].needs if o.method in CLASSIFIER_DETECTORS else "features"
     if labels_known is False and "labels" in needs:
         raise DataError(f"the {o.method} detector needs class labels, and {o.dataset} has none; choose flow, knn, "

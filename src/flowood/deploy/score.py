@@ -1,9 +1,10 @@
 """Scoring new data file by file with a saved detector: one row per input.
 
-``flowood score`` streams files, folders, globs and ``.npz`` files through a detector (a pixel flow's, or a pipeline
-on a classifier's features: :func:`~flowood.deploy.pipeline.load_detector`) and writes one row per input (CSV or
-JSON Lines): the input's name, its anomaly score, the decision, where the score falls among the in-distribution
-calibration scores, how the input was adapted to the detector's input, and why it could not be scored.
+``flowood score`` (:func:`score_files`) streams files, folders, globs and ``.npz`` files through a detector (a pixel
+flow's, or a pipeline on a classifier's features: :func:`~flowood.deploy.pipeline.load_detector`) and writes one row
+per input (CSV or JSON Lines, :func:`write_scores`): the input's name, its anomaly score, the decision, where the
+score falls among the in-distribution calibration scores, how the input was adapted to the detector's input, and why
+it could not be scored.
 """
 
 from __future__ import annotations
@@ -11,20 +12,21 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
 from flowood.deploy.inputs import MISMATCH_POLICIES, expand_inputs, stream_batches
+from flowood.deploy.pipeline import load_detector
 from flowood.engines.backend import backend_option
-from flowood.options import ConfigError, option
-from flowood.outputs import atomic_write
+from flowood.options import ConfigError, merge_options, option
+from flowood.outputs import atomic_write, check_output_file
 from flowood.runtime import device_option
 
-__all__ = ["ScoringOptions", "score_inputs", "write_scores", "is_scores_file", "ScoreSummary", "FIELDS",
+__all__ = ["ScoringOptions", "score_files", "score_inputs", "write_scores", "is_scores_file", "ScoreSummary", "FIELDS",
            "SCORE_FORMATS"]
 
 #: the columns of every row ``flowood score`` writes.
@@ -58,23 +60,53 @@ class ScoreSummary:
     adapted: int = 0
 
 
-def score_inputs(detector: Any, inputs: list[str], batch_size: int = 256, progress: bool = True,
-                 mismatch: str = "adapt") -> Iterator[dict[str, Any]]:
+def score_files(detector: Any, inputs: list[str], out: str | Path | TextIO | None = None,
+                options: ScoringOptions | None = None, *, overwrite: bool = False, progress: bool = True,
+                **option_values: Any) -> ScoreSummary:
+    """Score ``inputs`` with a detector and write one row per input (what ``flowood score`` does).
+
+    Args:
+        detector: a detector file (or export folder) :func:`~flowood.deploy.pipeline.load_detector` reads, or a
+            fitted detector.
+        inputs: image files, folders, glob patterns, ``.npz`` files.
+        out: a ``.csv`` or ``.jsonl`` file (checked before anything is scored, written atomically), an open text
+            stream the rows go to as they come (e.g. ``sys.stdout``), or None to count them only.
+        options: a :class:`ScoringOptions` (its fields are listed there).
+        overwrite: replace a scores file flowood wrote earlier.
+        progress: show a progress bar (not while rows go to a stream).
+        **option_values: any field of :class:`ScoringOptions`, e.g. ``batch_size=64, mismatch="flag"``.
+
+    Raises:
+        OutputError: ``out`` is not a file flowood may write. DataError: an input that names nothing.
+    """
+    o = merge_options(ScoringOptions, options, option_values)
+    to_file = out is not None and not _is_stream(out)
+    if to_file:
+        sources = [detector] if isinstance(detector, (str, Path)) else []
+        check_output_file(out, is_scores_file, [*sources, *inputs], overwrite)
+    if isinstance(detector, (str, Path)):
+        detector = load_detector(detector, device=o.device, backend=o.backend)
+    return write_scores(score_inputs(detector, inputs, o, progress=progress and not _is_stream(out)), out, o.format)
+
+
+def score_inputs(detector: Any, inputs: list[str], options: ScoringOptions | None = None, *, progress: bool = True,
+                 **option_values: Any) -> Iterator[dict[str, Any]]:
     """One row per input (see :data:`FIELDS`), streamed: at most ``batch_size`` samples are in memory at once.
 
     Args:
         detector: an :class:`~flowood.ood.OODDetector` or a :class:`~flowood.deploy.pipeline.DetectorPipeline`.
         inputs: image files, folders, glob patterns, ``.npz`` files.
-        batch_size: samples scored at once.
+        options: a :class:`ScoringOptions`; ``batch_size`` (samples scored at once) and ``mismatch`` apply here.
         progress: show a progress bar.
-        mismatch: see :class:`ScoringOptions`.
+        **option_values: any field of :class:`ScoringOptions`.
 
     Inputs that cannot be read or do not fit the model give a row with ``error`` set (``decision`` is ``error``).
 
     Raises:
         DataError: an input that names nothing (checked here, before any row is made).
     """
-    batches = stream_batches(expand_inputs(inputs), detector.input_shape, batch_size, mismatch)
+    o = merge_options(ScoringOptions, options, option_values)
+    batches = stream_batches(expand_inputs(inputs), detector.input_shape, o.batch_size, o.mismatch)
     return _rows(detector, batches, progress)
 
 
@@ -114,7 +146,11 @@ def is_scores_file(path: Path) -> bool:
         return False
 
 
-def _write_rows(rows: Iterator[dict[str, Any]], f: Any, fmt: str) -> None:
+def _is_stream(out: Any) -> bool:
+    return hasattr(out, "write")
+
+
+def _write_rows(rows: Iterator[dict[str, Any]], f: TextIO, fmt: str) -> None:
     """Rows to an open text file; a terminal stream is flushed row by row, so a reader sees each as it comes."""
     writer = csv.DictWriter(f, fieldnames=FIELDS) if fmt == "csv" else None
     if writer is not None:
@@ -128,35 +164,38 @@ def _write_rows(rows: Iterator[dict[str, Any]], f: Any, fmt: str) -> None:
             f.flush()
 
 
-def write_scores(rows: Iterator[dict[str, Any]], out: str | Path | None, fmt: str | None = None,
-                 stream: Any = None) -> ScoreSummary:
-    """Write rows as CSV or JSON Lines (by ``fmt``, else by ``out``'s suffix), atomically: the file appears
-    complete once every input is scored. With ``out=None`` the rows go to ``stream`` as they come (e.g.
-    ``sys.stdout``), or are only counted.
+def write_scores(rows: Iterable[dict[str, Any]], out: str | Path | TextIO | None, fmt: str | None = None
+                 ) -> ScoreSummary:
+    """Write rows (of :data:`FIELDS`) as CSV or JSON Lines (by ``fmt``, else by ``out``'s suffix; csv) and count them.
+
+    Args:
+        rows: the rows, e.g. from :func:`score_inputs`.
+        out: a file path (written atomically: the file appears complete once every row is written), an open text
+            stream the rows go to as they come (e.g. ``sys.stdout``), or None to count them only.
+        fmt: ``csv`` or ``jsonl``.
 
     Raises:
         ConfigError: an unknown format.
     """
-    path = Path(out) if out is not None else None
+    path = Path(out) if out is not None and not _is_stream(out) else None
     fmt = fmt or ("jsonl" if path is not None and path.suffix in (".jsonl", ".json") else "csv")
     if fmt not in SCORE_FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; choose csv or jsonl")
     counts = {"rows": 0, "flagged": 0, "errors": 0, "adapted": 0}
 
-    def counted(rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    def counted(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for row in rows:
             counts["rows"] += 1
             counts["flagged"] += row["ood"] is True
             counts["errors"] += bool(row["error"])
             counts["adapted"] += bool(row["adapted"]) and not row["error"]
             yield row
-    if path is None:
-        if stream is not None:
-            _write_rows(counted(rows), stream, fmt)
-        else:
-            for _ in counted(rows):
-                pass
-    else:
+    if path is not None:
         with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             _write_rows(counted(rows), f, fmt)
+    elif out is not None:
+        _write_rows(counted(rows), out, fmt)
+    else:
+        for _ in counted(rows):
+            pass
     return ScoreSummary(counts["rows"], counts["flagged"], counts["errors"], path, counts["adapted"])

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from flowood import __version__
-from flowood.checkpoints import CLASSIFIER_FORMAT
+from flowood.checkpoints import CLASSIFIER_FORMAT, read_weights_file
 from flowood.data import ArrayDataset, adapt_images, dataset_inputs, load_dataset
 from flowood.embed.backbones import (
     IMAGENET_MEAN,
@@ -86,19 +86,33 @@ def channel_stats(images: Tensor, channels: int) -> tuple[tuple[float, ...], tup
 
 
 def fit_classifier(model: nn.Module, preprocess: Preprocess, train: ArrayDataset, test: ArrayDataset | None,
-                     epochs: int = 2, lr: float = 1e-3, batch_size: int = 128, device: str = "auto", seed: int = 0,
-                     progress: bool = True) -> float | None:
-    """Train ``model`` on the labels of ``train`` with Adam and cross-entropy; returns test accuracy."""
+                   options: EmbedOptions | None = None, *, progress: bool = True, **option_values: Any
+                   ) -> float | None:
+    """Train ``model`` on the labels of ``train`` with Adam and cross-entropy; returns test accuracy.
+
+    Args:
+        model: the classifier (a backbone with its last linear layer).
+        preprocess: the transform from uint8 images to the model's input.
+        train: labelled training images. test: labelled test images to measure accuracy on (None: not measured).
+        options: an :class:`EmbedOptions`; ``epochs``, ``lr``, ``batch_size``, ``device`` and ``seed`` apply here.
+        progress: show a progress bar.
+        **option_values: any field of :class:`EmbedOptions`, e.g. ``epochs=5``.
+
+    Raises:
+        DataError: ``train`` has no class labels.
+    """
+    o = merge_options(EmbedOptions, options, option_values)
     if train.labels is None or int(train.labels.min()) < 0:
         raise DataError(f"{train.name} has no class labels, so no classifier can be trained on it; use "
                         "`weights='DEFAULT'` (pretrained) or `weights=PATH` instead of `train_classifier`")
-    dev = resolve_device(device)
+    dev = resolve_device(o.device)
     model.to(dev).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    generator = torch.Generator().manual_seed(seed)
-    steps = epochs * ((len(train) + batch_size - 1) // batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=o.lr)
+    generator = torch.Generator().manual_seed(o.seed)
+    batch_size = o.batch_size
+    steps = o.epochs * ((len(train) + batch_size - 1) // batch_size)
     bar = tqdm(total=steps, desc="classifier", disable=not progress, unit="step")
-    for _ in range(epochs):
+    for _ in range(o.epochs):
         order = torch.randperm(len(train), generator=generator)
         for start in range(0, len(train), batch_size):
             idx = order[start:start + batch_size]
@@ -146,7 +160,6 @@ def save_classifier(path: Path, model: nn.Module, backbone: str, preprocess: Pre
 def load_classifier(path: str | Path, backbone: str) -> tuple[nn.Module, Preprocess, str]:
     """A backbone and its transform from ``--weights PATH``: a classifier written by flowood, or a
     plain torchvision ``state_dict`` of ``backbone`` (then ImageNet's transform is used)."""
-    from flowood.checkpoints import read_weights_file
 
     path = Path(path)
     payload = read_weights_file(path, what="weights file")
@@ -335,8 +348,7 @@ def _train_embedder(train: ArrayDataset, test: ArrayDataset, o: EmbedOptions, pr
     if enum is not None:
         mean, std = tuple(enum.transforms().mean), tuple(enum.transforms().std)
     preprocess = Preprocess(channels=channels, size=o.image_size, mean=mean, std=std)
-    accuracy = fit_classifier(model, preprocess, train, test, o.epochs, o.lr, o.batch_size, o.device, o.seed,
-                              progress)
+    accuracy = fit_classifier(model, preprocess, train, test, o, progress=progress)
     return Embedder(model, preprocess, o.backbone, o.weights or "trained here", accuracy)
 
 

@@ -61,7 +61,7 @@ from flowood.ood.classifier import (
 )
 from flowood.ood.density import as_density, is_exported_flow, is_flowood_flow
 from flowood.ood.metrics import ood_metrics
-from flowood.ood.scores import DEFAULT_SCORES, SCORE_NAMES, make_score, score_bits_per_dim
+from flowood.ood.scores import DEFAULT_SCORES, SCORE_NAMES, ScoreOptions, make_score, score_bits_per_dim
 from flowood.options import ConfigError, merge_options, option, to_mapping
 from flowood.outputs import atomic_write, open_output_folder, write_text_atomic
 from flowood.runtime import (
@@ -100,8 +100,8 @@ class EvaluateOptions:
                                         metavar="CKPT")
     background: str | None = option(None, "background flow for likelihood_ratio (default: train one on perturbed "
                                     "inputs)", metavar="CKPT")
-    background_steps: int = option(1000, "training steps of the perturbation background flow", minimum=1)
-    typicality_batch: int = option(1, "group size of the typicality test (1: the single-sample form)", minimum=1)
+    score_options: ScoreOptions = option(default_factory=ScoreOptions, help="the flow scores' own options (given by "
+                                         "their own names)", flag=False)
     fit_samples: int = option(10000, "in-distribution training samples for the scores that fit", minimum=1)
     compile: bool = option(False, "score through torch.compile: the same numbers, faster on large sets after a "
                            "slow first batch")
@@ -423,9 +423,8 @@ def compute_scores(plan: EvaluationPlan, data: dict[str, torch.Tensor], info: di
     cache: dict = {}  # likelihoods shared by the scores that need them
     train_data = None
     for score_name in tqdm(plan.scores, desc="scores", unit="score", disable=not progress):
-        scorer = make_score(score_name, flow, ensemble=ensemble, background=background,
-                            typicality_batch=o.typicality_batch, background_steps=o.background_steps,
-                            batch_size=o.batch_size, seed=o.seed, progress=progress, cache=cache)
+        scorer = make_score(score_name, flow, o.score_options, ensemble=ensemble, background=background, cache=cache,
+                            progress=progress, batch_size=o.batch_size, seed=o.seed)
         if scorer.needs_fit and not scorer.fitted:
             if train_data is None:
                 train_set = load_dataset(plan.sets[0], "train", plan.root, shape=flow.input_shape)
@@ -490,10 +489,11 @@ def _provenance(plan: EvaluationPlan, device: torch.device, scored: ScoredSets) 
         platform=platform.platform(), device=str(device), precision=o.precision, seed=o.seed,
         backend=o.backend, engine_parity=getattr(loaded.flow, "parity", None),
         max_samples=o.max_samples, dequantization="uniform noise from a generator seeded with `seed`",
-        data_root=str(plan.root) if plan.root else None, typicality_batch=o.typicality_batch,
+        data_root=str(plan.root) if plan.root else None, typicality_batch=o.score_options.typicality_batch,
         fit_samples=o.fit_samples if scored.fit_samples else 0, ensemble=[str(p) for p in o.ensemble or []],
         background=str(o.background) if o.background else None,
-        background_steps=o.background_steps if "likelihood_ratio" in scored.values and not o.background else None,
+        background_steps=(o.score_options.background_steps if "likelihood_ratio" in scored.values
+                          and not o.background else None),
         options=to_mapping(o),
     )
 

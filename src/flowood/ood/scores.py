@@ -12,14 +12,32 @@ training data (a no-op otherwise); ``score.score(x)`` returns one number per inp
 * ``latent_last_scale`` / ``latent_early_scales``, :class:`ScaleLikelihood`: Kirichenko et al. 2020 Sec. 5;
   Schirrmeister et al. 2020.
 * ``waic``, :class:`WAIC`: Choi et al. 2018.
+
+Scores are found by name in one table (:data:`SCORES`): :func:`make_score` builds any of them from one
+:class:`ScoreSettings`, and the commands' choices and help derive from the table's names. A score of your own is a
+subclass of :class:`OODScore` and one :func:`register_score` line; ``make_score``, ``evaluate(scores=[...])`` and
+:class:`~flowood.ood.OODDetector` then know it by its name.
+
+Example:
+    >>> from flowood.flows import RealNVP
+    >>> class Brightness(OODScore):  # the mean pixel value: a (poor) score of one's own
+    ...     name = "brightness"
+    ...     def score(self, x):
+    ...         return x.float().mean(dim=(1, 2, 3)).numpy()
+    >>> register_score("brightness", Brightness)
+    >>> flow = RealNVP((1, 8, 8), num_blocks=1, num_mid_channels=4)
+    >>> make_score("brightness", flow).score(torch.zeros(2, 1, 8, 8, dtype=torch.uint8)).tolist()
+    [0.0, 0.0]
+    >>> entry = SCORES.pop("brightness")  # the example leaves the table as it was
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -28,11 +46,51 @@ from torch import Tensor, nn
 from flowood.errors import InputError, ModelError, closest
 from flowood.flows import FlowModel, build_flow
 from flowood.ood.density import as_density, is_exported_flow, is_flowood_flow
-from flowood.options import ConfigError
+from flowood.options import ConfigError, merge_options, option
+from flowood.runtime import seed_option
 
 __all__ = ["OODScore", "NegativeLogLikelihood", "LikelihoodRatio", "ComplexityCorrected", "Typicality",
-           "ScaleLikelihood", "WAIC", "make_score", "SCORE_NAMES", "DEFAULT_SCORES", "compressed_bits_per_dim",
-           "perturb_pixels", "fit_flow", "score_bits_per_dim"]
+           "ScaleLikelihood", "WAIC", "make_score", "register_score", "ScoreOptions", "ScoreSettings", "ScoreContext",
+           "ScoreEntry", "SCORES", "SCORE_NAMES", "DEFAULT_SCORES", "compressed_bits_per_dim", "perturb_pixels",
+           "fit_flow", "score_bits_per_dim"]
+
+
+@dataclass
+class ScoreOptions:
+    """The flow scores' own options, each defined here once: ``flowood evaluate`` and ``flowood detector fit`` nest
+    this class (:class:`~flowood.evaluation.EvaluateOptions`, :class:`~flowood.deploy.DetectorOptions`), and their
+    flags are these names (``--typicality_batch``)."""
+
+    typicality_batch: int = option(1, "group size of the typicality test (1: the single-sample form)", minimum=1)
+    background_steps: int = option(1000, "training steps of likelihood_ratio's background flow (trained on perturbed "
+                                   "inputs)", minimum=1)
+
+
+@dataclass
+class ScoreSettings(ScoreOptions):
+    """Everything :func:`make_score` builds a score with: the :class:`ScoreOptions`, how likelihoods are computed
+    (the commands set ``batch_size`` and ``seed`` from their own options) and how a background flow is trained."""
+
+    batch_size: int = option(512, "samples per forward pass", minimum=1)
+    seed: int = seed_option()
+    noise: str = option("uniform", "dequantization of 8-bit images: uniform (noise from a generator seeded with "
+                        "`seed`) or center (the middle of each bin: an input scores the same in any batch)",
+                        choices=("uniform", "center"))
+    perturbation_rate: float = option(0.2, "share of pixels replaced by noise in the background flow's training "
+                                      "inputs (Ren et al.'s mu; 0.1-0.3 in their experiments)", minimum=0.0)
+    background_lr: float = option(1e-3, "learning rate of the background flow", minimum=0.0)
+    background_batch_size: int = option(64, "batch size of the background flow's training", minimum=1)
+
+
+@dataclass
+class ScoreContext:
+    """What a score is built with besides its settings: the ensemble's other flows (``waic``), a background flow
+    (``likelihood_ratio``), the likelihood cache shared by scores of one evaluation, and whether to show progress."""
+
+    ensemble: list[Any] = field(default_factory=list)
+    background: Any = None
+    cache: dict | None = None
+    progress: bool = True
 
 
 def _batches(x: Tensor, batch_size: int) -> Iterable[Tensor]:
@@ -80,12 +138,15 @@ class OODScore:
     Attributes:
         name: the score's name in metrics.json and on the command line.
         needs_fit: whether :meth:`fit` must see in-distribution training data first.
-        needs_training: whether :meth:`fit` trains a model (so it is not computed by default).
+        needs_training: whether :meth:`fit` trains a model.
+        by_default: whether ``flowood evaluate`` computes it when no scores are named (not for scores that train a
+            model or need more models).
     """
 
     name = "score"
     needs_fit = False
     needs_training = False
+    by_default: ClassVar[bool] = True
 
     def __init__(self, flow: FlowModel, batch_size: int = 512, seed: int = 0, cache: dict | None = None,
                  noise: str = "uniform") -> None:
@@ -95,6 +156,14 @@ class OODScore:
         self.fitted = not self.needs_fit
         self.cache = cache
         self.noise = noise  # dequantization of 8-bit images: "uniform" (seeded), or "center" (the same per input)
+
+    @classmethod
+    def from_settings(cls, flow: FlowModel, settings: ScoreSettings, context: ScoreContext, **params: Any
+                      ) -> OODScore:
+        """The score made from :func:`make_score`'s settings and context; ``params`` are those its registry entry
+        fixes (e.g. ``codec="jp2"``). A subclass that takes other parameters says here which it takes."""
+        return cls(flow, batch_size=settings.batch_size, seed=settings.seed, cache=context.cache, noise=settings.noise,
+                   **params)
 
     def _bpd(self, x: Tensor, flow: FlowModel | None = None) -> np.ndarray:
         """Bits/dim of ``x`` under ``flow`` (default: the score's flow), shared through ``cache`` if one was given.
@@ -203,10 +272,12 @@ class LikelihoodRatio(OODScore):
     Args:
         flow: the in-distribution flow.
         background: a trained background flow with the same input shape, or None.
-        perturbation_rate: Ren et al.'s mu (0.1-0.3 in their experiments).
-        steps: training steps of the perturbation background flow.
-        lr: its learning rate.
-        train_batch_size: its batch size.
+        settings: a :class:`ScoreSettings`: ``background_steps``, ``perturbation_rate`` (Ren et al.'s mu),
+            ``background_lr`` and ``background_batch_size`` say how the background flow is trained; ``batch_size``,
+            ``seed`` and ``noise`` how likelihoods are computed.
+        progress: show the background flow's training progress.
+        cache: a dict of likelihoods shared with the other scores of one evaluation.
+        **option_values: any field of :class:`ScoreSettings`, e.g. ``background_steps=2000``.
 
     References:
         Ren et al. Likelihood Ratios for Out-of-Distribution Detection. NeurIPS 2019.
@@ -218,13 +289,16 @@ class LikelihoodRatio(OODScore):
     needs_fit = True
     needs_training = True
 
-    def __init__(self, flow: FlowModel, background: FlowModel | None = None, perturbation_rate: float = 0.2,
-                 steps: int = 1000, lr: float = 1e-3, train_batch_size: int = 64, batch_size: int = 512,
-                 seed: int = 0, progress: bool = True, cache: dict | None = None, noise: str = "uniform") -> None:
-        super().__init__(flow, batch_size, seed, cache, noise)
+    by_default = False
+
+    def __init__(self, flow: FlowModel, background: FlowModel | None = None, settings: ScoreSettings | None = None,
+                 *, progress: bool = True, cache: dict | None = None, **option_values: Any) -> None:
+        o = merge_options(ScoreSettings, settings, option_values)
+        super().__init__(flow, o.batch_size, o.seed, cache, o.noise)
         self.background = background
-        self.perturbation_rate = perturbation_rate
-        self.steps, self.lr, self.train_batch_size, self.progress = steps, lr, train_batch_size, progress
+        self.perturbation_rate = o.perturbation_rate
+        self.steps, self.lr, self.train_batch_size, self.progress = (o.background_steps, o.background_lr,
+                                                                     o.background_batch_size, progress)
         if background is not None:
             if background.input_shape not in (None, flow.input_shape):
                 raise ModelError(f"background flow takes {background.input_shape}, the flow {flow.input_shape}")
@@ -232,6 +306,11 @@ class LikelihoodRatio(OODScore):
         elif not (is_flowood_flow(flow) or is_exported_flow(flow)):
             raise ConfigError("the likelihood ratio needs a `background` model for a density that is not a flowood "
                               "flow (flowood trains background copies of its own flows only)")
+
+    @classmethod
+    def from_settings(cls, flow: FlowModel, settings: ScoreSettings, context: ScoreContext, **params: Any
+                      ) -> LikelihoodRatio:
+        return cls(flow, context.background, settings, progress=context.progress, cache=context.cache, **params)
 
     def fit(self, train: Tensor) -> LikelihoodRatio:
         if self.background is None:
@@ -349,6 +428,12 @@ class Typicality(OODScore):
         if batch_size > 1:
             self.name = f"typicality_batch{batch_size}"
 
+    @classmethod
+    def from_settings(cls, flow: FlowModel, settings: ScoreSettings, context: ScoreContext, **params: Any
+                      ) -> Typicality:
+        return cls(flow, settings.typicality_batch, scoring_batch_size=settings.batch_size, seed=settings.seed,
+                   cache=context.cache, noise=settings.noise, **params)
+
     def fitted_state(self) -> dict[str, Any]:
         self._require_fit()
         return {"entropy": self.entropy}
@@ -403,6 +488,11 @@ class ScaleLikelihood(OODScore):
         self.which = which
         self.name = f"latent_{which}_scale" + ("s" if which == "early" else "")
 
+    @classmethod
+    def from_settings(cls, flow: FlowModel, settings: ScoreSettings, context: ScoreContext, **params: Any
+                      ) -> ScaleLikelihood:
+        return cls(flow, batch_size=settings.batch_size, seed=settings.seed, noise=settings.noise, **params)
+
     @torch.inference_mode()
     def score(self, x: Tensor) -> np.ndarray:
         self.flow.eval()
@@ -432,6 +522,7 @@ class WAIC(OODScore):
     """
 
     name = "waic"
+    by_default = False
 
     def __init__(self, flows: list[FlowModel], batch_size: int = 512, seed: int = 0, cache: dict | None = None,
                  noise: str = "uniform") -> None:
@@ -443,6 +534,13 @@ class WAIC(OODScore):
         super().__init__(flows[0], batch_size, seed, cache, noise)
         self.flows = flows
 
+    @classmethod
+    def from_settings(cls, flow: FlowModel, settings: ScoreSettings, context: ScoreContext, **params: Any) -> WAIC:
+        if not context.ensemble:
+            raise ConfigError("the waic score needs an ensemble: pass `ensemble=[checkpoint, ...]`")
+        return cls([flow, *context.ensemble], settings.batch_size, settings.seed, context.cache, settings.noise,
+                   **params)
+
     def score(self, x: Tensor) -> np.ndarray:
         bpd = np.stack([self._bpd(x, f) for f in self.flows])
         log_p = -bpd  # log-likelihood in bits per dim, up to the shared factor D ln 2
@@ -452,40 +550,100 @@ class WAIC(OODScore):
         return -waic
 
 
-#: every score that needs no extra model, computed by ``flowood evaluate`` by default.
-DEFAULT_SCORES = ("likelihood", "complexity", "complexity_jp2", "typicality", "latent_last_scale",
-                  "latent_early_scales")
-SCORE_NAMES = DEFAULT_SCORES + ("likelihood_ratio", "waic")
+@dataclass(frozen=True)
+class ScoreEntry:
+    """A score in the table :data:`SCORES`: its class, and the parameters its name fixes (``complexity_jp2`` is
+    :class:`ComplexityCorrected` with ``codec="jp2"``)."""
+
+    cls: type[OODScore]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def build(self, flow: FlowModel, settings: ScoreSettings, context: ScoreContext) -> OODScore:
+        """The score, made as its class says (:meth:`OODScore.from_settings`)."""
+        return self.cls.from_settings(flow, settings, context, **self.params)
 
 
-def make_score(name: str, flow: FlowModel, ensemble: list[FlowModel] | None = None,
-               background: FlowModel | None = None, typicality_batch: int = 1, background_steps: int = 1000,
-               batch_size: int = 512, seed: int = 0, progress: bool = True, cache: dict | None = None,
-               noise: str = "uniform") -> OODScore:
-    """Build a score by name (see :data:`SCORE_NAMES`); scores given the same ``cache`` share likelihoods.
+#: every score by name: :func:`make_score`, the commands' choices and help, and the docs derive from it.
+SCORES: dict[str, ScoreEntry] = {}
 
-    ``flow``, ``ensemble`` and ``background`` may be flowood flows or any density (see :mod:`flowood.ood.density`).
+
+def register_score(name: str, cls: type[OODScore], **params: Any) -> None:
+    """Make the score ``cls`` known by ``name`` (to :func:`make_score`, ``evaluate(scores=[...])``, detectors).
+
+    Args:
+        name: its name; a name already in the table is replaced.
+        cls: a subclass of :class:`OODScore` (its :meth:`~OODScore.from_settings` says what it takes).
+        **params: parameters of ``cls`` that this name fixes, e.g. ``codec="jp2"``.
     """
+    if not (isinstance(cls, type) and issubclass(cls, OODScore)):
+        raise ConfigError(f"a score is a subclass of OODScore, got {cls!r}")
+    SCORES[name] = ScoreEntry(cls, dict(params))
+
+
+class _RegisteredNames(Sequence[str]):
+    """Names in :data:`SCORES` (those ``keep`` accepts), read when used: a score registered later is in it."""
+
+    def __init__(self, keep: Callable[[ScoreEntry], bool]) -> None:
+        self.keep = keep
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(name for name, entry in SCORES.items() if self.keep(entry))
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._names()[index]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(self._names())
+
+    def __repr__(self) -> str:
+        return repr(self._names())
+
+
+register_score("likelihood", NegativeLogLikelihood)
+register_score("complexity", ComplexityCorrected, codec="png")
+register_score("complexity_jp2", ComplexityCorrected, codec="jp2")
+register_score("typicality", Typicality)
+register_score("latent_last_scale", ScaleLikelihood, which="last")
+register_score("latent_early_scales", ScaleLikelihood, which="early")
+register_score("likelihood_ratio", LikelihoodRatio)
+register_score("waic", WAIC)
+
+#: every score's name, in the table's order.
+SCORE_NAMES: Sequence[str] = _RegisteredNames(lambda entry: True)
+#: the scores ``flowood evaluate`` computes when none are named: those that need no extra model.
+DEFAULT_SCORES: Sequence[str] = _RegisteredNames(lambda entry: entry.cls.by_default)
+
+
+def make_score(name: str, flow: Any, options: ScoreOptions | None = None, *, ensemble: list[Any] | None = None,
+               background: Any = None, cache: dict | None = None, progress: bool = True, **option_values: Any
+               ) -> OODScore:
+    """Build a score by name (see :data:`SCORES`).
+
+    Args:
+        name: a name in :data:`SCORE_NAMES`.
+        flow: a flowood flow or any density (see :mod:`flowood.ood.density`).
+        options: a :class:`ScoreOptions` (e.g. an evaluation's ``score_options``) or :class:`ScoreSettings`.
+        ensemble: more flows trained on the same data (``waic``); densities as ``flow``.
+        background: a trained background flow (``likelihood_ratio``; None: one is trained by ``fit``).
+        cache: a dict shared by several scores: each likelihood is computed once.
+        progress: show progress (a background flow's training).
+        **option_values: any field of :class:`ScoreSettings`, e.g. ``typicality_batch=4, seed=1``.
+
+    Raises:
+        ConfigError: an unknown name (with the closest one) or option, or a score that cannot work with this model.
+    """
+    entry = SCORES.get(name)
+    if entry is None:
+        raise ConfigError(f"unknown score {name!r}{closest(name, SCORES)}; choose from {', '.join(SCORES)}")
+    settings = merge_options(ScoreSettings, options, option_values)
     flow = as_density(flow)
-    ensemble = [as_density(f, flow.input_shape) for f in ensemble or []]
-    background = as_density(background, flow.input_shape) if background is not None else None
-    common = dict(batch_size=batch_size, seed=seed, cache=cache, noise=noise)
-    if name == "likelihood":
-        return NegativeLogLikelihood(flow, **common)
-    if name == "complexity":
-        return ComplexityCorrected(flow, "png", **common)
-    if name == "complexity_jp2":
-        return ComplexityCorrected(flow, "jp2", **common)
-    if name == "typicality":
-        return Typicality(flow, typicality_batch, scoring_batch_size=batch_size, seed=seed, cache=cache, noise=noise)
-    if name == "latent_last_scale":
-        return ScaleLikelihood(flow, "last", batch_size, seed, noise)
-    if name == "latent_early_scales":
-        return ScaleLikelihood(flow, "early", batch_size, seed, noise)
-    if name == "likelihood_ratio":
-        return LikelihoodRatio(flow, background, steps=background_steps, progress=progress, **common)
-    if name == "waic":
-        if not ensemble:
-            raise ConfigError("the waic score needs an ensemble: pass `ensemble=[checkpoint, ...]`")
-        return WAIC([flow, *ensemble], **common)
-    raise ConfigError(f"unknown score {name!r}{closest(name, SCORE_NAMES)}; choose from {', '.join(SCORE_NAMES)}")
+    context = ScoreContext([as_density(f, flow.input_shape) for f in ensemble or []],
+                           as_density(background, flow.input_shape) if background is not None else None,
+                           cache, progress)
+    return entry.build(flow, settings, context)

@@ -17,17 +17,26 @@ from typing import Any
 
 import torch
 
+from flowood.checkpoints import load_flow
 from flowood.data import DatasetNotFoundError, load_dataset
 from flowood.data import data_root as default_data_root
+from flowood.embed import embed
+from flowood.evaluation import evaluate
 from flowood.flows.config import ConfigError
-from flowood.options import from_mapping, option
+from flowood.inspect.run import inspect_flow, parse_image_spec
+from flowood.options import merge_options, option
 from flowood.outputs import open_output_folder, remove_output_folder, write_text_atomic
 from flowood.reproduce.aggregate import overall_status
 from flowood.reproduce.experiments import SCALES, Experiment, default_config_dir, load_experiments, run_folder
 from flowood.reproduce.report import write_results
 from flowood.runtime import data_root_option
+from flowood.training import load_config, train
 
-__all__ = ["reproduce", "ReproduceOptions", "ReproduceResult", "machine_description", "run_seeds", "seeded"]
+__all__ = ["reproduce", "ReproduceOptions", "ReproduceResult", "machine_description", "run_seeds", "seeded",
+           "default_out", "DEFAULT_OUT"]
+
+#: where :func:`reproduce` writes when no ``out`` is given (SUITE and SCALE: the options').
+DEFAULT_OUT = "runs/reproduce/SUITE-SCALE"
 
 
 @dataclass
@@ -160,8 +169,6 @@ def _run_one(run: Stage) -> None:
 
 def _embed_stage(run: Stage, ood: list[str]) -> list[str]:
     """Embeddings of the in-distribution and OOD sets; returns the OOD sets as ``npz:`` names."""
-    from flowood.embed import embed
-
     if "embed" not in run.done:
         values = dict(run.exp.embed)
         dataset = values.pop("dataset")
@@ -178,8 +185,6 @@ def _embed_stage(run: Stage, ood: list[str]) -> list[str]:
 
 def _train_stage(run: Stage, train_values: dict[str, Any]) -> Path:
     """Train (or resume an interrupted training); returns the final checkpoint."""
-    from flowood.training import load_config, train
-
     checkpoint = run.folder / "train" / "checkpoints" / "last.ckpt"
     if "train" not in run.done:
         train_values.setdefault("checkpoint_every_n_steps", 200)
@@ -194,8 +199,6 @@ def _train_stage(run: Stage, train_values: dict[str, Any]) -> Path:
 
 
 def _evaluate_stage(run: Stage, checkpoint: Path, ood: list[str]) -> None:
-    from flowood.evaluation import evaluate
-
     if "evaluate" in run.done:
         return
     run.say(f"{run.label}: evaluating against {', '.join(ood) or 'nothing'}")
@@ -212,9 +215,6 @@ def _evaluate_stage(run: Stage, checkpoint: Path, ood: list[str]) -> None:
 
 
 def _inspect_stage(run: Stage, checkpoint: Path) -> None:
-    from flowood.checkpoints import load_flow
-    from flowood.inspect.run import inspect_flow, parse_image_spec
-
     if "inspect" in run.done:
         return
     loaded = load_flow(checkpoint)
@@ -233,9 +233,13 @@ def _inspect_stage(run: Stage, checkpoint: Path) -> None:
     run.save()
 
 
-def reproduce(suite: str = "all", scale: str = "cpu", out: str | Path = "runs/reproduce",
-              config_dir: str | Path | None = None, only: list[str] | None = None, data_root: str | None = None, *,
-              seeds: int = 1, progress: bool = False, say: Callable[[str], None] = print) -> ReproduceResult:
+def default_out(options: ReproduceOptions) -> Path:
+    """The folder :func:`reproduce` writes to when no ``out`` is given: :data:`DEFAULT_OUT` for these options."""
+    return Path(DEFAULT_OUT.replace("SUITE", options.suite).replace("SCALE", options.scale))
+
+
+def reproduce(out: str | Path | None = None, options: ReproduceOptions | None = None, *, progress: bool = False,
+              say: Callable[[str], None] = print, **option_values: Any) -> ReproduceResult:
     """Run every experiment of ``suite`` at ``scale``, ``seeds`` times each; rerunning the same command resumes.
 
     Each run keeps a ``status.json`` (stages done and their numbers) in ``OUT/NAME`` (one seed) or
@@ -243,10 +247,20 @@ def reproduce(suite: str = "all", scale: str = "cpu", out: str | Path = "runs/re
     interrupted training continues from its last checkpoint, and a run whose configuration changed since is
     started again. ``results.md``, ``results.html`` and ``results.json`` (every metric as mean ± sd over the
     seeds, with each seed's value) are rewritten after every run.
+
+    Args:
+        out: the output folder (default: :func:`default_out`, ``runs/reproduce/SUITE-SCALE``).
+        options: a :class:`ReproduceOptions` (its fields are listed there).
+        progress: show progress bars.
+        say: where each line of progress goes (default: print).
+        **option_values: any field of :class:`ReproduceOptions`, e.g. ``suite="mini", scale="smoke", seeds=3``.
+
+    Raises:
+        ConfigError: an unknown suite, scale, experiment or option. OutputError: ``out`` cannot be written.
     """
     start = time.time()
-    o = from_mapping(ReproduceOptions, {"suite": suite, "scale": scale, "configs": config_dir, "only": only,
-                                        "data_root": data_root, "seeds": seeds})
+    o = merge_options(ReproduceOptions, options, option_values)
+    out = Path(out) if out is not None else default_out(o)
     experiments = load_experiments(o.configs, o.scale, o.suite, o.only)
     folder_inputs = [o.configs or default_config_dir(), default_data_root(o.data_root)]
     with open_output_folder(out, "reproduce", folder_inputs, resume=True) as folder:

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from flowood.checkpoints import CheckpointError, load_flow
 from flowood.data import dataset_inputs, fit_to_shape, load_dataset
 from flowood.flows.layers import set_standardization
-from flowood.options import ConfigError
+from flowood.options import ConfigError, merge_options
 from flowood.outputs import OutputExistsError, OutputFolder, open_output_folder, write_text_atomic
 from flowood.runtime import CoreShare, lightning_accelerator, lightning_precision
 from flowood.training.callbacks import (
@@ -89,20 +89,23 @@ def _open_out(config: TrainConfig, resume_path: Path | None, overwrite: bool, in
     return open_output_folder(out, "train", inputs, overwrite=overwrite, resume=continues)
 
 
-def train(config: TrainConfig, resume: str | bool | None = None, overwrite: bool = False,
-          progress: bool = True, inputs: Iterable[str | Path] = ()) -> TrainResult:
+def train(config: TrainConfig | None = None, *, resume: str | bool | None = None, overwrite: bool = False,
+          progress: bool = True, inputs: Iterable[str | Path] = (), **option_values: Any) -> TrainResult:
     """Train a flow as ``config`` says and write everything under ``config.out``.
 
     Writes ``config.yaml``, ``checkpoints/last.ckpt`` (and ``epoch=N.ckpt`` every ``save_freq``
     epochs), TensorBoard and CSV logs under ``logs/``, and ``train_summary.json``.
 
     Args:
-        config: the checked training configuration.
+        config: the checked training configuration (:func:`~flowood.training.load_config` reads one from YAML);
+            None: the defaults.
         resume: True to continue from ``out/checkpoints/last.ckpt``, or a checkpoint path.
         overwrite: replace an earlier run in ``config.out`` (only the files that run wrote are removed;
             see :func:`flowood.outputs.open_output_folder` for the folders flowood refuses to write into).
         progress: show Lightning's progress bar.
         inputs: further files the run reads (e.g. its YAML config), which the output folder must not hold.
+        **option_values: any option of :class:`~flowood.training.TrainConfig` (flat architecture names too), applied
+            to ``config`` and checked, e.g. ``out="runs/t", max_steps=100``.
 
     Raises:
         OutputError: ``config.out`` is unsafe, not writable, holds an earlier run (without ``overwrite`` or
@@ -110,6 +113,8 @@ def train(config: TrainConfig, resume: str | bool | None = None, overwrite: bool
         CheckpointError: the checkpoint to resume from is missing or unreadable.
     """
     start = time.time()
+    if config is None or option_values:
+        config = merge_options(TrainConfig, config, option_values).check()
     out = Path(config.out)
     resume_path = _resume_checkpoint(out, resume)
     folder = _open_out(config, resume_path, overwrite, inputs)
