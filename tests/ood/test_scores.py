@@ -223,7 +223,7 @@ def test_a_score_of_ones_own_is_a_class_and_a_registry_line(mean_intensity, fitt
     ckpt = tiny_checkpoint(tmp_path / "f.pt")
     result = evaluate(ckpt, ["noise"], scores=["likelihood", mean_intensity], max_samples=50, fit_samples=50,
                       progress=False)
-    assert result.metrics["scores_computed"] == ["likelihood", mean_intensity]
+    assert result.metrics.scores_computed == ["likelihood", mean_intensity]
     assert result.score_values[mean_intensity]["noise"].shape == (50,)
 
 
