@@ -59,3 +59,19 @@ def test_one_vocabulary_for_devices_and_precision():
     assert resolve_device("cpu").type == "cpu" and lightning_accelerator("cpu", "2") == ("cpu", 2)
     with pytest.raises(DeviceError, match="unknown device"):
         resolve_device("tpu7")
+
+
+def test_a_help_line_can_list_names_as_they_are_when_read():
+    """A help line given as a function is written when read, so a registry's later entries are listed."""
+    from dataclasses import dataclass, fields
+
+    from flowood.options import option, option_info
+
+    names = ["a"]
+
+    @dataclass
+    class Listed:
+        pick: str = option("a", lambda: f"one of {', '.join(names)}")
+
+    names.append("b")
+    assert option_info(fields(Listed)[0]).help == "one of a, b"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Union
 
@@ -42,7 +43,8 @@ class OptionInfo:
     """What an option is, beyond its dataclass field.
 
     Attributes:
-        help: one line for ``--help`` and the docs.
+        text: one line for ``--help`` and the docs, or a function that writes it when it is read (a line that
+            lists a registry's names, which may grow after the option is defined); :attr:`help` reads it.
         choices: the valid values (None: any value of the type).
         aliases: other names accepted in YAML and as flags (older spellings, the original scripts' names).
         value_aliases: other spellings of values, mapped to the canonical ones (e.g. ``"32-true"`` -> ``"fp32"``).
@@ -51,7 +53,7 @@ class OptionInfo:
         minimum: the smallest valid value of a number.
     """
 
-    help: str
+    text: str | Callable[[], str]
     choices: tuple[Any, ...] | None = None
     aliases: tuple[str, ...] = ()
     value_aliases: dict[str, Any] | None = None
@@ -59,11 +61,17 @@ class OptionInfo:
     flag: bool = True
     minimum: float | None = None
 
+    @property
+    def help(self) -> str:
+        """The help line as it reads now."""
+        return self.text() if callable(self.text) else self.text
 
-def option(default: Any = MISSING, help: str = "", *, choices: tuple[Any, ...] | None = None,
+
+def option(default: Any = MISSING, help: str | Callable[[], str] = "", *, choices: tuple[Any, ...] | None = None,
            aliases: tuple[str, ...] = (), value_aliases: dict[str, Any] | None = None, metavar: str | None = None,
            flag: bool = True, minimum: float | None = None, default_factory: Any = MISSING) -> Any:
-    """A dataclass field that carries its :class:`OptionInfo` (see the module docstring)."""
+    """A dataclass field that carries its :class:`OptionInfo` (see the module docstring); ``help`` is a line, or a
+    function that writes it when it is read."""
     info = OptionInfo(help, tuple(choices) if choices is not None else None, tuple(aliases), value_aliases, metavar,
                       flag, minimum)
     if default_factory is not MISSING:

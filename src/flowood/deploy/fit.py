@@ -58,8 +58,8 @@ __all__ = ["DetectorOptions", "fit_detector", "fit_pipeline", "split_fit_calibra
 class DetectorOptions:
     """How ``flowood detector fit`` builds a detector: every field is an option."""
 
-    method: str | None = option(None, "with `classifier`: the detector on its features: flow (a flow on the "
-                                f"features) or a classifier-based detector ({', '.join(CLASSIFIER_DETECTORS)}) "
+    method: str | None = option(None, lambda: "with `classifier`: the detector on its features: flow (a flow on "
+                                f"the features) or a classifier-based detector ({', '.join(CLASSIFIER_DETECTORS)}) "
                                 "(default: mahalanobis; for select: the best on the validation sets)",
                                 metavar="METHOD")
     score: str = option("likelihood", "the flow's OOD score (`flowood evaluate` lists them; a flow on features "

@@ -66,7 +66,7 @@ class SelectOptions:
 
     detector: DetectorOptions = option(default_factory=DetectorOptions, help="how each candidate is fitted (their "
                                        "options are given by their own names)", flag=False)
-    candidates: list[str] | None = option(None, "detectors to compare: classifier-based names "
+    candidates: list[str] | None = option(None, lambda: "detectors to compare: classifier-based names "
                                           f"({', '.join(CLASSIFIER_DETECTORS)}), flow:SCORE (a flow on the features), "
                                           "pixel:SCORE (the scores of the pixel flow given as `checkpoint`) "
                                           "(default: every one available)", metavar="NAME")

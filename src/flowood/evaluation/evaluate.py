@@ -87,8 +87,8 @@ class EvaluateOptions:
     dataset: str | None = option(None, "in-distribution set (default: the one the checkpoint was trained on)",
                                  metavar="NAME")
     data_root: str | None = data_root_option()
-    scores: list[str] | None = option(None, "scores to compute (default: every score that needs no extra model): "
-                                      f"{', '.join(SCORE_NAMES)}", metavar="SCORE")
+    scores: list[str] | None = option(None, lambda: "scores to compute (default: every score that needs no extra "
+                                      f"model): {', '.join(SCORE_NAMES)}", metavar="SCORE")
     max_samples: int | None = option(None, "score at most this many samples of each set (a seeded random subset)",
                                      minimum=1)
     batch_size: int = option(512, "samples per forward pass", minimum=1)
@@ -109,8 +109,8 @@ class EvaluateOptions:
                                    "scored on its in-distribution test list and every near- and far-OOD set; results "
                                    "are grouped near/far as OpenOOD reports them", metavar="NAME")
     backend: str = backend_option()
-    detectors: list[str] | None = option(None, "classifier-based detectors (pytorch-ood) beside the flow's scores, for "
-                                         "a flow on embeddings from `flowood embed`: "
+    detectors: list[str] | None = option(None, lambda: "classifier-based detectors (pytorch-ood) beside the flow's "
+                                         "scores, for a flow on embeddings from `flowood embed`: "
                                          f"{', '.join(CLASSIFIER_DETECTORS)}, or none (default: every one the "
                                          "embeddings allow)", metavar="DETECTOR")
 

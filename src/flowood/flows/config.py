@@ -52,10 +52,10 @@ class FlowConfig:
     num_coupling_layers_per_scale: int | None = option(
         None, "RealNVP: spatial-mask couplings per scale (default 3, and 4 at the last scale, as Dinh et al.); "
               "Glow: steps per scale (default 8)")
-    st_type: str | None = option(None, "st-network of an image flow, by the original code's names, then flowood's "
-                                 f"own: {', '.join(image_st_types())} (default: resnet for "
-                                 "RealNVP, glow_convnet for Glow)")
-    mask: str | None = option(None, "coupling mask of an image flow: "
+    st_type: str | None = option(None, lambda: "st-network of an image flow, by the original code's names, then "
+                                 f"flowood's own: {', '.join(image_st_types())} (default: resnet for RealNVP, "
+                                 "glow_convnet for Glow)")
+    mask: str | None = option(None, lambda: "coupling mask of an image flow: "
                               f"{', '.join(spatial_mask_kinds())}; Glow also channel (its default). "
                               "checkerboard_packed computes checkerboard's pixels on half-width tensors: faster, not "
                               "the paper's model")
