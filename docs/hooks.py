@@ -55,6 +55,7 @@ def _variant_sections() -> list[tuple[str, str, tuple[str, ...], list[tuple[str,
     from flowood.data.prefixes import PREFIXES
     from flowood.flows import FLOWS, MASKS, ST_NETWORKS
     from flowood.ood.classifier import CLASSIFIER_DETECTORS
+    from flowood.ood.scores import SCORES
     from flowood.variants import declared_parameters, summary
 
     def code(names) -> str:
@@ -70,6 +71,10 @@ def _variant_sections() -> list[tuple[str, str, tuple[str, ...], list[tuple[str,
         ("Masks", "`mask`; `flowood.flows.register_mask` adds one.", ("mask", "what", "inputs", "layout"),
          [(f"`{n}`", summary(k.build), k.inputs + (" (spatial)" if k.spatial and k.inputs == "images" else ""),
            k.layout) for n, k in MASKS.items()]),
+        ("Flow scores", "`scores` of `evaluate`, `score` of `detector fit`; `flowood.ood.scores.register_score` adds "
+         "one.", ("score", "what", "by default", "fixed parameters"),
+         [(f"`{n}`", summary(e.cls), "yes" if e.cls.by_default else "no",
+           ", ".join(f"`{k}={v!r}`" for k, v in e.params.items()) or "none") for n, e in SCORES.items()]),
         ("Classifier detectors", "`detectors` of `evaluate`, `method` of `detector fit`; "
          "`flowood.ood.classifier.register_detector` adds one.", ("detector", "what", "needs", "reference"),
          [(f"`{n}`", summary(c), c.needs, c.reference) for n, c in CLASSIFIER_DETECTORS.items()]),

@@ -206,7 +206,7 @@ class MeanIntensity(OODScore):
 def mean_intensity():
     register_score("mean_intensity", MeanIntensity, scale=2.0)
     yield "mean_intensity"
-    SCORES.pop("mean_intensity")
+    SCORES.unregister("mean_intensity")
 
 
 def test_a_score_of_ones_own_is_a_class_and_a_registry_line(mean_intensity, fitted_flow, fixture_images, tmp_path):
@@ -231,3 +231,18 @@ def test_only_scores_are_registered():
     with pytest.raises(ConfigError, match="subclass of OODScore"):
         register_score("not_a_score", dict)
     assert "not_a_score" not in SCORE_NAMES
+
+
+def test_each_score_says_which_flows_it_applies_to():
+    """evaluate computes by default only the scores that make sense for the flow: the score classes say which."""
+    from flowood.flows import build_flow
+    from flowood.ood.scores import score_applies
+
+    image = build_flow(flow="RealNVP", input_shape=(1, 8, 8), num_blocks=1, num_mid_channels=4)
+    one_scale = build_flow(flow="RealNVP", input_shape=(1, 8, 8), num_scales=1, num_blocks=1, num_mid_channels=4)
+    vectors = build_flow(flow="MAF", input_shape=(4,), num_coupling_layers=1, num_hidden_units=8)
+    assert all(score_applies(s, image) for s in ("likelihood", "complexity", "latent_last_scale",
+                                                 "latent_early_scales"))
+    assert score_applies("latent_last_scale", one_scale) and not score_applies("latent_early_scales", one_scale)
+    assert not any(score_applies(s, vectors) for s in ("complexity", "complexity_jp2", "latent_early_scales"))
+    assert score_applies("typicality", vectors) and score_applies("latent_last_scale", vectors)

@@ -43,11 +43,11 @@ from flowood.deploy.fit import (
 from flowood.deploy.pipeline import FEATURE_FLOW_SCORES, PARITY_IMAGES, DetectorPipeline, linear_head
 from flowood.embed.extractors import FeatureExtractor, load_extractor
 from flowood.errors import DataError, closest
-from flowood.evaluation.evaluate import DEFAULT_SCORES, score_applies
 from flowood.htmlpage import page
 from flowood.ood.classifier import CLASSIFIER_DETECTORS, ClassifierOutputs, available_detectors
 from flowood.ood.detector import OODDetector, is_detector_file
 from flowood.ood.metrics import ood_metrics
+from flowood.ood.scores import DEFAULT_SCORES, score_applies
 from flowood.options import ConfigError, merge_options, option
 from flowood.outputs import check_output_file, write_text_atomic
 from flowood.runtime import resolve_device

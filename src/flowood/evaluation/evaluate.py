@@ -61,7 +61,7 @@ from flowood.ood.classifier import (
 )
 from flowood.ood.density import as_density, is_exported_flow, is_flowood_flow
 from flowood.ood.metrics import ood_metrics
-from flowood.ood.scores import DEFAULT_SCORES, SCORE_NAMES, ScoreOptions, make_score, score_bits_per_dim
+from flowood.ood.scores import DEFAULT_SCORES, SCORE_NAMES, ScoreOptions, make_score, score_applies, score_bits_per_dim
 from flowood.options import ConfigError, merge_options, option, to_mapping
 from flowood.outputs import atomic_write, open_output_folder, write_text_atomic
 from flowood.runtime import (
@@ -77,7 +77,7 @@ from flowood.tables import Table
 __all__ = ["evaluate", "EvaluateOptions", "EvaluationResult", "EvaluationPlan", "ScoredSets", "markdown_table",
            "scores_table", "plan_evaluation", "prepare_models", "load_sets", "compute_scores", "summarize",
            "write_outputs", "score_bits_per_dim", "plan_detectors", "detector_table",
-           "ranking_table", "benchmark_summary", "benchmark_table", "score_applies"]
+           "ranking_table", "benchmark_summary", "benchmark_table"]
 
 
 @dataclass
@@ -220,15 +220,6 @@ def benchmark_table(metrics: Metrics) -> str:
     if b.leaderboard.note:
         lines += ["", f"Published rows: {b.leaderboard.note}."]
     return "\n".join(lines)
-
-
-def score_applies(score: str, flow: FlowModel) -> bool:
-    """Default scores that make sense for this flow (no complexity for vectors, no early scales for one scale)."""
-    if score.startswith("complexity"):
-        return flow.discrete and len(flow.input_shape) == 3
-    if score.startswith("latent_"):
-        return hasattr(flow, "log_prior_by_scale") and (score == "latent_last_scale" or flow.num_scales > 1)
-    return True
 
 
 def plan_evaluation(loaded: LoadedFlow, ood: list[str], options: EvaluateOptions) -> EvaluationPlan:

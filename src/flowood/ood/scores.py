@@ -28,7 +28,7 @@ Example:
     >>> flow = RealNVP((1, 8, 8), num_blocks=1, num_mid_channels=4)
     >>> make_score("brightness", flow).score(torch.zeros(2, 1, 8, 8, dtype=torch.uint8)).tolist()
     [0.0, 0.0]
-    >>> entry = SCORES.pop("brightness")  # the example leaves the table as it was
+    >>> entry = SCORES.unregister("brightness")  # the example leaves the table as it was
 """
 
 from __future__ import annotations
@@ -43,16 +43,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flowood.errors import InputError, ModelError, closest
+from flowood.errors import InputError, ModelError
 from flowood.flows import FlowModel, build_flow
 from flowood.ood.density import as_density, is_exported_flow, is_flowood_flow
 from flowood.options import ConfigError, merge_options, option
 from flowood.runtime import seed_option
+from flowood.variants import Registry
 
 __all__ = ["OODScore", "NegativeLogLikelihood", "LikelihoodRatio", "ComplexityCorrected", "Typicality",
            "ScaleLikelihood", "WAIC", "make_score", "register_score", "ScoreOptions", "ScoreSettings", "ScoreContext",
-           "ScoreEntry", "SCORES", "SCORE_NAMES", "DEFAULT_SCORES", "compressed_bits_per_dim", "perturb_pixels",
-           "fit_flow", "score_bits_per_dim"]
+           "ScoreEntry", "SCORES", "score_applies", "SCORE_NAMES", "DEFAULT_SCORES", "compressed_bits_per_dim",
+           "perturb_pixels", "fit_flow", "score_bits_per_dim"]
 
 
 @dataclass
@@ -156,6 +157,12 @@ class OODScore:
         self.fitted = not self.needs_fit
         self.cache = cache
         self.noise = noise  # dequantization of 8-bit images: "uniform" (seeded), or "center" (the same per input)
+
+    @classmethod
+    def applies_to(cls, flow: Any, **params: Any) -> bool:
+        """Whether the score makes sense for ``flow`` with the parameters its registry entry fixes (default: always);
+        ``evaluate`` computes by default only the scores that apply."""
+        return True
 
     @classmethod
     def from_settings(cls, flow: FlowModel, settings: ScoreSettings, context: ScoreContext, **params: Any
@@ -389,6 +396,11 @@ class ComplexityCorrected(OODScore):
 
     name = "complexity"
 
+    @classmethod
+    def applies_to(cls, flow: Any, **params: Any) -> bool:
+        """8-bit images only: a compressor's length means nothing for vectors."""
+        return bool(getattr(flow, "discrete", False)) and len(flow.input_shape) == 3
+
     def __init__(self, flow: FlowModel, codec: str = "png", batch_size: int = 512, seed: int = 0,
                  cache: dict | None = None, noise: str = "uniform") -> None:
         super().__init__(flow, batch_size, seed, cache, noise)
@@ -474,6 +486,11 @@ class ScaleLikelihood(OODScore):
     """
 
     needs_fit = False
+
+    @classmethod
+    def applies_to(cls, flow: Any, which: str = "last", **params: Any) -> bool:
+        """Flows with per-scale latents; ``early`` needs more than one scale."""
+        return hasattr(flow, "log_prior_by_scale") and (which == "last" or flow.num_scales > 1)
 
     def __init__(self, flow: FlowModel, which: str = "last", batch_size: int = 512, seed: int = 0,
                  noise: str = "uniform") -> None:
@@ -563,8 +580,13 @@ class ScoreEntry:
         return self.cls.from_settings(flow, settings, context, **self.params)
 
 
+    def applies_to(self, flow: Any) -> bool:
+        """Whether the score makes sense for ``flow`` (see :meth:`OODScore.applies_to`)."""
+        return self.cls.applies_to(flow, **self.params)
+
+
 #: every score by name: :func:`make_score`, the commands' choices and help, and the docs derive from it.
-SCORES: dict[str, ScoreEntry] = {}
+SCORES: Registry[ScoreEntry] = Registry("score", "score")
 
 
 def register_score(name: str, cls: type[OODScore], **params: Any) -> None:
@@ -577,7 +599,13 @@ def register_score(name: str, cls: type[OODScore], **params: Any) -> None:
     """
     if not (isinstance(cls, type) and issubclass(cls, OODScore)):
         raise ConfigError(f"a score is a subclass of OODScore, got {cls!r}")
-    SCORES[name] = ScoreEntry(cls, dict(params))
+    SCORES.register(name, ScoreEntry(cls, dict(params)), replace=True)
+
+
+def score_applies(name: str, flow: Any) -> bool:
+    """Whether the registered score ``name`` makes sense for ``flow`` (``evaluate`` computes by default only
+    those that do: no complexity for vectors, no early scales for a single-scale flow)."""
+    return SCORES[name].applies_to(flow)
 
 
 class _RegisteredNames(Sequence[str]):
@@ -638,9 +666,7 @@ def make_score(name: str, flow: Any, options: ScoreOptions | None = None, *, ens
     Raises:
         ConfigError: an unknown name (with the closest one) or option, or a score that cannot work with this model.
     """
-    entry = SCORES.get(name)
-    if entry is None:
-        raise ConfigError(f"unknown score {name!r}{closest(name, SCORES)}; choose from {', '.join(SCORES)}")
+    entry = SCORES[name]
     settings = merge_options(ScoreSettings, options, option_values)
     flow = as_density(flow)
     context = ScoreContext([as_density(f, flow.input_shape) for f in ensemble or []],
