@@ -52,6 +52,7 @@ from flowood.engines.export import (
 )
 from flowood.errors import InputError
 from flowood.flows import FlowModel
+from flowood.flows.capabilities import capabilities
 from flowood.flows.preprocessing import dequantize
 from flowood.ood.detector import CalibratedDetector, OODDetector, collect_samples
 from flowood.options import ConfigError, merge_options
@@ -95,7 +96,7 @@ def detector_graph(detector: OODDetector | DetectorPipeline) -> nn.Module:
     detector._check_fitted()
     scorer = detector.scorer_
     flow = scorer.flow
-    if not isinstance(flow, FlowModel):
+    if not capabilities(flow).traceable:
         raise ExportError(f"only detectors on flowood flows can be exported; this one's model is a "
                           f"{type(flow).__name__}")
     if scorer.name not in FEATURE_FLOW_SCORES:

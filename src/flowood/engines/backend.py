@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from flowood.flows.capabilities import capabilities
 from flowood.flows.model import check_batch
 from flowood.options import ConfigError
 
@@ -167,7 +168,9 @@ class EngineFlow(nn.Module):
         threads: intra-op threads of the engine (default: flowood's share of the cores).
     """
 
-    exported_flow = True  # see flowood.ood.density.is_exported_flow
+    # capability flags of the density protocol (see flowood.flows.capabilities): an exported flowood flow
+    flowood_api = exported = rebuildable = scale_latents = True
+    traceable = False
 
     def __init__(self, folder: str | Path, backend: str = "onnxruntime", precision: str = "fp32",
                  threads: int | None = None) -> None:
@@ -246,19 +249,19 @@ def engine_flow(flow: Any, backend: str, folder: str | Path | None = None, preci
         ConfigError: an unknown backend, or a model that is not a flowood flow (only those can be exported).
     """
     from flowood.engines.export import DEFAULT_TOLERANCE, export_flow
-    from flowood.flows import FlowModel
 
     if backend == "torch":
         return flow
     if backend not in ENGINES:
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    if isinstance(flow, EngineFlow):
+    found = capabilities(flow)
+    if found.exported:
         if flow.backend != backend or flow.engine.precision != precision:
             raise ConfigError(f"this flow is loaded on {flow.backend} in {flow.engine.precision}, not {backend} in "
                               f"{precision}; load the export folder again with EngineFlow(folder, {backend!r}, "
                               f"{precision!r})")
         return flow
-    if not isinstance(flow, FlowModel):
+    if not found.traceable:
         raise ConfigError(f"only flowood flows can be scored on {backend} (they are exported first); this model is "
                           f"a {type(flow).__name__}")
     scratch = None

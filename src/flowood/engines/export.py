@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from flowood.errors import FlowoodError, ModelError
 from flowood.flows.base import FlowLayer
+from flowood.flows.capabilities import capabilities
 from flowood.flows.layers import InvertibleConv1x1
 from flowood.flows.model import FlowModel
 from flowood.flows.preprocessing import DEQUANTIZATION_LOG_DET
@@ -372,7 +373,7 @@ def _source_flow(model: FlowModel | str | Path) -> tuple[FlowModel, dict[str, An
         loaded = load_flow(model)
         flow = loaded.flow
         source = {"path": Path(model), "train_config": loaded.train_config, "checkpoint_sha256": loaded.sha256}
-    elif isinstance(model, FlowModel):
+    elif capabilities(model).traceable:
         flow = copy.deepcopy(model)
     else:
         raise ConfigError(f"only flowood flows can be exported, got {type(model).__name__}")

@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from flowood.errors import InputError
-from flowood.ood.density import as_density, is_flowood_flow
+from flowood.ood.density import as_density, capabilities
 from flowood.ood.scores import OODScore, make_score
 from flowood.options import ConfigError
 
@@ -232,7 +232,7 @@ class OODDetector(CalibratedDetector):
 
         self._check_fitted()
         flow = self.scorer_.flow
-        if not is_flowood_flow(flow):
+        if not capabilities(flow).traceable:
             raise ConfigError("only detectors on flowood flows can be saved (another density's class could not be "
                               "rebuilt from the file); keep the Python objects instead")
         inputs = [self.model] if isinstance(self.model, (str, Path)) else []
