@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from flowood import __version__
 from flowood.checkpoints import file_sha256
-from flowood.deploy.pipeline import FEATURE_FLOW_SCORES, DetectorPipeline, FlowScoreGraph, load_detector
+from flowood.deploy.pipeline import FEATURE_FLOW_SCORES, DetectorPipeline, FlowScoreGraph, read_detector
 from flowood.engines.common import (
     EXPORT_FORMAT_VERSION,
     EXPORT_MANIFEST,
@@ -92,7 +92,7 @@ def detector_graph(detector: OODDetector | DetectorPipeline) -> nn.Module:
                               "an exported detector takes any batch: export your model again with a dynamic batch "
                               "(dynamic_shapes={'x': {0: torch.export.Dim('batch')}}) and fit the detector on it")
         return detector.graph()
-    detector._check_fitted()
+    detector.check_fitted()
     scorer = detector.scorer_
     flow = scorer.flow
     if not capabilities(flow).traceable:
@@ -223,7 +223,7 @@ def export_detector(detector: str | Path | OODDetector | DetectorPipeline, out: 
     o = check_export_options(merge_options(ExportOptions, options, option_values), "detector")
     start = time.perf_counter()
     source = Path(detector) if isinstance(detector, (str, Path)) else None
-    fitted = load_detector(source) if source is not None else detector
+    fitted = read_detector(source) if source is not None else detector
     graph = detector_graph(fitted).cpu().eval()
     check_size(graph)
     inside, outside = detector_parity_inputs(fitted, o.check_samples, o.seed)
@@ -314,7 +314,7 @@ class ExportedDetector(CalibratedDetector):
         self.fpr = float(m["fpr"])
         self.reference_scores_ = np.asarray(m["reference_scores"], dtype=np.float64)
         self.provenance_ = {k: m.get(k) for k in ("source", "detector_sha256", "exported", "flowood_version")}
-        self._calibrate()
+        self.calibrate()
 
     @property
     def input_shape(self) -> tuple[int, ...]:

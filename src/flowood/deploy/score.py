@@ -1,7 +1,7 @@
 """Scoring new data file by file with a saved detector: one row per input.
 
 ``flowood score`` streams files, folders, globs and ``.npz`` files through a detector (a pixel flow's, or a pipeline
-on a classifier's features: :func:`~flowood.deploy.pipeline.load_detector`) and writes one row per input (CSV or
+on a classifier's features: :func:`~flowood.deploy.load.load_detector`) and writes one row per input (CSV or
 JSON Lines): the input's name, its anomaly score, the decision, where the score falls among the in-distribution
 calibration scores, how the input was adapted to the detector's input, and why it could not be scored.
 """
