@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from flowood import __version__
-from flowood.checkpoints import CLASSIFIER_FORMAT
+from flowood.checkpoints import CLASSIFIER_FORMAT, read_weights_file
 from flowood.data import ArrayDataset, adapt_images, dataset_inputs, load_dataset
 from flowood.embed.backbones import (
     IMAGENET_MEAN,
@@ -146,8 +146,6 @@ def save_classifier(path: Path, model: nn.Module, backbone: str, preprocess: Pre
 def load_classifier(path: str | Path, backbone: str) -> tuple[nn.Module, Preprocess, str]:
     """A backbone and its transform from ``--weights PATH``: a classifier written by flowood, or a
     plain torchvision ``state_dict`` of ``backbone`` (then ImageNet's transform is used)."""
-    from flowood.checkpoints import read_weights_file
-
     path = Path(path)
     payload = read_weights_file(path, what="weights file")
     if isinstance(payload, dict) and payload.get("format") == CLASSIFIER_FORMAT:
