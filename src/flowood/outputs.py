@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flowood import __version__
 from flowood.errors import FlowoodError
 
 __all__ = ["OutputError", "OutputExistsError", "OutputLockedError", "OutputFolder", "open_output_folder",
@@ -217,7 +218,6 @@ class OutputFolder:
             self.record(*(p for p in sorted(root.rglob("*")) if p.is_file() and _TMP_TAG not in p.name))
 
     def _write_manifest(self) -> None:
-        from flowood import __version__
         data = {"format": _FORMAT, "command": self.command, "created": self.created,
                 "flowood_version": __version__, "files": self.files}
         target = self.path / MANIFEST

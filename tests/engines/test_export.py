@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,10 +14,11 @@ import torch
 
 from flowood.cli.main import main
 from flowood.deploy import EngineFlow, ExportError, export_flow, fit_detector, score_inputs
-from flowood.engines.export import DEFAULT_TOLERANCE, EXPORT_MANIFEST
+from flowood.engines import DEFAULT_TOLERANCE, EXPORT_MANIFEST, DensityGraph, engine_flow
 from flowood.errors import FlowoodError
 from flowood.evaluation import evaluate
 from flowood.flows import build_flow
+from flowood.flows.capabilities import Capabilities, capabilities
 from flowood.ood import OODDetector
 from flowood.options import ConfigError
 
@@ -90,7 +92,7 @@ def test_openvino_export_writes_its_own_format_and_scores_in_fp32_and_bf16(tmp_p
 
 
 def test_an_engine_that_disagrees_is_caught_and_the_export_refused_leaving_nothing(tmp_path, monkeypatch):
-    from flowood.engines.backend import EngineDensity
+    from flowood.engines.common import EngineDensity
 
     flow, _ = _flow_and_data(CASES["maf"])
     run = EngineDensity.run
@@ -178,6 +180,38 @@ def test_exports_refuse_untrained_lazy_layers_other_models_and_bad_options(tmp_p
     with pytest.raises(ConfigError, match="not a flowood export folder"):
         EngineFlow(tmp_path, "onnxruntime")
     assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_the_density_graph_is_log_prob_parts_of_an_eager_fp32_copy():
+    flow, x = _flow_and_data(CASES["glow-plain-channel"])
+    flow.compile_density()
+    graph = DensityGraph(flow)
+    assert flow.density_compiled and not graph.flow.density_compiled  # the caller's flow is left as it was
+    y = flow.dequantize(x, noise="center")
+    with torch.no_grad():
+        log_prob, scale_log_prior = graph(y)
+        parts = flow.log_prob_parts(y)
+    torch.testing.assert_close(log_prob, parts.log_prob, rtol=1e-5, atol=1e-4)  # 1x1 log-dets now constants
+    torch.testing.assert_close(scale_log_prior, parts.scale_log_prior)
+
+
+def test_engine_flow_exports_to_a_temporary_folder_kept_as_long_as_the_flow():
+    import gc
+
+    flow, x = _flow_and_data(CASES["maf"])
+    engine = engine_flow(flow, "onnxruntime")
+    folder = Path(engine.temporary.name)
+    assert (folder / "export" / EXPORT_MANIFEST).is_file() and _same_scores(flow, engine, x) <= DEFAULT_TOLERANCE
+    assert capabilities(engine) == Capabilities(flowood_api=True, exported=True, rebuildable=True,
+                                                scale_latents=True)
+    assert engine_flow(engine, "onnxruntime") is engine and engine_flow(flow, "torch") is flow
+    with pytest.raises(ConfigError, match="this flow is loaded on onnxruntime in fp32, not openvino"):
+        engine_flow(engine, "openvino")
+    with pytest.raises(ConfigError, match="only flowood flows can be scored on onnxruntime"):
+        engine_flow(torch.nn.Linear(2, 2), "onnxruntime")
+    del engine
+    gc.collect()
+    assert not folder.exists()
 
 
 def test_evaluate_on_both_engines_gives_torchs_scores(trained_checkpoint, mnist_npz, tmp_path):

@@ -1,5 +1,6 @@
 """The flow model (flowood.flows.model): likelihood, bits/dim, sampling and traces; inputs of the wrong shape,
-range or dtype are refused clearly; passes read no tensor values on the host."""
+range or dtype are refused clearly; passes read no tensor values on the host; the public API other modules use
+(dequantize, log_prob_parts, compile_density)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from builders import IMAGE_CONFIGS, TINY, ready_flow, tiny_realnvp
 
+from flowood.errors import InputError
 from flowood.flows import RealNVP, RealNVPTabular
 from flowood.flows.model import Split
 from flowood.flows.preprocessing import DEQUANTIZATION_LOG_DET
@@ -163,3 +165,55 @@ def test_scale_dims_and_log_prior_by_scale_follow_the_latents_of_each_scale(name
     assert by_scale.shape == (3, flow.num_scales)
     by_hand = torch.stack([(-0.5 * p.flatten(1) ** 2 - 0.5 * math.log(2 * math.pi)).sum(1) for p in latents], 1)
     torch.testing.assert_close(by_scale, by_hand)
+
+
+def test_dequantize_gives_the_continuous_inputs_log_prob_feeds_the_flow():
+    flow = ready_flow(IMAGE_CONFIGS["glow-channel"])
+    k = torch.randint(0, 256, (5, 1, 4, 4), dtype=torch.uint8)
+    torch.testing.assert_close(flow.dequantize(k, noise="center"), (k.float() + 0.5) / 256)
+    torch.testing.assert_close(flow.dequantize(k.float() / 255, noise="center"), (k.float() + 0.5) / 256)
+    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    z, log_det = flow(flow.dequantize(k, generator=g1))  # seeded uniform noise, as log_prob draws it
+    expected = flow.prior.log_prob(z) + log_det + flow.num_dims * DEQUANTIZATION_LOG_DET
+    torch.testing.assert_close(flow.log_prob(k, generator=g2), expected)
+    vectors = RealNVPTabular(3, num_coupling_layers=2, num_hidden_units=4)
+    x = torch.randn(2, 3)
+    assert vectors.dequantize(x) is x  # continuous already
+    assert vectors.dequantize(torch.tensor([[1, 2, 3]], dtype=torch.uint8)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["glow-channel", "realnvp-checkerboard-2scales", "realnvp-3scales-rgb"])
+def test_log_prob_parts_are_the_terms_log_prob_sums(name):
+    flow = ready_flow(IMAGE_CONFIGS[name])
+    x = torch.randint(0, 256, (4, *flow.input_shape), dtype=torch.uint8)
+    with torch.no_grad():
+        parts = flow.log_prob_parts(flow.dequantize(x, noise="center"))
+        assert parts.log_det.shape == (4,) and parts.scale_log_prior.shape == (4, flow.num_scales)
+        torch.testing.assert_close(parts.log_prob, flow.log_prob(x, noise="center"), rtol=1e-5, atol=1e-3)
+        total = parts.scale_log_prior.sum(1) + parts.log_det + flow.num_dims * DEQUANTIZATION_LOG_DET
+        torch.testing.assert_close(parts.log_prob, total)
+        torch.testing.assert_close(parts.scale_log_prior, flow.log_prior_by_scale(x, noise="center"))
+    log_prob, log_det, scale_log_prior = parts  # a named tuple
+    assert log_prob is parts.log_prob and scale_log_prior is parts.scale_log_prior
+    with pytest.raises(InputError, match=r"log_prob_parts\(\) maps continuous inputs"):
+        flow.log_prob_parts(x)
+    with pytest.raises(InputError, match=r"log_prob_parts\(\) of an image model takes dequantized images"):
+        flow.log_prob_parts(torch.zeros(2, *flow.input_shape))  # an 8-bit image's 0, not dequantized
+
+
+def test_log_prob_parts_of_a_vector_flow_have_no_bin_width():
+    flow = RealNVPTabular(4, num_coupling_layers=2, num_hidden_units=8).eval()
+    x = torch.randn(6, 4) * 3 + 1
+    with torch.no_grad():
+        flow.log_prob(x)  # the standardisation from these data
+        parts = flow.log_prob_parts(x)
+        torch.testing.assert_close(parts.log_prob, flow.log_prob(x))
+        torch.testing.assert_close(parts.log_prob, parts.scale_log_prior.sum(1) + parts.log_det)
+
+
+def test_the_compiled_density_is_switched_on_and_off_in_public():
+    flow = ready_flow(IMAGE_CONFIGS["glow-channel"])
+    assert not flow.density_compiled
+    assert flow.compile_density() is flow and flow.density_compiled
+    assert not flow.compile_density(False).density_compiled
+    assert flow.optimize(compile=True).density_compiled and not flow.optimize().density_compiled

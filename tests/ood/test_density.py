@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from flowood.ood import OODDetector
-from flowood.ood.density import DensityModel, as_density
+from flowood.ood.density import Capabilities, DensityModel, as_density, capabilities
 from flowood.ood.scores import make_score
 from flowood.options import ConfigError
 
@@ -92,3 +92,47 @@ def test_evaluate_takes_any_density_and_writes_its_report(tmp_path):
     assert metrics.scores_computed == ["likelihood", "typicality"]  # no per-scale or image-complexity scores
     assert metrics.provenance.checkpoint == "a model in memory"
     assert (tmp_path / "e" / "report.html").is_file()
+
+
+class TwoScaleGaussian(nn.Module):
+    """A user's density that speaks flowood's scoring API and declares latents per scale: N(0, I) on vectors whose
+    first and second halves are its two scales."""
+
+    flowood_api = scale_latents = True
+    discrete = False
+    num_scales = 2
+
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        self.input_shape, self.num_dims = (dim,), dim
+        self.scale_dims = [dim // 2, dim - dim // 2]
+        self.config = {"flow": "TwoScaleGaussian"}
+
+    def check_input(self, x, image_range=None):
+        assert x.shape[1:] == self.input_shape
+
+    def log_prior_by_scale(self, x, noise="uniform", generator=None):
+        parts = x.float().split(self.scale_dims, dim=1)
+        return torch.stack([-0.5 * (p * p).sum(1) - 0.5 * p.shape[1] * math.log(2 * math.pi) for p in parts], 1)
+
+    def log_prob(self, x, noise="uniform", generator=None, validate=True):
+        return self.log_prior_by_scale(x).sum(1)
+
+    def bits_per_dim(self, x, **kwargs):
+        return -self.log_prob(x) / (self.num_dims * math.log(2.0))
+
+
+def test_what_a_density_declares_decides_how_it_is_scored_not_its_class():
+    declared = TwoScaleGaussian()
+    assert as_density(declared) is declared  # it speaks flowood's API: used as it is
+    x = torch.randn(5, 4)
+    early = make_score("latent_early_scales", declared, batch_size=2).score(x)
+    expected = 0.5 * (x[:, :2] ** 2).sum(1) / (2 * math.log(2)) + 0.5 * math.log(2 * math.pi) / math.log(2)
+    assert np.allclose(early, expected.numpy(), rtol=1e-5)
+    wrapped = as_density(StandardGaussian(), input_shape=(4,))
+    assert isinstance(wrapped, DensityModel) and capabilities(wrapped) == Capabilities(flowood_api=True)
+    assert as_density(wrapped) is wrapped
+    with pytest.raises(ConfigError, match="needs a multi-scale flowood flow"):
+        make_score("latent_early_scales", wrapped)
+    with pytest.raises(ConfigError, match="needs a `background` model"):  # not rebuildable: nothing to train
+        make_score("likelihood_ratio", declared)

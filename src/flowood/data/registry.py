@@ -171,8 +171,14 @@ def _celeba(size: int) -> Callable[[Path, str], tuple[np.ndarray, None]]:
 def _omniglot(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     import torchvision
     ds = torchvision.datasets.Omniglot(str(root), background=split == "train", download=False)
-    labels = np.array([ds._flat_character_images[i][1] for i in range(len(ds))], dtype=np.int64)
-    return _pil_to_array((ds[i][0] for i in range(len(ds))), 28, gray=True, invert=True), labels
+    labels: list[int] = []
+
+    def images():  # one pass over the set: each image and its character class (its public API)
+        for i in range(len(ds)):
+            image, label = ds[i]
+            labels.append(label)
+            yield image
+    return _pil_to_array(images(), 28, gray=True, invert=True), np.array(labels, dtype=np.int64)
 
 
 def _notmnist(root: Path, split: str, shape: tuple[int, ...] | None) -> ArrayDataset:

@@ -18,7 +18,8 @@ Example (with a trained checkpoint and a classifier ``flowood embed`` wrote)::
 
 from flowood.deploy.fit import DetectorOptions, fit_detector, fit_pipeline, split_fit_calibration
 from flowood.deploy.inputs import MISMATCH_POLICIES, expand_inputs, stream_batches
-from flowood.deploy.pipeline import METHODS, DetectorPipeline, load_detector
+from flowood.deploy.load import load_detector
+from flowood.deploy.pipeline import METHODS, DetectorPipeline
 from flowood.deploy.score import (
     FIELDS,
     ScoreSummary,

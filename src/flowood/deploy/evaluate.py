@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from flowood import __version__
 from flowood.data import adapt_images, canonical_name, dataset_inputs, load_dataset
 from flowood.deploy.inputs import describe_image
-from flowood.deploy.pipeline import load_detector
+from flowood.deploy.load import load_detector
 from flowood.errors import DataError
 from flowood.evaluation.evaluate import EvaluateOptions
 from flowood.evaluation.figures import score_histogram

@@ -37,21 +37,21 @@ from torch import Tensor, nn
 
 from flowood import __version__
 from flowood.checkpoints import file_sha256
-from flowood.deploy.pipeline import FEATURE_FLOW_SCORES, DetectorPipeline, FlowScoreGraph, load_detector
-from flowood.engines.backend import EngineDensity, read_manifest
-from flowood.engines.export import (
+from flowood.deploy.pipeline import FEATURE_FLOW_SCORES, DetectorPipeline, FlowScoreGraph, read_detector
+from flowood.engines.common import (
     EXPORT_FORMAT_VERSION,
     EXPORT_MANIFEST,
-    DensityGraph,
+    EngineDensity,
     ExportError,
     ExportOptions,
     check_export_options,
-    check_size,
     engines_for,
-    write_checked_export,
+    read_manifest,
 )
+from flowood.engines.export import DensityGraph, ExportTarget, check_size, write_checked_export
 from flowood.errors import InputError
 from flowood.flows import FlowModel
+from flowood.flows.capabilities import capabilities
 from flowood.flows.preprocessing import dequantize
 from flowood.ood.detector import CalibratedDetector, OODDetector, collect_samples
 from flowood.options import ConfigError, merge_options
@@ -92,10 +92,10 @@ def detector_graph(detector: OODDetector | DetectorPipeline) -> nn.Module:
                               "an exported detector takes any batch: export your model again with a dynamic batch "
                               "(dynamic_shapes={'x': {0: torch.export.Dim('batch')}}) and fit the detector on it")
         return detector.graph()
-    detector._check_fitted()
+    detector.check_fitted()
     scorer = detector.scorer_
     flow = scorer.flow
-    if not isinstance(flow, FlowModel):
+    if not capabilities(flow).traceable:
         raise ExportError(f"only detectors on flowood flows can be exported; this one's model is a "
                           f"{type(flow).__name__}")
     if scorer.name not in FEATURE_FLOW_SCORES:
@@ -207,7 +207,7 @@ def export_detector(detector: str | Path | OODDetector | DetectorPipeline, out: 
     Args:
         detector: a detector file, or a fitted detector.
         out: the export folder.
-        options: an :class:`~flowood.engines.export.ExportOptions` (``format``, ``score_tolerance``,
+        options: an :class:`~flowood.engines.ExportOptions` (``format``, ``score_tolerance``,
             ``check_samples``, ``seed``).
         overwrite: replace an earlier export in ``out``.
 
@@ -223,7 +223,7 @@ def export_detector(detector: str | Path | OODDetector | DetectorPipeline, out: 
     o = check_export_options(merge_options(ExportOptions, options, option_values), "detector")
     start = time.perf_counter()
     source = Path(detector) if isinstance(detector, (str, Path)) else None
-    fitted = load_detector(source) if source is not None else detector
+    fitted = read_detector(source) if source is not None else detector
     graph = detector_graph(fitted).cpu().eval()
     check_size(graph)
     inside, outside = detector_parity_inputs(fitted, o.check_samples, o.seed)
@@ -231,11 +231,10 @@ def export_detector(detector: str | Path | OODDetector | DetectorPipeline, out: 
     engine_manifest = {"input": spec, "outputs": list(DETECTOR_NAMES[1])}
     engines = engines_for(o.format)
     path, files, parity = write_checked_export(
-        graph, inside[:2], out, o.format,
+        graph, inside[:2], ExportTarget(out, o.format, [source] if source is not None else [], overwrite),
         lambda folder: check_detector_parity(fitted, folder, engines, inside, outside, o.score_tolerance,
                                              engine_manifest),
-        lambda files, parity: _manifest(fitted, source, spec, files, parity),
-        [source] if source is not None else [], overwrite, DETECTOR_NAMES)
+        lambda files, parity: _manifest(fitted, source, spec, files, parity), DETECTOR_NAMES)
     return DetectorExportResult(path, files + [EXPORT_MANIFEST], parity["max_abs_diff"],
                                 parity["max_diff_in_spreads"], o.score_tolerance, time.perf_counter() - start)
 
@@ -257,11 +256,13 @@ class EngineDetector:
 
     Args:
         folder: a detector export folder. backend: ``onnxruntime`` or ``openvino``. precision: ``fp32``, or
-        ``bf16`` on OpenVINO. batch_size: inputs per engine call.
+        ``bf16`` on OpenVINO. batch_size: inputs per engine call. temporary: the temporary folder ``folder`` lies in,
+        if any: kept as long as the object, removed with it.
     """
 
     def __init__(self, folder: str | Path, backend: str = "onnxruntime", precision: str = "fp32",
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, temporary: tempfile.TemporaryDirectory | None = None) -> None:
+        self.temporary = temporary
         self.manifest = read_manifest(Path(folder))
         if self.manifest.get("kind") != "detector":
             raise ConfigError(f"{folder} holds an exported flow, not a detector; evaluate it as a `checkpoint` on an "
@@ -292,12 +293,10 @@ def engine_pipeline(pipeline: DetectorPipeline, backend: str, precision: str = "
     folder = Path(scratch.name) / "export"
     try:
         export_detector(pipeline, folder, format="openvino" if backend == "openvino" else "onnx", overwrite=True)
-        result = EngineDetector(folder, backend, precision)
+        return EngineDetector(folder, backend, precision, temporary=scratch)
     except BaseException:
         scratch.cleanup()
         raise
-    result._scratch = scratch  # removed with the object
-    return result
 
 
 class ExportedDetector(CalibratedDetector):
@@ -315,7 +314,7 @@ class ExportedDetector(CalibratedDetector):
         self.fpr = float(m["fpr"])
         self.reference_scores_ = np.asarray(m["reference_scores"], dtype=np.float64)
         self.provenance_ = {k: m.get(k) for k in ("source", "detector_sha256", "exported", "flowood_version")}
-        self._calibrate()
+        self.calibrate()
 
     @property
     def input_shape(self) -> tuple[int, ...]:

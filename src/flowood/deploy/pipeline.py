@@ -14,7 +14,8 @@ features, detect MNIST under FashionMNIST where the pixel flow fails (the paper'
 
 It follows scikit-learn's outlier-detector conventions, as :class:`~flowood.ood.OODDetector` (a pixel flow, the
 pipeline without an extractor) does, and saves as one file of weights and plain data (read without unpickling
-code) with its provenance. :func:`load_detector` reads either kind.
+code) with its provenance. :func:`read_detector` reads either kind in PyTorch, and
+:func:`flowood.deploy.load_detector` also on an engine or from an export folder.
 
 Example:
     >>> import torch
@@ -46,7 +47,7 @@ from flowood import __version__
 from flowood.checkpoints import CheckpointError, check_version, file_sha256, read_weights_file
 from flowood.embed.extractors import FeatureExtractor, extractor_from_spec
 from flowood.engines.backend import engine_device
-from flowood.engines.export import EXPORT_MANIFEST, DensityGraph
+from flowood.engines.export import DensityGraph
 from flowood.errors import InputError, closest
 from flowood.flows import FlowModel, build_flow
 from flowood.ood.classifier import (
@@ -70,8 +71,9 @@ from flowood.options import ConfigError
 from flowood.outputs import atomic_write, check_output_file
 from flowood.runtime import resolve_device
 
-__all__ = ["DetectorPipeline", "FlowStage", "PIPELINE_FORMAT", "METHODS", "FEATURE_FLOW_SCORES", "load_detector",
-           "detector_info", "linear_head", "make_stage", "check_flow_score", "DEFAULT_HOLDOUT", "PARITY_IMAGES"]
+__all__ = ["DetectorPipeline", "FlowStage", "PIPELINE_FORMAT", "METHODS", "FEATURE_FLOW_SCORES", "read_detector",
+           "read_detector_payload", "detector_info", "linear_head", "make_stage", "check_flow_score", "DEFAULT_HOLDOUT",
+           "PARITY_IMAGES"]
 
 PIPELINE_FORMAT = DETECTOR_FILE_FORMATS[1]
 #: the scores a flow on features can use in a pipeline (each a function of its log-likelihood, so each exports).
@@ -334,7 +336,7 @@ class DetectorPipeline(CalibratedDetector):
                             "head": ("the classifier's last layer" if self.extractor.head() is not None else
                                      f"recovered by least squares (relative residual {residual:.1e})"
                                      if self.head_ is not None else None)}
-        self._calibrate()
+        self.calibrate()
         return self
 
     def _head(self, train: ClassifierOutputs) -> tuple[ClassifierHead | None, float]:
@@ -346,7 +348,7 @@ class DetectorPipeline(CalibratedDetector):
     # -- scoring ------------------------------------------------------------------------------------------------
     def anomaly_score(self, X: Any) -> np.ndarray:
         """One score per image in the detector's units; higher means more anomalous."""
-        self._check_fitted()
+        self.check_fitted()
         engine = getattr(self, "engine_", None)
         if engine is not None:
             return engine.score(collect_samples(X))
@@ -354,7 +356,7 @@ class DetectorPipeline(CalibratedDetector):
 
     def score_outputs(self, outputs: ClassifierOutputs) -> np.ndarray:
         """Anomaly scores of the extractor's outputs already computed (:meth:`extract`)."""
-        self._check_fitted()
+        self.check_fitted()
         return self.stage_.score(outputs)
 
     @property
@@ -365,7 +367,7 @@ class DetectorPipeline(CalibratedDetector):
     def graph(self) -> nn.Module:
         """uint8 images -> ``(score, ood)``: the whole fitted pipeline as torch operations (what export writes), on
         copies (the pipeline itself stays where it is)."""
-        self._check_fitted()
+        self.check_fitted()
         return PipelineGraph(copy.deepcopy(self.extractor), self.stage_.graph(), self.threshold_)
 
     # -- files --------------------------------------------------------------------------------------------------
@@ -377,7 +379,7 @@ class DetectorPipeline(CalibratedDetector):
         Raises:
             OutputError: ``path`` is not a file flowood may write (see :func:`flowood.outputs.check_output_file`).
         """
-        self._check_fitted()
+        self.check_fitted()
         check_output_file(path, is_detector_file, inputs or [], overwrite)
         if parity_images is None:
             parity_images = getattr(self, "parity_images_", None)
@@ -419,7 +421,7 @@ class DetectorPipeline(CalibratedDetector):
         pipeline.selection_ = payload.get("selection")
         kept = payload.get("parity_images")
         pipeline.parity_images_ = kept if kept is not None and len(kept) else None
-        pipeline._calibrate()
+        pipeline.calibrate()
         return pipeline
 
 
@@ -441,43 +443,38 @@ class PipelineGraph(nn.Module):
         return score, score > self.threshold
 
 
-def load_detector(path: str | Path, device: str = "cpu", backend: str = "torch"
-                  ) -> OODDetector | DetectorPipeline:
-    """Any detector file flowood wrote, ready to score: a pixel flow's (:class:`~flowood.ood.OODDetector`) or a
-    pipeline's (:class:`DetectorPipeline`).
-
-    Args:
-        path: the detector file, or a folder :func:`~flowood.deploy.export.export_detector` wrote (scored on an
-            engine alone).
-        device: where a torch model scores (engines score on the CPU; ``auto`` means it for them).
-        backend: ``torch``, or ``onnxruntime`` / ``openvino``: the detector is exported (to a temporary folder, checked
-            against PyTorch) and scored on that engine.
+def read_detector_payload(path: str | Path) -> dict[str, Any]:
+    """The contents of a detector file flowood wrote (a flow's or a pipeline's), read without unpickling code.
 
     Raises:
         CheckpointError: the file is missing, unreadable, unsafe, or not a flowood detector.
     """
-    if Path(path).is_dir() and (Path(path) / EXPORT_MANIFEST).is_file():
-        from flowood.deploy.export import ExportedDetector
-
-        if backend == "torch":
-            raise ConfigError(f"{path} is an export folder: score it on an engine with backend='onnxruntime' or "
-                              "'openvino' (or use the detector file it was exported from with backend='torch')")
-        engine_device(backend, device)
-        return ExportedDetector(path, backend)
     payload = read_weights_file(path, what="detector")
     if not isinstance(payload, dict) or payload.get("format") not in DETECTOR_FILE_FORMATS:
         raise CheckpointError(f"{path} is not a flowood detector (write one with `flowood detector fit` or "
                               "OODDetector.save / DetectorPipeline.save)")
+    return payload
+
+
+def read_detector(path: str | Path, device: str = "cpu", backend: str = "torch") -> OODDetector | DetectorPipeline:
+    """A detector file flowood wrote, ready to score: a pixel flow's (:class:`~flowood.ood.OODDetector`) or a
+    pipeline's (:class:`DetectorPipeline`).
+
+    Args:
+        path: the detector file.
+        device: where the model scores (engines score on the CPU; ``auto`` means it for them).
+        backend: ``torch``, or ``onnxruntime`` / ``openvino``: a pixel flow's detector scores its flow on that engine
+            (see :meth:`OODDetector.load <flowood.ood.OODDetector.load>`); a pipeline stays in PyTorch here (the
+            engine scores it as one exported graph: :func:`flowood.deploy.load_detector`).
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, unsafe, or not a flowood detector.
+    """
+    payload = read_detector_payload(path)
     if payload["format"] != PIPELINE_FORMAT:
         return OODDetector.from_payload(payload, path, device=device, backend=backend)
     check_version(payload.get("flowood_version", "unknown"), path, what="detector")
-    device = engine_device(backend, device)
-    pipeline = DetectorPipeline.from_payload(payload, device)
-    if backend != "torch":
-        from flowood.deploy.export import engine_pipeline
-
-        pipeline.engine_ = engine_pipeline(pipeline, backend)
-    return pipeline
+    return DetectorPipeline.from_payload(payload, engine_device(backend, device))
 
 
 def detector_info(path: str | Path) -> dict[str, Any]:
@@ -488,9 +485,7 @@ def detector_info(path: str | Path) -> dict[str, Any]:
     Raises:
         CheckpointError: not a flowood detector file.
     """
-    payload = read_weights_file(path, what="detector")
-    if not isinstance(payload, dict) or payload.get("format") not in DETECTOR_FILE_FORMATS:
-        raise CheckpointError(f"{path} is not a flowood detector (write one with `flowood detector fit`)")
+    payload = read_detector_payload(path)
     prov = dict(payload.get("provenance") or {})
     reference = payload["reference_scores"].double().numpy()
     fpr = float(payload["fpr"])

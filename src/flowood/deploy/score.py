@@ -1,7 +1,7 @@
 """Scoring new data file by file with a saved detector: one row per input.
 
 ``flowood score`` (:func:`score_files`) streams files, folders, globs and ``.npz`` files through a detector (a pixel
-flow's, or a pipeline on a classifier's features: :func:`~flowood.deploy.pipeline.load_detector`) and writes one row
+flow's, or a pipeline on a classifier's features: :func:`~flowood.deploy.load.load_detector`) and writes one row
 per input (CSV or JSON Lines, :func:`write_scores`): the input's name, its anomaly score, the decision, where the
 score falls among the in-distribution calibration scores, how the input was adapted to the detector's input, and why
 it could not be scored.
@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from tqdm.auto import tqdm
 
 from flowood.deploy.inputs import MISMATCH_POLICIES, expand_inputs, stream_batches
-from flowood.deploy.pipeline import load_detector
+from flowood.deploy.load import load_detector
 from flowood.engines.backend import backend_option
 from flowood.options import ConfigError, merge_options, option
 from flowood.outputs import atomic_write, check_output_file
@@ -66,7 +66,7 @@ def score_files(detector: Any, inputs: list[str], out: str | Path | TextIO | Non
     """Score ``inputs`` with a detector and write one row per input (what ``flowood score`` does).
 
     Args:
-        detector: a detector file (or export folder) :func:`~flowood.deploy.pipeline.load_detector` reads, or a
+        detector: a detector file (or export folder) :func:`~flowood.deploy.load.load_detector` reads, or a
             fitted detector.
         inputs: image files, folders, glob patterns, ``.npz`` files.
         out: a ``.csv`` or ``.jsonl`` file (checked before anything is scored, written atomically), an open text

@@ -15,7 +15,6 @@ Example (with an export folder written by ``flowood export``)::
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 import warnings
@@ -26,22 +25,22 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from flowood.engines.common import DEFAULT_TOLERANCE, ENGINES, EngineDensity, read_manifest
+from flowood.engines.export import export_flow
+from flowood.flows.capabilities import capabilities
 from flowood.flows.model import check_batch
-from flowood.options import ConfigError
+from flowood.flows.preprocessing import dequantize
+from flowood.options import ConfigError, option
+from flowood.runtime import resolve_device
 
-__all__ = ["BACKENDS", "ENGINES", "EngineDensity", "EngineFlow", "engine_flow", "engine_device", "backend_option",
-           "read_manifest"]
+__all__ = ["BACKENDS", "ENGINES", "EngineFlow", "engine_flow", "engine_device", "backend_option"]
 
 #: where a flow can be scored: PyTorch, or an exported graph on an inference engine.
-BACKENDS = ("torch", "onnxruntime", "openvino")
-ENGINES = BACKENDS[1:]
-#: engine precisions: fp32 everywhere; bf16 on OpenVINO where the CPU has bf16 instructions.
-PRECISIONS = ("fp32", "bf16")
+BACKENDS = ("torch", *ENGINES)
 
 
 def backend_option() -> Any:
-    from flowood.options import option
-
+    """The backend option (one definition, used by every command that scores a flow)."""
     return option("torch", "where the flow is scored: torch, or onnxruntime / openvino (the flow is exported to "
                   "ONNX first and checked against PyTorch; extras `onnxruntime`, `openvino`)", choices=BACKENDS)
 
@@ -55,106 +54,10 @@ def engine_device(backend: str, device: str) -> str:
     """
     if backend == "torch":
         return device
-    from flowood.runtime import resolve_device
-
     if device != "auto" and resolve_device(device).type != "cpu":
         raise ConfigError(f"the {backend} backend scores on the CPU; pass device='cpu' (or backend='torch' for the "
                           "GPU)")
     return "cpu"
-
-
-def _threads() -> int:
-    return max(1, torch.get_num_threads())  # flowood's share of the cores (see flowood.runtime.CoreShare)
-
-
-_MANIFEST_KEYS = {"flow": ("input_shape", "discrete", "scale_dims", "flow_config", "parity"),
-                  "detector": ("input", "input_shape", "outputs", "score", "threshold", "fpr", "reference_scores",
-                               "parity")}
-
-
-def read_manifest(folder: Path) -> dict[str, Any]:
-    """The ``flowood-export.json`` of an export folder, checked.
-
-    Raises:
-        ConfigError: no such file, unreadable, from another program or version, or missing fields.
-    """
-    from flowood.engines.export import EXPORT_FORMAT_VERSION, EXPORT_MANIFEST
-
-    path = Path(folder) / EXPORT_MANIFEST
-    if not path.is_file():
-        raise ConfigError(f"{folder} is not a flowood export folder (no {EXPORT_MANIFEST}); write one with "
-                          "`flowood export`")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path} cannot be read ({err}); export the flow again with `flowood export`") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != EXPORT_FORMAT_VERSION:
-        raise ConfigError(f"{path} is not a {EXPORT_FORMAT_VERSION} manifest; export the flow again with this "
-                          "flowood's `flowood export`")
-    kind = manifest.get("kind", "flow")
-    missing = [k for k in _MANIFEST_KEYS.get(kind, ("kind",)) if k not in manifest]
-    if missing:
-        raise ConfigError(f"{path} lacks {', '.join(missing)}; export the {kind} again with `flowood export`")
-    return manifest
-
-
-class EngineDensity:
-    """An exported density graph compiled on an engine: ``run(x) -> (log_prob, scale_log_prior)`` as numpy.
-
-    Args:
-        folder: an export folder.
-        backend: ``onnxruntime`` or ``openvino``.
-        precision: ``fp32``; ``bf16`` runs OpenVINO's bf16 kernels (only where the CPU supports them).
-        threads: intra-op threads (default: PyTorch's current count, flowood's share of the cores).
-        manifest: the export's description (default: read from the folder).
-    """
-
-    def __init__(self, folder: str | Path, backend: str = "onnxruntime", precision: str = "fp32",
-                 threads: int | None = None, manifest: dict[str, Any] | None = None) -> None:
-        from flowood.engines.export import require_module
-
-        self.folder = Path(folder)
-        if backend not in ENGINES:
-            raise ConfigError(f"unknown engine {backend!r}; choose {' or '.join(ENGINES)}")
-        if precision not in PRECISIONS:
-            raise ConfigError(f"unknown engine precision {precision!r}; choose {' or '.join(PRECISIONS)}")
-        self.manifest = manifest if manifest is not None else read_manifest(self.folder)
-        self.backend, self.precision = backend, precision
-        threads = threads or _threads()
-        onnx_path = self.folder / "model.onnx"
-        if not onnx_path.is_file():
-            raise ConfigError(f"{self.folder} has no model.onnx; export the flow again with `flowood export`")
-        if backend == "onnxruntime":
-            if precision != "fp32":
-                raise ConfigError("ONNX Runtime scores in fp32 on CPUs; bf16 is OpenVINO's (backend openvino)")
-            ort = require_module("onnxruntime")
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            self._session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        else:
-            ov = require_module("openvino")
-            core = ov.Core()
-            if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-                raise ConfigError("this CPU has no bf16 instructions OpenVINO can use; score in fp32")
-            xml = self.folder / "model.xml"
-            model = core.read_model(str(xml if xml.is_file() else onnx_path))
-            config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision.replace("fp", "f"),
-                      "PERFORMANCE_HINT": "LATENCY"}
-            self._compiled = core.compile_model(model, "CPU", config)
-            self._request = self._compiled.create_infer_request()
-
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
-        """The graph's outputs for one batch: ``(log_prob [B], scale_log_prior [B, scales])`` of a float32 batch of
-        continuous inputs for a flow; what the manifest's ``outputs`` name for another graph (a detector's
-        ``(score, ood)`` of uint8 images). The input is given the dtype the manifest states (float32 by default)."""
-        spec = self.manifest.get("input") or {}
-        x = np.ascontiguousarray(x, dtype=np.dtype(spec.get("dtype", "float32")))
-        if self.backend == "onnxruntime":
-            return tuple(self._session.run(None, {spec.get("name", "x"): x}))
-        result = self._request.infer({0: x})
-        return tuple(np.array(result[i]) for i in range(len(self._compiled.outputs)))
 
 
 class EngineFlow(nn.Module):
@@ -165,13 +68,17 @@ class EngineFlow(nn.Module):
         backend: ``onnxruntime`` or ``openvino``.
         precision: ``fp32``, or ``bf16`` on OpenVINO.
         threads: intra-op threads of the engine (default: flowood's share of the cores).
+        temporary: the temporary folder ``folder`` lies in, if any: kept as long as the flow, removed with it.
     """
 
-    exported_flow = True  # see flowood.ood.density.is_exported_flow
+    # capability flags of the density protocol (see flowood.flows.capabilities): an exported flowood flow
+    flowood_api = exported = rebuildable = scale_latents = True
+    traceable = False
 
     def __init__(self, folder: str | Path, backend: str = "onnxruntime", precision: str = "fp32",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, temporary: tempfile.TemporaryDirectory | None = None) -> None:
         super().__init__()
+        self.temporary = temporary
         manifest = read_manifest(Path(folder))
         if manifest.get("kind", "flow") != "flow":
             raise ConfigError(f"{folder} holds an exported detector (images in, anomaly scores out), not a flow's "
@@ -190,7 +97,13 @@ class EngineFlow(nn.Module):
 
     @property
     def backend(self) -> str:
+        """The engine the flow runs on."""
         return self.engine.backend
+
+    @property
+    def precision(self) -> str:
+        """The engine's precision, ``fp32`` or ``bf16``."""
+        return self.engine.precision
 
     @property
     def num_dims(self) -> int:
@@ -205,9 +118,9 @@ class EngineFlow(nn.Module):
         engine takes float32)."""
         check_batch(x, self.input_shape, self.discrete, None, image_range)
 
-    def _continuous(self, x: Tensor, noise: str, generator: torch.Generator | None) -> Tensor:
-        from flowood.flows.preprocessing import dequantize
-
+    def dequantize(self, x: Tensor, noise: str = "uniform", generator: torch.Generator | None = None) -> Tensor:
+        """The continuous float32 inputs the engine takes, on the CPU, as :meth:`FlowModel.dequantize
+        <flowood.flows.FlowModel.dequantize>` (dequantized 8-bit images, or vectors)."""
         x = x.cpu()
         if self.discrete:
             return dequantize(x, noise=noise, generator=generator)
@@ -217,7 +130,7 @@ class EngineFlow(nn.Module):
              ) -> tuple[np.ndarray, np.ndarray]:
         if validate:
             self.check_input(x)
-        return self.engine.run(self._continuous(x, noise, generator).numpy())
+        return self.engine.run(self.dequantize(x, noise, generator).numpy())
 
     def log_prob(self, x: Tensor, noise: str = "uniform", generator: torch.Generator | None = None,
                  validate: bool = True) -> Tensor:
@@ -245,20 +158,18 @@ def engine_flow(flow: Any, backend: str, folder: str | Path | None = None, preci
     Raises:
         ConfigError: an unknown backend, or a model that is not a flowood flow (only those can be exported).
     """
-    from flowood.engines.export import DEFAULT_TOLERANCE, export_flow
-    from flowood.flows import FlowModel
-
     if backend == "torch":
         return flow
     if backend not in ENGINES:
         raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    if isinstance(flow, EngineFlow):
-        if flow.backend != backend or flow.engine.precision != precision:
-            raise ConfigError(f"this flow is loaded on {flow.backend} in {flow.engine.precision}, not {backend} in "
+    found = capabilities(flow)
+    if found.exported:
+        if flow.backend != backend or flow.precision != precision:
+            raise ConfigError(f"this flow is loaded on {flow.backend} in {flow.precision}, not {backend} in "
                               f"{precision}; load the export folder again with EngineFlow(folder, {backend!r}, "
                               f"{precision!r})")
         return flow
-    if not isinstance(flow, FlowModel):
+    if not found.traceable:
         raise ConfigError(f"only flowood flows can be scored on {backend} (they are exported first); this model is "
                           f"a {type(flow).__name__}")
     scratch = None
@@ -267,6 +178,4 @@ def engine_flow(flow: Any, backend: str, folder: str | Path | None = None, preci
         folder = Path(scratch.name) / "export"
     export_flow(flow, folder, format="openvino" if backend == "openvino" else "onnx",
                 tolerance=tolerance or DEFAULT_TOLERANCE, overwrite=True)
-    result = EngineFlow(folder, backend, precision)
-    result._scratch = scratch  # removed with the flow
-    return result
+    return EngineFlow(folder, backend, precision, temporary=scratch)

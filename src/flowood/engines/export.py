@@ -35,7 +35,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,44 +43,29 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from flowood.errors import FlowoodError, ModelError
+from flowood import __version__
+from flowood.checkpoints import load_flow
+from flowood.engines.common import (
+    EXPORT_FORMAT_VERSION,
+    EXPORT_MANIFEST,
+    EngineDensity,
+    ExportError,
+    ExportOptions,
+    check_export_options,
+    engines_for,
+    require_module,
+)
+from flowood.errors import ModelError
 from flowood.flows.base import FlowLayer
+from flowood.flows.capabilities import capabilities
 from flowood.flows.layers import InvertibleConv1x1
 from flowood.flows.model import FlowModel
-from flowood.flows.preprocessing import DEQUANTIZATION_LOG_DET
-from flowood.options import ConfigError, merge_options, option
-from flowood.runtime import seed_option
+from flowood.flows.preprocessing import dequantize
+from flowood.options import ConfigError, merge_options
+from flowood.outputs import atomic_write, open_output_folder, remove_output_folder, write_text_atomic
 
-__all__ = ["export_flow", "ExportOptions", "ExportResult", "EXPORT_FORMATS", "EXPORT_MANIFEST", "DEFAULT_TOLERANCE",
-           "ExportError", "DensityGraph", "require_module", "write_checked_export", "engines_for", "check_size",
-           "EXPORT_FORMAT_VERSION", "DEFAULT_SCORE_TOLERANCE", "check_export_options"]
-
-#: the formats ``flowood export`` writes.
-EXPORT_FORMATS = ("onnx", "openvino")
-#: the file in an export folder that describes the graph and its parity check.
-EXPORT_MANIFEST = "flowood-export.json"
-#: the largest difference of log-likelihood (bits/dim) between the engine and PyTorch an export may have.
-DEFAULT_TOLERANCE = 1e-4
-#: the largest difference of a detector's anomaly score between the engine and PyTorch an export may have, as a share
-#: of the spread of the detector's in-distribution calibration scores.
-DEFAULT_SCORE_TOLERANCE = 1e-3
-EXPORT_FORMAT_VERSION = "flowood-export-1"
-_INSTALL = {"onnx": "export", "onnxscript": "export", "onnxruntime": "onnxruntime", "openvino": "openvino"}
-
-
-class ExportError(FlowoodError, RuntimeError):
-    """A flow that could not be exported, or whose exported graph disagrees with PyTorch beyond the tolerance."""
-
-
-def require_module(name: str) -> Any:
-    """Import an optional engine package, or say which extra installs it."""
-    import importlib
-
-    try:
-        return importlib.import_module(name)
-    except ImportError as err:
-        raise ConfigError(f"this needs the `{name}` package: pip install 'flowood[{_INSTALL.get(name, name)}]'") \
-            from err
+__all__ = ["export_flow", "ExportResult", "DensityGraph", "parity_inputs", "check_parity", "ExportTarget",
+           "write_checked_export", "check_size", "DENSITY_NAMES", "MAX_ONNX_BYTES"]
 
 
 class _FixedConv1x1(FlowLayer):
@@ -101,7 +86,8 @@ class _FixedConv1x1(FlowLayer):
 
 
 class DensityGraph(nn.Module):
-    """What is exported: ``x -> (log_prob, scale_log_prior)`` of a flow, in fp32 and without data checks.
+    """What is exported: ``x -> (log_prob, scale_log_prior)`` of a flow (:meth:`FlowModel.log_prob_parts
+    <flowood.flows.FlowModel.log_prob_parts>`), in fp32, eager and without data checks.
 
     Args:
         flow: the flow (copied; the copy's plain 1x1 convolutions get constant log-determinants).
@@ -112,9 +98,7 @@ class DensityGraph(nn.Module):
         if any(getattr(m, "initialization_pending", False) for m in flow.modules()):  # (the graph cannot branch)
             raise ModelError("the flow has a layer still waiting to initialise itself from data (an untrained "
                              "ActNorm or standardisation); train or load it before exporting")
-        flow = copy.deepcopy(flow).float().eval()
-        flow.st_dtype = None
-        flow._compiled_density = None
+        flow = copy.deepcopy(flow).float().eval().mixed_precision(None).compile_density(False)
         flow.to(memory_format=torch.contiguous_format)
         for i, step in enumerate(flow.steps):
             if isinstance(step, InvertibleConv1x1) and not step.lu:
@@ -122,12 +106,8 @@ class DensityGraph(nn.Module):
         self.flow = flow
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h, log_det, factored = self.flow._run_steps(x, None)
-        scale_log_prior = torch.stack([self.flow.prior.log_prob(part) for part in (*factored, h)], dim=1)
-        log_prob = scale_log_prior.sum(1) + log_det
-        if self.flow.discrete:
-            log_prob = log_prob + self.flow.num_dims * DEQUANTIZATION_LOG_DET
-        return log_prob, scale_log_prior
+        parts = self.flow.log_prob_parts(x, validate=False)
+        return parts.log_prob, parts.scale_log_prior
 
 
 @dataclass
@@ -156,8 +136,6 @@ def parity_inputs(flow: FlowModel, n: int = 16, seed: int = 0) -> Tensor:
     samples of the flow itself and half uniform noise images, dequantized; for vector flows samples of the flow at
     temperatures 1 and 1.5 (noise in raw feature units could lie far outside the data, where float32 rounding
     alone moves log-likelihoods of -1e9 by more than any tolerance)."""
-    from flowood.flows.preprocessing import dequantize
-
     g = torch.Generator().manual_seed(seed)
     half = n // 2
     with torch.no_grad():
@@ -213,8 +191,6 @@ def _write_onnx(graph: nn.Module, example: Tensor, path: Path, names: tuple[tupl
 def _write_openvino(onnx_path: Path, xml_path: Path) -> None:
     """OpenVINO's IR (``.xml`` graph, ``.bin`` fp32 weights) converted from the ONNX graph, each file atomic."""
     ov = require_module("openvino")
-    from flowood.outputs import atomic_write
-
     try:
         model = ov.convert_model(str(onnx_path))
     except Exception as err:
@@ -222,47 +198,6 @@ def _write_openvino(onnx_path: Path, xml_path: Path) -> None:
     with atomic_write(xml_path) as tmp_xml, atomic_write(xml_path.with_suffix(".bin")) as tmp_bin:
         ov.save_model(model, str(tmp_xml), compress_to_fp16=False)  # writes the weights beside it, as .bin
         tmp_xml.with_suffix(".bin").replace(tmp_bin)
-
-
-@dataclass
-class ExportOptions:
-    """How :func:`export_flow` exports: every field is an option (``flowood export --help`` shows them)."""
-
-    format: str = option("onnx", "onnx (model.onnx, for ONNX Runtime and OpenVINO) or openvino (also OpenVINO's "
-                         "model.xml/model.bin)", choices=EXPORT_FORMATS)
-    tolerance: float = option(DEFAULT_TOLERANCE, "a flow's largest |log-likelihood difference| from PyTorch, in "
-                              "bits/dim, an export may have (above it the export is refused)", minimum=0.0)
-    score_tolerance: float = option(DEFAULT_SCORE_TOLERANCE, "a detector's largest |anomaly-score difference| from "
-                                    "PyTorch on in-distribution images, as a share of the spread (standard deviation) "
-                                    "of its calibration scores (above it the export is refused)", minimum=0.0)
-    check_samples: int = option(16, "inputs of the parity check (samples of the flow and noise; for a detector, noise "
-                                "images beside the in-distribution images its file keeps)", minimum=4)
-    seed: int = seed_option()
-
-
-#: which tolerance holds each kind of export to PyTorch: a flow's log-likelihood, or a detector's score.
-_TOLERANCES = {"flow": ("tolerance", DEFAULT_TOLERANCE, "bits/dim"),
-               "detector": ("score_tolerance", DEFAULT_SCORE_TOLERANCE, "a share of the calibration scores' spread")}
-
-
-def check_export_options(o: ExportOptions, kind: str) -> ExportOptions:
-    """Refuse, before any work, an unknown format, missing packages, and a tolerance of the other kind of export
-    (a flow is held to ``tolerance``, a detector to ``score_tolerance``).
-
-    Raises:
-        ConfigError: named in the message.
-    """
-    if o.format not in EXPORT_FORMATS:
-        raise ConfigError(f"unknown export format {o.format!r}; choose {' or '.join(EXPORT_FORMATS)}")
-    (name, _, unit), (other, default, _) = (_TOLERANCES[kind], *[v for k, v in _TOLERANCES.items() if k != kind])
-    if getattr(o, other) != default:
-        raise ConfigError(f"`{other}` applies to exporting a {'detector' if kind == 'flow' else 'flow'}; a {kind}'s "
-                          f"parity is held to `{name}` ({unit})")
-    if not getattr(o, name) > 0:
-        raise ConfigError(f"{name} must be positive, got {getattr(o, name)}")
-    for module in ("onnx", "onnxscript", "openvino" if o.format == "openvino" else "onnxruntime"):
-        require_module(module)
-    return o
 
 
 def export_flow(model: FlowModel | str | Path, out: str | Path, options: ExportOptions | None = None, *,
@@ -304,31 +239,47 @@ def export_flow(model: FlowModel | str | Path, out: str | Path, options: ExportO
                               f"bits/dim ({parity['max_abs_diff_nats']:.3g} nats) on {parity['worst_engine']}, "
                               f"above the tolerance {o.tolerance:g}; nothing was kept")
         return parity
-    path, files, parity = write_checked_export(graph, x[:2], out, o.format, check,
-                                               lambda files, parity: _manifest(flow, source, files, parity),
-                                               [source["path"]] if source["path"] else [], overwrite)
+    target = ExportTarget(out, o.format, [source["path"]] if source["path"] else [], overwrite)
+    path, files, parity = write_checked_export(graph, x[:2], target, check,
+                                               lambda files, parity: _manifest(flow, source, files, parity))
     return ExportResult(path, files + [EXPORT_MANIFEST], parity["max_abs_diff_nats"],
                         parity["max_abs_diff_bpd"], o.tolerance, time.perf_counter() - start)
 
 
-def write_checked_export(graph: nn.Module, example: Tensor, out: str | Path, format: str,
+@dataclass
+class ExportTarget:
+    """Where :func:`write_checked_export` writes.
+
+    Attributes:
+        out: the export folder (checked, created and locked as every flowood output folder).
+        format: ``onnx`` or ``openvino``.
+        inputs: the files the export is made from (the folder may not be, hold or lie in one of them).
+        overwrite: replace an earlier export in ``out``.
+    """
+
+    out: str | Path
+    format: str
+    inputs: list[Any] = field(default_factory=list)
+    overwrite: bool = False
+
+
+def write_checked_export(graph: nn.Module, example: Tensor, target: ExportTarget,
                          check: Callable[[Path], dict[str, Any]],
-                         manifest: Callable[[list[str], dict[str, Any]], dict[str, Any]], inputs: list[Any],
-                         overwrite: bool = False, names: tuple[tuple[str, ...], tuple[str, ...]] = DENSITY_NAMES
+                         manifest: Callable[[list[str], dict[str, Any]], dict[str, Any]],
+                         names: tuple[tuple[str, ...], tuple[str, ...]] = DENSITY_NAMES
                          ) -> tuple[Path, list[str], dict[str, Any]]:
-    """Write ``graph`` into the export folder ``out`` (``model.onnx``, and OpenVINO's files for ``openvino``), run
-    ``check(folder)`` (the parity check: it returns what the manifest records, or raises :class:`ExportError`), then
-    write ``flowood-export.json`` from ``manifest(files, parity)``. A failed or interrupted export keeps nothing.
+    """Write ``graph`` (traced on ``example``, its input and outputs named ``names``) into the export folder
+    ``target.out`` (``model.onnx``, and OpenVINO's files for ``openvino``), run ``check(folder)`` (the parity check: it
+    returns what the manifest records, or raises :class:`ExportError`), then write ``flowood-export.json`` from
+    ``manifest(files, parity)``. A failed or interrupted export keeps nothing.
 
     Returns:
         ``(folder, graph files written, parity)``.
     """
-    from flowood.outputs import open_output_folder, remove_output_folder, write_text_atomic
-
-    existed = Path(out).expanduser().is_dir()
-    with open_output_folder(out, "export", inputs, overwrite=overwrite) as folder:
+    existed = Path(target.out).expanduser().is_dir()
+    with open_output_folder(target.out, "export", target.inputs, overwrite=target.overwrite) as folder:
         try:
-            files = _write_graph(graph, example, folder, format, names)
+            files = _write_graph(graph, example, folder, target.format, names)
             parity = check(folder.path)
             write_text_atomic(folder.path / EXPORT_MANIFEST, json.dumps(manifest(files, parity), indent=2))
         except BaseException:  # a failed or interrupted export keeps nothing
@@ -343,8 +294,6 @@ def write_checked_export(graph: nn.Module, example: Tensor, out: str | Path, for
 def _write_graph(graph: nn.Module, example: Tensor, folder: Any, format: str,
                  names: tuple[tuple[str, ...], tuple[str, ...]] = DENSITY_NAMES) -> list[str]:
     """model.onnx, and for ``openvino`` model.xml/model.bin converted from it; the files written."""
-    from flowood.outputs import atomic_write
-
     with atomic_write(folder.path / "model.onnx") as tmp:
         _write_onnx(graph, example, tmp, names)
     if format != "openvino":
@@ -353,26 +302,14 @@ def _write_graph(graph: nn.Module, example: Tensor, folder: Any, format: str,
     return ["model.onnx", "model.bin", "model.xml"]
 
 
-def engines_for(format: str) -> list[str]:
-    """The engines the parity check runs on: the format's own, and every other installed engine that reads the
-    folder (OpenVINO reads model.onnx, ONNX Runtime reads an openvino export's model.onnx)."""
-    import importlib.util
-
-    own = "openvino" if format == "openvino" else "onnxruntime"
-    others = [e for e in ("onnxruntime", "openvino") if e != own and importlib.util.find_spec(e) is not None]
-    return [own, *others]
-
-
 def _source_flow(model: FlowModel | str | Path) -> tuple[FlowModel, dict[str, Any]]:
     """A CPU copy of the flow to export (the caller's stays where it is), and what is known of where it came from."""
-    from flowood.checkpoints import load_flow
-
     source: dict[str, Any] = {"path": None, "train_config": {}, "checkpoint_sha256": None}
     if isinstance(model, (str, Path)):
         loaded = load_flow(model)
         flow = loaded.flow
         source = {"path": Path(model), "train_config": loaded.train_config, "checkpoint_sha256": loaded.sha256}
-    elif isinstance(model, FlowModel):
+    elif capabilities(model).traceable:
         flow = copy.deepcopy(model)
     else:
         raise ConfigError(f"only flowood flows can be exported, got {type(model).__name__}")
@@ -388,8 +325,6 @@ def check_parity(graph: DensityGraph, folder: Path, engines: list[str], x: Tenso
     Raises:
         ExportError: an engine cannot load or run the graph.
     """
-    from flowood.engines.backend import EngineDensity
-
     with torch.no_grad():
         ref_log_prob, ref_priors = (t.double().numpy() for t in graph(x))
     dims = np.array(graph.flow.scale_dims, dtype=np.float64)
@@ -420,8 +355,6 @@ def check_parity(graph: DensityGraph, folder: Path, engines: list[str], x: Tenso
 
 def _manifest(flow: FlowModel, source: dict[str, Any], files: list[str], parity: dict[str, Any]) -> dict[str, Any]:
     """The contents of flowood-export.json: the graph's convention, the flow, where it came from, the parity check."""
-    from flowood import __version__
-
     convention = "dequantized 8-bit images in (0, 1)" if flow.discrete else "continuous vectors as the flow takes them"
     return {
         "format": EXPORT_FORMAT_VERSION, "flowood_version": __version__, "torch_version": torch.__version__,

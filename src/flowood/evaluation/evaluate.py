@@ -59,7 +59,7 @@ from flowood.ood.classifier import (
     classifier_accuracy,
     classifier_scores,
 )
-from flowood.ood.density import as_density, is_exported_flow, is_flowood_flow
+from flowood.ood.density import as_density, capabilities
 from flowood.ood.metrics import ood_metrics
 from flowood.ood.scores import DEFAULT_SCORES, SCORE_NAMES, ScoreOptions, make_score, score_applies, score_bits_per_dim
 from flowood.options import ConfigError, merge_options, option, to_mapping
@@ -344,7 +344,7 @@ def check_backend(options: EvaluateOptions, flow: Any) -> None:
     if options.backend not in BACKENDS:
         raise ConfigError(f"unknown backend {options.backend!r}; choose from {', '.join(BACKENDS)}")
     if options.backend == "torch":
-        if is_exported_flow(flow):
+        if capabilities(flow).exported:
             raise ConfigError(f"this model is an exported flow on {flow.backend}; pass backend='{flow.backend}'")
         return
     options.device = engine_device(options.backend, options.device)
@@ -353,7 +353,7 @@ def check_backend(options: EvaluateOptions, flow: Any) -> None:
     if options.precision not in ("fp32", "bf16") or (options.precision == "bf16" and options.backend != "openvino"):
         raise ConfigError(f"the {options.backend} backend scores in fp32" +
                           (" or bf16" if options.backend == "openvino" else "") + f", not {options.precision}")
-    if not (is_flowood_flow(flow) or is_exported_flow(flow)):
+    if not (capabilities(flow).traceable or capabilities(flow).exported):
         raise ConfigError(f"only flowood flows can be scored on {options.backend} (they are exported first); this "
                           f"model is a {type(flow).__name__}")
 
@@ -381,7 +381,7 @@ def prepare_models(plan: EvaluationPlan) -> tuple[torch.device, list[FlowModel],
     if o.backend != "torch":
         return (device, *_on_engine(plan))
     st_dtype = parse_precision(o.precision)
-    if is_flowood_flow(plan.loaded.flow):
+    if capabilities(plan.loaded.flow).traceable:
         plan.loaded.flow.to(device).optimize(compile=o.compile).mixed_precision(st_dtype)  # same numbers, faster
     else:
         plan.loaded.flow.to(device)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +22,7 @@ from flowood.flows.layers import ActNorm, Squeeze, Standardize, squeeze2d, unsqu
 from flowood.flows.precision import flow_precision, parse_precision
 from flowood.flows.preprocessing import DEQUANTIZATION_LOG_DET, LogitTransform, dequantize, quantize
 
-__all__ = ["FlowModel", "Split", "StandardNormal", "FlowTrace", "check_batch"]
+__all__ = ["FlowModel", "Split", "StandardNormal", "FlowTrace", "LogProbParts", "check_batch"]
 
 
 class Split(nn.Module):
@@ -82,6 +82,22 @@ class FlowTrace:
     inputs: Tensor | None = None
 
 
+class LogProbParts(NamedTuple):
+    """The log-likelihood of a batch of continuous inputs and the terms it is the sum of (see
+    :meth:`FlowModel.log_prob_parts`).
+
+    Attributes:
+        log_prob: ``[B]``, the log-likelihood in nats, as :meth:`FlowModel.log_prob` gives it for these continuous
+            inputs: ``scale_log_prior.sum(1) + log_det``, and for image models the 1/256 bin width of every dimension.
+        log_det: ``[B]``, the flow's log-determinant (preprocessing included).
+        scale_log_prior: ``[B, scales]``, the prior's log-density of each scale's latents, earliest first.
+    """
+
+    log_prob: Tensor
+    log_det: Tensor
+    scale_log_prior: Tensor
+
+
 def check_batch(x: Tensor, input_shape: tuple[int, ...], discrete: bool, dtype: torch.dtype | None = None,
                 image_range: tuple[float, float] | None = (0.0, 1.0)) -> None:
     """Refuse, with a message that names the fix, a batch a flow of ``input_shape`` cannot score: not a tensor, the
@@ -126,8 +142,14 @@ class FlowModel(nn.Module):
         ``forward(x) -> (z, log_det)`` and ``inverse(z) -> x`` are the bijection on continuous
         inputs (for image models: dequantized images in (0, 1)). ``log_prob(x)``,
         ``bits_per_dim(x)`` and ``sample(n)`` work on data as users have it (for image models:
-        8-bit images as uint8 or as floats ``k / 255``).
+        8-bit images as uint8 or as floats ``k / 255``). ``dequantize(x)`` turns such data into the
+        continuous inputs of the bijection, and ``log_prob_parts(y)`` gives the log-likelihood of continuous
+        inputs with the terms it sums (log-determinant, each scale's prior log-density).
     """
+
+    # capability flags of the density protocol (see flowood.flows.capabilities): flowood's own flow in PyTorch
+    flowood_api = traceable = rebuildable = scale_latents = True
+    exported = False
 
     def __init__(self, input_shape: tuple[int, ...], steps: list[tuple[str, nn.Module]],
                  logit_alpha: float | None = 0.05, config: dict[str, Any] | None = None) -> None:
@@ -178,9 +200,32 @@ class FlowModel(nn.Module):
             channels_last = len(self.input_shape) == 3
         if channels_last and len(self.input_shape) == 3:
             self.to(memory_format=torch.channels_last)
-        self._compiled_density = torch.compile(self._density) if compile else None
+        return self.compile_density(compile)
+
+    def compile_density(self, enabled: bool = True) -> "FlowModel":
+        """Switch the compiled density pass on (``torch.compile`` of ``forward`` and the prior, what
+        :meth:`log_prob` runs) or, with ``enabled=False``, off again: the eager pass, e.g. before exporting or
+        copying the flow into another graph. :meth:`optimize` calls this for its ``compile`` argument.
+
+        Passes that still initialise a layer from data (ActNorm's first batch) run eagerly either way.
+
+        Returns:
+            the model itself.
+
+        Example:
+            >>> from flowood.flows import RealNVP
+            >>> flow = RealNVP((1, 4, 4), num_blocks=1, num_mid_channels=4).compile_density()
+            >>> flow.density_compiled, flow.compile_density(False).density_compiled
+            (True, False)
+        """
+        self._compiled_density = torch.compile(self._density) if enabled else None
         self._lazy_layers = [m for m in self.modules() if isinstance(m, (ActNorm, Standardize))]
         return self
+
+    @property
+    def density_compiled(self) -> bool:
+        """True while :meth:`log_prob` runs the compiled density pass (see :meth:`compile_density`)."""
+        return self._compiled_density is not None
 
     def _ready_to_compile(self) -> bool:
         """True once no layer has a data-dependent initialisation left (read from a host flag, no sync)."""
@@ -312,19 +357,39 @@ class FlowModel(nn.Module):
     def _param_dtype(self) -> torch.dtype:
         return next((p.dtype for p in self.parameters() if torch.is_floating_point(p)), torch.float32)
 
-    def _check_continuous(self, x: Tensor) -> None:
-        """Refuse what :meth:`forward` cannot map: wrong shape or dtype, NaN/Inf, image values outside (0, 1)."""
+    def _check_continuous(self, x: Tensor, method: str = "forward") -> None:
+        """Refuse what :meth:`forward` (or ``method``) cannot map: wrong shape or dtype, NaN/Inf, image values outside
+        (0, 1)."""
         if not isinstance(x, Tensor) or x.dtype == torch.uint8:
-            raise InputError("forward() maps continuous inputs (float tensors); score 8-bit images with log_prob()")
+            raise InputError(f"{method}() maps continuous inputs (float tensors); score 8-bit images with log_prob()")
         self.check_input(x, image_range=None)
         if self.discrete:
             lo, hi = float(x.min()), float(x.max())
             if lo <= 0.0 or hi >= 1.0:
-                raise InputError(f"forward() of an image model takes dequantized images in the open interval (0, 1), "
+                raise InputError(f"{method}() of an image model takes dequantized images in the open interval (0, 1), "
                                  f"got values in [{lo:.3g}, {hi:.3g}]; for 8-bit images use log_prob() (it "
-                                 "dequantizes), or flowood.flows.dequantize(x) first")
+                                 "dequantizes), or flow.dequantize(x) first")
 
-    def _continuous(self, x: Tensor, noise: str, generator: torch.Generator | None) -> Tensor:
+    def dequantize(self, x: Tensor, noise: str = "uniform", generator: torch.Generator | None = None) -> Tensor:
+        """The continuous inputs the flow maps for a batch as users have it: for image models 8-bit images
+        dequantized with ``noise`` (see :func:`flowood.flows.dequantize`), for vector models the vectors themselves
+        (uint8 vectors as floats). What :meth:`log_prob` feeds to :meth:`forward`; no checks.
+
+        Args:
+            x: batch ``[B, *input_shape]``: for image models uint8 images or floats ``k / 255``.
+            noise: ``"uniform"`` (seeded by ``generator``) or ``"center"`` (deterministic).
+            generator: random generator for the noise.
+
+        Returns:
+            ``[B, *input_shape]``: for image models floats in (0, 1).
+
+        Example:
+            >>> from flowood.flows import RealNVP
+            >>> flow = RealNVP((1, 4, 4), num_blocks=1, num_mid_channels=4)
+            >>> y = flow.dequantize(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), noise="center")
+            >>> y.shape, float(y.max())  # the centre of the lowest of 256 bins
+            (torch.Size([2, 1, 4, 4]), 0.001953125)
+        """
         if self.discrete:
             return dequantize(x, noise=noise, generator=generator)
         return x.float() if x.dtype == torch.uint8 else x
@@ -346,10 +411,42 @@ class FlowModel(nn.Module):
         """
         if validate:
             self.check_input(x)
-        y = self._continuous(x, noise, generator)
+        y = self.dequantize(x, noise, generator)
         if self._compiled_density is not None and self._ready_to_compile():
             return self._compiled_density(y)
         return self._density(y)
+
+    def log_prob_parts(self, y: Tensor, validate: bool = True) -> LogProbParts:
+        """The log-likelihood of continuous inputs with the terms it sums, in one pass: the log-determinant and each
+        scale's prior log-density. The per-scale latent scores read the latter, and an exported density graph
+        gives both (:class:`flowood.engines.export.DensityGraph` is this method in fp32).
+
+        Args:
+            y: continuous inputs ``[B, *input_shape]``, as :meth:`forward` takes them (for image models dequantized
+                images in (0, 1), see :meth:`dequantize`).
+            validate: check shape, dtype, finiteness and range first, as :meth:`forward` (costs one device sync).
+
+        Returns:
+            a :class:`LogProbParts` ``(log_prob [B], log_det [B], scale_log_prior [B, scales])``.
+
+        Example:
+            >>> from flowood.flows import RealNVP
+            >>> flow = RealNVP((1, 4, 4), num_blocks=1, num_mid_channels=4)
+            >>> x = torch.randint(0, 256, (3, 1, 4, 4), dtype=torch.uint8)
+            >>> parts = flow.log_prob_parts(flow.dequantize(x, noise="center"))
+            >>> parts.scale_log_prior.shape == (3, flow.num_scales)
+            True
+            >>> torch.allclose(parts.log_prob, flow.log_prob(x, noise="center"), atol=1e-3)
+            True
+        """
+        if validate:
+            self._check_continuous(y, "log_prob_parts")
+        h, log_det, factored = self._run(y)
+        scale_log_prior = torch.stack([self.prior.log_prob(part) for part in (*factored, h)], dim=1)
+        log_prob = scale_log_prior.sum(1) + log_det
+        if self.discrete:
+            log_prob = log_prob + self.num_dims * DEQUANTIZATION_LOG_DET
+        return LogProbParts(log_prob, log_det, scale_log_prior)
 
     def _density(self, y: Tensor) -> Tensor:
         """Log-likelihood of continuous inputs: the flow, the prior and the bin width (what ``compile`` compiles)."""
@@ -384,14 +481,15 @@ class FlowModel(nn.Module):
     def latents_by_scale(self, x: Tensor, noise: str = "uniform", generator: torch.Generator | None = None
                          ) -> list[Tensor]:
         """The latents of each scale, earliest first: factored-out parts, then what the last scale outputs."""
-        h, _, factored = self._run(self._continuous(x, noise, generator))
+        h, _, factored = self._run(self.dequantize(x, noise, generator))
         return [*factored, h]
 
     def log_prior_by_scale(self, x: Tensor, noise: str = "uniform", generator: torch.Generator | None = None
                            ) -> Tensor:
         """The prior's log-density of each scale's latents, ``[B, scales]``, earliest first (nats; what the per-scale
-        latent scores compare, and what an exported graph gives beside the log-likelihood)."""
-        return torch.stack([self.prior.log_prob(p) for p in self.latents_by_scale(x, noise, generator)], dim=1)
+        latent scores compare, and what an exported graph gives beside the log-likelihood; see
+        :meth:`log_prob_parts`)."""
+        return self.log_prob_parts(self.dequantize(x, noise, generator), validate=False).scale_log_prior
 
     def trace(self, x: Tensor, noise: str = "center", generator: torch.Generator | None = None) -> FlowTrace:
         """Run one forward pass and keep every step's output (and each coupling's s and t).
@@ -401,7 +499,7 @@ class FlowModel(nn.Module):
             noise: dequantization noise; ``"center"`` by default so pictures are reproducible.
         """
         self.check_input(x)
-        xc = self._continuous(x, noise, generator)
+        xc = self.dequantize(x, noise, generator)
         records: list[LayerRecord] = []
         h, log_det, factored = self._run(xc, records)
         z = self.assemble(h, factored)

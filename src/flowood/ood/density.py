@@ -16,6 +16,13 @@ Scores that need more than the likelihood say so when given such a model: the pe
 multi-scale flowood flow, and the likelihood ratio needs a ``background`` model (flowood can only train a
 background copy of its own flows).
 
+What a model offers beyond ``log_prob`` it declares with capability flags, boolean class attributes read by
+:func:`capabilities` (see :class:`Capabilities`): ``flowood_api`` (flowood's whole scoring API: used as it is),
+``traceable`` (a flowood flow in PyTorch, with layers to trace, export and save), ``exported`` (a flow exported
+to an inference engine), ``rebuildable`` (its ``config`` rebuilds the architecture) and ``scale_latents`` (the
+prior's log-density per scale). flowood asks these flags, never a model's class: a model that declares none is
+scored by its log-likelihood alone, through :class:`DensityModel`.
+
 Example:
     >>> from torch import nn
     >>> class Gaussian(nn.Module):
@@ -37,14 +44,19 @@ from torch import Tensor, nn
 
 from flowood.errors import InputError
 from flowood.flows import FlowModel
+from flowood.flows.capabilities import Capabilities, capabilities
 from flowood.options import ConfigError
 
-__all__ = ["Density", "DensityModel", "as_density", "is_exported_flow", "is_flowood_flow"]
+__all__ = ["Capabilities", "Density", "DensityModel", "as_density", "capabilities"]
 
 
 @runtime_checkable
 class Density(Protocol):
-    """What flowood needs from a model: ``log_prob(x)``, nats per sample (see the module docstring)."""
+    """What flowood needs from a model: ``log_prob(x)``, nats per sample (see the module docstring).
+
+    A model may also declare capability flags, boolean class attributes named as the fields of
+    :class:`Capabilities` (all False when absent), to say what more it offers; :func:`capabilities` reads them.
+    """
 
     def log_prob(self, x: Tensor) -> Tensor: ...
 
@@ -60,6 +72,7 @@ class DensityModel(nn.Module):
 
     discrete = False  # it models continuous inputs; flowood does not dequantize for it
     num_scales = 1
+    flowood_api = True  # the wrapper speaks flowood's scoring API; the model it wraps declares nothing more
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...] | None = None) -> None:
         super().__init__()
@@ -114,23 +127,13 @@ def _log_prob_of(model: Any) -> Callable[[Tensor], Tensor]:
                       "flows, torch modules with log_prob(x) -> [B] nats, and zuko flows)")
 
 
-def is_flowood_flow(model: Any) -> bool:
-    """True for flowood's own flows (which dequantize 8-bit images and know their scales)."""
-    return isinstance(model, FlowModel)
-
-
-def is_exported_flow(model: Any) -> bool:
-    """True for a flowood flow exported to an inference engine (:class:`flowood.engines.EngineFlow`): it dequantizes
-    and knows its scales and configuration like a flowood flow, but has no network to train or inspect."""
-    return getattr(model, "exported_flow", False) is True
-
-
 def as_density(model: Any, input_shape: tuple[int, ...] | None = None) -> FlowModel | DensityModel:
-    """A flowood flow as it is; any other density wrapped in :class:`DensityModel`.
+    """A model that speaks flowood's scoring API (capability ``flowood_api``: flowood's flows, exported or not) as it
+    is; any other density wrapped in :class:`DensityModel`.
 
     Raises:
         ConfigError: ``model`` has no ``log_prob`` (and is no zuko flow).
     """
-    if is_flowood_flow(model) or is_exported_flow(model) or isinstance(model, DensityModel):
+    if capabilities(model).flowood_api:
         return model
     return DensityModel(model, input_shape)

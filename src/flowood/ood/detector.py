@@ -21,10 +21,16 @@ from sklearn.exceptions import NotFittedError
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from flowood import __version__
+from flowood.checkpoints import CheckpointError, check_version, load_flow, read_weights_file
+from flowood.engines.backend import engine_device, engine_flow
 from flowood.errors import InputError
-from flowood.ood.density import as_density, is_flowood_flow
+from flowood.flows import build_flow
+from flowood.ood.density import as_density, capabilities
 from flowood.ood.scores import OODScore, make_score
 from flowood.options import ConfigError
+from flowood.outputs import atomic_write, check_output_file
+from flowood.runtime import resolve_device
 
 __all__ = ["OODDetector", "CalibratedDetector", "collect_samples", "DETECTOR_FORMAT", "plain_tree",
            "calibrated_threshold"]
@@ -67,7 +73,12 @@ class CalibratedDetector(OutlierMixin, BaseEstimator):
     def _fitted(self) -> bool:
         return hasattr(self, "reference_scores_")
 
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
+        """Refuse to go on with a detector that is not fitted.
+
+        Raises:
+            NotFittedError: ``fit`` was not called (nor the detector loaded from a file).
+        """
         if not self._fitted():
             raise NotFittedError(f"this {type(self).__name__} is not fitted yet: call fit(in-distribution data) first")
 
@@ -75,7 +86,9 @@ class CalibratedDetector(OutlierMixin, BaseEstimator):
         """One score per input in the score's units; higher means more anomalous."""
         raise NotImplementedError
 
-    def _calibrate(self) -> None:
+    def calibrate(self) -> None:
+        """Set the threshold for ``fpr`` from the calibration scores: ``threshold_`` on the anomaly-score scale and
+        ``offset_`` on scikit-learn's. What fitting, loading and :meth:`set_fpr` end with."""
         self.threshold_ = self.threshold(self.fpr)
         self.offset_ = -self.threshold_
 
@@ -93,7 +106,7 @@ class CalibratedDetector(OutlierMixin, BaseEstimator):
         """Move the threshold to flag a share ``fpr`` of the calibration data, without fitting again."""
         self.threshold(fpr)  # checks fpr
         self.fpr = float(fpr)
-        self._calibrate()
+        self.calibrate()
 
     def is_ood(self, X: Any, fpr: float | None = None) -> np.ndarray:
         """True for inputs flagged as OOD at the threshold for ``fpr`` (default: the detector's)."""
@@ -101,7 +114,7 @@ class CalibratedDetector(OutlierMixin, BaseEstimator):
 
     def percentile(self, anomaly_scores: np.ndarray) -> np.ndarray:
         """Where each anomaly score falls among the calibration data's, in percent (100: above them all)."""
-        self._check_fitted()
+        self.check_fitted()
         reference = np.sort(self.reference_scores_)
         return 100.0 * np.searchsorted(reference, anomaly_scores, side="right") / len(reference)
 
@@ -162,7 +175,6 @@ class OODDetector(CalibratedDetector):
     def _density(self) -> Any:
         model = self.model
         if isinstance(model, (str, Path)):
-            from flowood.checkpoints import load_flow
             model = load_flow(model).flow
         return as_density(model).eval()
 
@@ -204,18 +216,18 @@ class OODDetector(CalibratedDetector):
             ref = x
         self.scorer_ = scorer
         self.reference_scores_ = scorer.score(ref)
-        self._calibrate()
+        self.calibrate()
         return self
 
     # -- flowood's convention -----------------------------------------------------------------------------------
     def anomaly_score(self, X: Any) -> np.ndarray:
         """One score per input in the score's units; higher means more anomalous."""
-        self._check_fitted()
+        self.check_fitted()
         return self.scorer_.score(collect_samples(X))
 
     @property
     def score_name(self) -> str:
-        self._check_fitted()
+        self.check_fitted()
         return self.scorer_.name
 
     # -- files ----------------------------------------------------------------------------------------------------
@@ -227,12 +239,9 @@ class OODDetector(CalibratedDetector):
             ConfigError: a detector whose model is not a flowood flow (its class could not be rebuilt on loading).
             OutputError: ``path`` is not a file flowood may write (see :func:`flowood.outputs.check_output_file`).
         """
-        from flowood import __version__
-        from flowood.outputs import atomic_write, check_output_file
-
-        self._check_fitted()
+        self.check_fitted()
         flow = self.scorer_.flow
-        if not is_flowood_flow(flow):
+        if not capabilities(flow).traceable:
             raise ConfigError("only detectors on flowood flows can be saved (another density's class could not be "
                               "rebuilt from the file); keep the Python objects instead")
         inputs = [self.model] if isinstance(self.model, (str, Path)) else []
@@ -264,8 +273,6 @@ class OODDetector(CalibratedDetector):
         Raises:
             CheckpointError: the file is missing, unreadable, unsafe, or not a flowood detector.
         """
-        from flowood.checkpoints import CheckpointError, read_weights_file
-
         payload = read_weights_file(path, what="detector")
         if not isinstance(payload, dict) or payload.get("format") != DETECTOR_FORMAT:
             raise CheckpointError(f"{path} is not a flowood detector of a flow (write one with `flowood detector fit` "
@@ -276,11 +283,6 @@ class OODDetector(CalibratedDetector):
     def from_payload(cls, payload: dict[str, Any], path: str | Path, device: str = "cpu", backend: str = "torch"
                      ) -> OODDetector:
         """A detector from the contents of its file (what :meth:`load` does once the file is read and checked)."""
-        from flowood.checkpoints import check_version
-        from flowood.engines.backend import engine_device, engine_flow
-        from flowood.flows import build_flow
-        from flowood.runtime import resolve_device
-
         check_version(payload.get("flowood_version", "unknown"), path, what="detector")
         flow = build_flow(payload["flow_config"])
         flow.load_state_dict(payload["state_dict"])
@@ -294,13 +296,13 @@ class OODDetector(CalibratedDetector):
         detector.reference_scores_ = payload["reference_scores"].numpy()
         detector.provenance_ = dict(payload.get("provenance") or {})
         detector.selection_ = payload.get("selection")
-        detector._calibrate()
+        detector.calibrate()
         return detector
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """One sample's shape, as the model takes it."""
-        self._check_fitted()
+        self.check_fitted()
         return tuple(self.scorer_.flow.input_shape)
 
 

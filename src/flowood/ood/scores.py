@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from flowood.errors import InputError, ModelError
 from flowood.flows import FlowModel, build_flow
-from flowood.ood.density import as_density, is_exported_flow, is_flowood_flow
+from flowood.ood.density import as_density, capabilities
 from flowood.options import ConfigError, merge_options, option
 from flowood.runtime import seed_option
 from flowood.variants import Registry
@@ -310,7 +310,7 @@ class LikelihoodRatio(OODScore):
             if background.input_shape not in (None, flow.input_shape):
                 raise ModelError(f"background flow takes {background.input_shape}, the flow {flow.input_shape}")
             self.fitted = True
-        elif not (is_flowood_flow(flow) or is_exported_flow(flow)):
+        elif not capabilities(flow).rebuildable:
             raise ConfigError("the likelihood ratio needs a `background` model for a density that is not a flowood "
                               "flow (flowood trains background copies of its own flows only)")
 
@@ -334,7 +334,7 @@ class LikelihoodRatio(OODScore):
 
     def fitted_state(self) -> dict[str, Any]:
         self._require_fit()
-        if not is_flowood_flow(self.background):
+        if not capabilities(self.background).traceable:
             raise ConfigError("a likelihood ratio with a given background model cannot be saved in a detector file")
         return {"background_config": self.background.config, "background_state": self.background.state_dict()}
 
@@ -490,12 +490,12 @@ class ScaleLikelihood(OODScore):
     @classmethod
     def applies_to(cls, flow: Any, which: str = "last", **params: Any) -> bool:
         """Flows with per-scale latents; ``early`` needs more than one scale."""
-        return hasattr(flow, "log_prior_by_scale") and (which == "last" or flow.num_scales > 1)
+        return capabilities(flow).scale_latents and (which == "last" or flow.num_scales > 1)
 
     def __init__(self, flow: FlowModel, which: str = "last", batch_size: int = 512, seed: int = 0,
                  noise: str = "uniform") -> None:
         super().__init__(flow, batch_size, seed, noise=noise)
-        if not hasattr(flow, "log_prior_by_scale"):
+        if not capabilities(flow).scale_latents:
             raise ConfigError(f"the latent_{which} score needs a multi-scale flowood flow; "
                               f"{flow.config.get('flow', 'this model')} has no per-scale latents")
         if which not in ("last", "early"):

@@ -237,7 +237,7 @@ class InvertibilityCheck(Callback):
         flow.eval()
         try:
             x = self.batch.to(next(flow.parameters()).device)
-            xc = flow._continuous(x, "center", None) if flow.discrete else x.to(torch.float32)
+            xc = flow.dequantize(x, noise="center") if flow.discrete else x.to(torch.float32)
             z, _ = flow(xc)
             error = float((flow.inverse(z) - xc).abs().max())
         finally:

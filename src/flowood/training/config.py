@@ -19,6 +19,7 @@ import yaml
 from flowood.errors import closest
 from flowood.flows import FlowConfig
 from flowood.options import ConfigError, from_mapping, option, to_mapping
+from flowood.resources import shipped_config, shipped_config_names
 from flowood.runtime import check_precision, data_root_option, device_option, precision_option, seed_option
 
 __all__ = ["TrainConfig", "load_config", "read_yaml", "config_path", "OPTIMIZERS", "LOGGERS"]
@@ -167,8 +168,6 @@ def config_path(name: str | Path) -> Path:
     path = Path(name).expanduser()
     if path.is_file():
         return path
-    from flowood.resources import shipped_config, shipped_config_names
-
     found = shipped_config(str(name))
     if found is not None:
         return found
