@@ -41,3 +41,17 @@ def test_declared_parameters_and_summary():
                                            "round_": False}
     assert list(declared_parameters(Widget, skip=1)) == ["colour", "round_"]
     assert summary(Widget) == "A widget."
+
+
+def test_a_constructor_passing_options_on_declares_its_bases_options():
+    class Base:
+        def __init__(self, a, b=1, skip=True, c=2):
+            pass
+
+    class Child(Base):
+        fixed_options = ("skip",)
+
+        def __init__(self, a, d=3, **options):
+            super().__init__(a, skip=False, **options)
+
+    assert declared_parameters(Child, skip=1) == {"d": 3, "b": 1, "c": 2}

@@ -89,11 +89,22 @@ class Registry(Mapping[str, T], Generic[T]):
 
 def declared_parameters(cls: Callable[..., Any], skip: int = 0) -> dict[str, Any]:
     """The keyword parameters a class's constructor (or a function) declares, with their defaults
-    (``inspect.Parameter.empty`` where there is none), after the first ``skip`` positional ones."""
+    (``inspect.Parameter.empty`` where there is none), after the first ``skip`` positional ones.
+
+    A constructor that passes ``**kwargs`` on to its base class declares the base's parameters too, except those
+    it names in a class attribute ``fixed_options``.
+    """
     target = cls.__init__ if inspect.isclass(cls) else cls
-    params = [p for p in inspect.signature(target).parameters.values()
-              if p.name not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    return {p.name: p.default for p in params[skip:]}
+    signature = inspect.signature(target).parameters.values()
+    params = [p for p in signature if p.name not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    declared = {p.name: p.default for p in params[skip:]}
+    if inspect.isclass(cls) and any(p.kind == p.VAR_KEYWORD for p in signature):
+        base = next((b for b in cls.__mro__[1:] if "__init__" in vars(b)), object)
+        if base is not object:
+            inherited = declared_parameters(base, skip)
+            fixed = set(getattr(cls, "fixed_options", ()))
+            declared.update({n: d for n, d in inherited.items() if n not in declared and n not in fixed})
+    return declared
 
 
 def summary(entry: Any) -> str:

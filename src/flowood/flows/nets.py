@@ -237,24 +237,25 @@ class ResNetBottleneckST(ResNetST):
     linear layers.
 
     Args:
-        in_channels, out_channels, mid_channels, num_blocks, batchnorm, init_zeros, double_after_norm,
-            weight_norm: as :class:`ResNetST`.
+        in_channels, out_channels, mid_channels, num_blocks: as :class:`ResNetST`.
         spatial: the input's ``(H, W)``, needed for the fully connected bottleneck.
         latent_dim: bottleneck size l.
+        **resnet: :class:`ResNetST`'s ``batchnorm``, ``init_zeros``, ``double_after_norm`` and ``weight_norm``.
 
     Raises:
         ConfigError: ``num_blocks < 2`` (the bottleneck sits after block ``num_blocks // 2``; the original builds
             it but never applies it then).
     """
 
+    #: the :class:`ResNetST` option this network fixes (it has no skip connections).
+    fixed_options = ("skip",)
+
     def __init__(self, in_channels: int, out_channels: int, spatial: tuple[int, int], latent_dim: int = 100,
-                 mid_channels: int = 64, num_blocks: int = 8, batchnorm: bool = True, init_zeros: bool = False,
-                 double_after_norm: bool = False, weight_norm: bool = True) -> None:
+                 mid_channels: int = 64, num_blocks: int = 8, **resnet: Any) -> None:
         if num_blocks < 2:
             raise ConfigError(f"the resnet_ae st-network needs num_blocks >= 2 (its bottleneck follows block "
                               f"num_blocks // 2), got {num_blocks}")
-        super().__init__(in_channels, out_channels, mid_channels, num_blocks, batchnorm, skip=False,
-                         init_zeros=init_zeros, double_after_norm=double_after_norm, weight_norm=weight_norm)
+        super().__init__(in_channels, out_channels, mid_channels, num_blocks, skip=False, **resnet)
         h, w = spatial
         self.features = (mid_channels, h, w)
         self.bottleneck = nn.Sequential(nn.Linear(mid_channels * h * w, latent_dim),
