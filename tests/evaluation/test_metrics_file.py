@@ -93,3 +93,15 @@ def test_each_kind_of_evaluation_refuses_the_others_file():
                      "validation_sets_evaluated": [], "provenance": {}}
     with pytest.raises(DataError, match="Metrics schema: the top level has unknown keys 'detector', 'threshold'"):
         Metrics.from_json(detector_file)
+
+
+def test_a_file_of_an_earlier_release_reads_with_what_its_missing_keys_meant(tmp_path):
+    """Files written before metrics.json recorded the backend, the engine parity, the ranking and the data behind
+    each set still load (flowood compare reads them), the missing keys standing in as those releases meant."""
+    data = _metrics().to_dict()
+    del data["ranking"], data["provenance"]["backend"], data["provenance"]["engine_parity"]
+    del data["in_distribution"]["dataset"], data["ood"]["noise"]["dataset"]
+    (tmp_path / "metrics.json").write_text(json.dumps(data))
+    m = Metrics.from_json(tmp_path / "metrics.json")
+    assert m.ranking == [] and m.provenance.backend == "torch" and m.provenance.engine_parity is None
+    assert m.in_distribution.dataset == "digits" and m.ood["noise"].dataset is None

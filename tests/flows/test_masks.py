@@ -61,3 +61,15 @@ def test_a_new_mask_is_one_function_and_one_registry_line():
         MASKS.unregister("diagonal")
     with pytest.raises(ConfigError, match="does not work with RealNVP"):
         build_flow(flow="RealNVP", input_shape=(1, 4, 4), mask="diagonal")
+
+
+def test_a_mask_built_by_hand_takes_its_kinds_layout():
+    import torch
+
+    from flowood.flows import CouplingMask, make_coupling
+
+    cond = torch.zeros(4, 2, 2)
+    cond[2:] = 1.0
+    mask = CouplingMask("channel", 0, cond, 1.0 - cond)
+    assert mask.is_channel_split and type(make_coupling(mask, torch.nn.Conv2d(2, 4, 1))).__name__ == "ChannelCoupling"
+    assert CouplingMask("my_own", 0, cond, 1.0 - cond).layout == "masked"

@@ -39,9 +39,10 @@ from flowood import __version__
 from flowood.allocator import tune_allocator
 from flowood.cli.flags import Accumulate, FlowoodParser, add_options, as_flags, given_options, spellings
 from flowood.deploy import DetectorOptions, ScoringOptions
-from flowood.deploy.select import SelectOptions
+from flowood.deploy.pipeline import detector_info
+from flowood.deploy.select import SelectOptions, select_detector, selection_table, ties_note
 from flowood.embed import EmbedOptions
-from flowood.engines.export import ExportOptions
+from flowood.engines.common import ExportOptions
 from flowood.errors import FlowoodError, InputError
 from flowood.evaluation import EvaluateOptions
 from flowood.inspect.run import InspectOptions
@@ -133,8 +134,11 @@ class DataOptions:
 
 
 # -- the arguments no options class defines, each declared once ------------------------------------------------
-CHECKPOINT = Arg("checkpoint", "a checkpoint written by flowood train (OUT/checkpoints/last.ckpt)", "CKPT")
-DETECTOR = Arg("detector", "a detector file written by flowood detector fit or select", "FILE")
+CHECKPOINT = Arg("checkpoint", "a checkpoint written by flowood train (OUT/checkpoints/last.ckpt); evaluate also takes "
+                 "an export folder; detector fit: the flow on the inputs, or with --classifier --method flow the flow "
+                 "on its features; detector select: a pixel flow whose scores join the candidates", "CKPT")
+DETECTOR = Arg("detector", "a detector file written by flowood detector fit or select, or its export folder (scored on "
+               "an engine with --backend)", "FILE")
 CLASSIFIER = Arg("classifier", "the classifier whose features the detector works on: a file flowood embed wrote "
                  "(.classifier.pt, or its .npz), a torchvision state_dict (with --backbone), or a .pt2", "FILE")
 
@@ -281,8 +285,6 @@ def _cmd_detector_fit(args: argparse.Namespace, values: dict[str, Any]) -> int:
 
 
 def _cmd_detector_select(args: argparse.Namespace, values: dict[str, Any]) -> int:
-    from flowood.deploy.select import select_detector, selection_table, ties_note
-
     result = select_detector(args.classifier, args.out, args.ood, checkpoint=args.checkpoint, progress=args.progress,
                              overwrite=args.overwrite, **values)
     print(selection_table(result.detector.selection_))
@@ -297,9 +299,6 @@ def _cmd_detector_select(args: argparse.Namespace, values: dict[str, Any]) -> in
 
 
 def _cmd_detector_info(args: argparse.Namespace, values: dict[str, Any]) -> int:
-    from flowood.deploy.pipeline import detector_info
-    from flowood.deploy.select import selection_table
-
     info = detector_info(args.detector)
     if args.json:
         print(json.dumps(info, indent=2))

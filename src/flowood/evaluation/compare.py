@@ -20,6 +20,7 @@ import numpy as np
 
 from flowood import __version__
 from flowood.errors import DataError
+from flowood.evaluation.embeddings import embeddings_meta
 from flowood.evaluation.figures import pyplot
 from flowood.evaluation.metrics_file import Metrics
 from flowood.htmlpage import figure, page
@@ -58,7 +59,7 @@ def _group_rows(label: str, runs: list[Metrics]) -> tuple[list[dict[str, Any]], 
     """One row per score of a group (scores every run computed), metrics over runs per OOD data set; sets are keyed
     by the data set behind them."""
     scores = [s for s in runs[0].scores_computed if all(s in m.scores_computed for m in runs)]
-    per_set = [{e.dataset: e for e in m.ood.values()} for m in runs]
+    per_set = [{e.dataset or embeddings_meta(n).get("dataset", n): e for n, e in m.ood.items()} for m in runs]
     sets = [s for s in per_set[0] if all(s in p for p in per_set)]
     rows = []
     for score in scores:

@@ -30,7 +30,7 @@ from flowood.checkpoints import LoadedFlow, load_flow
 from flowood.data import canonical_name, dataset_inputs, fit_to_shape, load_dataset, parse_name
 from flowood.data.openood import load_benchmark
 from flowood.engines.backend import BACKENDS, EngineFlow, backend_option, engine_device, engine_flow
-from flowood.engines.export import EXPORT_MANIFEST
+from flowood.engines.common import EXPORT_MANIFEST
 from flowood.errors import DataError
 from flowood.evaluation.embeddings import embeddings_meta, head_from_embeddings
 from flowood.evaluation.figures import evaluation_figures

@@ -42,6 +42,12 @@ def _optional() -> Any:
     return field(default=None, metadata={"optional": True})
 
 
+def _earlier(stand_in: Any) -> Any:
+    """A key that files written by earlier flowood 0.2 releases lack; when it is absent, ``stand_in(data)`` (the
+    record's other keys) gives its value, what those releases meant by leaving it out."""
+    return field(metadata={"earlier": stand_in})
+
+
 class _SchemaError(Exception):
     """A mismatch at one place of the file; :meth:`Record.from_dict` adds the file's name."""
 
@@ -89,10 +95,11 @@ def _load(cls: type[R], data: Any, where: str) -> R:
     unknown = [k for k in data if k not in fields]
     if unknown:
         raise _SchemaError(f"{where or 'the top level'} has unknown keys {', '.join(map(repr, unknown))}")
-    missing = [n for n, f in fields.items() if n not in data and not f.metadata.get("optional")]
+    earlier = {n: f.metadata["earlier"](data) for n, f in fields.items() if n not in data and "earlier" in f.metadata}
+    missing = [n for n, f in fields.items() if n not in data and n not in earlier and not f.metadata.get("optional")]
     if missing:
         raise _SchemaError(f"{where or 'the top level'} lacks {', '.join(map(repr, missing))}")
-    return cls(**{k: _convert(hints[k], v, _place(where, k)) for k, v in data.items()})
+    return cls(**earlier, **{k: _convert(hints[k], v, _place(where, k)) for k, v in data.items()})
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
@@ -239,7 +246,7 @@ class InDistribution(SetInfo):
 
     name: str
     split: str
-    dataset: str
+    dataset: str = _earlier(lambda data: data.get("name"))
     bpd_mean: float
     bpd_std: float
     scores: dict[str, ScoreMean]
@@ -250,12 +257,13 @@ class OODSet(Detection, SetInfo):
     """One OOD set: its top-level metrics are the likelihood's.
 
     Attributes:
-        dataset: the images behind it. bpd_mean, bpd_std: bits/dim. aupr: ``aupr_out``.
+        dataset: the images behind it (None in files of earlier 0.2 releases, which did not record it).
+        bpd_mean, bpd_std: bits/dim. aupr: ``aupr_out``.
         share_more_likely_than_median_in_dist: the share of the set with a higher likelihood than the median
             in-distribution sample. scores: every score's metrics.
     """
 
-    dataset: str
+    dataset: str | None = _earlier(lambda data: None)
     bpd_mean: float
     bpd_std: float
     aupr: float
@@ -360,8 +368,8 @@ class Provenance(Record):
     device: str
     precision: str
     seed: int
-    backend: str
-    engine_parity: dict[str, Any] | None
+    backend: str = _earlier(lambda data: "torch")
+    engine_parity: dict[str, Any] | None = _earlier(lambda data: None)
     max_samples: int | None
     dequantization: str
     data_root: str | None
@@ -389,7 +397,7 @@ class Metrics(_File):
     score: str
     scores_computed: list[str]
     classifier: Classifier | None = _optional()
-    ranking: list[RankedDetector]
+    ranking: list[RankedDetector] = _earlier(lambda data: [])
     benchmark: Benchmark | None = _optional()
     provenance: Provenance
 

@@ -166,8 +166,9 @@ class RegisteredFlow(FlowModel):
 def register_flow(name: str, *, replace: bool = False) -> Any:
     """Class decorator that registers a :class:`RegisteredFlow` subclass under ``name`` in :data:`FLOWS`."""
     def add(cls: type[RegisteredFlow]) -> type[RegisteredFlow]:
+        FLOWS.register(name, cls, replace=replace)
         cls.name = name
-        return FLOWS.register(name, cls, replace=replace)
+        return cls
 
     return add
 

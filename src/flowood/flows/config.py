@@ -52,13 +52,14 @@ class FlowConfig:
     num_coupling_layers_per_scale: int | None = option(
         None, "RealNVP: spatial-mask couplings per scale (default 3, and 4 at the last scale, as Dinh et al.); "
               "Glow: steps per scale (default 8)")
-    st_type: str | None = option(None, lambda: "st-network of an image flow, by the original code's names, then "
-                                 f"flowood's own: {', '.join(image_st_types())} (default: resnet for RealNVP, "
+    st_type: str | None = option(None, lambda: "st-network of an image flow: "
+                                 f"{', '.join(image_st_types())} (the original code's names: autoencoder is the "
+                                 "paper's bottleneck; conv_bottleneck is flowood's own; default: resnet for RealNVP, "
                                  "glow_convnet for Glow)")
     mask: str | None = option(None, lambda: "coupling mask of an image flow: "
-                              f"{', '.join(spatial_mask_kinds())}; Glow also channel (its default). "
-                              "checkerboard_packed computes checkerboard's pixels on half-width tensors: faster, not "
-                              "the paper's model")
+                              f"{', '.join(spatial_mask_kinds())} (checkerboard: RealNVP's default); Glow also "
+                              "channel (its default). checkerboard_packed computes checkerboard's pixels on half-width "
+                              "tensors: faster, not the paper's model")
     latent_dim: int = option(100, "bottleneck size l of the autoencoder and resnet_ae st-networks")
     batchnorm: bool = option(True, "BatchNorm inside resnet st-networks (the original's --no_batchnorm turns it off)")
     weight_norm: bool = option(True, "weight-normalised convolutions in resnet, resnet_ae and convnet st-networks, as "

@@ -41,14 +41,19 @@ class CouplingMask:
         condition: 0/1 tensor of the sample shape: 1 where the st-network sees the input.
         transform: 0/1 tensor of the sample shape: 1 where the layer transforms the input.
         layout: how a coupling applies it, one of ``masked`` (multiplication), ``channel`` (slicing the
-            channels) and ``packed`` (half-width tensors); set from the mask's :class:`MaskKind`.
+            channels) and ``packed`` (half-width tensors); by default its kind's (see :data:`MASKS`).
     """
 
     kind: str
     index: int
     condition: Tensor
     transform: Tensor
-    layout: str = "masked"
+    layout: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout is None:  # a mask built by hand takes its kind's layout (masked for a kind not registered)
+            kind = MASKS.get(self.kind)
+            object.__setattr__(self, "layout", kind.layout if kind is not None else "masked")
 
     @property
     def is_channel_split(self) -> bool:

@@ -52,8 +52,9 @@ def register_st_net(name: str, *, replace: bool = False) -> Any:
     """Class decorator that adds an st-network to :data:`ST_NETWORKS` under ``name``.
 
     The class takes ``(in_channels, out_channels, ...)`` positionally, then the keyword parameters it needs among
-    those a flow passes (see :func:`st_net_options`); a class attribute ``inputs = "vectors"`` marks a network
-    for tabular flows (the default is ``"images"``). Once registered, ``FlowConfig(st_type=name)`` builds it.
+    those a flow passes (see :func:`st_net_options`). Once registered, ``FlowConfig(st_type=name)`` builds it in an
+    image flow. A class attribute ``inputs = "vectors"`` marks a network on vectors instead (the tabular RealNVP's
+    ``mlp``), which image flows do not offer.
 
     Example:
         >>> @register_st_net("tiny_conv")
@@ -484,7 +485,7 @@ class MLPST(nn.Module):
 
 
 def image_st_types() -> tuple[str, ...]:
-    """The registered st-networks that condition on images (every one whose ``inputs`` is not ``"vectors"``)."""
+    """The registered st-networks that condition on images (``inputs`` is ``"images"``, the default)."""
     return ST_NETWORKS.names(lambda cls: getattr(cls, "inputs", "images") == "images")
 
 

@@ -589,17 +589,22 @@ class ScoreEntry:
 SCORES: Registry[ScoreEntry] = Registry("score", "score")
 
 
-def register_score(name: str, cls: type[OODScore], **params: Any) -> None:
+def register_score(name: str, cls: type[OODScore], *, replace: bool = False, **params: Any) -> type[OODScore]:
     """Make the score ``cls`` known by ``name`` (to :func:`make_score`, ``evaluate(scores=[...])``, detectors).
 
     Args:
-        name: its name; a name already in the table is replaced.
+        name: its name.
         cls: a subclass of :class:`OODScore` (its :meth:`~OODScore.from_settings` says what it takes).
+        replace: replace a score already known by ``name`` (otherwise refused).
         **params: parameters of ``cls`` that this name fixes, e.g. ``codec="jp2"``.
+
+    Returns:
+        ``cls``.
     """
     if not (isinstance(cls, type) and issubclass(cls, OODScore)):
         raise ConfigError(f"a score is a subclass of OODScore, got {cls!r}")
-    SCORES.register(name, ScoreEntry(cls, dict(params)), replace=True)
+    SCORES.register(name, ScoreEntry(cls, dict(params)), replace=replace)
+    return cls
 
 
 def score_applies(name: str, flow: Any) -> bool:
