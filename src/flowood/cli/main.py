@@ -35,8 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from flowood import __version__
-from flowood.allocator import tune_allocator
+from flowood import __version__, allocator
 from flowood.cli.flags import Accumulate, FlowoodParser, add_options, as_flags, given_options, spellings
 from flowood.deploy import DetectorOptions, ScoringOptions
 from flowood.deploy.pipeline import detector_info
@@ -580,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     command = _chosen(args)
     if command is None:
         return 2
-    tune_allocator()  # CPU steps reuse freed memory instead of faulting it in again (FLOWOOD_MALLOC_TUNING=0: off)
+    # CPU steps reuse freed memory instead of faulting it in again (FLOWOOD_MALLOC_TUNING=0: off)
+    allocator.tune_allocator()
     try:
         return _run(command, args)
     except FlowoodError as err:
