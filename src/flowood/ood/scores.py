@@ -24,7 +24,7 @@ Example:
     ...     name = "brightness"
     ...     def score(self, x):
     ...         return x.float().mean(dim=(1, 2, 3)).numpy()
-    >>> register_score("brightness", Brightness)
+    >>> _ = register_score("brightness", Brightness)
     >>> flow = RealNVP((1, 8, 8), num_blocks=1, num_mid_channels=4)
     >>> make_score("brightness", flow).score(torch.zeros(2, 1, 8, 8, dtype=torch.uint8)).tolist()
     [0.0, 0.0]
