@@ -33,7 +33,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks docs scripts
-	$(BIN)/python -m pytest -q -n 2 --doctest-modules src tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --doctest-modules src tests
 
 docs: setup
 	$(BIN)/python -m mkdocs build --strict

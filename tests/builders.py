@@ -189,3 +189,76 @@ def export_program(model: torch.nn.Module, path: Path, size: int = 28, dynamic: 
     shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
     torch.export.save(torch.export.export(model.eval(), (example,), dynamic_shapes=shapes), str(path))
     return path
+
+
+# -- a detector served over HTTP --------------------------------------------------------------------------------------
+class Served:
+    """A ``flowood serve`` subprocess on 127.0.0.1 (:func:`start_server`): its base URL, its log file and its token."""
+
+    def __init__(self, process: subprocess.Popen, url: str, log: Path, token: str | None) -> None:
+        self.process, self.url, self.log, self.token = process, url, log, token
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM, then wait (killed past ``timeout``); the exit status."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(detector: Path, log: Path, *args: str, token: str | None = None, ready_within: float = 90) -> Served:
+    """``flowood serve --detector DETECTOR ARGS`` on a free port with one thread, waited for until ``/health`` answers
+    200 (or the process ends: then its log is raised)."""
+    import time
+    import urllib.request
+
+    port = free_port()
+    extra = []
+    if token is not None:
+        (log.parent / "token.txt").write_text(token + "\n")
+        extra = ["--token_file", str(log.parent / "token.txt")]
+    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "flowood.cli.main", "serve", "--detector", str(detector),
+                                    "--port", str(port), "--threads", "1", *extra, *args], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    served = Served(process, f"http://127.0.0.1:{port}", log, token)
+    deadline = time.monotonic() + ready_within
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"flowood serve ended with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{served.url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return served
+        except OSError:
+            pass
+        time.sleep(0.3)
+    served.stop(5)
+    raise RuntimeError(f"flowood serve was not ready within {ready_within} s:\n{log.read_text()}")
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """An image array (``[H, W]`` or ``[H, W, 3]``, uint8 or uint16) as PNG bytes."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()

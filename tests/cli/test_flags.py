@@ -108,6 +108,6 @@ def test_the_flags_every_command_shares_are_declared_once(capsys, tmp_path):
     checkpoint = "--checkpoint CKPT a checkpoint written by flowood train (OUT/checkpoints/last.ckpt)"
     assert all(checkpoint in page for name, page in pages.items() if name not in ("train", "score"))
     assert set(COMMANDS) == {"train", "evaluate", "inspect", "embed", "compare", "reproduce", "detector", "score",
-                             "export", "data"}
+                             "serve", "export", "data"}
     assert main(["compare", "--runs", f"a={tmp_path}", "--out", str(tmp_path / "c"), "--threads", "0"]) == 2
     assert "error: threads must be at least 1" in capsys.readouterr().err  # checked as the option says

@@ -49,6 +49,7 @@ from flowood.options import from_mapping, option_info, to_mapping
 from flowood.reproduce import ReproduceOptions
 from flowood.reproduce.runner import DEFAULT_OUT
 from flowood.runtime import CoreShare, RunOptions, data_root_option
+from flowood.serve.options import ServeOptions
 from flowood.training import TrainConfig
 
 __all__ = ["main", "build_parser", "COMMANDS", "Command", "Arg", "as_flags"]
@@ -330,6 +331,18 @@ def _cmd_score(args: argparse.Namespace, values: dict[str, Any]) -> int:
     return 1 if summary.errors else 0
 
 
+def _cmd_serve(args: argparse.Namespace, values: dict[str, Any]) -> int:
+    from flowood.options import from_mapping
+    from flowood.serve import serve
+
+    options = from_mapping(ServeOptions, values)
+    where = "[::1]" if options.host == "::" else options.host
+    print(f"serving {args.detector} at http://{where}:{options.port}/score (health: /health, what it serves: "
+          f"/metadata, metrics: /metrics, schema: /docs); stop with Ctrl+C or SIGTERM", file=sys.stderr)
+    serve(args.detector, options)
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace, values: dict[str, Any]) -> int:
     from flowood.deploy.export import export_detector
     from flowood.engines.export import export_flow
@@ -480,6 +493,16 @@ COMMANDS: dict[str, Command] = {
         arguments=(DETECTOR.but(required=True),
                    Arg("inputs", "image files, folders, glob patterns, .npz files", "INPUT", many=True,
                        positional=True))),
+    "serve": Command(
+        _cmd_serve, ServeOptions, "serve a detector over HTTP: POST /score, GET /health, /metadata, /metrics",
+        "Serve a detector from flowood detector fit or select (or its export folder, on an engine --backend) over "
+        "HTTP, on LitServe (extra: serve). POST /score takes image or .npz files as multipart/form-data, or "
+        '{"inputs": [{"name": ..., "data": BASE64}]} as JSON, and answers the rows flowood score writes; requests '
+        "arriving together are scored in one batch. GET /health (200 once every worker is ready), /metadata (the "
+        "detector, its threshold, input, backend and limits), /metrics (Prometheus), /openapi.json and /docs. "
+        "Requests over a limit are refused with a 4xx answer; SIGTERM finishes the requests in flight, then stops.",
+        "%(prog)s --detector DETECTOR.pt [--host 127.0.0.1] [--port 8000] [options]", out=None,
+        run_options=_NO_RUN, arguments=(DETECTOR.but(required=True),)),
     "export": Command(
         _cmd_export, ExportOptions, "export a flow's density, or a whole detector, to ONNX or OpenVINO, checked "
         "against PyTorch",

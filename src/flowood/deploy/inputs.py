@@ -13,9 +13,11 @@ input is flagged as OOD or refused: a format the model never saw is itself a sig
 from __future__ import annotations
 
 import glob
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -24,13 +26,22 @@ from torch import Tensor
 from flowood.data import adapt_images
 from flowood.data.sources import IMAGE_SUFFIXES, decode_image
 from flowood.errors import DataError, closest
-from flowood.options import ConfigError
+from flowood.options import ConfigError, option
 
-__all__ = ["Item", "expand_inputs", "stream_batches", "Batch", "MISMATCH_POLICIES", "describe_image"]
+__all__ = ["Item", "expand_inputs", "stream_batches", "Batch", "MISMATCH_POLICIES", "describe_image", "read_image",
+           "read_npz", "mismatch_option"]
 
 #: what happens to an image whose format differs from the model's input: converted (and said), also flagged as
 #: OOD, or refused (not scored).
 MISMATCH_POLICIES = ("adapt", "flag", "refuse")
+
+
+def mismatch_option() -> Any:
+    """The option of what happens to an image in another format than the detector's input (one definition:
+    ``flowood score`` and ``flowood serve`` take it)."""
+    return option("adapt", "an image in another format than the detector's input (colour, size, bit depth): adapt "
+                  "(convert it, and say so in the adapted column), flag (also decide ood: a format the model never "
+                  "saw is itself a sign of OOD) or refuse (do not score it)", choices=MISMATCH_POLICIES)
 
 
 @dataclass
@@ -71,38 +82,44 @@ def _files(spec: str) -> list[Path]:
     return matches
 
 
-def _npz_items(path: Path) -> Iterator[Item]:
+def read_npz(name: str, source: str | Path | BinaryIO) -> Iterator[Item]:
+    """One item per row of an ``.npz`` file's ``images`` or ``embeddings`` array, named ``NAME#ROW`` (an unreadable
+    file or one without such an array gives one failed item)."""
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with np.load(source, allow_pickle=False) as f:
             key = next((k for k in ("images", "embeddings", "images_test", "embeddings_test", "x") if k in f.files),
                        None)
             if key is None:
-                yield Item(str(path), error=f"no 'images' or 'embeddings' array (it has {sorted(f.files)})")
+                yield Item(name, error=f"no 'images' or 'embeddings' array (it has {sorted(f.files)})")
                 return
             array = f[key]
-    except (OSError, ValueError) as err:
-        yield Item(str(path), error=f"cannot read it as .npz ({err})")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        yield Item(name, error=f"cannot read it as .npz ({err})")
         return
     if key.startswith("images") and array.ndim == 4 and array.shape[-1] in (1, 3) and array.shape[1] not in (1, 3):
         array = array.transpose(0, 3, 1, 2)
     if key.startswith("images") and array.ndim == 3:
         array = array[:, None]
     for row, sample in enumerate(array):
-        yield Item(f"{path}#{row}", sample)
+        yield Item(f"{name}#{row}", sample)
 
 
-def _image_item(path: Path) -> Item:
-    from PIL import Image
+def read_image(name: str, source: str | Path | BinaryIO) -> Item:
+    """An image file (a path or an open binary file) as an item: uint8 ``[C, H, W]``, with what decoding did to it in
+    ``notes``; an unreadable image (or one over PIL's decompression-bomb limit) gives a failed item."""
+    from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()
             notes = ["16-bit -> 8-bit"] if im.mode.startswith("I") else []
-            array, decoded = decode_image(im, path)
-    except (OSError, SyntaxError, DataError) as err:
-        return Item(str(path), error=f"cannot read the image ({err})")
+            array, decoded = decode_image(im, name)
+    except UnidentifiedImageError:
+        return Item(name, error="cannot read the image (not a format PIL can decode: PNG, JPEG, BMP, TIFF, ...)")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, DataError) as err:
+        return Item(name, error=f"cannot read the image ({err})")
     notes += ["alpha composited on black"] if "alpha" in decoded else []
-    return Item(str(path), np.array(array.transpose(2, 0, 1)), notes=notes)  # a writable copy, [C, H, W]
+    return Item(name, np.array(array.transpose(2, 0, 1)), notes=notes)  # a writable copy, [C, H, W]
 
 
 def expand_inputs(specs: list[str]) -> Iterator[Item]:
@@ -119,9 +136,9 @@ def expand_inputs(specs: list[str]) -> Iterator[Item]:
 def _items(files: list[Path]) -> Iterator[Item]:
     for path in files:
         if path.suffix.lower() == ".npz":
-            yield from _npz_items(path)
+            yield from read_npz(str(path), path)
         else:
-            yield _image_item(path)
+            yield read_image(str(path), path)
 
 
 def describe_image(shape: tuple[int, ...]) -> str:

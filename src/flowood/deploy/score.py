@@ -19,14 +19,14 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
-from flowood.deploy.inputs import MISMATCH_POLICIES, expand_inputs, stream_batches
+from flowood.deploy.inputs import Item, expand_inputs, mismatch_option, stream_batches
 from flowood.deploy.load import load_detector
 from flowood.engines.backend import backend_option
 from flowood.options import ConfigError, merge_options, option
 from flowood.outputs import atomic_write, check_output_file
 from flowood.runtime import device_option
 
-__all__ = ["ScoringOptions", "score_files", "score_inputs", "write_scores", "is_scores_file", "ScoreSummary", "FIELDS",
+__all__ = ["ScoringOptions", "score_files", "score_inputs", "score_items", "write_scores", "is_scores_file", "ScoreSummary", "FIELDS",
            "SCORE_FORMATS"]
 
 #: the columns of every row ``flowood score`` writes.
@@ -40,10 +40,7 @@ class ScoringOptions:
     """How ``flowood score`` scores: every field is an option (``flowood score --help`` shows them)."""
 
     batch_size: int = option(256, "inputs scored at once: memory stays bounded by it", minimum=1)
-    mismatch: str = option("adapt", "an image in another format than the detector's input (colour, size, bit depth): "
-                           "adapt (convert it, and say so in the row's `adapted`), flag (also decide ood: a format "
-                           "the model never saw is itself a sign of OOD) or refuse (do not score it)",
-                           choices=MISMATCH_POLICIES)
+    mismatch: str = mismatch_option()
     format: str | None = option(None, "csv or jsonl (default: from the suffix of `out`; csv)", choices=SCORE_FORMATS)
     device: str = device_option()
     backend: str = backend_option()
@@ -106,7 +103,23 @@ def score_inputs(detector: Any, inputs: list[str], options: ScoringOptions | Non
         DataError: an input that names nothing (checked here, before any row is made).
     """
     o = merge_options(ScoringOptions, options, option_values)
-    batches = stream_batches(expand_inputs(inputs), detector.input_shape, o.batch_size, o.mismatch)
+    return score_items(detector, expand_inputs(inputs), o, progress=progress)
+
+
+def score_items(detector: Any, items: Iterable[Item], options: ScoringOptions | None = None, *,
+                progress: bool = False, **option_values: Any) -> Iterator[dict[str, Any]]:
+    """One row per sample of ``items`` (already read, e.g. by :func:`~flowood.deploy.inputs.read_image`), scored in
+    batches of ``batch_size``; within a batch, the rows of inputs that could not be scored come after the others.
+
+    Args:
+        detector: an :class:`~flowood.ood.OODDetector` or a :class:`~flowood.deploy.pipeline.DetectorPipeline`.
+        items: the inputs, each with a sample or the reason it has none.
+        options: a :class:`ScoringOptions`; ``batch_size`` and ``mismatch`` apply here.
+        progress: show a progress bar.
+        **option_values: any field of :class:`ScoringOptions`.
+    """
+    o = merge_options(ScoringOptions, options, option_values)
+    batches = stream_batches(iter(items), detector.input_shape, o.batch_size, o.mismatch)
     return _rows(detector, batches, progress)
 
 
