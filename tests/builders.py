@@ -221,9 +221,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(detector: Path, log: Path, *args: str, token: str | None = None, ready_within: float = 90) -> Served:
+def start_server(detector: Path, log: Path, *args: str, token: str | None = None, ready_within: float = 90,
+                 command: tuple[str, ...] | None = None, env: dict[str, str] | None = None) -> Served:
     """``flowood serve --detector DETECTOR ARGS`` on a free port with one thread, waited for until ``/health`` answers
-    200 (or the process ends: then its log is raised)."""
+    200 (or the process ends: then its log is raised). ``command`` and ``env`` replace this checkout's
+    ``python -m flowood.cli.main`` and its environment (e.g. an installed wheel's ``flowood``)."""
     import time
     import urllib.request
 
@@ -232,9 +234,10 @@ def start_server(detector: Path, log: Path, *args: str, token: str | None = None
     if token is not None:
         (log.parent / "token.txt").write_text(token + "\n")
         extra = ["--token_file", str(log.parent / "token.txt")]
-    env = dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    env = env or dict(os.environ, PYTHONPATH=str(SRC), OMP_NUM_THREADS="1")
+    command = command or (sys.executable, "-m", "flowood.cli.main")
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "flowood.cli.main", "serve", "--detector", str(detector),
+        process = subprocess.Popen([*command, "serve", "--detector", str(detector),
                                     "--port", str(port), "--threads", "1", *extra, *args], env=env, stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
     served = Served(process, f"http://127.0.0.1:{port}", log, token)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from builders import start_server
 from PIL import Image
 
 import flowood
@@ -59,6 +60,7 @@ def test_the_wheel_carries_configs_types_and_declared_dependencies(installed):
     assert sum(n.startswith("flowood/configs/paper/") for n in names) >= 20
     assert {f"flowood/configs/openood/{b}.yaml" for b in ("cifar10", "cifar100", "imagenet200")} <= names
     assert 'Requires-Dist: pytorch-ood>=0.4.0; extra == "baselines"' in metadata
+    assert 'Requires-Dist: litserve>=0.2.19; extra == "serve"' in metadata
     for requirement in ("torch>=2.14", "torchvision>=0.29", "lightning>=2.6", "pillow", "scikit-learn", "pyyaml"):
         assert f"Requires-Dist: {requirement}" in metadata, requirement
 
@@ -107,10 +109,11 @@ def test_the_readme_practitioner_path_from_the_wheel(installed, tmp_path, fixtur
     assert all(r["input"].startswith("new_images/") for r in rows)
 
 
-def test_the_detector_that_works_deploys_from_the_wheel(installed, tmp_path, fixtures_dir):
+def test_the_detector_that_works_deploys_and_serves_from_the_wheel(installed, tmp_path, fixtures_dir):
     """A classifier from `flowood embed`, detectors fitted on its features (a flow trained by `detector fit`, and
     Mahalanobis), `flowood score` on a folder of PNGs: the CSV's scores equal `flowood evaluate`'s for the same
-    images, computed from the same classifier's embeddings."""
+    images, computed from the same classifier's embeddings; and the wheel's `flowood serve` answers /health,
+    /metadata and /score over HTTP on 127.0.0.1 with the same rows."""
     shutil.copy(fixtures_dir / "fashionmnist-small.npz", tmp_path / "fm.npz")
     new = tmp_path / "new_images"
     new.mkdir()
@@ -143,3 +146,26 @@ def test_the_detector_that_works_deploys_from_the_wheel(installed, tmp_path, fix
         assert [r["input"] for r in rows] == [f"new_images/{i}.png" for i in range(6)]
         np.testing.assert_allclose([float(r["score"]) for r in rows], expected[method], rtol=1e-5)
         assert {r["decision"] for r in rows} <= {"in", "ood"} and not any(r["adapted"] for r in rows)
+    _serve_from_the_wheel(installed, tmp_path, new)
+
+
+def _serve_from_the_wheel(installed: dict[str, Path], tmp_path: Path, images: Path) -> None:
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("litserve")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PATH=f"{installed['venv'] / 'bin'}:{env.get('PATH', '')}", OMP_NUM_THREADS="1")
+    served = start_server(tmp_path / "mahalanobis.pt", tmp_path / "serve.log", command=("flowood",), env=env)
+    try:
+        assert httpx.get(f"{served.url}/health").status_code == 200
+        meta = httpx.get(f"{served.url}/metadata").json()
+        assert meta["detector"]["kind"].startswith("pipeline") and meta["input"]["shape"] == [1, 28, 28]
+        files = [("files", (f"{i}.png", (images / f"{i}.png").read_bytes(), "image/png")) for i in range(6)]
+        answer = httpx.post(f"{served.url}/score", files=files, timeout=60)
+    finally:
+        assert served.stop() == 0
+    assert answer.status_code == 200, answer.text
+    expected = list(csv.DictReader((tmp_path / "mahalanobis.csv").read_text().splitlines()))
+    rows = answer.json()["rows"]
+    assert [r["input"] for r in rows] == [f"{i}.png" for i in range(6)]
+    np.testing.assert_allclose([r["score"] for r in rows], [float(r["score"]) for r in expected], rtol=1e-5)
+    assert [r["decision"] for r in rows] == [r["decision"] for r in expected]

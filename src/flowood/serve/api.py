@@ -60,7 +60,8 @@ class DetectorAPI(litserve.LitAPI):
     def setup(self, device: str) -> None:
         """Load the detector in this worker, with its share of the CPU threads."""
         torch.set_num_threads(self.options.threads or max(1, usable_cpus() // self.options.workers))
-        self.detector = load_detector(self.detector_path, device=self.options.device, backend=self.options.backend)
+        on = device if str(device).startswith("cuda") else self.options.device  # the GPU LitServe gave this worker
+        self.detector = load_detector(self.detector_path, device=on, backend=self.options.backend)
 
     def decode_request(self, request) -> list[Item] | Refusal:  # unannotated: LitServe then hands the raw request
         """The request's inputs, or why it is refused (returned, not raised: a refusal must not fail the other

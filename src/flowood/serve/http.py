@@ -92,29 +92,28 @@ class Gate:
         start = time.perf_counter()
         answer = _Answer(send, record)
         try:
-            await asyncio.wait_for(self._handle(scope, receive, answer, record), self.settings.timeout)
+            await asyncio.wait_for(self._handle(scope, receive, answer), self.settings.timeout)
         except asyncio.TimeoutError:
-            if not answer.started:
-                received = record.pop("_body_done", True)
-                await answer.json(408 if not received else 504, "the request body did not arrive in time" if not
-                                  received else "not scored in time (the scoring worker may have stopped; retry)")
+            if not answer.started and answer.awaiting_body:
+                await answer.json(408, "the request body did not arrive in time")
+            elif not answer.started:
+                await answer.json(504, "not scored in time (the scoring worker may have stopped; retry)")
         except _Refused as refused:
             if not answer.started:
                 await answer.json(refused.status, refused.detail)
         finally:
-            record.pop("_body_done", None)
             record["ms"] = round(1000 * (time.perf_counter() - start), 2)
             self.metrics.observe(scope["path"], record["status"], record["ms"] / 1000, answer.stats)
             self.log.info(json.dumps(record))
 
-    async def _handle(self, scope: dict, receive: Any, answer: _Answer, record: dict) -> None:
+    async def _handle(self, scope: dict, receive: Any, answer: _Answer) -> None:
         if self.settings.token is not None and scope["path"] not in OPEN_PATHS:
             self._authorize(scope)
         if scope["path"] == "/metrics" and scope["method"] == "GET":
             await answer.send_bytes(200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST)
             return
         if scope["path"] == SCORE_PATH and scope["method"] == "POST":
-            receive = await self._admit(scope, receive, record)
+            receive = await self._admit(scope, receive, answer)
         await self.app(scope, receive, answer)
 
     def _authorize(self, scope: dict) -> None:
@@ -123,7 +122,7 @@ class Gate:
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.settings.token.encode()):
             raise _Refused(401, "a valid bearer token is needed (Authorization: Bearer TOKEN)")
 
-    async def _admit(self, scope: dict, receive: Any, record: dict) -> Any:
+    async def _admit(self, scope: dict, receive: Any, answer: _Answer) -> Any:
         """Read the whole body (refusing it past ``max_body``), check its type and, for JSON, that it parses; hand
         it on as one message."""
         kind = _header(scope, b"content-type").split(";")[0].strip().lower()
@@ -132,9 +131,10 @@ class Gate:
         declared = _header(scope, b"content-length")
         if declared.isdigit() and int(declared) > self.settings.max_body:
             raise _Refused(413, f"the body is over {self.settings.max_body:,} bytes")
-        record["_body_done"] = False
-        body = await _read_body(receive, self.settings.max_body, record)
-        record["_body_done"] = True
+        answer.awaiting_body = True
+        body = await _read_body(receive, self.settings.max_body)
+        answer.awaiting_body = False
+        answer.record["bytes_in"] = len(body)
         if kind == "application/json":
             try:
                 json.loads(body)
@@ -169,7 +169,7 @@ async def _check_form(scope: dict, receive: Any) -> None:
         raise _Refused(400, f"the multipart/form-data body cannot be parsed ({err})") from None
 
 
-async def _read_body(receive: Any, limit: int, record: dict) -> bytes:
+async def _read_body(receive: Any, limit: int) -> bytes:
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -181,7 +181,6 @@ async def _read_body(receive: Any, limit: int, record: dict) -> bytes:
             raise _Refused(413, f"the body is over {limit:,} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
-            record["bytes_in"] = size
             return b"".join(chunks)
 
 
@@ -190,11 +189,12 @@ def _header(scope: dict, name: bytes) -> str:
 
 
 class _Answer:
-    """``send``, watched: whether the answer started, its status, size and scoring headers."""
+    """``send``, watched: whether the answer started, its status, size and scoring headers; and whether the request's
+    body is still awaited."""
 
     def __init__(self, send: Any, record: dict) -> None:
         self.send, self.record = send, record
-        self.started = False
+        self.started = self.awaiting_body = False
         self.stats: dict[str, int] = {}
 
     async def __call__(self, message: dict) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,9 @@ def serve(detector: str | Path, options: ServeOptions | None = None, **option_va
     On SIGTERM the requests in flight are answered, new ones are not taken, and the workers stop: what Ctrl+C does.
     """
     o = merge_options(ServeOptions, options, option_values)
+    if o.host != "127.0.0.1" and o.token_file is None:
+        warnings.warn(f"serving on every interface ({o.host}) without a `token_file`: anyone who reaches this machine "
+                      "can score with the detector and read its metadata", stacklevel=2)
     server = build_server(detector, o)
     _log_access_to_stderr()
     previous = signal.signal(signal.SIGTERM, _interrupt_once)
