@@ -92,6 +92,13 @@ def test_fit_score_and_write_rows(trained_checkpoint, new_data, tmp_path):
     mnist_rows = [r for n, r in by_name.items() if "mnist" in n]
     assert sum(r["decision"] == "ood" for r in mnist_rows) >= 3  # MNIST flagged by the complexity score
     assert all(0 <= float(r["percentile"]) <= 100 for r in rows if r["percentile"])
+    inputs = [str(folder), str(npz)]
+    order = [item.name for item in expand_inputs(inputs)]
+    assert [r["input"] for r in rows] == order  # the inputs' order, the unreadable one where it stands
+    for batch_size in (1, 256):
+        again = list(score_inputs(detector, inputs, batch_size=batch_size, progress=False))
+        assert [r["input"] for r in again] == order
+        assert [r["decision"] for r in again] == [r["decision"] for r in rows]
 
 
 def test_the_cli_fits_and_scores_and_exits_by_errors_only(trained_checkpoint, new_data, tmp_path, capsys):

@@ -50,13 +50,19 @@ class Item:
 @dataclass
 class Batch:
     """Samples in the model's shape, their names, how each was adapted (empty: not at all), which are flagged for
-    their format, and the inputs that could not be read or were refused."""
+    their format, and the inputs that could not be read or were refused.
+
+    Attributes:
+        failed_at: where each of ``failed`` stands among the batch's inputs (scored and failed, in input order), so
+            that rows can follow the inputs' order.
+    """
 
     names: list[str]
     data: Tensor
     failed: list[Item]
     adapted: list[str] = field(default_factory=list)
     flagged: list[bool] = field(default_factory=list)
+    failed_at: list[int] = field(default_factory=list)
 
 
 def _files(spec: str) -> list[Path]:
@@ -71,22 +77,29 @@ def _files(spec: str) -> list[Path]:
     return matches
 
 
-def _npz_items(path: Path) -> Iterator[Item]:
+def _npz_array(path: Path) -> tuple[np.ndarray | None, str | None]:
+    """The samples of an ``.npz`` file (images as ``[N, C, H, W]``), or why it cannot give any."""
     try:
         with np.load(path, allow_pickle=False) as f:
             key = next((k for k in ("images", "embeddings", "images_test", "embeddings_test", "x") if k in f.files),
                        None)
             if key is None:
-                yield Item(str(path), error=f"no 'images' or 'embeddings' array (it has {sorted(f.files)})")
-                return
+                return None, f"no 'images' or 'embeddings' array (it has {sorted(f.files)})"
             array = f[key]
     except (OSError, ValueError) as err:
-        yield Item(str(path), error=f"cannot read it as .npz ({err})")
-        return
+        return None, f"cannot read it as .npz ({err})"
     if key.startswith("images") and array.ndim == 4 and array.shape[-1] in (1, 3) and array.shape[1] not in (1, 3):
         array = array.transpose(0, 3, 1, 2)
     if key.startswith("images") and array.ndim == 3:
         array = array[:, None]
+    return array, None
+
+
+def _npz_items(path: Path) -> Iterator[Item]:
+    array, error = _npz_array(path)
+    if array is None:
+        yield Item(str(path), error=error)
+        return
     for row, sample in enumerate(array):
         yield Item(f"{path}#{row}", sample)
 
@@ -172,22 +185,15 @@ def _batches(items: Iterator[Item], input_shape: tuple[int, ...], batch_size: in
     batch = Batch([], torch.empty(0), [])
     samples: list[Tensor] = []
     for item in items:
-        if item.sample is None:
-            batch.failed.append(item)
+        sample, adapted, failure = _take(item, input_shape, mismatch)
+        if failure is not None:
+            batch.failed_at.append(len(batch.names) + len(batch.failed))
+            batch.failed.append(failure)
         else:
-            try:
-                sample, adapted = _fit(item, input_shape)
-            except DataError as err:
-                batch.failed.append(Item(item.name, error=str(err)))
-            else:
-                if adapted and mismatch == "refuse":
-                    batch.failed.append(Item(item.name, error=f"refused: {adapted} (the model takes "
-                                                              f"{describe_image(input_shape)})", notes=[adapted]))
-                else:
-                    samples.append(sample)
-                    batch.names.append(item.name)
-                    batch.adapted.append(adapted)
-                    batch.flagged.append(bool(adapted) and mismatch == "flag")
+            samples.append(sample)
+            batch.names.append(item.name)
+            batch.adapted.append(adapted)
+            batch.flagged.append(bool(adapted) and mismatch == "flag")
         if len(samples) >= batch_size:
             batch.data = torch.stack(samples)
             yield batch
@@ -195,3 +201,18 @@ def _batches(items: Iterator[Item], input_shape: tuple[int, ...], batch_size: in
     if samples or batch.failed:
         batch.data = torch.stack(samples) if samples else torch.empty((0, *input_shape))
         yield batch
+
+
+def _take(item: Item, input_shape: tuple[int, ...], mismatch: str) -> tuple[Tensor | None, str, Item | None]:
+    """``(sample in the model's shape, how it was adapted, None)``, or ``(None, ..., the failure)`` for an input that
+    cannot be read, does not fit, or is refused for its format."""
+    if item.sample is None:
+        return None, "", item
+    try:
+        sample, adapted = _fit(item, input_shape)
+    except DataError as err:
+        return None, "", Item(item.name, error=str(err))
+    if adapted and mismatch == "refuse":
+        return None, adapted, Item(item.name, error=f"refused: {adapted} (the model takes "
+                                                    f"{describe_image(input_shape)})", notes=[adapted])
+    return sample, adapted, None

@@ -111,22 +111,29 @@ def score_inputs(detector: Any, inputs: list[str], options: ScoringOptions | Non
 
 
 def _rows(detector: Any, batches: Iterator[Any], progress: bool) -> Iterator[dict[str, Any]]:
+    """The rows of every batch, in the inputs' order (an input that failed stands where it came)."""
     threshold = detector.threshold()
     bar = tqdm(desc="scoring", unit="input", disable=not progress)
     for batch in batches:
-        if len(batch.names):
-            scores = detector.anomaly_score(batch.data)
-            percentiles = detector.percentile(scores)
-            for name, score, pct, adapted, flagged in zip(batch.names, scores, percentiles, batch.adapted,
-                                                          batch.flagged, strict=True):
-                ood = bool(score > threshold) or flagged
-                yield {"input": name, "score": float(score), "decision": "ood" if ood else "in",
-                       "ood": ood, "percentile": round(float(pct), 2), "error": "", "adapted": adapted}
-        for item in batch.failed:
-            yield {"input": item.name, "score": None, "decision": "error", "ood": None, "percentile": None,
-                   "error": item.error, "adapted": "; ".join(item.notes)}
-        bar.update(len(batch.names) + len(batch.failed))
+        rows = _scored_rows(detector, batch, threshold) if len(batch.names) else []
+        for at, item in zip(batch.failed_at, batch.failed, strict=True):
+            rows.insert(at, {"input": item.name, "score": None, "decision": "error", "ood": None, "percentile": None,
+                             "error": item.error, "adapted": "; ".join(item.notes)})
+        yield from rows
+        bar.update(len(rows))
     bar.close()
+
+
+def _scored_rows(detector: Any, batch: Any, threshold: float) -> list[dict[str, Any]]:
+    scores = detector.anomaly_score(batch.data)
+    percentiles = detector.percentile(scores)
+    rows = []
+    for name, score, pct, adapted, flagged in zip(batch.names, scores, percentiles, batch.adapted, batch.flagged,
+                                                  strict=True):
+        ood = bool(score > threshold) or flagged
+        rows.append({"input": name, "score": float(score), "decision": "ood" if ood else "in", "ood": ood,
+                     "percentile": round(float(pct), 2), "error": "", "adapted": adapted})
+    return rows
 
 
 def is_scores_file(path: Path) -> bool:
