@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from flowood.deploy import (
     write_scores,
 )
 from flowood.ood import OODDetector
+from flowood.options import ConfigError
 
 
 @pytest.fixture
@@ -77,6 +79,31 @@ def test_one_writer_puts_rows_in_a_file_or_a_stream(tmp_path):
     write_scores(rows, default)  # a stream has no suffix: csv
     assert default.getvalue().splitlines()[0] == ",".join(FIELDS)
     assert write_scores(iter(rows), None).rows == 2  # counted only
+
+
+def test_rows_go_to_parquet_typed_and_the_file_is_known_as_flowoods(tmp_path, monkeypatch):
+    pq = pytest.importorskip("pyarrow.parquet")
+    rows = [{"input": f"{i}.png", "score": 0.5 + i, "decision": "in", "ood": False, "percentile": 10.0, "error": "",
+             "adapted": ""} for i in range(5)]
+    rows.insert(2, {"input": "bad.png", "score": None, "decision": "error", "ood": None, "percentile": None,
+                    "error": "not an image", "adapted": ""})
+    summary = write_scores(iter(rows), tmp_path / "s.parquet")  # the format from the suffix
+    table = pq.read_table(tmp_path / "s.parquet")
+    assert table.column_names == list(FIELDS) and table.to_pylist() == rows
+    assert str(table.schema.field("score").type) == "double" and str(table.schema.field("ood").type) == "bool"
+    assert (summary.rows, summary.errors) == (6, 1) and is_scores_file(tmp_path / "s.parquet")
+    write_scores(iter(rows), tmp_path / "by-format.out", "parquet")
+    assert pq.read_table(tmp_path / "by-format.out").to_pylist() == rows
+    write_scores(iter([]), tmp_path / "empty.parquet")  # no rows: the columns still
+    assert pq.read_table(tmp_path / "empty.parquet").column_names == list(FIELDS)
+    pq.write_table(pq.read_table(tmp_path / "s.parquet").drop_columns(["adapted"]), tmp_path / "other.parquet")
+    assert not is_scores_file(tmp_path / "other.parquet")  # another table: not to be replaced
+    with pytest.raises(ConfigError, match="not to a stream"):
+        write_scores(iter(rows), io.StringIO(), "parquet")
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # pyarrow not installed
+    with pytest.raises(ConfigError, match="pip install pyarrow"):
+        write_scores(iter(rows), tmp_path / "x.parquet")
+    assert not (tmp_path / "x.parquet").exists()
 
 
 def test_fit_score_and_write_rows(trained_checkpoint, new_data, tmp_path):
