@@ -23,6 +23,7 @@ from flowood.deploy import (
     stream_batches,
     write_scores,
 )
+from flowood.deploy.inputs import list_sources, read_sources
 from flowood.ood import OODDetector
 from flowood.options import ConfigError
 
@@ -57,6 +58,24 @@ def test_inputs_expand_to_one_sample_each_and_batches_stay_bounded(new_data):
     assert max(len(b.names) for b in batches) <= 4 and sum(len(b.names) for b in batches) == 14
     with pytest.raises(Exception, match="neither a file, a folder nor a pattern"):
         list(expand_inputs([str(folder / "nothing*.png")]))
+
+
+def test_sources_listed_here_and_read_elsewhere_are_the_same_items(new_data, tmp_path):
+    folder, npz, _ = new_data
+    np.savez(tmp_path / "nokey.npz", other=np.zeros(3))
+    (tmp_path / "corrupt.npz").write_bytes(b"PK not a zip")
+    np.savez(tmp_path / "empty.npz", images=np.zeros((0, 28, 28), np.uint8))
+    inputs = [str(folder), str(npz), *(str(tmp_path / f"{n}.npz") for n in ("nokey", "corrupt", "empty"))]
+    sources = list_sources(inputs)
+    expected, got = list(expand_inputs(inputs)), list(read_sources(sources))
+    assert [s.name for s in sources] == [i.name for i in expected] == [i.name for i in got]
+    assert len(got) == 7 + 4 + 2 and sum(i.error is not None for i in got) == 3
+    for a, b in zip(expected, got, strict=True):
+        assert (a.error, a.notes) == (b.error, b.notes)
+        assert (a.sample is None and b.sample is None) or np.array_equal(a.sample, b.sample)
+    np.savez(npz, images=np.zeros((2, 28, 28), np.uint8))  # the file changed after it was listed
+    late = {i.name: i for i in read_sources(sources)}
+    assert late[f"{npz}#1"].error is None and "changed since it was listed" in late[f"{npz}#3"].error
 
 
 def test_one_writer_puts_rows_in_a_file_or_a_stream(tmp_path):

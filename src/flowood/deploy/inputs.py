@@ -8,12 +8,16 @@ per row of its ``images`` or ``embeddings`` array, named ``FILE.npz#ROW``.
 An image the model never saw in its format (another colour mode, size or bit depth) is converted to the model's
 input and the conversion is said (``adapted``: ``"RGB 512x512 -> gray 28x28"``), or, as the caller chooses, the
 input is flagged as OOD or refused: a format the model never saw is itself a sign of OOD.
+
+To score elsewhere (on Ray workers: :mod:`flowood.deploy.ray_scoring`), :func:`list_sources` names every sample
+without keeping any (a :class:`Source`: a file, and a row of an ``.npz`` array), and :func:`read_sources` reads
+them where they are scored, giving the same :class:`Item` s as :func:`expand_inputs`.
 """
 
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +30,8 @@ from flowood.data.sources import IMAGE_SUFFIXES, decode_image
 from flowood.errors import DataError, closest
 from flowood.options import ConfigError
 
-__all__ = ["Item", "expand_inputs", "stream_batches", "Batch", "MISMATCH_POLICIES", "describe_image"]
+__all__ = ["Item", "expand_inputs", "stream_batches", "Batch", "MISMATCH_POLICIES", "describe_image", "Source",
+           "list_sources", "read_sources"]
 
 #: what happens to an image whose format differs from the model's input: converted (and said), also flagged as
 #: OOD, or refused (not scored).
@@ -45,6 +50,23 @@ class Item:
     sample: np.ndarray | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one sample comes from, without the sample: an image file, or one row of an ``.npz`` file's array.
+
+    Attributes:
+        name: the sample's name (its row's ``input``): the file, or ``FILE.npz#ROW``.
+        path: the file.
+        row: the row of an ``.npz`` file's array (None: an image file).
+        error: why an ``.npz`` file gives no samples (then its one source stands for the whole file).
+    """
+
+    name: str
+    path: str
+    row: int | None = None
+    error: str | None = None
 
 
 @dataclass
@@ -125,8 +147,57 @@ def expand_inputs(specs: list[str]) -> Iterator[Item]:
         DataError: an input that names nothing (not a file, a folder, nor a pattern with matches), raised here,
             before any sample is read.
     """
-    files = [f for spec in specs for f in _files(spec)]
-    return _items(files)
+    return _items(_expand(specs))
+
+
+def _expand(specs: list[str]) -> list[Path]:
+    return [f for spec in specs for f in _files(spec)]
+
+
+def list_sources(specs: list[str]) -> list[Source]:
+    """Every sample the inputs name, as :class:`Source` s in :func:`expand_inputs`' order: one per image file, one per
+    row of an ``.npz`` file (each is read here to count its rows, then let go), one for an ``.npz`` file that gives
+    none (with why).
+
+    Raises:
+        DataError: an input that names nothing, as :func:`expand_inputs`.
+    """
+    sources = []
+    for path in _expand(specs):
+        if path.suffix.lower() != ".npz":
+            sources.append(Source(str(path), str(path)))
+            continue
+        array, error = _npz_array(path)
+        if array is None:
+            sources.append(Source(str(path), str(path), error=error))
+        else:
+            sources += [Source(f"{path}#{row}", str(path), row) for row in range(len(array))]
+    return sources
+
+
+def read_sources(sources: Iterable[Source]) -> Iterator[Item]:
+    """The :class:`Item` of every source, in order, as :func:`expand_inputs` gives them: an image is decoded; an
+    ``.npz`` file is read once for its consecutive rows. A file that cannot be read (here) gives an item with
+    ``error`` set, one per source, never an exception."""
+    path, array, error = None, None, None
+    for source in sources:
+        if source.error is not None:
+            yield Item(source.name, error=source.error)
+        elif source.row is None:
+            yield _image_item(Path(source.path))
+        else:
+            if source.path != path:
+                path, (array, error) = source.path, _npz_array(Path(source.path))
+            yield _row_item(source, array, error)
+
+
+def _row_item(source: Source, array: np.ndarray | None, error: str | None) -> Item:
+    if array is None:
+        return Item(source.name, error=error)
+    if source.row >= len(array):
+        return Item(source.name, error=f"it has {len(array)} rows, not {source.row + 1}: it changed since it was "
+                                       "listed")
+    return Item(source.name, array[source.row])
 
 
 def _items(files: list[Path]) -> Iterator[Item]:

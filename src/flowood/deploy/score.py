@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
-from flowood.deploy.inputs import MISMATCH_POLICIES, expand_inputs, stream_batches
+from flowood.deploy.inputs import MISMATCH_POLICIES, Item, expand_inputs, stream_batches
 from flowood.deploy.load import load_detector
 from flowood.engines.backend import backend_option
 from flowood.errors import closest
@@ -29,8 +29,8 @@ from flowood.options import ConfigError, merge_options, option
 from flowood.outputs import atomic_write, check_output_file
 from flowood.runtime import device_option
 
-__all__ = ["ScoringOptions", "score_files", "score_inputs", "write_scores", "is_scores_file", "ScoreSummary", "FIELDS",
-           "SCORE_FORMATS", "scores_format", "scores_table"]
+__all__ = ["ScoringOptions", "score_files", "score_inputs", "score_items", "write_scores", "is_scores_file",
+           "ScoreSummary", "FIELDS", "SCORE_FORMATS", "scores_format", "scores_table"]
 
 #: the columns of every row ``flowood score`` writes.
 FIELDS = ("input", "score", "decision", "ood", "percentile", "error", "adapted")
@@ -114,7 +114,24 @@ def score_inputs(detector: Any, inputs: list[str], options: ScoringOptions | Non
         DataError: an input that names nothing (checked here, before any row is made).
     """
     o = merge_options(ScoringOptions, options, option_values)
-    batches = stream_batches(expand_inputs(inputs), detector.input_shape, o.batch_size, o.mismatch)
+    return score_items(detector, expand_inputs(inputs), o, progress=progress)
+
+
+def score_items(detector: Any, items: Iterable[Item], options: ScoringOptions | None = None, *,
+                progress: bool = True, **option_values: Any) -> Iterator[dict[str, Any]]:
+    """One row per item, in order: :func:`score_inputs` once its inputs are read (by
+    :func:`~flowood.deploy.inputs.expand_inputs`, or by :func:`~flowood.deploy.inputs.read_sources` where the inputs
+    were listed elsewhere).
+
+    Args:
+        detector: as :func:`score_inputs` takes it.
+        items: :class:`~flowood.deploy.inputs.Item` s.
+        options: a :class:`ScoringOptions`; ``batch_size`` and ``mismatch`` apply here.
+        progress: show a progress bar.
+        **option_values: any field of :class:`ScoringOptions`.
+    """
+    o = merge_options(ScoringOptions, options, option_values)
+    batches = stream_batches(iter(items), detector.input_shape, o.batch_size, o.mismatch)
     return _rows(detector, batches, progress)
 
 
