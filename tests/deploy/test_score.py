@@ -7,11 +7,11 @@ import csv
 import io
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from flowood.cli.main import main
 from flowood.deploy import (
@@ -28,24 +28,6 @@ from flowood.ood import OODDetector
 from flowood.options import ConfigError
 
 
-@pytest.fixture
-def new_data(tmp_path, fixtures_dir):
-    """A folder of MNIST PNGs (one 16-bit, one RGB, one broken), a FashionMNIST .npz, and a nested folder."""
-    with np.load(fixtures_dir / "mnist-small.npz") as f:
-        mnist = f["images_test"][:6, 0]
-    with np.load(fixtures_dir / "fashionmnist-small.npz") as f:
-        fashion = f["images_test"][:4]
-    folder = tmp_path / "new"
-    (folder / "nested").mkdir(parents=True)
-    for i, image in enumerate(mnist[:4]):
-        Image.fromarray(image).save(folder / f"mnist{i}.png")
-    Image.fromarray(mnist[4].astype(np.uint16) * 257).save(folder / "nested" / "deep16.png")
-    Image.fromarray(np.stack([mnist[5]] * 3, -1)).save(folder / "nested" / "rgb.png")
-    (folder / "broken.png").write_bytes(b"not an image")
-    np.savez(tmp_path / "fashion.npz", images=fashion)
-    return folder, tmp_path / "fashion.npz", mnist
-
-
 def test_inputs_expand_to_one_sample_each_and_batches_stay_bounded(new_data):
     folder, npz, mnist = new_data
     items = list(expand_inputs([str(folder), str(npz), str(folder / "mnist*.png")]))
@@ -60,14 +42,19 @@ def test_inputs_expand_to_one_sample_each_and_batches_stay_bounded(new_data):
         list(expand_inputs([str(folder / "nothing*.png")]))
 
 
-def test_sources_listed_here_and_read_elsewhere_are_the_same_items(new_data, tmp_path):
+def test_sources_listed_here_and_read_elsewhere_are_the_same_items(new_data, tmp_path, monkeypatch):
     folder, npz, _ = new_data
     np.savez(tmp_path / "nokey.npz", other=np.zeros(3))
     (tmp_path / "corrupt.npz").write_bytes(b"PK not a zip")
     np.savez(tmp_path / "empty.npz", images=np.zeros((0, 28, 28), np.uint8))
-    inputs = [str(folder), str(npz), *(str(tmp_path / f"{n}.npz") for n in ("nokey", "corrupt", "empty"))]
+    monkeypatch.chdir(tmp_path)  # inputs named relative to here, read elsewhere by their absolute paths
+    inputs = [folder.name, npz.name, "nokey.npz", "corrupt.npz", "empty.npz"]
     sources = list_sources(inputs)
-    expected, got = list(expand_inputs(inputs)), list(read_sources(sources))
+    assert all(Path(s.path).is_absolute() for s in sources)
+    monkeypatch.chdir(folder)
+    got = list(read_sources(sources))
+    monkeypatch.chdir(tmp_path)
+    expected = list(expand_inputs(inputs))
     assert [s.name for s in sources] == [i.name for i in expected] == [i.name for i in got]
     assert len(got) == 7 + 4 + 2 and sum(i.error is not None for i in got) == 3
     for a, b in zip(expected, got, strict=True):
@@ -75,7 +62,7 @@ def test_sources_listed_here_and_read_elsewhere_are_the_same_items(new_data, tmp
         assert (a.sample is None and b.sample is None) or np.array_equal(a.sample, b.sample)
     np.savez(npz, images=np.zeros((2, 28, 28), np.uint8))  # the file changed after it was listed
     late = {i.name: i for i in read_sources(sources)}
-    assert late[f"{npz}#1"].error is None and "changed since it was listed" in late[f"{npz}#3"].error
+    assert late[f"{npz.name}#1"].error is None and "changed since it was listed" in late[f"{npz.name}#3"].error
 
 
 def test_one_writer_puts_rows_in_a_file_or_a_stream(tmp_path):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import glob
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +58,7 @@ class Source:
 
     Attributes:
         name: the sample's name (its row's ``input``): the file, or ``FILE.npz#ROW``.
-        path: the file.
+        path: the file, absolute (a reader elsewhere may work in another folder).
         row: the row of an ``.npz`` file's array (None: an image file).
         error: why an ``.npz`` file gives no samples (then its one source stands for the whole file).
     """
@@ -164,14 +164,15 @@ def list_sources(specs: list[str]) -> list[Source]:
     """
     sources = []
     for path in _expand(specs):
+        where = str(path.absolute())
         if path.suffix.lower() != ".npz":
-            sources.append(Source(str(path), str(path)))
+            sources.append(Source(str(path), where))
             continue
         array, error = _npz_array(path)
         if array is None:
-            sources.append(Source(str(path), str(path), error=error))
+            sources.append(Source(str(path), where, error=error))
         else:
-            sources += [Source(f"{path}#{row}", str(path), row) for row in range(len(array))]
+            sources += [Source(f"{path}#{row}", where, row) for row in range(len(array))]
     return sources
 
 
@@ -184,7 +185,8 @@ def read_sources(sources: Iterable[Source]) -> Iterator[Item]:
         if source.error is not None:
             yield Item(source.name, error=source.error)
         elif source.row is None:
-            yield _image_item(Path(source.path))
+            item = _image_item(Path(source.path))  # said as the input named it, not by its absolute path
+            yield replace(item, name=source.name, error=item.error and item.error.replace(source.path, source.name))
         else:
             if source.path != path:
                 path, (array, error) = source.path, _npz_array(Path(source.path))
