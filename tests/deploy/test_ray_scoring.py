@@ -18,6 +18,7 @@ from ray_faults import DyingScoreWorker
 
 import flowood
 from flowood.checkpoints import CheckpointError
+from flowood.cli.main import main
 from flowood.deploy import fit_detector, load_detector, ray_scoring, score_files
 from flowood.deploy.inputs import list_sources
 from flowood.deploy.ray_scoring import RayOptions, RayScoringError, score_files_on_ray
@@ -85,7 +86,7 @@ def _assert_same_rows(got: list[dict], expected: list[dict]) -> None:
 
 
 def test_ray_writes_the_rows_flowood_score_writes(faults, detector_file, inputs, tmp_path):
-    # each format against score_files: Parquet here, JSON Lines with a worker dying
+    # each format against score_files: Parquet here, CSV through the command line, JSON Lines with a worker dying
     expected = score_files(detector_file, inputs, tmp_path / "local.parquet", batch_size=3, progress=False)
     got = score_files_on_ray(detector_file, inputs, tmp_path / "ray.parquet", batch_size=3, workers=2,
                              progress=False)
@@ -93,6 +94,21 @@ def test_ray_writes_the_rows_flowood_score_writes(faults, detector_file, inputs,
                                                                 expected.adapted)
     assert got.rows == 7 + 4 + 4 and got.errors == 1 and got.out == tmp_path / "ray.parquet"
     _assert_same_rows(_read(got.out), _read(expected.out))
+
+
+def test_the_cli_scores_on_ray(faults, detector_file, inputs, tmp_path, capsys):
+    args = ["score", "--detector", str(detector_file), *inputs, "--out", str(tmp_path / "ray.csv"), "--no_progress",
+            "--batch_size", "4"]
+    assert main([*args, "--ray", "--workers", "1", "--cpus_per_worker", "1", "--retries", "1"]) == 1  # broken.png
+    assert "scored 14 inputs" in capsys.readouterr().out
+    expected = score_files(detector_file, inputs, tmp_path / "local.csv", progress=False)
+    _assert_same_rows(_read(tmp_path / "ray.csv"), _read(expected.out))
+    assert main([*args, "--ray"]) == 2  # an earlier output is replaced only with --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--workers", "3"]) == 2  # a Ray option without --ray
+    assert "--workers is for scoring on Ray: add --ray" in capsys.readouterr().err
+    assert main([*args[:3], "--ray", *args[3:]]) == 2  # --ray took the folder for its address
+    assert "is not a Ray address" in capsys.readouterr().err
 
 
 def test_a_worker_that_dies_is_replaced_and_every_row_comes_once(dying, embedded, fashionmnist_npz, inputs,
