@@ -24,6 +24,7 @@ def _flags(action: argparse.Action) -> str:
     if action.nargs == 0:
         return names
     metavar = action.metavar or action.dest.upper()
+    metavar = f"[{metavar}]" if action.nargs == "?" else metavar  # the value may be left out
     return names + f" {metavar}" + (" ..." if action.nargs in ("+", "*") else "")
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import glob
 import json
 import sys
@@ -37,15 +38,16 @@ import numpy as np
 
 from flowood import __version__, allocator
 from flowood.cli.flags import Accumulate, FlowoodParser, add_options, as_flags, given_options, spellings
-from flowood.deploy import DetectorOptions, ScoringOptions
+from flowood.deploy import DetectorOptions
 from flowood.deploy.pipeline import detector_info
+from flowood.deploy.ray_scoring import RayOptions, RayScoringOptions
 from flowood.deploy.select import SelectOptions, select_detector, selection_table, ties_note
 from flowood.embed import EmbedOptions
 from flowood.engines.common import ExportOptions
 from flowood.errors import FlowoodError, InputError
 from flowood.evaluation import EvaluateOptions
 from flowood.inspect.run import InspectOptions
-from flowood.options import from_mapping, option_info, to_mapping
+from flowood.options import ConfigError, from_mapping, option_info, to_mapping
 from flowood.reproduce import ReproduceOptions
 from flowood.reproduce.runner import DEFAULT_OUT
 from flowood.runtime import CoreShare, RunOptions, data_root_option
@@ -320,10 +322,16 @@ def _cmd_detector_info(args: argparse.Namespace, values: dict[str, Any]) -> int:
 
 def _cmd_score(args: argparse.Namespace, values: dict[str, Any]) -> int:
     from flowood.deploy import score_files
+    from flowood.deploy.ray_scoring import score_files_on_ray
 
     out = sys.stdout if args.out == "-" else args.out
-    summary = score_files(args.detector, args.inputs, out, overwrite=args.overwrite, progress=args.progress,
-                          **values)
+    on_ray = "ray" in vars(args)  # --ray given, with or without an address
+    ray_flags = [f"--{name}" for name in given_options(args, RayOptions)]
+    if ray_flags and not on_ray:
+        raise ConfigError(f"{', '.join(ray_flags)} {'is' if len(ray_flags) == 1 else 'are'} for scoring on Ray: add "
+                          "--ray")
+    score = functools.partial(score_files_on_ray, address=args.ray) if on_ray else score_files
+    summary = score(args.detector, args.inputs, out, overwrite=args.overwrite, progress=args.progress, **values)
     if out is not sys.stdout:
         adapted = f"; {summary.adapted} adapted to the detector's input (see `adapted`)" if summary.adapted else ""
         print(f"scored {summary.rows - summary.errors} inputs: {summary.flagged} flagged as OOD; "
@@ -483,16 +491,22 @@ COMMANDS: dict[str, Command] = {
                            Arg("json", "print it as JSON", extra={"action": "store_true"}))),
         }),
     "score": Command(
-        _cmd_score, ScoringOptions, "score new data with a saved detector, one row per input",
+        _cmd_score, RayScoringOptions, "score new data with a saved detector, one row per input",
         "Score image files, folders (recursively), glob patterns and .npz files (one row per array row) with a "
-        "detector from flowood detector fit (or its export folder, on an engine --backend). Writes CSV or JSON Lines: "
-        "input, score, decision (in/ood), ood, the in-distribution percentile, error, and how the input was adapted "
-        "to the detector. Exits 0 unless an input could not be scored.",
-        "%(prog)s --detector DETECTOR.pt INPUT [INPUT ...] --out FILE.csv|FILE.jsonl|- [options]",
-        out="where to write the rows: .csv, .jsonl, or - for the standard output", out_metavar="FILE",
+        "detector from flowood detector fit (or its export folder, on an engine --backend). Writes CSV, JSON Lines or "
+        "Parquet, one row per input in the inputs' order: input, score, decision (in/ood), ood, the in-distribution "
+        "percentile, error, and how the input was adapted to the detector. With --ray, the same rows come from a "
+        "Ray Data job, on workers across a cluster. Exits 0 unless an input could not be scored.",
+        "%(prog)s --detector DETECTOR.pt INPUT [INPUT ...] --out FILE.csv|FILE.jsonl|FILE.parquet|- "
+        "[--ray [ADDRESS]] [options]",
+        out="where to write the rows: .csv, .jsonl, .parquet, or - for the standard output", out_metavar="FILE",
         arguments=(DETECTOR.but(required=True),
                    Arg("inputs", "image files, folders, glob patterns, .npz files", "INPUT", many=True,
-                       positional=True))),
+                       positional=True),
+                   Arg("ray", "score on Ray Data, with workers on the nodes of a Ray cluster (write it after the "
+                       "inputs, lest it take one for its ADDRESS). ADDRESS: "
+                       f"{_help_of(RayOptions, 'address')}; --ray alone is none", "ADDRESS",
+                       extra={"nargs": "?", "const": None, "default": argparse.SUPPRESS}))),
     "serve": Command(
         _cmd_serve, ServeOptions, "serve a detector over HTTP: POST /score, GET /health, /metadata, /metrics",
         "Serve a detector from flowood detector fit or select (or its export folder, on an engine --backend) over "

@@ -8,14 +8,18 @@ per row of its ``images`` or ``embeddings`` array, named ``FILE.npz#ROW``.
 An image the model never saw in its format (another colour mode, size or bit depth) is converted to the model's
 input and the conversion is said (``adapted``: ``"RGB 512x512 -> gray 28x28"``), or, as the caller chooses, the
 input is flagged as OOD or refused: a format the model never saw is itself a sign of OOD.
+
+To score elsewhere (on Ray workers: :mod:`flowood.deploy.ray_scoring`), :func:`list_sources` names every sample
+without keeping any (a :class:`Source`: a file, and a row of an ``.npz`` array), and :func:`read_sources` reads
+them where they are scored, giving the same :class:`Item` s as :func:`expand_inputs`.
 """
 
 from __future__ import annotations
 
 import glob
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -28,8 +32,8 @@ from flowood.data.sources import IMAGE_SUFFIXES, decode_image
 from flowood.errors import DataError, closest
 from flowood.options import ConfigError, option
 
-__all__ = ["Item", "expand_inputs", "stream_batches", "Batch", "MISMATCH_POLICIES", "describe_image", "read_image",
-           "read_npz", "mismatch_option"]
+__all__ = ["Item", "expand_inputs", "stream_batches", "Batch", "MISMATCH_POLICIES", "describe_image", "Source",
+           "list_sources", "read_sources", "read_image", "read_npz", "mismatch_option"]
 
 #: what happens to an image whose format differs from the model's input: converted (and said), also flagged as
 #: OOD, or refused (not scored).
@@ -58,16 +62,39 @@ class Item:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where one sample comes from, without the sample: an image file, or one row of an ``.npz`` file's array.
+
+    Attributes:
+        name: the sample's name (its row's ``input``): the file, or ``FILE.npz#ROW``.
+        path: the file, absolute (a reader elsewhere may work in another folder).
+        row: the row of an ``.npz`` file's array (None: an image file).
+        error: why an ``.npz`` file gives no samples (then its one source stands for the whole file).
+    """
+
+    name: str
+    path: str
+    row: int | None = None
+    error: str | None = None
+
+
 @dataclass
 class Batch:
     """Samples in the model's shape, their names, how each was adapted (empty: not at all), which are flagged for
-    their format, and the inputs that could not be read or were refused."""
+    their format, and the inputs that could not be read or were refused.
+
+    Attributes:
+        failed_at: where each of ``failed`` stands among the batch's inputs (scored and failed, in input order), so
+            that rows can follow the inputs' order.
+    """
 
     names: list[str]
     data: Tensor
     failed: list[Item]
     adapted: list[str] = field(default_factory=list)
     flagged: list[bool] = field(default_factory=list)
+    failed_at: list[int] = field(default_factory=list)
 
 
 def _files(spec: str) -> list[Path]:
@@ -82,24 +109,32 @@ def _files(spec: str) -> list[Path]:
     return matches
 
 
-def read_npz(name: str, source: str | Path | BinaryIO) -> Iterator[Item]:
-    """One item per row of an ``.npz`` file's ``images`` or ``embeddings`` array, named ``NAME#ROW`` (an unreadable
-    file or one without such an array gives one failed item)."""
+def _npz_array(source: str | Path | BinaryIO) -> tuple[np.ndarray | None, str | None]:
+    """The samples of an ``.npz`` file (a path or an open binary file; images as ``[N, C, H, W]``), or why it
+    cannot give any."""
     try:
         with np.load(source, allow_pickle=False) as f:
             key = next((k for k in ("images", "embeddings", "images_test", "embeddings_test", "x") if k in f.files),
                        None)
             if key is None:
-                yield Item(name, error=f"no 'images' or 'embeddings' array (it has {sorted(f.files)})")
-                return
+                return None, f"no 'images' or 'embeddings' array (it has {sorted(f.files)})"
             array = f[key]
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        yield Item(name, error=f"cannot read it as .npz ({err})")
-        return
+        return None, f"cannot read it as .npz ({err})"
     if key.startswith("images") and array.ndim == 4 and array.shape[-1] in (1, 3) and array.shape[1] not in (1, 3):
         array = array.transpose(0, 3, 1, 2)
     if key.startswith("images") and array.ndim == 3:
         array = array[:, None]
+    return array, None
+
+
+def read_npz(name: str, source: str | Path | BinaryIO) -> Iterator[Item]:
+    """One item per row of an ``.npz`` file's ``images`` or ``embeddings`` array, named ``NAME#ROW`` (an unreadable
+    file, or one without such an array, gives one failed item named ``NAME``)."""
+    array, error = _npz_array(source)
+    if array is None:
+        yield Item(name, error=error)
+        return
     for row, sample in enumerate(array):
         yield Item(f"{name}#{row}", sample)
 
@@ -129,8 +164,59 @@ def expand_inputs(specs: list[str]) -> Iterator[Item]:
         DataError: an input that names nothing (not a file, a folder, nor a pattern with matches), raised here,
             before any sample is read.
     """
-    files = [f for spec in specs for f in _files(spec)]
-    return _items(files)
+    return _items(_expand(specs))
+
+
+def _expand(specs: list[str]) -> list[Path]:
+    return [f for spec in specs for f in _files(spec)]
+
+
+def list_sources(specs: list[str]) -> list[Source]:
+    """Every sample the inputs name, as :class:`Source` s in :func:`expand_inputs`' order: one per image file, one per
+    row of an ``.npz`` file (each is read here to count its rows, then let go), one for an ``.npz`` file that gives
+    none (with why).
+
+    Raises:
+        DataError: an input that names nothing, as :func:`expand_inputs`.
+    """
+    sources = []
+    for path in _expand(specs):
+        where = str(path.absolute())
+        if path.suffix.lower() != ".npz":
+            sources.append(Source(str(path), where))
+            continue
+        array, error = _npz_array(path)
+        if array is None:
+            sources.append(Source(str(path), where, error=error))
+        else:
+            sources += [Source(f"{path}#{row}", where, row) for row in range(len(array))]
+    return sources
+
+
+def read_sources(sources: Iterable[Source]) -> Iterator[Item]:
+    """The :class:`Item` of every source, in order, as :func:`expand_inputs` gives them: an image is decoded; an
+    ``.npz`` file is read once for its consecutive rows. A file that cannot be read (here) gives an item with
+    ``error`` set, one per source, never an exception."""
+    path, array, error = None, None, None
+    for source in sources:
+        if source.error is not None:
+            yield Item(source.name, error=source.error)
+        elif source.row is None:
+            item = read_image(source.name, source.path)  # said as the input named it, not by its absolute path
+            yield replace(item, error=item.error and item.error.replace(source.path, source.name))
+        else:
+            if source.path != path:
+                path, (array, error) = source.path, _npz_array(Path(source.path))
+            yield _row_item(source, array, error)
+
+
+def _row_item(source: Source, array: np.ndarray | None, error: str | None) -> Item:
+    if array is None:
+        return Item(source.name, error=error)
+    if source.row >= len(array):
+        return Item(source.name, error=f"it has {len(array)} rows, not {source.row + 1}: it changed since it was "
+                                       "listed")
+    return Item(source.name, array[source.row])
 
 
 def _items(files: list[Path]) -> Iterator[Item]:
@@ -189,22 +275,15 @@ def _batches(items: Iterator[Item], input_shape: tuple[int, ...], batch_size: in
     batch = Batch([], torch.empty(0), [])
     samples: list[Tensor] = []
     for item in items:
-        if item.sample is None:
-            batch.failed.append(item)
+        sample, adapted, failure = _take(item, input_shape, mismatch)
+        if failure is not None:
+            batch.failed_at.append(len(batch.names) + len(batch.failed))
+            batch.failed.append(failure)
         else:
-            try:
-                sample, adapted = _fit(item, input_shape)
-            except DataError as err:
-                batch.failed.append(Item(item.name, error=str(err)))
-            else:
-                if adapted and mismatch == "refuse":
-                    batch.failed.append(Item(item.name, error=f"refused: {adapted} (the model takes "
-                                                              f"{describe_image(input_shape)})", notes=[adapted]))
-                else:
-                    samples.append(sample)
-                    batch.names.append(item.name)
-                    batch.adapted.append(adapted)
-                    batch.flagged.append(bool(adapted) and mismatch == "flag")
+            samples.append(sample)
+            batch.names.append(item.name)
+            batch.adapted.append(adapted)
+            batch.flagged.append(bool(adapted) and mismatch == "flag")
         if len(samples) >= batch_size:
             batch.data = torch.stack(samples)
             yield batch
@@ -212,3 +291,18 @@ def _batches(items: Iterator[Item], input_shape: tuple[int, ...], batch_size: in
     if samples or batch.failed:
         batch.data = torch.stack(samples) if samples else torch.empty((0, *input_shape))
         yield batch
+
+
+def _take(item: Item, input_shape: tuple[int, ...], mismatch: str) -> tuple[Tensor | None, str, Item | None]:
+    """``(sample in the model's shape, how it was adapted, None)``, or ``(None, ..., the failure)`` for an input that
+    cannot be read, does not fit, or is refused for its format."""
+    if item.sample is None:
+        return None, "", item
+    try:
+        sample, adapted = _fit(item, input_shape)
+    except DataError as err:
+        return None, "", Item(item.name, error=str(err))
+    if adapted and mismatch == "refuse":
+        return None, adapted, Item(item.name, error=f"refused: {adapted} (the model takes "
+                                                    f"{describe_image(input_shape)})", notes=[adapted])
+    return sample, adapted, None

@@ -2,14 +2,16 @@
 
 ``flowood score`` (:func:`score_files`) streams files, folders, globs and ``.npz`` files through a detector (a pixel
 flow's, or a pipeline on a classifier's features: :func:`~flowood.deploy.load.load_detector`) and writes one row
-per input (CSV or JSON Lines, :func:`write_scores`): the input's name, its anomaly score, the decision, where the
-score falls among the in-distribution calibration scores, how the input was adapted to the detector's input, and why
-it could not be scored.
+per input, in the inputs' order (CSV, JSON Lines or Parquet, :func:`write_scores`): the input's name, its anomaly
+score, the decision, where the score falls among the in-distribution calibration scores, how the input was adapted
+to the detector's input, and why it could not be scored. :mod:`flowood.deploy.ray_scoring` runs the same scoring
+on a Ray cluster.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import sys
 from collections.abc import Iterable, Iterator
@@ -22,17 +24,20 @@ from tqdm.auto import tqdm
 from flowood.deploy.inputs import Item, expand_inputs, mismatch_option, stream_batches
 from flowood.deploy.load import load_detector
 from flowood.engines.backend import backend_option
+from flowood.errors import closest
 from flowood.options import ConfigError, merge_options, option
 from flowood.outputs import atomic_write, check_output_file
 from flowood.runtime import device_option
 
-__all__ = ["ScoringOptions", "score_files", "score_inputs", "score_items", "write_scores", "is_scores_file", "ScoreSummary", "FIELDS",
-           "SCORE_FORMATS"]
+__all__ = ["ScoringOptions", "score_files", "score_inputs", "score_items", "write_scores", "is_scores_file",
+           "ScoreSummary", "FIELDS", "SCORE_FORMATS", "scores_format", "scores_table"]
 
 #: the columns of every row ``flowood score`` writes.
 FIELDS = ("input", "score", "decision", "ood", "percentile", "error", "adapted")
 #: the formats rows are written in.
-SCORE_FORMATS = ("csv", "jsonl")
+SCORE_FORMATS = ("csv", "jsonl", "parquet")
+#: the format a file's suffix names (other suffixes: csv).
+_SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 
 
 @dataclass
@@ -41,7 +46,8 @@ class ScoringOptions:
 
     batch_size: int = option(256, "inputs scored at once: memory stays bounded by it", minimum=1)
     mismatch: str = mismatch_option()
-    format: str | None = option(None, "csv or jsonl (default: from the suffix of `out`; csv)", choices=SCORE_FORMATS)
+    format: str | None = option(None, "csv, jsonl or parquet (default: from the suffix of `out`: .jsonl, .parquet; "
+                                "else csv)", choices=SCORE_FORMATS)
     device: str = device_option()
     backend: str = backend_option()
 
@@ -66,17 +72,19 @@ def score_files(detector: Any, inputs: list[str], out: str | Path | TextIO | Non
         detector: a detector file (or export folder) :func:`~flowood.deploy.load.load_detector` reads, or a
             fitted detector.
         inputs: image files, folders, glob patterns, ``.npz`` files.
-        out: a ``.csv`` or ``.jsonl`` file (checked before anything is scored, written atomically), an open text
-            stream the rows go to as they come (e.g. ``sys.stdout``), or None to count them only.
+        out: a ``.csv``, ``.jsonl`` or ``.parquet`` file (checked before anything is scored, written atomically), an
+            open text stream the rows go to as they come (e.g. ``sys.stdout``), or None to count them only.
         options: a :class:`ScoringOptions` (its fields are listed there).
         overwrite: replace a scores file flowood wrote earlier.
         progress: show a progress bar (not while rows go to a stream).
         **option_values: any field of :class:`ScoringOptions`, e.g. ``batch_size=64, mismatch="flag"``.
 
     Raises:
-        OutputError: ``out`` is not a file flowood may write. DataError: an input that names nothing.
+        OutputError: ``out`` is not a file flowood may write. DataError: an input that names nothing. ConfigError: an
+            unknown format, or Parquet to a stream.
     """
     o = merge_options(ScoringOptions, options, option_values)
+    scores_format(out, o.format)
     to_file = out is not None and not _is_stream(out)
     if to_file:
         sources = [detector] if isinstance(detector, (str, Path)) else []
@@ -107,13 +115,14 @@ def score_inputs(detector: Any, inputs: list[str], options: ScoringOptions | Non
 
 
 def score_items(detector: Any, items: Iterable[Item], options: ScoringOptions | None = None, *,
-                progress: bool = False, **option_values: Any) -> Iterator[dict[str, Any]]:
-    """One row per sample of ``items`` (already read, e.g. by :func:`~flowood.deploy.inputs.read_image`), scored in
-    batches of ``batch_size``; within a batch, the rows of inputs that could not be scored come after the others.
+                progress: bool = True, **option_values: Any) -> Iterator[dict[str, Any]]:
+    """One row per item, in order: :func:`score_inputs` once its inputs are read (by
+    :func:`~flowood.deploy.inputs.expand_inputs`, or by :func:`~flowood.deploy.inputs.read_sources` where the inputs
+    were listed elsewhere).
 
     Args:
-        detector: an :class:`~flowood.ood.OODDetector` or a :class:`~flowood.deploy.pipeline.DetectorPipeline`.
-        items: the inputs, each with a sample or the reason it has none.
+        detector: as :func:`score_inputs` takes it.
+        items: :class:`~flowood.deploy.inputs.Item` s.
         options: a :class:`ScoringOptions`; ``batch_size`` and ``mismatch`` apply here.
         progress: show a progress bar.
         **option_values: any field of :class:`ScoringOptions`.
@@ -124,28 +133,39 @@ def score_items(detector: Any, items: Iterable[Item], options: ScoringOptions | 
 
 
 def _rows(detector: Any, batches: Iterator[Any], progress: bool) -> Iterator[dict[str, Any]]:
+    """The rows of every batch, in the inputs' order (an input that failed stands where it came)."""
     threshold = detector.threshold()
     bar = tqdm(desc="scoring", unit="input", disable=not progress)
     for batch in batches:
-        if len(batch.names):
-            scores = detector.anomaly_score(batch.data)
-            percentiles = detector.percentile(scores)
-            for name, score, pct, adapted, flagged in zip(batch.names, scores, percentiles, batch.adapted,
-                                                          batch.flagged, strict=True):
-                ood = bool(score > threshold) or flagged
-                yield {"input": name, "score": float(score), "decision": "ood" if ood else "in",
-                       "ood": ood, "percentile": round(float(pct), 2), "error": "", "adapted": adapted}
-        for item in batch.failed:
-            yield {"input": item.name, "score": None, "decision": "error", "ood": None, "percentile": None,
-                   "error": item.error, "adapted": "; ".join(item.notes)}
-        bar.update(len(batch.names) + len(batch.failed))
+        rows = _scored_rows(detector, batch, threshold) if len(batch.names) else []
+        for at, item in zip(batch.failed_at, batch.failed, strict=True):
+            rows.insert(at, {"input": item.name, "score": None, "decision": "error", "ood": None, "percentile": None,
+                             "error": item.error, "adapted": "; ".join(item.notes)})
+        yield from rows
+        bar.update(len(rows))
     bar.close()
 
 
+def _scored_rows(detector: Any, batch: Any, threshold: float) -> list[dict[str, Any]]:
+    scores = detector.anomaly_score(batch.data)
+    percentiles = detector.percentile(scores)
+    rows = []
+    for name, score, pct, adapted, flagged in zip(batch.names, scores, percentiles, batch.adapted, batch.flagged,
+                                                  strict=True):
+        ood = bool(score > threshold) or flagged
+        rows.append({"input": name, "score": float(score), "decision": "ood" if ood else "in", "ood": ood,
+                     "percentile": round(float(pct), 2), "error": "", "adapted": adapted})
+    return rows
+
+
 def is_scores_file(path: Path) -> bool:
-    """True for files :func:`write_scores` wrote (their first line is its CSV header or a JSON row of its fields,
-    this version's or the earlier one without ``adapted``)."""
+    """True for files :func:`write_scores` wrote: a Parquet file of its columns, or a text file whose first line is
+    its CSV header or a JSON row of its fields (this version's or the earlier one without ``adapted``)."""
     try:
+        with open(path, "rb") as f:
+            parquet = f.read(4) == b"PAR1"
+        if parquet:
+            return _parquet_columns(path) == FIELDS
         with open(path, encoding="utf-8") as f:
             first = f.readline().strip()
     except (OSError, UnicodeDecodeError):
@@ -159,8 +179,69 @@ def is_scores_file(path: Path) -> bool:
         return False
 
 
+def _parquet_columns(path: Path) -> tuple[str, ...] | None:
+    """The column names of a Parquet file (None: unreadable, or no pyarrow to read it)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        return None
+    try:
+        return tuple(pq.read_schema(path).names)
+    except (OSError, ValueError):
+        return None
+
+
 def _is_stream(out: Any) -> bool:
     return hasattr(out, "write")
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError as err:
+        raise ConfigError("writing Parquet needs pyarrow: pip install pyarrow (or choose `format` csv or jsonl)") \
+            from err
+    return pyarrow
+
+
+def scores_format(out: str | Path | TextIO | None, fmt: str | None = None) -> str:
+    """The format rows go to ``out`` in: ``fmt``, else the one ``out``'s suffix names (``.jsonl`` or ``.json``:
+    jsonl; ``.parquet``: parquet), else csv.
+
+    Raises:
+        ConfigError: an unknown format, or Parquet to a stream (it is written to a file).
+    """
+    path = Path(out) if out is not None and not _is_stream(out) else None
+    fmt = fmt or (_SUFFIX_FORMATS.get(path.suffix.lower(), "csv") if path is not None else "csv")
+    if fmt not in SCORE_FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}{closest(fmt, SCORE_FORMATS)}; choose {', '.join(SCORE_FORMATS)}")
+    if fmt == "parquet" and _is_stream(out):
+        raise ConfigError("Parquet is written to a file, not to a stream: name a .parquet file as `out`, or choose "
+                          "`format` csv or jsonl")
+    return fmt
+
+
+def scores_table(rows: Iterable[dict[str, Any]]) -> Any:
+    """Rows as a ``pyarrow.Table`` of :data:`FIELDS` in that order: ``score`` and ``percentile`` float64, ``ood``
+    bool, the others strings; what a row leaves empty (``None``) is null.
+
+    Raises:
+        ConfigError: pyarrow is not installed.
+    """
+    pa = _pyarrow()
+    schema = pa.schema([("input", pa.string()), ("score", pa.float64()), ("decision", pa.string()),
+                        ("ood", pa.bool_()), ("percentile", pa.float64()), ("error", pa.string()),
+                        ("adapted", pa.string())])
+    return pa.Table.from_pylist(list(rows), schema=schema)
+
+
+def _write_parquet(rows: Iterator[dict[str, Any]], path: Path, chunk: int = 8192) -> None:
+    """Rows to a Parquet file, ``chunk`` rows at a time (one row group each), so memory stays bounded."""
+    pq = _pyarrow().parquet
+    with pq.ParquetWriter(path, scores_table([]).schema) as writer:
+        while (table := scores_table(itertools.islice(rows, chunk))).num_rows:
+            writer.write_table(table)
 
 
 def _write_rows(rows: Iterator[dict[str, Any]], f: TextIO, fmt: str) -> None:
@@ -179,21 +260,21 @@ def _write_rows(rows: Iterator[dict[str, Any]], f: TextIO, fmt: str) -> None:
 
 def write_scores(rows: Iterable[dict[str, Any]], out: str | Path | TextIO | None, fmt: str | None = None
                  ) -> ScoreSummary:
-    """Write rows (of :data:`FIELDS`) as CSV or JSON Lines (by ``fmt``, else by ``out``'s suffix; csv) and count them.
+    """Write rows (of :data:`FIELDS`) as CSV, JSON Lines or Parquet (by ``fmt``, else by ``out``'s suffix:
+    :func:`scores_format`) and count them.
 
     Args:
         rows: the rows, e.g. from :func:`score_inputs`.
         out: a file path (written atomically: the file appears complete once every row is written), an open text
-            stream the rows go to as they come (e.g. ``sys.stdout``), or None to count them only.
-        fmt: ``csv`` or ``jsonl``.
+            stream the rows go to as they come (e.g. ``sys.stdout``; not for Parquet), or None to count them only.
+        fmt: ``csv``, ``jsonl`` or ``parquet`` (columns :data:`FIELDS`, typed as :func:`scores_table` says; needs
+            pyarrow).
 
     Raises:
-        ConfigError: an unknown format.
+        ConfigError: an unknown format, Parquet to a stream, or Parquet without pyarrow.
     """
+    fmt = scores_format(out, fmt)
     path = Path(out) if out is not None and not _is_stream(out) else None
-    fmt = fmt or ("jsonl" if path is not None and path.suffix in (".jsonl", ".json") else "csv")
-    if fmt not in SCORE_FORMATS:
-        raise ConfigError(f"unknown format {fmt!r}; choose csv or jsonl")
     counts = {"rows": 0, "flagged": 0, "errors": 0, "adapted": 0}
 
     def counted(rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -203,7 +284,11 @@ def write_scores(rows: Iterable[dict[str, Any]], out: str | Path | TextIO | None
             counts["errors"] += bool(row["error"])
             counts["adapted"] += bool(row["adapted"]) and not row["error"]
             yield row
-    if path is not None:
+    if path is not None and fmt == "parquet":
+        _pyarrow()  # checked before any row is made
+        with atomic_write(path) as tmp:
+            _write_parquet(counted(rows), tmp)
+    elif path is not None:
         with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             _write_rows(counted(rows), f, fmt)
     elif out is not None:

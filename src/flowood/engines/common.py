@@ -42,7 +42,8 @@ DEFAULT_TOLERANCE = 1e-4
 #: the largest difference of a detector's anomaly score between the engine and PyTorch an export may have, as a share
 #: of the spread of the detector's in-distribution calibration scores.
 DEFAULT_SCORE_TOLERANCE = 1e-3
-_INSTALL = {"onnx": "export", "onnxscript": "export", "onnxruntime": "onnxruntime", "openvino": "openvino", "litserve": "serve"}
+_INSTALL = {"onnx": "export", "onnxscript": "export", "onnxruntime": "onnxruntime", "openvino": "openvino",
+            "litserve": "serve"}
 
 
 class ExportError(FlowoodError, RuntimeError):

@@ -94,8 +94,8 @@ def score_requests(detector: Any, requests: list[list[Item] | Refusal], mismatch
     """Score the inputs of several requests in one pass and hand each request its rows, in its inputs' order."""
     keyed = [Item(f"{r}/{i}", item.sample, item.error, item.notes)
              for r, items in enumerate(requests) if not isinstance(items, Refusal) for i, item in enumerate(items)]
-    rows = {row["input"]: row for row in score_items(detector, keyed, ScoringOptions(batch_size=max(1, len(keyed)),
-                                                                                    mismatch=mismatch))}
+    options = ScoringOptions(batch_size=max(1, len(keyed)), mismatch=mismatch)
+    rows = {row["input"]: row for row in score_items(detector, keyed, options, progress=False)}
     answers = []
     for r, items in enumerate(requests):
         if isinstance(items, Refusal):
