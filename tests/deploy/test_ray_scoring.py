@@ -148,6 +148,8 @@ def test_requests_that_cannot_run_are_refused_in_one_clear_error(faults, detecto
         score_files_on_ray(load_detector(detector_file), inputs, progress=False)
     with pytest.raises(ConfigError, match="not a Ray address"):
         score_files_on_ray(detector_file, inputs, address="new_images/", progress=False)
+    with pytest.raises(ConfigError, match="does not run through Ray Client"):
+        score_files_on_ray(detector_file, inputs, address="ray://head:10001", progress=False)
     with pytest.raises(DataError, match="neither a file, a folder nor a pattern"):
         score_files_on_ray(detector_file, [*inputs, str(tmp_path / "nothing*.png")], progress=False)
     with pytest.raises(ConfigError, match="not to a stream"):

@@ -64,8 +64,9 @@ class RayOptions:
     address: str | None = option(None, "the Ray cluster to score on: none (the default) attaches to the cluster that "
                                  "the RAY_ADDRESS variable names, or that ray start started on this machine, and else "
                                  "starts Ray here for the job; auto: a running cluster only; local: a new Ray instance "
-                                 "here; HOST:PORT or ray://HOST:10001: that cluster's head", flag=False,
-                                 metavar="ADDRESS")
+                                 "here; HOST:PORT: that cluster's head (its GCS port, 6379 by default). This process "
+                                 "drives the job: run it on a node of the cluster (Ray Data does not run through Ray "
+                                 "Client, ray://)", flag=False, metavar="ADDRESS")
     workers: int = option(2, "scoring workers (Ray actors): each loads the detector once, then scores a batch at a "
                           "time", minimum=1)
     cpus_per_worker: float = option(1.0, "CPUs each worker reserves on its node (and computes with)", minimum=0)
@@ -154,8 +155,11 @@ def _check_request(detector: Any, inputs: list[str], out: Any, o: RayScoringOpti
     if not Path(detector).exists():
         raise CheckpointError(f"detector {detector} does not exist")
     address = o.ray.address
+    if address is not None and address.startswith("ray://"):
+        raise ConfigError(f"Ray Data does not run through Ray Client ({address}): run this on a node of the cluster, "
+                          "with the address auto or HEAD:6379")
     if address is not None and address not in ("auto", "local") and ":" not in address:
-        raise ConfigError(f"{address!r} is not a Ray address: give none, auto, local, HOST:PORT or ray://HOST:PORT")
+        raise ConfigError(f"{address!r} is not a Ray address: give none, auto, local or HOST:PORT")
     scores_format(out, o.scoring.format)
     if out is not None and not hasattr(out, "write"):
         check_output_file(out, is_scores_file, [detector, *inputs], overwrite)
