@@ -19,7 +19,7 @@ from ray_faults import DyingScoreWorker
 import flowood
 from flowood.checkpoints import CheckpointError
 from flowood.cli.main import main
-from flowood.deploy import fit_detector, load_detector, ray_scoring, score_files
+from flowood.deploy import fit_detector, is_scores_file, load_detector, ray_scoring, score_files
 from flowood.deploy.inputs import list_sources
 from flowood.deploy.ray_scoring import RayOptions, RayScoringError, score_files_on_ray
 from flowood.errors import DataError
@@ -154,6 +154,9 @@ def test_requests_that_cannot_run_are_refused_in_one_clear_error(faults, detecto
         score_files_on_ray(detector_file, [*inputs, str(tmp_path / "nothing*.png")], progress=False)
     with pytest.raises(ConfigError, match="not to a stream"):
         score_files_on_ray(detector_file, inputs, sys.stdout, format="parquet", progress=False)
+    (tmp_path / "no-images").mkdir()
+    empty = score_files_on_ray(detector_file, [str(tmp_path / "no-images")], tmp_path / "none.csv", progress=False)
+    assert empty.rows == 0 and _read(tmp_path / "none.csv") == [] and is_scores_file(tmp_path / "none.csv")
     torch.save({"a": 1}, tmp_path / "foreign.pt")  # refused on the workers, and said as they say it
     with pytest.raises(RayScoringError, match="15 of 15 inputs were not scored .*not a flowood detector"):
         score_files_on_ray(tmp_path / "foreign.pt", inputs, tmp_path / "s.csv", progress=False)

@@ -130,6 +130,8 @@ def score_files_on_ray(detector: str | Path, inputs: list[str], out: str | Path 
     ray = _import_ray()
     detector = _check_request(detector, inputs, out, o, overwrite)
     sources = list_sources(inputs)
+    if not sources:  # folders without images: the rows of nothing, without a job
+        return write_scores(iter(()), out, o.scoring.format)
     with _connected(ray, o.ray.address), _job_context(ray, progress and not hasattr(out, "write")):
         return write_scores(_job_rows(ray, detector, sources, o), out, o.scoring.format)
 
@@ -261,7 +263,7 @@ class _ScoreWorker:
         self.detector, self.failure = None, None
         try:
             self.detector = load_detector(detector, self.options.device, self.options.backend)
-        except FlowoodError as err:  # raised with the first batch, as itself: an actor that fails to start is retried
+        except Exception as err:  # raised with the first batch, as itself: raised here, it would read as a death
             self.failure = err
 
     def __call__(self, batch: Any) -> Any:
