@@ -19,7 +19,7 @@ from ray_faults import DyingScoreWorker
 import flowood
 from flowood.checkpoints import CheckpointError
 from flowood.cli.main import main
-from flowood.deploy import fit_detector, load_detector, ray_scoring, score_files
+from flowood.deploy import fit_detector, is_scores_file, load_detector, ray_scoring, score_files
 from flowood.deploy.inputs import list_sources
 from flowood.deploy.ray_scoring import RayOptions, RayScoringError, score_files_on_ray
 from flowood.errors import DataError
@@ -32,9 +32,9 @@ TESTS = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def faults(tmp_path_factory):
-    """One local Ray instance for the module, its workers importing this flowood and tests/ray_faults.py: the folder
-    returned takes the files that make a :class:`ray_faults.DyingScoreWorker` die."""
+def local_ray(tmp_path_factory):
+    """One local Ray instance for the module, its workers importing this flowood and tests/ray_faults.py; yields the
+    folder that takes the files which make a :class:`ray_faults.DyingScoreWorker` die."""
     folder = tmp_path_factory.mktemp("faults")
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)]),
@@ -44,10 +44,10 @@ def faults(tmp_path_factory):
 
 
 @pytest.fixture
-def dying(faults, monkeypatch):
-    """Workers that die as the files in ``faults`` say."""
+def dying(local_ray, monkeypatch):
+    """Workers that die as the files in the folder returned say."""
     monkeypatch.setattr(ray_scoring, "_ScoreWorker", DyingScoreWorker)
-    return faults
+    return local_ray
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def _assert_same_rows(got: list[dict], expected: list[dict]) -> None:
             assert float(a["score"]) == pytest.approx(float(b["score"]), rel=1e-6)
 
 
-def test_ray_writes_the_rows_flowood_score_writes(faults, detector_file, inputs, tmp_path):
+def test_ray_writes_the_rows_flowood_score_writes(local_ray, detector_file, inputs, tmp_path):
     # each format against score_files: Parquet here, CSV through the command line, JSON Lines with a worker dying
     expected = score_files(detector_file, inputs, tmp_path / "local.parquet", batch_size=3, progress=False)
     got = score_files_on_ray(detector_file, inputs, tmp_path / "ray.parquet", batch_size=3, workers=2,
@@ -96,7 +96,7 @@ def test_ray_writes_the_rows_flowood_score_writes(faults, detector_file, inputs,
     _assert_same_rows(_read(got.out), _read(expected.out))
 
 
-def test_the_cli_scores_on_ray(faults, detector_file, inputs, tmp_path, capsys):
+def test_the_cli_scores_on_ray(local_ray, detector_file, inputs, tmp_path, capsys):
     args = ["score", "--detector", str(detector_file), *inputs, "--out", str(tmp_path / "ray.csv"), "--no_progress",
             "--batch_size", "4"]
     assert main([*args, "--ray", "--workers", "1", "--cpus_per_worker", "1", "--retries", "1"]) == 1  # broken.png
@@ -140,7 +140,7 @@ def test_a_job_that_cannot_finish_names_the_inputs_not_scored_and_writes_nothing
     assert list((tmp_path / "out").iterdir()) == []  # neither the file nor a temporary one
 
 
-def test_requests_that_cannot_run_are_refused_in_one_clear_error(faults, detector_file, inputs, tmp_path,
+def test_requests_that_cannot_run_are_refused_in_one_clear_error(local_ray, detector_file, inputs, tmp_path,
                                                                   monkeypatch):
     with pytest.raises(CheckpointError, match="does not exist"):
         score_files_on_ray(tmp_path / "missing.pt", inputs, progress=False)
@@ -148,10 +148,15 @@ def test_requests_that_cannot_run_are_refused_in_one_clear_error(faults, detecto
         score_files_on_ray(load_detector(detector_file), inputs, progress=False)
     with pytest.raises(ConfigError, match="not a Ray address"):
         score_files_on_ray(detector_file, inputs, address="new_images/", progress=False)
+    with pytest.raises(ConfigError, match="does not run through Ray Client"):
+        score_files_on_ray(detector_file, inputs, address="ray://head:10001", progress=False)
     with pytest.raises(DataError, match="neither a file, a folder nor a pattern"):
         score_files_on_ray(detector_file, [*inputs, str(tmp_path / "nothing*.png")], progress=False)
     with pytest.raises(ConfigError, match="not to a stream"):
         score_files_on_ray(detector_file, inputs, sys.stdout, format="parquet", progress=False)
+    (tmp_path / "no-images").mkdir()
+    empty = score_files_on_ray(detector_file, [str(tmp_path / "no-images")], tmp_path / "none.csv", progress=False)
+    assert empty.rows == 0 and _read(tmp_path / "none.csv") == [] and is_scores_file(tmp_path / "none.csv")
     torch.save({"a": 1}, tmp_path / "foreign.pt")  # refused on the workers, and said as they say it
     with pytest.raises(RayScoringError, match="15 of 15 inputs were not scored .*not a flowood detector"):
         score_files_on_ray(tmp_path / "foreign.pt", inputs, tmp_path / "s.csv", progress=False)

@@ -64,8 +64,9 @@ class RayOptions:
     address: str | None = option(None, "the Ray cluster to score on: none (the default) attaches to the cluster that "
                                  "the RAY_ADDRESS variable names, or that ray start started on this machine, and else "
                                  "starts Ray here for the job; auto: a running cluster only; local: a new Ray instance "
-                                 "here; HOST:PORT or ray://HOST:10001: that cluster's head", flag=False,
-                                 metavar="ADDRESS")
+                                 "here; HOST:PORT: that cluster's head (its GCS port, 6379 by default). This process "
+                                 "drives the job: run it on a node of the cluster (Ray Data does not run through Ray "
+                                 "Client, ray://)", flag=False, metavar="ADDRESS")
     workers: int = option(2, "scoring workers (Ray actors): each loads the detector once, then scores a batch at a "
                           "time", minimum=1)
     cpus_per_worker: float = option(1.0, "CPUs each worker reserves on its node (and computes with)", minimum=0)
@@ -129,6 +130,8 @@ def score_files_on_ray(detector: str | Path, inputs: list[str], out: str | Path 
     ray = _import_ray()
     detector = _check_request(detector, inputs, out, o, overwrite)
     sources = list_sources(inputs)
+    if not sources:  # folders without images: the rows of nothing, without a job
+        return write_scores(iter(()), out, o.scoring.format)
     with _connected(ray, o.ray.address), _job_context(ray, progress and not hasattr(out, "write")):
         return write_scores(_job_rows(ray, detector, sources, o), out, o.scoring.format)
 
@@ -154,8 +157,11 @@ def _check_request(detector: Any, inputs: list[str], out: Any, o: RayScoringOpti
     if not Path(detector).exists():
         raise CheckpointError(f"detector {detector} does not exist")
     address = o.ray.address
+    if address is not None and address.startswith("ray://"):
+        raise ConfigError(f"Ray Data does not run through Ray Client ({address}): run this on a node of the cluster, "
+                          "with the address auto or HEAD:6379")
     if address is not None and address not in ("auto", "local") and ":" not in address:
-        raise ConfigError(f"{address!r} is not a Ray address: give none, auto, local, HOST:PORT or ray://HOST:PORT")
+        raise ConfigError(f"{address!r} is not a Ray address: give none, auto, local or HOST:PORT")
     scores_format(out, o.scoring.format)
     if out is not None and not hasattr(out, "write"):
         check_output_file(out, is_scores_file, [detector, *inputs], overwrite)
@@ -257,7 +263,7 @@ class _ScoreWorker:
         self.detector, self.failure = None, None
         try:
             self.detector = load_detector(detector, self.options.device, self.options.backend)
-        except FlowoodError as err:  # raised with the first batch, as itself: an actor that fails to start is retried
+        except Exception as err:  # raised with the first batch, as itself: raised here, it would read as a death
             self.failure = err
 
     def __call__(self, batch: Any) -> Any:
