@@ -26,6 +26,7 @@ from flowood.errors import DataError
 from flowood.options import ConfigError
 
 ray = pytest.importorskip("ray")  # the module needs nothing of Ray before this line
+pytestmark = pytest.mark.xdist_group("ray")  # one xdist worker runs the module: one local Ray instance
 
 SRC = Path(flowood.__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parents[1]
