@@ -1,14 +1,16 @@
 """Load test of ``flowood serve`` on loopback, beside the ceiling ``flowood score`` sets on the same files.
 
-Usage: python benchmarks/serve_load.py --detector NAME=DETECTOR.pt [--detector NAME=...] [--requests 400]
-                                       [--seconds 60] [--threads 2]
+Usage: python benchmarks/serve_load.py --detector NAME=DETECTOR.pt [--detector NAME=...] [--client wrk|httpx]
+                                       [--requests 400] [--seconds 10]
 
-For each detector: ``flowood score``'s throughput on N PNG files of the FashionMNIST test fixture (the ceiling:
-one process, batches of 256), then ``flowood serve`` with batching off (``--max_batch_size 1``) and on
-(``--max_batch_size 32 --batch_timeout 0.01``), each loaded by an async httpx client at concurrency 1, 8 and 32
-sending one image per request (multipart) until ``--requests`` are answered or ``--seconds`` pass: requests/s,
-p50/p99 latency, failed requests, and the requests/s as a share of the ceiling. Loopback only, bounded in requests
-and time. Prints the CPU's model and flags with the table; run it alone on the machine.
+For each detector: ``flowood score``'s throughput on 1,000 PNG files of the FashionMNIST test fixture (the
+ceiling: one process, batches of 256, with every core and with one), then ``flowood serve`` with its defaults
+and batching off (``--max_batch_size 1``) or on (``--max_batch_size 32 --batch_timeout 0.01``), loaded at
+concurrency 1, 8 and 32 with one image per request (multipart): requests/s, p50/p99 latency, failed requests
+(not 200), and the requests/s as a share of each ceiling. The client is ``wrk`` (C, from Debian's ``wrk``
+package; ``--seconds`` per level) or an async httpx loop (``--requests`` per level or ``--seconds``, whichever
+comes first; it costs about a core of its own at these rates). Loopback only, bounded in time. Prints the CPU's
+model and flags with the table; run it alone on the machine.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +29,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,8 +60,6 @@ def write_images(folder: Path, count: int) -> list[Path]:
 
 
 def ceiling(detector: str, paths: list[Path], threads: int) -> float:
-    import torch
-
     torch.set_num_threads(threads)
     score_files(detector, [str(p) for p in paths[:32]], None, progress=False)  # warm up
     start = time.perf_counter()
@@ -96,32 +100,57 @@ async def load(url: str, bodies: list[bytes], concurrency: int, requests: int, s
             "answered": len(latencies)}
 
 
+def wrk_load(url: str, body: bytes, concurrency: int, seconds: float, folder: Path) -> dict:
+    """``wrk`` posting one PNG per request for ``seconds``: requests/s, p50/p99 ms, failed (non-2xx, socket errors)."""
+    (folder / "body.bin").write_bytes(b"--flowoodbench\r\nContent-Disposition: form-data; name=\"files\"; "
+                                      b"filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n" + body +
+                                      b"\r\n--flowoodbench--\r\n")
+    (folder / "post.lua").write_text(f'local f = io.open("{folder / "body.bin"}", "rb")\nwrk.method = "POST"\n'
+                                     'wrk.body = f:read("*all")\nf:close()\nwrk.headers["Content-Type"] = '
+                                     '"multipart/form-data; boundary=flowoodbench"\n')
+    out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency", "-s",
+                          str(folder / "post.lua"), f"{url}/score"], capture_output=True, text=True, check=True).stdout
+
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+    answered = int(re.search(r"(\d+) requests in", out).group(1))
+    failed = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    failed += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50": ms("50%"), "p99": ms("99%"),
+            "failed": failed, "answered": answered}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--detector", action="append", required=True, help="NAME=PATH, repeatable")
+    parser.add_argument("--client", choices=("wrk", "httpx"), default="wrk" if shutil.which("wrk") else "httpx")
     parser.add_argument("--requests", type=int, default=400)
-    parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=10)
     args = parser.parse_args()
-    print(f"# {time.strftime('%Y-%m-%d')}, {cpu()}, torch threads {args.threads}")
+    cores = torch.get_num_threads()
+    print(f"# {time.strftime('%Y-%m-%d')}, {cpu()}, {cores} cores, client {args.client}")
     with tempfile.TemporaryDirectory() as tmp:
         paths = write_images(Path(tmp), 1000)
         bodies = [p.read_bytes() for p in paths[:200]]
-        print("| detector | `flowood score` inputs/s | batching | concurrency | requests/s | p50 ms | p99 ms | "
-              "failed | share of ceiling |")
+        print(f"| detector | `flowood score` inputs/s ({cores} threads / 1) | batching | concurrency | requests/s | "
+              "p50 ms | p99 ms | failed | share of ceiling |")
         print("|---|---|---|---|---|---|---|---|---|")
         for spec in args.detector:
             name, path = spec.split("=", 1)
-            top = ceiling(path, paths, args.threads)
+            top, one = ceiling(path, paths, cores), ceiling(path, paths, 1)
+            torch.set_num_threads(cores)
             for batching, flags in (("off", ["--max_batch_size", "1"]),
                                     ("on", ["--max_batch_size", "32", "--batch_timeout", "0.01"])):
-                served = start_server(Path(path), Path(tmp) / "server.log", *flags, "--threads", str(args.threads),
-                                      "--max_inputs", "64")
+                served = start_server(Path(path), Path(tmp) / "server.log", *flags, "--max_inputs", "64")
                 try:
                     for concurrency in (1, 8, 32):
-                        r = asyncio.run(load(served.url, bodies, concurrency, args.requests, args.seconds))
-                        print(f"| {name} | {top:.0f} | {batching} | {concurrency} | {r['rps']:.0f} | {r['p50']:.1f} | "
-                              f"{r['p99']:.1f} | {r['failed']}/{r['answered']} | {r['rps'] / top:.0%} |", flush=True)
+                        r = (wrk_load(served.url, bodies[0], concurrency, args.seconds, Path(tmp))
+                             if args.client == "wrk" else
+                             asyncio.run(load(served.url, bodies, concurrency, args.requests, args.seconds)))
+                        print(f"| {name} | {top:.0f} / {one:.0f} | {batching} | {concurrency} | {r['rps']:.0f} | "
+                              f"{r['p50']:.1f} | {r['p99']:.1f} | {r['failed']}/{r['answered']} | "
+                              f"{r['rps'] / top:.0%} / {r['rps'] / one:.0%} |", flush=True)
                 finally:
                     served.stop(30)
 

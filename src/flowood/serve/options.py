@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from flowood.deploy.inputs import mismatch_option
 from flowood.engines.backend import backend_option
 from flowood.options import option
-from flowood.runtime import device_option, threads_option
+from flowood.runtime import device_option
 
 __all__ = ["ServeOptions", "Limits"]
 
@@ -41,5 +41,7 @@ class ServeOptions:
     mismatch: str = mismatch_option()
     device: str = device_option()
     backend: str = backend_option()
-    threads: int | None = threads_option()
+    threads: int | None = option(None, "CPU threads of each scoring worker (default: the CPUs this process may use "
+                                 "less one, which the HTTP server needs, shared among the workers)", minimum=1,
+                                 metavar="N")
     limits: Limits = option(default_factory=Limits, help="what one request may hold")
