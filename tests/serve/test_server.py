@@ -100,7 +100,7 @@ def test_an_npz_gives_one_row_per_array_row(client):
     assert [r["input"] for r in response.json()["rows"]] == ["fm.npz#0", "fm.npz#1", "fm.npz#2"]
 
 
-def test_health_metadata_metrics_and_schema(server, client, detector):
+def test_health_metadata_metrics_and_schema(server, client, detector, digits):
     assert httpx.get(f"{server.url}/health").status_code == 200  # open: probes carry no token
     meta = client.get("/metadata").json()
     from flowood.deploy import load_detector
@@ -112,8 +112,10 @@ def test_health_metadata_metrics_and_schema(server, client, detector):
     schema = client.get("/openapi.json").json()
     body = schema["paths"]["/score"]["post"]["requestBody"]["content"]
     assert set(body) == {"multipart/form-data", "application/json"} and "/metadata" in schema["paths"]
+    assert client.post("/score", files=_upload(sorted(digits.glob("*.png"))[:2])).status_code == 200
     metrics = client.get("/metrics").text
     assert 'flowood_requests_total{path="/score",status="200"}' in metrics and "flowood_batch_inputs_bucket" in metrics
+    assert float(re.search(r"^flowood_inputs_total (\S+)$", metrics, re.M).group(1)) >= 2
 
 
 def test_a_request_without_the_token_is_refused_and_the_token_is_never_logged(server):
