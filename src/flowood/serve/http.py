@@ -123,8 +123,8 @@ class Gate:
             raise _Refused(401, "a valid bearer token is needed (Authorization: Bearer TOKEN)")
 
     async def _admit(self, scope: dict, receive: Any, answer: _Answer) -> Any:
-        """Read the whole body (refusing it past ``max_body``), check its type and, for JSON, that it parses; hand
-        it on as one message."""
+        """Read the whole body (refusing it past ``max_body``), check its type and that it parses (as JSON, or as
+        the multipart form LitServe will parse again); hand it on as one message."""
         kind = _header(scope, b"content-type").split(";")[0].strip().lower()
         if kind not in BODY_TYPES:
             raise _Refused(415, f"send multipart/form-data (files) or application/json, not {kind or 'no type'}")
