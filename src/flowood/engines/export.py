@@ -55,6 +55,8 @@ from flowood.engines.common import (
     engines_for,
     require_module,
 )
+from flowood.engines.quantize import check_int8_cpu, conditioner_scopes
+from flowood.engines.quantized import CheckSets, check_sets, quantize_export
 from flowood.errors import ModelError
 from flowood.flows.base import FlowLayer
 from flowood.flows.capabilities import capabilities
@@ -121,6 +123,8 @@ class ExportResult:
         max_abs_diff_bpd: the same in bits/dim.
         tolerance_bpd: the largest difference allowed.
         seconds: time taken (export, conversion and check).
+        quantization: for an INT8 export, what the manifest records of it (method, calibration data, the check
+            against fp32 with bits/dim and AUROC per engine and set); None for fp32.
     """
 
     path: Path
@@ -129,6 +133,7 @@ class ExportResult:
     max_abs_diff_bpd: float
     tolerance_bpd: float
     seconds: float
+    quantization: dict[str, Any] | None = None
 
 
 def parity_inputs(flow: FlowModel, n: int = 16, seed: int = 0) -> Tensor:
@@ -231,6 +236,7 @@ def export_flow(model: FlowModel | str | Path, out: str | Path, options: ExportO
     graph = DensityGraph(flow)
     x = parity_inputs(flow, o.check_samples, o.seed)
     check_size(graph)
+    sets = _int8_sets(graph, source, o)  # before anything is written: a CPU or data that cannot do it is refused
 
     def check(folder: Path) -> dict[str, Any]:
         parity = check_parity(graph, folder, engines_for(o.format), x, o)
@@ -238,12 +244,24 @@ def export_flow(model: FlowModel | str | Path, out: str | Path, options: ExportO
             raise ExportError(f"the exported graph disagrees with PyTorch by {parity['max_abs_diff_bpd']:.3g} "
                               f"bits/dim ({parity['max_abs_diff_nats']:.3g} nats) on {parity['worst_engine']}, "
                               f"above the tolerance {o.tolerance:g}; nothing was kept")
+        if sets is not None:
+            parity["quantization"] = quantize_export(folder, graph, sets, o.format, o)
         return parity
     target = ExportTarget(out, o.format, [source["path"]] if source["path"] else [], overwrite)
     path, files, parity = write_checked_export(graph, x[:2], target, check,
                                                lambda files, parity: _manifest(flow, source, files, parity))
     return ExportResult(path, files + [EXPORT_MANIFEST], parity["max_abs_diff_nats"],
-                        parity["max_abs_diff_bpd"], o.tolerance, time.perf_counter() - start)
+                        parity["max_abs_diff_bpd"], o.tolerance, time.perf_counter() - start,
+                        parity.get("quantization"))
+
+
+def _int8_sets(graph: DensityGraph, source: dict[str, Any], o: ExportOptions) -> CheckSets | None:
+    """For an INT8 export, the CPU checked and its calibration and check data loaded; None otherwise."""
+    if o.quantize != "int8":
+        return None
+    check_int8_cpu()
+    conditioner_scopes(graph)  # a flow without st-networks is refused before the data are read
+    return check_sets(graph.flow, source["train_config"], o)
 
 
 @dataclass
@@ -356,6 +374,8 @@ def check_parity(graph: DensityGraph, folder: Path, engines: list[str], x: Tenso
 def _manifest(flow: FlowModel, source: dict[str, Any], files: list[str], parity: dict[str, Any]) -> dict[str, Any]:
     """The contents of flowood-export.json: the graph's convention, the flow, where it came from, the parity check."""
     convention = "dequantized 8-bit images in (0, 1)" if flow.discrete else "continuous vectors as the flow takes them"
+    quantization = parity.get("quantization")
+    parity = {k: v for k, v in parity.items() if k != "quantization"}  # the fp32 graph's parity with PyTorch
     return {
         "format": EXPORT_FORMAT_VERSION, "flowood_version": __version__, "torch_version": torch.__version__,
         "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -365,4 +385,5 @@ def _manifest(flow: FlowModel, source: dict[str, Any], files: list[str], parity:
         "outputs": ["log_prob", "scale_log_prior"], "input_shape": list(flow.input_shape), "discrete": flow.discrete,
         "num_dims": flow.num_dims, "scale_dims": flow.scale_dims, "flow_config": flow.config,
         "train_config": source["train_config"], "parity": parity,
+        "precision": "int8" if quantization else "fp32", "quantization": quantization,
     }

@@ -91,6 +91,8 @@ class MaskedAffineAutoregressive(FlowLayer):
     """
 
     kind = "autoregressive"
+    #: the network that computes s and t: any function whose masks keep it autoregressive keeps the layer exact
+    conditioner = "made"
 
     def __init__(self, dim: int, hidden_units: int = 256, num_hidden_layers: int = 1, init_zeros: bool = True) -> None:
         super().__init__()

@@ -83,6 +83,8 @@ class AffineCoupling(FlowLayer):
     """
 
     kind = "coupling"
+    #: the submodule that computes s and t: any function keeps the coupling exact (INT8 export quantizes only it)
+    conditioner = "st_net"
 
     def __init__(self, mask: CouplingMask, st_net: nn.Module) -> None:
         if type(self) is AffineCoupling:
