@@ -22,7 +22,7 @@ from flowood.flows import FlowModel, build_flow
 from flowood.outputs import atomic_write
 
 __all__ = ["CLASSIFIER_FORMAT", "CheckpointError", "LoadedFlow", "load_flow", "save_flow", "file_sha256",
-           "read_weights_file", "check_version"]
+           "weights_sha256", "read_weights_file", "check_version"]
 
 FORMAT = "flowood-flow"
 #: the format tag of a classifier file written by ``flowood embed --train_classifier``
@@ -103,6 +103,17 @@ def file_sha256(path: str | Path) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """A fingerprint of a model's weights: sha256 over every entry's name, dtype, shape and bytes, in name order. Equal
+    for the same weights whichever file holds them (a checkpoint, a detector file, an export's manifest)."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}:".encode())
+        h.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.float().numpy().tobytes())
     return h.hexdigest()
 
 

@@ -5,6 +5,7 @@ engines, evaluate and the detector take the INT8 export; a CPU without INT8 inst
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import defaultdict
 
@@ -15,6 +16,7 @@ import torch
 from flowood.cli.main import main
 from flowood.data import load_dataset
 from flowood.data.adapt import fit_to_shape
+from flowood.deploy import fit_detector
 from flowood.engines import EXPORT_MANIFEST, DensityGraph, EngineFlow, ExportError, export_flow
 from flowood.engines import common as engines_common
 from flowood.engines import quantize as quantize_module
@@ -219,7 +221,7 @@ def test_int8_options_are_checked_before_any_work(tmp_path, fashionmnist_npz, mo
     flow = _family("realnvp-checkerboard", fashionmnist_npz)
     with pytest.raises(ConfigError, match="apply to an INT8 export only"):
         export_flow(flow, tmp_path / "a", calibration=10)
-    with pytest.raises(ConfigError, match="unknown quantization"):
+    with pytest.raises(ConfigError, match="unknown quantize .int4. .did you mean .int8"):
         export_flow(flow, tmp_path / "b", quantize="int4")
     with pytest.raises(ConfigError, match="does not say which it is; pass dataset"):
         export_flow(flow, tmp_path / "c", quantize="int8", check_ood=["mnist"])
@@ -231,26 +233,39 @@ def test_int8_options_are_checked_before_any_work(tmp_path, fashionmnist_npz, mo
     assert not any((tmp_path / name).exists() and any((tmp_path / name).iterdir()) for name in "abcde")
 
 
-def test_a_checkpoint_exports_in_int8_from_the_cli_and_evaluate_and_the_detector_take_it(
+def test_a_checkpoint_exports_in_int8_from_the_cli_and_evaluate_score_and_the_detector_take_it(
         tmp_path, trained_checkpoint, fashionmnist_npz, mnist_npz, capsys, monkeypatch):
     out = tmp_path / "int8"
     code = main(["export", "--checkpoint", str(trained_checkpoint), "--out", str(out), "--format", "openvino",
                  "--quantize", "int8", "--calibration", "300", "--check_ood", mnist_npz, "--check_held_out", "200"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "INT8" in printed and "AUROC" in printed
+    assert "INT8 against fp32" in printed and "AUROC" in printed and "within the tolerances" in printed
     check = json.loads((out / EXPORT_MANIFEST).read_text())["quantization"]["check"]
     expected = check["per_engine"]["openvino"]["auroc"][mnist_npz]["int8"]
     # evaluate on the export, on the engine it was checked on, scores the check's inputs: the same AUROC
     result = evaluate(out, [mnist_npz], backend="openvino", max_samples=200, scores=["likelihood"], progress=False)
-    got = result.metrics.ood[mnist_npz].scores["likelihood"]["auroc"]
-    assert got == pytest.approx(expected, abs=1e-6)
-    detector = OODDetector(score="likelihood", flow=EngineFlow(out, "openvino"))
-    images = fit_to_shape(load_dataset(fashionmnist_npz, "train").take(64), (1, 28, 28))
-    detector.fit(images)
-    detector.save(tmp_path / "detector.pt")
-    loaded = OODDetector.load(tmp_path / "detector.pt")
-    assert np.allclose(loaded.score(images[:8]), detector.score(images[:8]))
+    assert result.metrics.ood[mnist_npz].auroc == pytest.approx(expected, abs=1e-6)
+
+    # a detector of the same flow scores on the INT8 export, in Python and through flowood score
+    fit_detector(trained_checkpoint, tmp_path / "detector.pt", score="likelihood", fit_samples=64, progress=False)
+    images = fit_to_shape(load_dataset(mnist_npz, "test").take(16), (1, 28, 28))
+    in_torch = OODDetector.load(tmp_path / "detector.pt").anomaly_score(images)
+    on_int8 = OODDetector.load(tmp_path / "detector.pt", backend="openvino", flow_export=out).anomaly_score(images)
+    assert np.abs(on_int8 - in_torch).max() > 0 and np.abs(on_int8 - in_torch).mean() < 0.05
+    np.savez(tmp_path / "new.npz", images=images.numpy())
+    assert main(["score", "--detector", str(tmp_path / "detector.pt"), str(tmp_path / "new.npz"), "--out",
+                 str(tmp_path / "rows.csv"), "--backend", "openvino", "--flow_export", str(out), "--no_progress"]) == 0
+    rows = list(csv.DictReader((tmp_path / "rows.csv").read_text().splitlines()))
+    np.testing.assert_allclose([float(r["score"]) for r in rows], on_int8, rtol=1e-6)
+
+    with pytest.raises(ConfigError, match="checked against fp32 on openvino, not on onnxruntime"):
+        OODDetector.load(tmp_path / "detector.pt", backend="onnxruntime", flow_export=out)
+    with pytest.raises(ConfigError, match="pass backend='onnxruntime' or 'openvino'"):
+        OODDetector.load(tmp_path / "detector.pt", flow_export=out)
+    other = export_flow(_family("realnvp-checkerboard", fashionmnist_npz), tmp_path / "other").path
+    with pytest.raises(ConfigError, match="an export of another flow than this detector's"):
+        OODDetector.load(tmp_path / "detector.pt", backend="onnxruntime", flow_export=other)
     monkeypatch.setattr(engines_common, "int8_dot_product", lambda: False)
     with pytest.raises(ConfigError, match="no INT8 dot-product instructions"):
         EngineFlow(out, "openvino")

@@ -366,8 +366,24 @@ def _cmd_export(args: argparse.Namespace, values: dict[str, Any]) -> int:
     print(f"wrote {', '.join(result.files)} to {result.path} in {result.seconds:.0f} s")
     print(f"parity with PyTorch: max |log-likelihood difference| {result.max_abs_diff_nats:.3g} nats = "
           f"{result.max_abs_diff_bpd:.3g} bits/dim (tolerance {result.tolerance_bpd:g})")
-    print(f"next: flowood evaluate --checkpoint {args.out} --backend onnxruntime --ood SET [SET ...] --out DIR")
+    backend = "openvino" if values.get("format") == "openvino" else "onnxruntime"
+    if result.quantization:
+        _print_int8_check(result.quantization)
+    print(f"next: flowood evaluate --checkpoint {args.out} --backend {backend} --ood SET [SET ...] --out DIR")
     return 0
+
+
+def _print_int8_check(quantization: dict[str, Any]) -> None:
+    from flowood.engines.quantized import check_table
+
+    q, check = quantization, quantization["check"]
+    print(f"INT8: {q['quantized_tensors']} tensors of the st-networks quantized ({q['method']}; "
+          f"{', '.join(q['int8_ops'])} in INT8), calibrated on {q['calibration_data']['samples']} training inputs")
+    print(f"INT8 against fp32 on {check['held_out_samples']} held-out inputs and each OOD set:")
+    print(check_table(check))
+    print(f"within the tolerances: mean bits/dim shift {check['worst_bpd_shift']:+.4f} (at most "
+          f"{check['max_bpd_shift']:g}), AUROC shift {check['worst_auroc_shift']:+.4f} (at most "
+          f"{check['max_auroc_shift']:g})")
 
 
 def _cmd_data_list(args: argparse.Namespace, values: dict[str, Any]) -> int:

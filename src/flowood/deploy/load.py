@@ -22,8 +22,8 @@ from flowood.options import ConfigError
 __all__ = ["load_detector"]
 
 
-def load_detector(path: str | Path, device: str = "cpu", backend: str = "torch"
-                  ) -> OODDetector | DetectorPipeline | ExportedDetector:
+def load_detector(path: str | Path, device: str = "cpu", backend: str = "torch",
+                  flow_export: str | Path | None = None) -> OODDetector | DetectorPipeline | ExportedDetector:
     """Any detector file flowood wrote, ready to score: a pixel flow's (:class:`~flowood.ood.OODDetector`) or a
     pipeline's (:class:`~flowood.deploy.pipeline.DetectorPipeline`).
 
@@ -33,6 +33,8 @@ def load_detector(path: str | Path, device: str = "cpu", backend: str = "torch"
         device: where a torch model scores (engines score on the CPU; ``auto`` means it for them).
         backend: ``torch``, or ``onnxruntime`` / ``openvino``: the detector is exported (to a temporary folder, checked
             against PyTorch) and scored on that engine.
+        flow_export: a flow's detector on an engine ``backend``: an export folder of its flow to score on instead
+            (``flowood export --checkpoint``, e.g. INT8).
 
     Raises:
         CheckpointError: the file is missing, unreadable, unsafe, or not a flowood detector.
@@ -42,8 +44,10 @@ def load_detector(path: str | Path, device: str = "cpu", backend: str = "torch"
             raise ConfigError(f"{path} is an export folder: score it on an engine with backend='onnxruntime' or "
                               "'openvino' (or use the detector file it was exported from with backend='torch')")
         engine_device(backend, device)
+        if flow_export is not None:
+            raise ConfigError(f"{path} is already an export folder; flow_export applies to a detector file")
         return ExportedDetector(path, backend)
-    detector = read_detector(path, device, backend)
+    detector = read_detector(path, device, backend, flow_export)
     if backend != "torch" and isinstance(detector, DetectorPipeline):
         detector.engine_ = engine_pipeline(detector, backend)
     return detector

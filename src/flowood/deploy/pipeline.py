@@ -456,7 +456,8 @@ def read_detector_payload(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def read_detector(path: str | Path, device: str = "cpu", backend: str = "torch") -> OODDetector | DetectorPipeline:
+def read_detector(path: str | Path, device: str = "cpu", backend: str = "torch",
+                  flow_export: str | Path | None = None) -> OODDetector | DetectorPipeline:
     """A detector file flowood wrote, ready to score: a pixel flow's (:class:`~flowood.ood.OODDetector`) or a
     pipeline's (:class:`DetectorPipeline`).
 
@@ -466,13 +467,19 @@ def read_detector(path: str | Path, device: str = "cpu", backend: str = "torch")
         backend: ``torch``, or ``onnxruntime`` / ``openvino``: a pixel flow's detector scores its flow on that engine
             (see :meth:`OODDetector.load <flowood.ood.OODDetector.load>`); a pipeline stays in PyTorch here (the
             engine scores it as one exported graph: :func:`flowood.deploy.load_detector`).
+        flow_export: a pixel flow's detector only: an export folder of its flow to score on with the engine
+            ``backend`` (see :meth:`OODDetector.load <flowood.ood.OODDetector.load>`).
 
     Raises:
-        CheckpointError: the file is missing, unreadable, unsafe, or not a flowood detector.
+        CheckpointError: the file is missing, unreadable, unsafe, or not a flowood detector. ConfigError:
+            ``flow_export`` for a pipeline, or of another flow.
     """
     payload = read_detector_payload(path)
     if payload["format"] != PIPELINE_FORMAT:
-        return OODDetector.from_payload(payload, path, device=device, backend=backend)
+        return OODDetector.from_payload(payload, path, device=device, backend=backend, flow_export=flow_export)
+    if flow_export is not None:
+        raise ConfigError("flow_export applies to a flow's detector; a pipeline is exported whole, from its detector "
+                          "file (export_detector), and that folder is scored as it is")
     check_version(payload.get("flowood_version", "unknown"), path, what="detector")
     return DetectorPipeline.from_payload(payload, engine_device(backend, device))
 

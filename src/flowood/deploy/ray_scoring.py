@@ -262,7 +262,8 @@ class _ScoreWorker:
         self.options = from_mapping(ScoringOptions, scoring)
         self.detector, self.failure = None, None
         try:
-            self.detector = load_detector(detector, self.options.device, self.options.backend)
+            self.detector = load_detector(detector, self.options.device, self.options.backend,
+                                          self.options.flow_export)
         except Exception as err:  # raised with the first batch, as itself: raised here, it would read as a death
             self.failure = err
 

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from flowood.deploy.inputs import Item, expand_inputs, mismatch_option, stream_batches
 from flowood.deploy.load import load_detector
-from flowood.engines.backend import backend_option
+from flowood.engines.backend import backend_option, flow_export_option
 from flowood.errors import closest
 from flowood.options import ConfigError, merge_options, option
 from flowood.outputs import atomic_write, check_output_file
@@ -50,6 +50,7 @@ class ScoringOptions:
                                 "else csv)", choices=SCORE_FORMATS)
     device: str = device_option()
     backend: str = backend_option()
+    flow_export: str | None = flow_export_option()
 
 
 @dataclass
@@ -90,7 +91,7 @@ def score_files(detector: Any, inputs: list[str], out: str | Path | TextIO | Non
         sources = [detector] if isinstance(detector, (str, Path)) else []
         check_output_file(out, is_scores_file, [*sources, *inputs], overwrite)
     if isinstance(detector, (str, Path)):
-        detector = load_detector(detector, device=o.device, backend=o.backend)
+        detector = load_detector(detector, device=o.device, backend=o.backend, flow_export=o.flow_export)
     return write_scores(score_inputs(detector, inputs, o, progress=progress and not _is_stream(out)), out, o.format)
 
 

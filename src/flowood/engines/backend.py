@@ -33,7 +33,8 @@ from flowood.flows.preprocessing import dequantize
 from flowood.options import ConfigError, option
 from flowood.runtime import resolve_device
 
-__all__ = ["BACKENDS", "ENGINES", "EngineFlow", "engine_flow", "engine_device", "backend_option"]
+__all__ = ["BACKENDS", "ENGINES", "EngineFlow", "engine_flow", "engine_device", "backend_option", "flow_export_option",
+           "check_flow_export"]
 
 #: where a flow can be scored: PyTorch, or an exported graph on an inference engine.
 BACKENDS = ("torch", *ENGINES)
@@ -43,6 +44,28 @@ def backend_option() -> Any:
     """The backend option (one definition, used by every command that scores a flow)."""
     return option("torch", "where the flow is scored: torch, or onnxruntime / openvino (the flow is exported to "
                   "ONNX first and checked against PyTorch; extras `onnxruntime`, `openvino`)", choices=BACKENDS)
+
+
+def flow_export_option() -> Any:
+    """The option naming an export of a detector's flow to score on (one definition, used by score and serve)."""
+    return option(None, "an export folder of the detector's flow (flowood export --checkpoint, in fp32 or INT8) to "
+                  "score on with an engine backend, instead of exporting the flow again", metavar="DIR")
+
+
+def check_flow_export(folder: str | Path, backend: str, weights: str) -> EngineFlow:
+    """The flow of an export folder on ``backend``, refused unless it is the flow whose weights hash to ``weights``.
+
+    Raises:
+        ConfigError: the backend is torch, the folder is no flow export, or it holds another flow.
+    """
+    if backend not in ENGINES:
+        raise ConfigError(f"an export folder is scored on an engine: pass backend='onnxruntime' or 'openvino', not "
+                          f"{backend!r}")
+    flow = EngineFlow(folder, backend)
+    if flow.engine.manifest.get("weights_sha256") != weights:
+        raise ConfigError(f"{folder} is an export of another flow than this detector's (its weights differ); export "
+                          "the detector's own checkpoint")
+    return flow
 
 
 def engine_device(backend: str, device: str) -> str:

@@ -52,6 +52,7 @@ DEFAULT_SCORE_TOLERANCE = 1e-3
 #: CPU flags (Linux /proc/cpuinfo) of INT8 dot-product instructions.
 _INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
 _INSTALL = {"onnx": "export", "onnxscript": "export", "onnxruntime": "onnxruntime", "openvino": "openvino",
+            "onnxruntime.quantization": "onnxruntime", "nncf": "openvino",
             "litserve": "serve"}
 
 
@@ -148,6 +149,8 @@ def _check_quantize_options(o: ExportOptions, kind: str) -> None:
     stray = [k for k in _INT8_ONLY if getattr(o, k) != getattr(defaults, k)]
     if o.quantize != "int8" and stray:
         raise ConfigError(f"{', '.join(stray)} apply to an INT8 export only; add quantize='int8'")
+    if o.quantize == "int8":
+        require_module("onnxruntime.quantization" if o.format == "onnx" else "nncf")
 
 
 def int8_dot_product() -> bool | None:

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from flowood import __version__
-from flowood.checkpoints import load_flow
+from flowood.checkpoints import load_flow, weights_sha256
 from flowood.engines.common import (
     EXPORT_FORMAT_VERSION,
     EXPORT_MANIFEST,
@@ -384,6 +384,7 @@ def _manifest(flow: FlowModel, source: dict[str, Any], files: list[str], parity:
         "input": {"name": "x", "shape": ["batch", *flow.input_shape], "dtype": "float32", "convention": convention},
         "outputs": ["log_prob", "scale_log_prior"], "input_shape": list(flow.input_shape), "discrete": flow.discrete,
         "num_dims": flow.num_dims, "scale_dims": flow.scale_dims, "flow_config": flow.config,
+        "weights_sha256": weights_sha256(flow.state_dict()),
         "train_config": source["train_config"], "parity": parity,
         "precision": "int8" if quantization else "fp32", "quantization": quantization,
     }

@@ -22,8 +22,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from flowood import __version__
-from flowood.checkpoints import CheckpointError, check_version, load_flow, read_weights_file
-from flowood.engines.backend import engine_device, engine_flow
+from flowood.checkpoints import CheckpointError, check_version, load_flow, read_weights_file, weights_sha256
+from flowood.engines.backend import check_flow_export, engine_device, engine_flow
 from flowood.errors import InputError
 from flowood.flows import build_flow
 from flowood.ood.density import as_density, capabilities
@@ -260,7 +260,8 @@ class OODDetector(CalibratedDetector):
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu", backend: str = "torch") -> OODDetector:
+    def load(cls, path: str | Path, device: str = "cpu", backend: str = "torch",
+             flow_export: str | Path | None = None) -> OODDetector:
         """A detector written by :meth:`save`, ready to score (no refitting).
 
         Args:
@@ -269,6 +270,8 @@ class OODDetector(CalibratedDetector):
             backend: ``torch``, or ``onnxruntime`` / ``openvino``: the flow is exported (to a temporary folder,
                 checked against PyTorch) and scored on that engine, on the CPU; a likelihood ratio's background
                 flow stays in PyTorch.
+            flow_export: with an engine ``backend``, an export folder of this detector's flow to score on instead
+                (``flowood export --checkpoint``, e.g. with ``quantize="int8"``); refused if it holds another flow.
 
         Raises:
             CheckpointError: the file is missing, unreadable, unsafe, or not a flowood detector.
@@ -277,18 +280,20 @@ class OODDetector(CalibratedDetector):
         if not isinstance(payload, dict) or payload.get("format") != DETECTOR_FORMAT:
             raise CheckpointError(f"{path} is not a flowood detector of a flow (write one with `flowood detector fit` "
                                   "or OODDetector.save)")
-        return cls.from_payload(payload, path, device, backend)
+        return cls.from_payload(payload, path, device, backend, flow_export)
 
     @classmethod
-    def from_payload(cls, payload: dict[str, Any], path: str | Path, device: str = "cpu", backend: str = "torch"
-                     ) -> OODDetector:
+    def from_payload(cls, payload: dict[str, Any], path: str | Path, device: str = "cpu", backend: str = "torch",
+                     flow_export: str | Path | None = None) -> OODDetector:
         """A detector from the contents of its file (what :meth:`load` does once the file is read and checked)."""
         check_version(payload.get("flowood_version", "unknown"), path, what="detector")
         flow = build_flow(payload["flow_config"])
         flow.load_state_dict(payload["state_dict"])
         device = engine_device(backend, device)
         flow.to(resolve_device(device)).eval()
-        if backend != "torch":
+        if flow_export is not None:
+            flow = check_flow_export(flow_export, backend, weights_sha256(payload["state_dict"]))
+        elif backend != "torch":
             flow = engine_flow(flow, backend)
         detector = cls(flow, payload["score"], payload["fpr"], payload["holdout"], payload["score_options"] or None)
         detector.scorer_ = detector._make_scorer()

@@ -61,7 +61,8 @@ class DetectorAPI(litserve.LitAPI):
         """Load the detector in this worker, with its share of the CPU threads."""
         torch.set_num_threads(self.options.threads or serving_threads(self.options.workers))
         on = device if str(device).startswith("cuda") else self.options.device  # the GPU LitServe gave this worker
-        self.detector = load_detector(self.detector_path, device=on, backend=self.options.backend)
+        self.detector = load_detector(self.detector_path, device=on, backend=self.options.backend,
+                                      flow_export=self.options.flow_export)
 
     def decode_request(self, request) -> list[Item] | Refusal:  # unannotated: LitServe then hands the raw request
         """The request's inputs, or why it is refused (returned, not raised: a refusal must not fail the other

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flowood.deploy.inputs import mismatch_option
-from flowood.engines.backend import backend_option
+from flowood.engines.backend import backend_option, flow_export_option
 from flowood.options import option
 from flowood.runtime import device_option
 
@@ -41,6 +41,7 @@ class ServeOptions:
     mismatch: str = mismatch_option()
     device: str = device_option()
     backend: str = backend_option()
+    flow_export: str | None = flow_export_option()
     threads: int | None = option(None, "CPU threads of each scoring worker (default: the CPUs this process may use "
                                  "less one, which the HTTP server needs, shared among the workers)", minimum=1,
                                  metavar="N")

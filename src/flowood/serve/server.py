@@ -43,7 +43,7 @@ def server_metadata(detector_path: str | Path, options: ServeOptions) -> dict[st
     Raises:
         CheckpointError, ConfigError: the detector cannot be loaded on ``options.backend``.
     """
-    detector = load_detector(detector_path, device="cpu", backend=options.backend)
+    detector = load_detector(detector_path, device="cpu", backend=options.backend, flow_export=options.flow_export)
     path = Path(detector_path)
     shape = list(detector.input_shape)
     about = detector_info(path) if path.is_file() else {"file": str(path), "kind": "export folder",
