@@ -32,7 +32,11 @@ convolutions, printed in a last table with the share of flowood's time that this
 Engine rows (``flowood-onnxruntime``, ``flowood-openvino``, ``flowood-openvino-bf16``) train the model as
 ``flowood-cl`` does, export it with ``flowood.engines.export_flow`` (parity with PyTorch checked at export) and
 score on ONNX Runtime or OpenVINO (fp32; bf16 where the CPU has bf16 instructions), dequantization in PyTorch as
-for every row; they have no training or memory columns, and their bits/dim are the engine's.
+for every row; they have no training or memory columns, and their bits/dim are the engine's. The ``-int8`` engine
+rows export with ``quantize="int8"`` (the st-networks in INT8: ONNX Runtime's QDQ quantization, or NNCF for
+OpenVINO; checked against fp32 on held-out and OOD data, see ``int8_options``) and print, in a table of their own,
+their speed against the best fp32 peer and flowood's fp32 graph on the same engine, with the check's bits/dim shift
+and AUROC.
 
 Every (case, library) runs in its own process: training steps/s (forward, backward, Adam step; batch 64, or 256
 for vectors), peak memory of a training step (the tensor memory one more, untimed step allocates above what is
@@ -65,7 +69,8 @@ ROOT = Path(__file__).resolve().parents[1]
 _IMAGE_ROWS = ("flowood", "flowood-cl", "flowood-cl+malloc", "normflows", "normflows+malloc",
                "flowood-cl-bf16+malloc", "normflows-bf16+malloc", "stnets-cl+malloc", "stnets-cl-bf16+malloc")
 #: flowood's exported graph scored on an inference engine (the model is trained as flowood-cl, then exported)
-_ENGINE_ROWS = ("flowood-onnxruntime+malloc", "flowood-openvino+malloc", "flowood-openvino-bf16+malloc")
+_ENGINE_ROWS = ("flowood-onnxruntime+malloc", "flowood-openvino+malloc", "flowood-openvino-bf16+malloc",
+                "flowood-onnxruntime-int8+malloc", "flowood-openvino-int8+malloc")
 _PACKED_ROWS = ("flowood-cl-packed+malloc", "flowood-cl-packed-bf16+malloc", "stnets-cl-packed+malloc",
                 "stnets-cl-packed-bf16+malloc")
 CASES = {
@@ -259,6 +264,8 @@ def _status(key: str) -> int:
 def worker(case: str, row: str, device: str, steps: int) -> dict:
     kind, shape, _ = CASES[case]
     library, _, tuning = row.partition("+")
+    int8 = library.endswith("-int8")
+    library = library.removesuffix("-int8")
     bf16 = library.endswith("-bf16")
     library = library.removesuffix("-bf16")
     packed = "-packed" in library
@@ -336,7 +343,9 @@ def worker(case: str, row: str, device: str, steps: int) -> dict:
         from flowood.deploy import EngineFlow, export_flow
         scratch = tempfile.TemporaryDirectory(prefix="flowood-bench-")  # removed when the worker ends
         folder = Path(scratch.name) / "export"
-        export_flow(model, folder, format=engine if engine == "openvino" else "onnx")
+        exported = export_flow(model, folder, format=engine if engine == "openvino" else "onnx",
+                               **(int8_options(kind, shape, Path(scratch.name)) if int8 else {}))
+        quality = int8_quality(exported.quantization, engine) if int8 else {}
         on_engine = EngineFlow(folder, engine, precision="bf16" if engine_bf16 else "fp32")
         log_prob = lambda x, g=None: on_engine.log_prob(x, generator=g, validate=False)
         train_s, peak, rss = float("inf"), float("nan"), float("nan")  # trained in PyTorch: see flowood-cl
@@ -356,14 +365,40 @@ def worker(case: str, row: str, device: str, steps: int) -> dict:
         score_s = (time.perf_counter() - start) / reps
     return {"case": case, "library": row, "params": sum(p.numel() for p in model.parameters()),
             "train_steps_s": 1.0 / train_s, "score_per_s": score_batch / score_s, "peak_mib": peak / 2**20,
-            "rss_mib": rss / 2**20, "test_bpd": bpd, "steps": steps + 4}
+            "rss_mib": rss / 2**20, "test_bpd": bpd, "steps": steps + 4, **(quality if engine is not None else {})}
+
+
+def int8_options(kind: str, shape: tuple[int, ...], scratch: Path) -> dict:
+    """The INT8 export's calibration and check sets: the FashionMNIST fixture (in-distribution, its 600 training
+    images calibrate) and the MNIST fixture (OOD, 200 test images each) for images; for MAF the benchmark's vectors
+    (4096 training, 1024 test) and, as OOD, the same vectors scaled by 1.5."""
+    if kind != "maf":
+        fixtures = ROOT / "tests" / "fixtures"
+        return dict(quantize="int8", dataset=f"npz:{fixtures}/fashionmnist-small.npz",
+                    check_ood=[f"npz:{fixtures}/mnist-small.npz"], calibration=600, check_held_out=200)
+    x = data(kind, shape, 4096 + 1024).numpy()
+    for name, scale in (("ind", 1.0), ("ood", 1.5)):
+        np.savez(scratch / f"{name}.npz", embeddings_train=x[:4096] * scale, embeddings_test=x[4096:] * scale)
+    return dict(quantize="int8", dataset=f"npz:{scratch}/ind.npz", check_ood=[f"npz:{scratch}/ood.npz"],
+                calibration=1000, check_held_out=1024)
+
+
+def int8_quality(quantization: dict, engine: str) -> dict:
+    """From an INT8 export's check: the mean bits/dim shift on held-out data and the AUROC in fp32 and INT8."""
+    checked = quantization["check"]["per_engine"][engine]
+    held_out = next(iter(checked["bits_per_dim"].values()))
+    auroc = next(iter(checked["auroc"].values()))
+    return {"bpd_shift": held_out["mean_shift"], "auroc_fp32": auroc["fp32"], "auroc_int8": auroc["int8"]}
 
 
 # -- driver ----------------------------------------------------------------------------------------
 def median_row(runs: list[dict]) -> dict:
     """One row from repeated runs of it: the median of every measurement, and the range of training speed."""
     row = dict(runs[0])
-    for key in ("train_steps_s", "score_per_s", "peak_mib", "rss_mib", "test_bpd"):
+    for key in ("train_steps_s", "score_per_s", "peak_mib", "rss_mib", "test_bpd", "bpd_shift", "auroc_fp32",
+                "auroc_int8"):
+        if key not in runs[0]:
+            continue
         row[key] = float(np.median([r[key] for r in runs]))
     row["train_min"] = min(r["train_steps_s"] for r in runs)
     row["train_max"] = max(r["train_steps_s"] for r in runs)
@@ -478,6 +513,24 @@ def main() -> None:
             f"| {c['case']} | {c['library']} | {best['library']} | {c['train_steps_s'] / best['train_steps_s']:.2f}x | "
             f"{c['score_per_s'] / max(p['score_per_s'] for p in peers):.2f}x | {ours['library']} | "
             f"{ours['train_steps_s'] / c['train_steps_s']:.0%} | {ours['score_per_s'] / c['score_per_s']:.0%} |")
+    int8_lines = []
+    for q in (r for r in rows if "-int8" in r["library"]):
+        fp32 = next((r for r in rows if r["case"] == q["case"] and r["library"] == q["library"].replace("-int8", "")),
+                    None)
+        peers, _ = peer_rows(rows, q)
+        if fp32 is None or not peers:
+            continue
+        int8_lines.append(
+            f"| {q['case']} | {q['library']} | {q['score_per_s']:.0f} | "
+            f"{q['score_per_s'] / max(p['score_per_s'] for p in peers):.2f}x | "
+            f"{q['score_per_s'] / fp32['score_per_s']:.2f}x | {q['bpd_shift']:+.4f} | "
+            f"{q['auroc_fp32']:.4f} -> {q['auroc_int8']:.4f} ({q['auroc_int8'] - q['auroc_fp32']:+.4f}) |")
+    if int8_lines:
+        print("\nINT8 st-networks: scoring against the best fp32 peer and flowood's own fp32 graph on the same engine, "
+              "with the export check's mean bits/dim shift and AUROC (held-out in-distribution against the OOD set):")
+        print("| case | row | score samples/s | / best peer | / own fp32 | bits/dim shift | AUROC fp32 -> INT8 |")
+        print("|---|---|---:|---:|---:|---:|---:|")
+        print("\n".join(int8_lines))
     if ceiling_lines:
         print("\nCeiling: the st-networks alone (the convolutions every implementation of the model runs) / best "
               "peer of the same precision, and the share of flowood's time they take:")

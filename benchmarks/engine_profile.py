@@ -2,7 +2,8 @@
 
 Usage::
 
-    .venv/bin/python benchmarks/engine_profile.py [--cases glow-1x28x28 realnvp-1x28x28] [--batch 1024]
+    .venv/bin/python benchmarks/engine_profile.py [--cases glow-1x28x28 realnvp-1x28x28] [--batch 1024] \
+        [--int8 [--engine onnxruntime|openvino]]
 
 For each case (the models of ``benchmarks/compare.py``, initialised on the FashionMNIST fixture, not trained: the
 time does not depend on the weights), the log-likelihood of one batch is profiled in PyTorch (``torch.profiler``,
@@ -10,7 +11,9 @@ channels-last, ``inference_mode``; self time per operator) and on ONNX Runtime (
 by operator type), after a warm-up pass. It prints the wall time per batch of each, and the operators that take
 most of it, so a speed-up (or its absence) is explained by where the time goes: convolutions, which no engine
 makes much faster than oneDNN does for PyTorch, or the many small element-wise operations of couplings, which an
-engine fuses.
+engine fuses. With ``--int8`` the graph is also exported with its st-networks in INT8 (the calibration and check
+sets of ``compare.py``'s INT8 rows) and profiled beside the fp32 graph, on ONNX Runtime or, with ``--engine
+openvino``, on OpenVINO (its performance counters: time per executed node, by node type).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import CASES, data, flowood_model  # the benchmark's models and data
+from compare import CASES, data, flowood_model, int8_options  # the benchmark's models and data
 
 
 def torch_profile(flow, x: torch.Tensor) -> tuple[float, list[tuple[str, float]]]:
@@ -45,8 +48,9 @@ def torch_profile(flow, x: torch.Tensor) -> tuple[float, list[tuple[str, float]]
     return seconds, [(op, us / total) for op, us in self_us.most_common()]
 
 
-def onnxruntime_profile(flow, x: torch.Tensor) -> tuple[float, list[tuple[str, float]]]:
-    """The same on ONNX Runtime: the flow exported with flowood.engines.export_flow, profiled per node."""
+def onnxruntime_profile(flow, x: torch.Tensor, int8: bool = False) -> tuple[float, list[tuple[str, float]]]:
+    """The same on ONNX Runtime: the flow exported with flowood.engines.export_flow (with ``int8``, its st-networks
+    in INT8), profiled per node."""
     import onnxruntime as ort
 
     from flowood.engines import export_flow
@@ -54,7 +58,8 @@ def onnxruntime_profile(flow, x: torch.Tensor) -> tuple[float, list[tuple[str, f
 
     scratch = tempfile.TemporaryDirectory(prefix="flowood-profile-")
     folder = Path(scratch.name) / "export"
-    export_flow(flow, folder)
+    kind = "maf" if not flow.discrete else "image"
+    export_flow(flow, folder, **(int8_options(kind, tuple(flow.input_shape), Path(scratch.name)) if int8 else {}))
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
@@ -80,12 +85,52 @@ def onnxruntime_profile(flow, x: torch.Tensor) -> tuple[float, list[tuple[str, f
     return seconds, [(op, us / total) for op, us in per_op.most_common()]
 
 
+def openvino_profile(flow, x: torch.Tensor, int8: bool = False) -> tuple[float, list[tuple[str, float]]]:
+    """The same on OpenVINO: the flow exported in OpenVINO's format (with ``int8``, its st-networks in INT8 by
+    NNCF), timed, then profiled with OpenVINO's performance counters (the executed nodes' real time, by type)."""
+    import openvino as ov
+
+    from flowood.engines import export_flow
+    from flowood.flows.preprocessing import dequantize
+
+    scratch = tempfile.TemporaryDirectory(prefix="flowood-profile-")
+    folder = Path(scratch.name) / "export"
+    kind = "maf" if not flow.discrete else "image"
+    extra = int8_options(kind, tuple(flow.input_shape), Path(scratch.name)) if int8 else {}
+    export_flow(flow, folder, format="openvino", **extra)
+    y = dequantize(x, "uniform", torch.Generator().manual_seed(0)).numpy() if flow.discrete else x.numpy()
+    core = ov.Core()
+    threads = {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"}
+    compiled = core.compile_model(str(folder / "model.xml"), "CPU", threads)
+    compiled(y)
+    start = time.perf_counter()
+    compiled(y)
+    seconds = time.perf_counter() - start
+    profiled = core.compile_model(str(folder / "model.xml"), "CPU", {**threads, "PERF_COUNT": True})
+    request = profiled.create_infer_request()
+    request.infer({0: y})
+    request.infer({0: y})
+    per_op: collections.Counter = collections.Counter()
+    for info in request.profiling_info:
+        if info.status == info.Status.EXECUTED:
+            per_op[f"{info.node_type} ({info.exec_type})"] += info.real_time.total_seconds()
+    total = sum(per_op.values()) or 1
+    scratch.cleanup()
+    return seconds, [(op, t / total) for op, t in per_op.most_common()]
+
+
+ENGINE_PROFILES = {"onnxruntime": onnxruntime_profile, "openvino": openvino_profile}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=["glow-1x28x28", "realnvp-1x28x28"],
                         choices=[c for c in CASES if not c.startswith("maf")] + ["maf-1792"])
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--top", type=int, default=8)
+    parser.add_argument("--int8", action="store_true", help="also profile the graph with INT8 st-networks")
+    parser.add_argument("--engine", choices=sorted(ENGINE_PROFILES), default="onnxruntime",
+                        help="the engine of the INT8 comparison (default: onnxruntime)")
     args = parser.parse_args()
     from flowood.allocator import tune_allocator
 
@@ -109,7 +154,18 @@ def main() -> None:
             a = ops_torch[i] if i < len(ops_torch) else ("", 0.0)
             b = ops_ort[i] if i < len(ops_ort) else ("", 0.0)
             print(f"| {a[0]} | {a[1]:.0%} | {b[0]} | {b[1]:.0%} |")
-
+        if args.int8:
+            profile = ENGINE_PROFILES[args.engine]
+            t_fp32, ops_fp32 = (t_ort, ops_ort) if args.engine == "onnxruntime" else profile(flow, x)
+            t_int8, ops_int8 = profile(flow, x, int8=True)
+            print(f"\n{case}: {args.engine} fp32 {t_fp32 * 1e3:.0f} ms per batch, INT8 st-networks "
+                  f"{t_int8 * 1e3:.0f} ms ({t_fp32 / t_int8:.2f}x)")
+            print(f"| {args.engine} fp32 operator | share | INT8 operator | share |")
+            print("|---|---:|---|---:|")
+            for i in range(args.top):
+                a = ops_fp32[i] if i < len(ops_fp32) else ("", 0.0)
+                b = ops_int8[i] if i < len(ops_int8) else ("", 0.0)
+                print(f"| {a[0]} | {a[1]:.0%} | {b[0]} | {b[1]:.0%} |")
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,14 @@ from flowood.deploy import fit_detector
 from flowood.engines import EXPORT_MANIFEST, DensityGraph, EngineFlow, ExportError, export_flow
 from flowood.engines import common as engines_common
 from flowood.engines import quantize as quantize_module
-from flowood.engines.quantize import conditioner_nodes, conditioner_scopes, fp32_leaks, ov_fp32_leaks
+from flowood.engines.quantize import (
+    OV_QUANTIZED_TYPES,
+    conditioner_nodes,
+    conditioner_scopes,
+    fp32_leaks,
+    ov_fp32_leaks,
+    ov_fp32_weights,
+)
 from flowood.engines.quantized import IN_DISTRIBUTION
 from flowood.evaluation import evaluate
 from flowood.flows import build_flow
@@ -191,7 +198,15 @@ def test_openvino_int8_export_is_nncf_quantized_and_stays_an_exact_density(case,
     producers = {out: node.name for node in fp32_graph.graph.node for out in node.output}
     inside_ops = {op.get_friendly_name() for op in model.get_ordered_ops()
                   if quantize_module._ov_inside(op, producers, inside)}
-    assert ov_fp32_leaks(model, inside_ops) == []
+    assert ov_fp32_leaks(model, inside_ops) == [] and ov_fp32_weights(model) == []
+    # OpenVINO's CPU plugin really runs every st-network multiply-add in INT8 (MAF's masked weights included)
+    quantized_layers = sum(op.get_type_name() in OV_QUANTIZED_TYPES and op.get_friendly_name() in inside_ops
+                           for op in model.get_ordered_ops())
+    runtime = ov.Core().compile_model(model, "CPU").get_runtime_model()
+    int8_layers = sum(op.get_rt_info()["layerType"].astype(str) in ("Convolution", "FullyConnected")
+                      and op.get_rt_info()["runtimePrecision"].astype(str) in ("i8", "u8")
+                      for op in runtime.get_ordered_ops())
+    assert quantized_layers > 0 and int8_layers == quantized_layers
     pairs = _coupling_tensors(fp32_graph)
     x = _inputs(flow, ind)
     _assert_log_det_is_sum_of_s(pairs, _run_with_outputs_ov(result.path / "model.xml",
@@ -258,6 +273,11 @@ def test_a_checkpoint_exports_in_int8_from_the_cli_and_evaluate_score_and_the_de
                  str(tmp_path / "rows.csv"), "--backend", "openvino", "--flow_export", str(out), "--no_progress"]) == 0
     rows = list(csv.DictReader((tmp_path / "rows.csv").read_text().splitlines()))
     np.testing.assert_allclose([float(r["score"]) for r in rows], on_int8, rtol=1e-6)
+
+    serve = pytest.importorskip("flowood.serve.server")  # flowood serve loads the detector the same way
+    metadata = serve.server_metadata(tmp_path / "detector.pt", serve.ServeOptions(backend="openvino",
+                                                                               flow_export=str(out)))
+    assert metadata["flow_export"] == {"folder": str(out), "precision": "int8"}
 
     with pytest.raises(ConfigError, match="checked against fp32 on openvino, not on onnxruntime"):
         OODDetector.load(tmp_path / "detector.pt", backend="onnxruntime", flow_export=out)

@@ -15,7 +15,9 @@ Each engine's own tool quantizes, and only the nodes the exporter places inside 
   tensor the conditioner reads from the flow (``x_a``, MAF's input) is given back in fp32 to the flow's own nodes
   (:func:`rewire_to_fp32`, checked by :func:`fp32_leaks`).
 * OpenVINO (``format="openvino"``): :func:`quantize_openvino`, NNCF's post-training quantization of the OpenVINO
-  model, every operation outside the conditioners in its ignored scope, checked by :func:`ov_fp32_leaks`.
+  model (its constants folded first, so that a MADE layer's masked weight is one constant NNCF can quantize), every
+  operation outside the conditioners in its ignored scope, checked by :func:`ov_fp32_leaks` (no INT8 value reaches
+  the flow) and :func:`ov_fp32_weights` (no quantized input meets an fp32 weight).
 
 INT8 pays only on CPUs with INT8 dot-product instructions (x86 VNNI or AMX, Arm's dot product); elsewhere ONNX
 Runtime's UINT8 x INT8 products can saturate. :func:`~flowood.engines.common.check_int8_cpu` refuses such a CPU
@@ -46,7 +48,7 @@ from flowood.options import ConfigError
 
 #: the CPU checks are common's (EngineDensity needs them too), named here where INT8 is explained
 __all__ = ["QUANTIZED_OPS", "OV_QUANTIZED_TYPES", "conditioner_scopes", "conditioner_nodes", "quantize_density",
-           "rewire_to_fp32", "fp32_leaks", "quantize_openvino", "ov_fp32_leaks", "int8_dot_product",
+           "rewire_to_fp32", "fp32_leaks", "quantize_openvino", "ov_fp32_leaks", "ov_fp32_weights", "int8_dot_product",
            "check_int8_cpu"]
 
 _NAME_SCOPES = "pkg.torch.onnx.name_scopes"
@@ -230,7 +232,7 @@ def quantize_openvino(onnx_path: str | Path, xml_path: str | Path, scopes: Itera
     graph = onnx.load(str(onnx_path))
     inside = conditioner_nodes(graph, scopes)
     producers = {out: node.name for node in graph.graph.node for out in node.output}
-    model = ov.Core().read_model(str(onnx_path))
+    model = _folded(ov.Core().read_model(str(onnx_path)))
     ops = [op for op in model.get_ordered_ops() if op.get_type_name() not in ("Parameter", "Result", "Constant")]
     inside_ops = {op.get_friendly_name() for op in ops if _ov_inside(op, producers, inside)}
     outside = [op.get_friendly_name() for op in ops if op.get_friendly_name() not in inside_ops]
@@ -248,6 +250,10 @@ def quantize_openvino(onnx_path: str | Path, xml_path: str | Path, scopes: Itera
     if leaks:
         raise ExportError(f"the quantized model feeds INT8 values into the flow at {', '.join(leaks[:3])}; nothing "
                           "was kept")
+    unquantized = ov_fp32_weights(quantized)
+    if unquantized:
+        raise ExportError(f"NNCF left the weights of {', '.join(unquantized[:3])} in fp32 (OpenVINO would run them in "
+                          "fp32); nothing was kept")
     ov.save_model(quantized, str(xml_path), compress_to_fp16=False)
     fake = [op for op in quantized.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
     int8_ops = sorted({target.get_node().get_type_name() for op in fake for target in op.output(0).get_target_inputs()
@@ -256,6 +262,62 @@ def quantize_openvino(onnx_path: str | Path, xml_path: str | Path, scopes: Itera
             "graph": "model.xml", "int8_ops": int8_ops, "quantized_tensors": len(fake),
             "weights": "int8, per output channel", "activations": "int8 or uint8, per tensor",
             "calibration_method": "NNCF's min-max with bias correction"}
+
+
+def ov_fp32_weights(model: Any) -> list[str]:
+    """The multiply-adds of an NNCF-quantized OpenVINO model whose input is quantized but whose weight is not (not
+    an INT8 constant, nor a FakeQuantize): OpenVINO runs such an operation in fp32. Empty for a model from
+    :func:`quantize_openvino`."""
+    missing = []
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in OV_QUANTIZED_TYPES:
+            continue
+        sources = [port.get_source_output().get_node() for port in op.inputs()]
+        if sources[0].get_type_name() == "FakeQuantize" and not _int8_weight(sources[1]):
+            missing.append(op.get_friendly_name())
+    return missing
+
+
+def _int8_weight(node: Any) -> bool:
+    """Whether ``node`` gives a quantized weight: a FakeQuantize, or an INT8 constant decompressed by Convert,
+    Subtract (zero point) and Multiply (scale), the form NNCF writes."""
+    while node.get_type_name() in ("Multiply", "Subtract", "Convert", "Reshape"):
+        node = node.input(0).get_source_output().get_node()
+    return node.get_type_name() == "FakeQuantize" or (
+        node.get_type_name() == "Constant" and node.get_element_type().get_type_name() in ("i8", "u8"))
+
+
+def _folded(model: Any) -> Any:
+    """``model`` with each multiply-add's weight that the graph computes from constants alone (a weight-normalised
+    convolution's ``g * v / |v|``, a MADE layer's ``weight * mask``) replaced by the one constant it computes, in
+    fp32; NNCF quantizes only constant weights, and OpenVINO runs a layer whose weight it left in fp32 in fp32.
+    Nothing else in the model changes."""
+    ov = require_module("openvino")
+    core = ov.Core()
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in OV_QUANTIZED_TYPES:
+            continue
+        weight = op.input(1).get_source_output()
+        if weight.get_node().get_type_name() == "Constant" or not _constant_only(weight.get_node()):
+            continue
+        computed = core.compile_model(ov.Model([weight], []), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({})
+        op.input(1).replace_source_output(ov.opset13.constant(next(iter(computed.values()))).output(0))
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+def _constant_only(node: Any) -> bool:
+    """Whether ``node``'s value depends on constants alone (no input of the model upstream)."""
+    seen, stack = set(), [node]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if current.get_type_name() == "Parameter":
+            return False
+        stack += [port.get_source_output().get_node() for port in current.inputs()]
+    return True
 
 
 def ov_fp32_leaks(model: Any, inside_ops: set[str]) -> list[str]:

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from flowood import __version__
 from flowood.deploy.load import load_detector
 from flowood.deploy.pipeline import detector_info
+from flowood.engines.common import read_manifest
 from flowood.options import ConfigError, merge_options
 from flowood.serve.api import DetectorAPI
 from flowood.serve.http import ACCESS_LOGGER, Gate, GateSettings
@@ -37,8 +38,8 @@ __all__ = ["build_server", "serve", "server_metadata"]
 
 def server_metadata(detector_path: str | Path, options: ServeOptions) -> dict[str, Any]:
     """What ``GET /metadata`` answers: the detector (its provenance, threshold and calibration FPR), the input it
-    takes, the backend, the batching and the limits. Loads the detector once, so a bad file fails here, before any
-    worker starts.
+    takes, the backend (and the export of its flow it scores on, with its precision), the batching and the limits.
+    Loads the detector once, so a bad file fails here, before any worker starts.
 
     Raises:
         CheckpointError, ConfigError: the detector cannot be loaded on ``options.backend``.
@@ -56,6 +57,9 @@ def server_metadata(detector_path: str | Path, options: ServeOptions) -> dict[st
         "input": {"shape": shape, "takes": "uint8 images (PNG, JPEG, ...; CxHxW)" if len(shape) == 3 else
                   f"vectors of {shape[0]} features (rows of an .npz)", "mismatch": options.mismatch},
         "backend": options.backend,
+        "flow_export": None if options.flow_export is None else {
+            "folder": str(options.flow_export), "precision": read_manifest(Path(options.flow_export)).get("precision",
+                                                                                                        "fp32")},
         "batching": {"max_batch_size": options.max_batch_size, "batch_timeout": options.batch_timeout,
                      "workers": options.workers},
         "limits": asdict(options.limits),
