@@ -116,3 +116,17 @@ def test_ddp_two_processes_on_cpu(tmp_path, fashionmnist_npz):
     assert summary["steps"] == 4
     loaded = load_flow(out / "checkpoints" / "last.ckpt")
     assert bool(loaded.flow.steps[1].initialized)
+
+
+def test_ddp_on_one_device_trains_and_saves_its_checkpoint(tmp_path, fashionmnist_npz):
+    """DDP with one process: Lightning wraps a training sampler in its distributed one whenever the strategy is
+    parallel, so the loader must be the plain shuffled one (the resumable one failed saving its position)."""
+    out = tmp_path / "ddp1"
+    cmd = [sys.executable, "-m", "flowood.cli.main", "train", "--dataset", fashionmnist_npz, "--out", str(out),
+           "--num_blocks", "1", "--num_mid_channels", "8", "--batch_size", "16", "--max_steps", "2",
+           "--max_test_samples", "32", "--devices", "1", "--accelerator", "cpu", "--strategy", "ddp", "--no_progress"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"),
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((out / "train_summary.json").read_text())["steps"] == 2

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.strategies import ParallelStrategy
 from torch.utils.data import DataLoader
 
 from flowood import __version__
@@ -89,8 +90,9 @@ class FlowDataModule(pl.LightningDataModule):
         # checkpoint saves and restores for the training steps themselves.
         common = dict(batch_size=c.batch_size, drop_last=True, num_workers=c.num_workers,
                       persistent_workers=c.num_workers > 0, generator=torch.Generator().manual_seed(c.seed))
-        if self.trainer is not None and self.trainer.world_size > 1:
-            return DataLoader(self.train_set, shuffle=True, **common)  # Lightning adds a DistributedSampler
+        if self.trainer is not None and isinstance(self.trainer.strategy, ParallelStrategy):
+            # Lightning adds a DistributedSampler (and would wrap our sampler in one, even on one device)
+            return DataLoader(self.train_set, shuffle=True, **common)
         sampler = EpochPermutationSampler(len(self.train_set), c.seed, c.batch_size, position=self.position)
         return ResumableDataLoader(self.train_set, sampler=sampler, position=self.position, **common)
 
