@@ -106,3 +106,51 @@ def test_the_final_error_names_only_checkpoints_that_exist(tmp_path, train_confi
     calls["n"] = 0
     with pytest.raises(NonFiniteLossError, match=r"resume from .*last\.ckpt"):
         train(train_config(tmp_path / "b" / "run", nan_tolerance=3, checkpoint_every_n_steps=2), progress=False)
+
+
+def test_recompute_batchnorm_averages_the_final_weights_batch_statistics(tmp_path, train_config, mnist_npz,
+                                                                         monkeypatch):
+    """With negative training: the saved running statistics are the plain average of the batch statistics the final
+    weights give on mixed batches (running_mean: mean of batch means; running_var: mean of unbiased batch
+    variances), the run's random state is untouched, and BatchNorm's momentum is restored."""
+    from flowood.checkpoints import load_flow
+    from flowood.training import callbacks
+
+    seen: dict[str, list] = {"mean": [], "var": [], "rng_before": [], "rng_after": []}
+    original = callbacks.RecomputeBatchNorm.on_train_end
+
+    def recording(self, trainer, pl_module):
+        first = next(m for m in pl_module.modules() if isinstance(m, callbacks.BATCHNORMS))
+
+        def hook(module, inputs, output):
+            x = inputs[0].detach().float()
+            seen["mean"].append(x.mean(dim=(0, 2, 3)))
+            seen["var"].append(x.var(dim=(0, 2, 3), unbiased=True))
+            assert x.shape[0] == 2 * 16  # in-distribution and OOD halves
+
+        handle = first.register_forward_hook(hook)
+        seen["rng_before"].append(torch.get_rng_state())
+        original(self, trainer, pl_module)
+        seen["rng_after"].append(torch.get_rng_state())
+        handle.remove()
+
+    monkeypatch.setattr(callbacks.RecomputeBatchNorm, "on_train_end", recording)
+    cfg = train_config(tmp_path / "run", batch_size=16, max_steps=4, ood_dataset=mnist_npz, recompute_batchnorm=5)
+    train(cfg, progress=False)
+    assert len(seen["mean"]) == 5
+    assert torch.equal(seen["rng_before"][0], seen["rng_after"][0])
+    flow = load_flow(tmp_path / "run" / "checkpoints" / "last.ckpt").flow
+    first = next(m for m in flow.modules() if isinstance(m, callbacks.BATCHNORMS))
+    torch.testing.assert_close(first.running_mean, torch.stack(seen["mean"]).mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(first.running_var, torch.stack(seen["var"]).mean(0), rtol=1e-4, atol=1e-6)
+    assert first.momentum == 0.1 and int(first.num_batches_tracked) == 5
+
+
+def test_without_recompute_batchnorm_the_running_averages_stay(tmp_path, train_config):
+    from flowood.checkpoints import load_flow
+    from flowood.training import callbacks
+
+    train(train_config(tmp_path / "run", max_steps=3), progress=False)
+    first = next(m for m in load_flow(tmp_path / "run" / "checkpoints" / "last.ckpt").flow.modules()
+                 if isinstance(m, callbacks.BATCHNORMS))
+    assert int(first.num_batches_tracked) == 3  # one update per training step, none recomputed

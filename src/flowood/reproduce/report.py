@@ -79,8 +79,8 @@ def _numbers_table(runs: list[State]) -> Table:
 def _settings(exp: Experiment, runs: list[State]) -> str:
     t = exp.train
     keys = ("flow", "mask", "st_type", "latent_dim", "num_scales", "num_blocks", "num_mid_channels",
-            "num_coupling_layers_per_scale", "num_coupling_layers", "ood_dataset", "lr", "batch_size",
-            "max_minutes", "max_steps", "num_epochs")
+            "num_coupling_layers_per_scale", "num_coupling_layers", "ood_dataset", "negative_val", "lr", "batch_size",
+            "max_minutes", "max_steps", "num_epochs", "recompute_batchnorm")
     parts = [f"{k}={t[k]}" for k in keys if k in t and t[k] is not None]
     trained = [_stage(s, "train") for s in runs if _stage(s, "train")]
     if len(runs) == 1 and trained:

@@ -30,7 +30,10 @@ from flowood.runtime import active_core_share
 from flowood.training.persistence import PassPosition
 
 __all__ = ["NonFiniteGuard", "NonFiniteLossError", "InvertibilityCheck", "RandomState", "TrainedBatches",
-           "RecordLogs", "ShareCores"]
+           "RecordLogs", "ShareCores", "RecomputeBatchNorm"]
+
+#: the BatchNorm layers whose running statistics :class:`RecomputeBatchNorm` recomputes
+BATCHNORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
 
 
 class NonFiniteLossError(FlowoodError, RuntimeError):
@@ -330,3 +333,58 @@ class RecordLogs(Callback):
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         self._record()
+
+
+class RecomputeBatchNorm(Callback):
+    """At the end of training, replace every BatchNorm's running statistics with their average over ``batches``
+    training batches at the final weights.
+
+    Evaluation normalises with the running statistics, an exponential average over batches seen while the weights
+    were still changing; after a short or unstable training they can be far from the statistics the final weights
+    produce, and the evaluated density is then not the trained one. Negative training shows it most: its batches
+    hold in- and out-of-distribution samples together, and with stale statistics a flow that separates the two in
+    training may not at evaluation (``docs/results/negative_training.md``). The recomputed statistics are a
+    cumulative average over batches built as the training steps build them (``batch_size`` in-distribution samples,
+    plus as many OOD samples with negative training), without augmentation, drawn with their own generator so the
+    run's random state is untouched; the same technique as SWA's ``torch.optim.swa_utils.update_bn``.
+
+    Args:
+        batches: training batches to average over.
+        train: the training inputs. ood: the OOD inputs of negative training, or None.
+        batch_size: in-distribution samples per batch. seed: seeds the batches and the dequantization noise.
+    """
+
+    def __init__(self, batches: int, train: torch.Tensor, ood: torch.Tensor | None, batch_size: int,
+                 seed: int) -> None:
+        self.batches, self.train, self.ood, self.batch_size, self.seed = batches, train, ood, batch_size, seed
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        layers = [m for m in pl_module.modules() if isinstance(m, BATCHNORMS)]
+        if not layers or self.batches < 1:
+            return
+        momenta = [layer.momentum for layer in layers]
+        for layer in layers:
+            layer.reset_running_stats()
+            layer.momentum = None  # cumulative average
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + 17)
+        was_training = pl_module.training
+        pl_module.train()
+        with torch.no_grad():
+            for _ in range(self.batches):
+                x = self.train[torch.randint(0, len(self.train), (self.batch_size,), generator=generator)]
+                if self.ood is not None:
+                    picked = torch.randint(0, len(self.ood), (self.batch_size,), generator=generator)
+                    x = torch.cat((x, self.ood[picked].to(x.dtype)))
+                pl_module.flow.log_prob(x.to(pl_module.device), generator=_device_generator(generator, pl_module),
+                                        validate=False)
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+        pl_module.train(was_training)
+
+
+def _device_generator(generator: torch.Generator, module: pl.LightningModule) -> torch.Generator:
+    """A generator on the module's device, seeded from ``generator`` (dequantization noise is drawn there)."""
+    if module.device.type == "cpu":
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator(device=module.device).manual_seed(seed)

@@ -94,6 +94,10 @@ class TrainConfig:
     negative_val: float = option(-100000.0, "negative training pushes down only OOD samples whose log-likelihood "
                                  "(nats per image) is above this (the original: -100000 for CIFAR-10, CelebA, "
                                  "SVHN; -30000 for MNIST, FashionMNIST)")
+    recompute_batchnorm: int = option(0, "at the end of training, recompute BatchNorm's running statistics at the "
+                                      "final weights over this many training batches (with negative training, "
+                                      "in- and out-of-distribution halves as in its steps); 0: keep the running "
+                                      "averages, as the original does", minimum=0)
     prior: str = option("Gaussian", "the latent prior (the original's only one)", choices=("Gaussian",))
 
     @classmethod

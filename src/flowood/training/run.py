@@ -26,6 +26,7 @@ from flowood.training.callbacks import (
     InvertibilityCheck,
     NonFiniteGuard,
     RandomState,
+    RecomputeBatchNorm,
     RecordLogs,
     ShareCores,
     TrainedBatches,
@@ -212,6 +213,9 @@ def _fit(config: TrainConfig, out: Path, resume_path: Path | None, folder: Outpu
                             *_checkpointing(config, out / "checkpoints")]
     callbacks += [RecordLogs(folder)] if folder is not None else []
     callbacks += [_monitor(config, data)]
+    if config.recompute_batchnorm:
+        callbacks.append(RecomputeBatchNorm(config.recompute_batchnorm, data.train_set.data, data.ood_set,
+                                            config.batch_size, config.seed))
     callbacks += [LearningRateMonitor(logging_interval="step")] if config.loggers else []
     if progress:
         callbacks.append(TimeLimitBar(config.max_minutes) if config.max_minutes else TQDMProgressBar(refresh_rate=10))
