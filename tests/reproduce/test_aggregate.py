@@ -8,7 +8,15 @@ import math
 
 import pytest
 
-from flowood.reproduce.aggregate import Spread, evaluate_check, metric_spread, overall_status, short_name, spread
+from flowood.reproduce.aggregate import (
+    Spread,
+    evaluate_check,
+    metric_spread,
+    overall_status,
+    paired_p_value,
+    short_name,
+    spread,
+)
 from flowood.reproduce.experiments import Check
 
 
@@ -54,18 +62,18 @@ def test_a_claim_holds_on_the_means_and_counts_the_seeds_that_satisfy_it():
     assert below.text == "auroc (mnist) = 0.500 ± 0.265 (< 0.5?)"
     # better than base on the means (0.6 > 0.5); seed by seed 0.5 > 0.2, 0.5 < 0.6, 0.8 > 0.7
     better = evaluate_check(Check("c", "auroc", "mnist", better_than="base"), cycle, everything)
-    assert (better.verdict, better.shown) == ("yes", "yes (2/3 seeds)")
+    assert (better.verdict, better.shown) == ("yes", "yes (2/3 seeds; paired t-test p = 0.239)")
     assert better.text == "auroc (mnist) = 0.600 ± 0.173 vs 0.500 ± 0.265 for base"
     # worse bits/dim than base: 4.5 > 4.0 on the means; 5 > 3, 6 > 4, 2.5 < 5
     worse = evaluate_check(Check("c", "test_bpd", worse_than="base"), cycle, everything)
-    assert worse.shown == "yes (2/3 seeds)"
+    assert worse.shown == "yes (2/3 seeds; paired t-test p = 0.385)"
 
 
 def test_seeds_not_run_are_not_counted_and_one_seed_shows_a_plain_verdict():
     base = runs([3.0, 4.0, 5.0], [0.2, 0.6, 0.7])
     partial = runs([3.0, 4.0], [0.1, 0.3]) + [{"status": "failed", "seed": 2}]
     v = evaluate_check(Check("c", "auroc", "mnist", better_than="base"), partial, {"base": base})
-    assert v.verdict == "no" and v.shown == "no (0/2 seeds; 1 not run)"
+    assert v.verdict == "no" and v.shown == "no (0/2 seeds; 1 not run; paired t-test p = 0.852)"
     one = evaluate_check(Check("c", "auroc", "mnist", above=0.1), state(0, 3.0, 0.2), {})  # a single status
     assert (one.verdict, one.shown, one.text) == ("yes", "yes", "auroc (mnist) = 0.200 (> 0.1?)")
     missing = evaluate_check(Check("c", "auroc", "mnist", better_than="other"), base, {})
@@ -91,3 +99,28 @@ def test_each_seeds_embeddings_of_a_set_are_one_set():
     assert metric_spread(seeds, "auroc", "mnist").values == {0: 0.90, 1: 0.91, 2: 0.92}
     assert metric_spread(seeds, "auroc", "mnist", score="knn").n == 3
     assert metric_spread(seeds, "auroc", "mine").n == 3
+
+
+def _t_cdf_two_dof(t: float) -> float:
+    """Student's t distribution's CDF with 2 degrees of freedom, in closed form: 1/2 + t / (2 sqrt(2 + t^2))."""
+    return 0.5 + t / (2 * math.sqrt(2 + t * t))
+
+
+def test_the_paired_test_of_a_comparison_by_hand():
+    # differences 0.3, -0.1, 0.1: mean 0.1, sd 0.2, t = 0.1 / (0.2 / sqrt 3) with 2 degrees of freedom
+    t = 0.1 / (0.2 / math.sqrt(3))
+    assert paired_p_value([0.5, 0.5, 0.8], [0.2, 0.6, 0.7], greater=True) == pytest.approx(1 - _t_cdf_two_dof(t))
+    assert paired_p_value([0.5, 0.5, 0.8], [0.2, 0.6, 0.7], greater=False) == pytest.approx(_t_cdf_two_dof(t))
+    # two pairs: 1 degree of freedom, the Cauchy distribution: differences -0.1, -0.3 give t = -2
+    assert paired_p_value([0.1, 0.3], [0.2, 0.6], greater=True) == pytest.approx(0.5 - math.atan(-2) / math.pi)
+    assert paired_p_value([0.5], [0.2], greater=True) is None  # one pair: nothing to test
+    assert paired_p_value([0.5, 0.6], [0.4, 0.5], greater=True) is None  # identical differences: no spread
+
+
+def test_a_lower_bits_per_dim_is_the_better_direction_and_thresholds_get_no_test():
+    base = runs([3.0, 4.0, 5.0], [0.2, 0.6, 0.7])
+    lower = runs([2.0, 3.5, 4.0], [0.2, 0.6, 0.7])  # differences -1, -0.5, -1: better bits/dim in every seed
+    v = evaluate_check(Check("c", "test_bpd", better_than="base"), lower, {"base": base})
+    assert v.p_value == pytest.approx(paired_p_value([2.0, 3.5, 4.0], [3.0, 4.0, 5.0], greater=False))
+    assert v.p_value < 0.05 and v.shown.startswith("yes (3/3 seeds; paired t-test p = ")
+    assert evaluate_check(Check("c", "auroc", "mnist", above=0.1), base, {}).p_value is None

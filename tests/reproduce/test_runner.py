@@ -142,7 +142,7 @@ def test_seeds_run_each_experiment_with_distinct_seeds_in_their_own_folders(tmp_
     assert "Seeds: 3 per experiment" in md and "sample standard deviation" in md
     assert "| base | claim 1 | done | 4.000 ± 1.000 | mnist-small 0.500 ± 0.265" in md
     assert "| base | MNIST more likely | auroc (mnist-small) = 0.500 ± 0.265 (< 0.5?) | no (1/3 seeds) |" in md
-    assert "| yes (2/3 seeds) |" in md  # cycle's AUROC better than base's: 0.6 > 0.5 on the means
+    assert "| yes (2/3 seeds; paired t-test p = 0.239) |" in md  # cycle better than base: 0.6 > 0.5
     assert "Status: **done** (seeds 0, 1, 2)" in md
     data = json.loads(result.results_json.read_text())
     base = data["experiments"]["base"]
@@ -152,7 +152,8 @@ def test_seeds_run_each_experiment_with_distinct_seeds_in_their_own_folders(tmp_
     assert auroc["sd"] == pytest.approx(0.07 ** 0.5) and auroc["n"] == 3
     assert base["metrics"]["test_bpd"]["sd"] == pytest.approx(1.0)
     assert base["checks"][0] | {"numbers": None} == {"claim": "MNIST more likely", "verdict": "no", "numbers": None,
-                                                    "seeds_holding": 1, "seeds_decided": 3, "seeds": 3}
+                                                    "seeds_holding": 1, "seeds_decided": 3, "seeds": 3,
+                                                    "paired_p_value": None}
     html = result.html.read_text()
     assert "0.500 ± 0.265" in html and "no (1/3 seeds)" in html and "<b>done</b> (seeds 0, 1, 2)" in html
 

@@ -149,6 +149,8 @@ class Verdict:
         seeds_holding: the seeds whose own numbers satisfy the claim.
         seeds_decided: the seeds whose numbers (and the compared experiment's) exist.
         seeds: how many seeds the experiment has.
+        p_value: for a comparison with another experiment over two or more paired seeds (seed k with seed k), the
+            one-sided paired t-test's p-value for the claimed direction; None otherwise.
     """
 
     verdict: str
@@ -156,15 +158,29 @@ class Verdict:
     seeds_holding: int = 0
     seeds_decided: int = 0
     seeds: int = 1
+    p_value: float | None = None
 
     @property
     def shown(self) -> str:
-        """The verdict as the results page shows it: with the seed count when there are several seeds."""
+        """The verdict as the results page shows it: with the seed count when there are several seeds, and the
+        paired test's p-value for a comparison."""
         if self.seeds <= 1 or self.verdict == "not run":
             return self.verdict
         missing = self.seeds - self.seeds_decided
         return (f"{self.verdict} ({self.seeds_holding}/{self.seeds_decided} seeds"
-                + (f"; {missing} not run" if missing else "") + ")")
+                + (f"; {missing} not run" if missing else "")
+                + (f"; paired t-test p = {self.p_value:.3g}" if self.p_value is not None else "") + ")")
+
+
+def paired_p_value(mine: Sequence[float], theirs: Sequence[float], greater: bool) -> float | None:
+    """The one-sided paired t-test's p-value that ``mine`` exceeds ``theirs`` (``greater``) or falls below it, pair
+    by pair (scipy's ``ttest_rel``); None with fewer than two pairs or identical differences (no spread to test)."""
+    from scipy.stats import ttest_rel
+
+    differences = [a - b for a, b in zip(mine, theirs, strict=True)]
+    if len(differences) < 2 or len(set(differences)) < 2:
+        return None
+    return float(ttest_rel(mine, theirs, alternative="greater" if greater else "less").pvalue)
 
 
 def _holds(check: Check, value: float, reference: dict[str, float]) -> bool:
@@ -219,6 +235,7 @@ def evaluate_check(check: Check, runs: State | Sequence[State],
         return Verdict("not run", text, seeds=len(runs))
     on_means = _holds(check, mine.mean, {o: s.mean for o, s in spreads.items()})
     holding = decided = 0
+    pairs: list[tuple[float, float]] = []
     for k, state in enumerate(runs):
         value = metric_value(state, check.metric, check.ood)
         refs = {o: metric_value(r[k], check.metric, check.ood) if k < len(r) else None for o, r in others.items()}
@@ -226,7 +243,18 @@ def evaluate_check(check: Check, runs: State | Sequence[State],
             continue
         decided += 1
         holding += int(_holds(check, value, {o: float(v) for o, v in refs.items() if v is not None}))
-    return Verdict("yes" if on_means else "no", text, holding, decided, len(runs))
+        if len(refs) == 1:
+            pairs.append((float(value), float(next(iter(refs.values())))))
+    return Verdict("yes" if on_means else "no", text, holding, decided, len(runs), _comparison_p_value(check, pairs))
+
+
+def _comparison_p_value(check: Check, pairs: list[tuple[float, float]]) -> float | None:
+    """The paired test of a claim comparing this experiment with one other, in the claim's direction."""
+    if len(_compared(check)) != 1 or not pairs:
+        return None
+    better = check.better_than is not None
+    greater = better == (check.metric == "auroc")  # a better AUROC is higher, a better bits/dim lower
+    return paired_p_value([a for a, _ in pairs], [b for _, b in pairs], greater)
 
 
 def overall_status(runs: Sequence[State]) -> str:

@@ -37,7 +37,8 @@ State = dict[str, Any]
 
 SEED_RULE = ("numbers are the mean ± sample standard deviation (ddof = 1) over the seeds, and each seed's values "
              "are in results.json; a claim is reproduced when it holds for the means, and the seeds that satisfy it "
-             "on their own numbers are counted beside the verdict (seed k compared with seed k)")
+             "on their own numbers are counted beside the verdict (seed k compared with seed k), with a one-sided "
+             "paired t-test's p-value for a claim that compares two experiments")
 
 
 def _fmt(value: Spread | None, runs: int = 1) -> str:
@@ -237,7 +238,7 @@ def _experiment_json(exp: Experiment, runs: list[State], verdicts: list[Verdict]
             "seeds": {str(s.get("seed", k)): s.get("status", "not run") for k, s in enumerate(runs)},
             "metrics": _metrics_json(runs),
             "checks": [{"claim": c.claim, "verdict": v.verdict, "numbers": v.text, "seeds_holding": v.seeds_holding,
-                        "seeds_decided": v.seeds_decided, "seeds": v.seeds}
+                        "seeds_decided": v.seeds_decided, "seeds": v.seeds, "paired_p_value": v.p_value}
                        for c, v in zip(exp.checks, verdicts, strict=True)],
             "paper_numbers": numbers, "paper_numbers_note": exp.paper_numbers_note}
 
