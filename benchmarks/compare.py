@@ -392,6 +392,14 @@ def int8_quality(quantization: dict, engine: str) -> dict:
 
 
 # -- driver ----------------------------------------------------------------------------------------
+def print_table(title: str, header: str, alignment: str, lines: list[str]) -> None:
+    """A titled Markdown table of ``lines``, or nothing when there are none."""
+    if lines:
+        print(f"\n{title}\n{header}\n{alignment}")
+        print("\n".join(lines))
+
+
+
 def median_row(runs: list[dict]) -> dict:
     """One row from repeated runs of it: the median of every measurement, and the range of training speed."""
     row = dict(runs[0])
@@ -525,18 +533,14 @@ def main() -> None:
             f"{q['score_per_s'] / max(p['score_per_s'] for p in peers):.2f}x | "
             f"{q['score_per_s'] / fp32['score_per_s']:.2f}x | {q['bpd_shift']:+.4f} | "
             f"{q['auroc_fp32']:.4f} -> {q['auroc_int8']:.4f} ({q['auroc_int8'] - q['auroc_fp32']:+.4f}) |")
-    if int8_lines:
-        print("\nINT8 st-networks: scoring against the best fp32 peer and flowood's own fp32 graph on the same engine, "
-              "with the export check's mean bits/dim shift and AUROC (held-out in-distribution against the OOD set):")
-        print("| case | row | score samples/s | / best peer | / own fp32 | bits/dim shift | AUROC fp32 -> INT8 |")
-        print("|---|---|---:|---:|---:|---:|---:|")
-        print("\n".join(int8_lines))
-    if ceiling_lines:
-        print("\nCeiling: the st-networks alone (the convolutions every implementation of the model runs) / best "
-              "peer of the same precision, and the share of flowood's time they take:")
-        print("| case | st-networks | best peer | train | score | flowood row | its train | its score |")
-        print("|---|---|---|---:|---:|---|---:|---:|")
-        print("\n".join(ceiling_lines))
+    print_table("INT8 st-networks: scoring against the best fp32 peer and flowood's own fp32 graph on the same "
+                "engine, with the export check's mean bits/dim shift and AUROC (held-out in-distribution against the "
+                "OOD set):", "| case | row | score samples/s | / best peer | / own fp32 | bits/dim shift | AUROC fp32 "
+                "-> INT8 |", "|---|---|---:|---:|---:|---:|---:|", int8_lines)
+    print_table("Ceiling: the st-networks alone (the convolutions every implementation of the model runs) / best peer "
+                "of the same precision, and the share of flowood's time they take:", "| case | st-networks | best "
+                "peer | train | score | flowood row | its train | its score |", "|---|---|---|---:|---:|---|---:|---:|",
+                ceiling_lines)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

@@ -225,9 +225,24 @@ def test_a_slow_client_gets_408_and_does_not_hold_up_the_others(server, client, 
     with pytest.raises(BlockingIOError):  # served while the slow client still sends, its answer still to come
         slow.recv(4096)
     slow.setblocking(True)
-    answer = slow.recv(4096).decode()
-    slow.close()
+    slow.settimeout(30)
+    answer = _read_response(slow).decode()
     assert answer.startswith("HTTP/1.1 408") and "did not arrive in time" in answer, answer
+
+
+def _read_response(sock) -> bytes:
+    """One whole HTTP response (headers and body may come in separate segments), then the socket closed."""
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data and (chunk := sock.recv(4096)):
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        while length and len(body) < int(length.group(1)) and (chunk := sock.recv(4096)):
+            body += chunk
+    finally:
+        sock.close()
+    return head + b"\r\n\r\n" + body
 
 
 def test_a_client_that_disconnects_mid_request_leaves_the_server_serving(server, client, digits):
