@@ -15,7 +15,8 @@ Each engine's own tool quantizes, and only the nodes the exporter places inside 
   tensor the conditioner reads from the flow (``x_a``, MAF's input) is given back in fp32 to the flow's own nodes
   (:func:`rewire_to_fp32`, checked by :func:`fp32_leaks`).
 * OpenVINO (``format="openvino"``): :func:`quantize_openvino`, NNCF's post-training quantization of the OpenVINO
-  model (its constants folded first, so that a MADE layer's masked weight is one constant NNCF can quantize), every
+  model (each weight the graph computes from constants, MADE's masked weights and weight-normalised convolutions,
+  replaced first by the constant it computes, so that NNCF quantizes it), every
   operation outside the conditioners in its ignored scope, checked by :func:`ov_fp32_leaks` (no INT8 value reaches
   the flow) and :func:`ov_fp32_weights` (no quantized input meets an fp32 weight).
 
