@@ -32,6 +32,7 @@ from sklearn.metrics import roc_auc_score
 
 from flowood.checkpoints import load_flow
 from flowood.data import load_dataset
+from flowood.training.callbacks import BATCHNORMS, recompute_running_statistics
 
 HALF = 64
 
@@ -52,17 +53,6 @@ def split(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The in- and out-of-distribution halves of :func:`interleave`'s layout."""
     batches = values.view(-1, 2, HALF)
     return batches[:, 0].reshape(-1), batches[:, 1].reshape(-1)
-
-
-def recompute_running_statistics(flow, inputs: torch.Tensor) -> None:
-    """Reset every BatchNorm's running statistics and average them over ``inputs`` (cumulatively, in batches)."""
-    layers = [m for m in flow.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None
-    flow.train()
-    bits_per_dim(flow, inputs)
-    flow.eval()
 
 
 def report(name: str, ind: torch.Tensor, ood: torch.Tensor) -> str:
@@ -92,10 +82,11 @@ def main() -> None:
         print(report(f"{seed}, running", *split(bits_per_dim(flow, test))))
         flow.train()
         for layer in flow.modules():
-            if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            if isinstance(layer, BATCHNORMS):
                 layer.momentum = 0.0  # batch statistics, running ones untouched
         print(report(f"{seed}, mixed batches", *split(bits_per_dim(flow, test))))
-        recompute_running_statistics(flow, train)
+        recompute_running_statistics(flow, lambda model=flow: bits_per_dim(model, train))
+        flow.eval()
         print(report(f"{seed}, recomputed", *split(bits_per_dim(flow, test))))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,8 @@ from flowood.runtime import active_core_share
 from flowood.training.persistence import PassPosition
 
 __all__ = ["NonFiniteGuard", "NonFiniteLossError", "InvertibilityCheck", "RandomState", "TrainedBatches",
-           "RecordLogs", "ShareCores", "RecomputeBatchNorm"]
+           "RecordLogs", "ShareCores", "RecomputeBatchNorm",
+           "recompute_running_statistics"]
 
 #: the BatchNorm layers whose running statistics :class:`RecomputeBatchNorm` recomputes
 BATCHNORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
@@ -359,17 +361,11 @@ class RecomputeBatchNorm(Callback):
         self.batches, self.train, self.ood, self.batch_size, self.seed = batches, train, ood, batch_size, seed
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        layers = [m for m in pl_module.modules() if isinstance(m, BATCHNORMS)]
-        if not layers or self.batches < 1:
+        if self.batches < 1:
             return
-        momenta = [layer.momentum for layer in layers]
-        for layer in layers:
-            layer.reset_running_stats()
-            layer.momentum = None  # cumulative average
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + 17)
-        was_training = pl_module.training
-        pl_module.train()
-        with torch.no_grad():
+
+        def run_batches() -> None:
             for _ in range(self.batches):
                 x = self.train[torch.randint(0, len(self.train), (self.batch_size,), generator=generator)]
                 if self.ood is not None:
@@ -377,9 +373,28 @@ class RecomputeBatchNorm(Callback):
                     x = torch.cat((x, self.ood[picked].to(x.dtype)))
                 pl_module.flow.log_prob(x.to(pl_module.device), generator=_device_generator(generator, pl_module),
                                         validate=False)
-        for layer, momentum in zip(layers, momenta, strict=True):
-            layer.momentum = momentum
-        pl_module.train(was_training)
+
+        recompute_running_statistics(pl_module, run_batches)
+
+
+def recompute_running_statistics(module: torch.nn.Module, run_batches: Callable[[], Any]) -> None:
+    """Reset the running statistics of every BatchNorm in ``module`` and average them, cumulatively, over the
+    batches ``run_batches`` passes through it (in training mode, without gradients); BatchNorm's momentum and the
+    module's mode are restored afterwards. Nothing happens without BatchNorm layers."""
+    layers = [m for m in module.modules() if isinstance(m, BATCHNORMS)]
+    if not layers:
+        return
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average
+    was_training = module.training
+    module.train()
+    with torch.no_grad():
+        run_batches()
+    for layer, momentum in zip(layers, momenta, strict=True):
+        layer.momentum = momentum
+    module.train(was_training)
 
 
 def _device_generator(generator: torch.Generator, module: pl.LightningModule) -> torch.Generator:
