@@ -223,8 +223,8 @@ def test_a_calibration_that_breaks_the_model_is_refused_with_the_numbers_and_not
     flow = _family("realnvp-checkerboard", fashionmnist_npz)
     real = quantize_module.quantize_density
 
-    def squashed(onnx_path, out_path, scopes, calibration, batch=64):  # ranges from inputs 1000x too small
-        return real(onnx_path, out_path, scopes, calibration * 1e-3, batch)
+    def squashed(onnx_path, out_path, scopes, calibration, **options):  # ranges from inputs 1000x too small
+        return real(onnx_path, out_path, scopes, calibration * 1e-3, **options)
     monkeypatch.setattr("flowood.engines.quantized.quantize_density", squashed)
     out = tmp_path / "int8"
     with pytest.raises(ExportError, match=r"(?s)moves the mean bits/dim.*onnxruntime, in-distribution.*nothing was "

@@ -360,7 +360,10 @@ def _cmd_export(args: argparse.Namespace, values: dict[str, Any]) -> int:
         print(f"wrote {', '.join(done.files)} to {done.path} in {done.seconds:.0f} s")
         print(f"parity with PyTorch: max |score difference| {done.max_abs_diff:.3g} = {done.max_diff_in_spreads:.3g} "
               f"of the calibration scores' spread (tolerance {done.tolerance:g})")
-        print(f"next: flowood score --detector {args.out} --backend onnxruntime NEW_IMAGES/ --out scores.csv")
+        if done.quantization:
+            _print_detector_int8_check(done.quantization)
+        backend = "openvino" if values.get("format") == "openvino" else "onnxruntime"
+        print(f"next: flowood score --detector {args.out} --backend {backend} NEW_IMAGES/ --out scores.csv")
         return 0
     result = export_flow(args.checkpoint, args.out, overwrite=args.overwrite, **values)
     print(f"wrote {', '.join(result.files)} to {result.path} in {result.seconds:.0f} s")
@@ -383,6 +386,19 @@ def _print_int8_check(quantization: dict[str, Any]) -> None:
     print(check_table(check))
     print(f"within the tolerances: mean bits/dim shift {check['worst_bpd_shift']:+.4f} (at most "
           f"{check['max_bpd_shift']:g}), AUROC shift {check['worst_auroc_shift']:+.4f} (at most "
+          f"{check['max_auroc_shift']:g})")
+
+
+def _print_detector_int8_check(quantization: dict[str, Any]) -> None:
+    from flowood.deploy.quantized import detector_check_table
+
+    q, check = quantization, quantization["check"]
+    print(f"INT8: {q['quantized_tensors']} tensors of {', '.join(q['quantized'])} quantized ({q['method']}; "
+          f"{', '.join(q['int8_ops'])} in INT8), calibrated on {q['calibration_data']['samples']} training images")
+    print(f"INT8 against fp32 on {check['held_out_samples']} held-out images and each OOD set:")
+    print(detector_check_table(check))
+    print(f"within the tolerances: mean score shift {check['worst_score_shift']:+.4f} of the spread (at most "
+          f"{check['max_score_shift']:g}), AUROC shift {check['worst_auroc_shift']:+.4f} (at most "
           f"{check['max_auroc_shift']:g})")
 
 
@@ -540,7 +556,10 @@ COMMANDS: dict[str, Command] = {
         "(0, 1) or vectors, dynamic batch; outputs log_prob in nats and the prior's log-density of each scale), "
         "refused above --tolerance bits/dim of difference from PyTorch. With --detector: the whole detector, from "
         "uint8 images (preprocessing and feature extractor inside) to the anomaly score and the decision, refused "
-        "above --score_tolerance. Score with it: flowood evaluate/score --backend onnxruntime|openvino.",
+        "above --score_tolerance. --quantize int8: a flow's st-networks, or a detector's feature extractor, in "
+        "INT8, checked against fp32 on held-out and OOD data (--check_ood) and refused beyond --max_bpd_shift "
+        "(a detector: --max_score_shift) or --max_auroc_shift. Score with it: flowood evaluate/score --backend "
+        "onnxruntime|openvino.",
         "%(prog)s (--checkpoint CKPT | --detector DETECTOR.pt) --out DIR [--format onnx|openvino] [options]",
         out="export folder (model.onnx, model.xml/.bin, flowood-export.json)", one_of=(CHECKPOINT, DETECTOR)),
     "data": Command(

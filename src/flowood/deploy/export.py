@@ -20,6 +20,10 @@ share of the spread (standard deviation) of the calibration scores, must stay be
 kept. A flow score that needs more than the log-likelihood (``complexity``: a PNG encoder; ``likelihood_ratio``,
 ``waic``: more flows; typicality of groups) is refused: export the flow alone (``--checkpoint``) and score with
 ``--backend`` instead.
+
+**INT8.** With ``quantize="int8"`` the checked fp32 graph is then quantized (a pipeline's feature extractor, a pixel
+flow's st-networks) and checked against fp32 on held-out and OOD images before it replaces the fp32 graph: see
+:mod:`flowood.deploy.quantized`.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from torch import Tensor, nn
 from flowood import __version__
 from flowood.checkpoints import file_sha256
 from flowood.deploy.pipeline import FEATURE_FLOW_SCORES, DetectorPipeline, FlowScoreGraph, read_detector
+from flowood.deploy.quantized import detector_check_sets, quantize_detector_export, quantized_scopes
 from flowood.engines.common import (
     EXPORT_FORMAT_VERSION,
     EXPORT_MANIFEST,
@@ -189,6 +194,8 @@ class DetectorExportResult:
         max_abs_diff: the largest |score difference| on in-distribution images, in the score's units.
         max_diff_in_spreads: the same as a share of the calibration scores' standard deviation.
         tolerance: the largest share allowed. seconds: time taken.
+        quantization: for an INT8 export, what the manifest records of it (method, calibration data, the check
+            against fp32, see :mod:`flowood.deploy.quantized`); None in fp32.
     """
 
     path: Path
@@ -197,6 +204,7 @@ class DetectorExportResult:
     max_diff_in_spreads: float
     tolerance: float
     seconds: float
+    quantization: dict[str, Any] | None = None
 
 
 def export_detector(detector: str | Path | OODDetector | DetectorPipeline, out: str | Path,
@@ -208,7 +216,8 @@ def export_detector(detector: str | Path | OODDetector | DetectorPipeline, out: 
         detector: a detector file, or a fitted detector.
         out: the export folder.
         options: an :class:`~flowood.engines.ExportOptions` (``format``, ``score_tolerance``,
-            ``check_samples``, ``seed``).
+            ``check_samples``, ``seed``; ``quantize="int8"`` with ``check_ood`` and the INT8 check's options, see
+            :mod:`flowood.deploy.quantized`).
         overwrite: replace an earlier export in ``out``.
 
     Raises:
@@ -226,22 +235,34 @@ def export_detector(detector: str | Path | OODDetector | DetectorPipeline, out: 
     fitted = read_detector(source) if source is not None else detector
     graph = detector_graph(fitted).cpu().eval()
     check_size(graph)
+    if o.quantize == "int8":
+        quantized_scopes(graph)  # a detector with nothing to quantize is refused before the data are read
+    sets = detector_check_sets(fitted, o) if o.quantize == "int8" else None
     inside, outside = detector_parity_inputs(fitted, o.check_samples, o.seed)
     spec = _input_spec(fitted)
     engine_manifest = {"input": spec, "outputs": list(DETECTOR_NAMES[1])}
     engines = engines_for(o.format)
+
+    def check(folder: Path) -> dict[str, Any]:
+        parity = check_detector_parity(fitted, folder, engines, inside, outside, o.score_tolerance, engine_manifest)
+        if sets is not None:
+            parity["quantization"] = quantize_detector_export(folder, graph, sets, o.format, fitted, engine_manifest,
+                                                              o)
+        return parity
     path, files, parity = write_checked_export(
-        graph, inside[:2], ExportTarget(out, o.format, [source] if source is not None else [], overwrite),
-        lambda folder: check_detector_parity(fitted, folder, engines, inside, outside, o.score_tolerance,
-                                             engine_manifest),
+        graph, inside[:2], ExportTarget(out, o.format, [source] if source is not None else [], overwrite), check,
         lambda files, parity: _manifest(fitted, source, spec, files, parity), DETECTOR_NAMES)
     return DetectorExportResult(path, files + [EXPORT_MANIFEST], parity["max_abs_diff"],
-                                parity["max_diff_in_spreads"], o.score_tolerance, time.perf_counter() - start)
+                                parity["max_diff_in_spreads"], o.score_tolerance, time.perf_counter() - start,
+                                parity.get("quantization"))
 
 
 def _manifest(detector: Any, source: Path | None, spec: dict[str, Any], files: list[str], parity: dict[str, Any]
               ) -> dict[str, Any]:
-    return {"format": EXPORT_FORMAT_VERSION, "kind": "detector", "flowood_version": __version__,
+    quantization = parity.get("quantization")
+    parity = {k: v for k, v in parity.items() if k != "quantization"}  # the fp32 graph's parity with PyTorch
+    return {"precision": "int8" if quantization else "fp32", "quantization": quantization,
+            "format": EXPORT_FORMAT_VERSION, "kind": "detector", "flowood_version": __version__,
             "torch_version": str(torch.__version__), "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
             "source": str(source) if source is not None else "a detector in memory",
             "detector_sha256": file_sha256(source) if source is not None else None, "files": files,

@@ -24,7 +24,7 @@ from flowood.options import ConfigError, option
 from flowood.runtime import data_root_option, seed_option
 
 __all__ = ["ENGINES", "ENGINE_PRECISIONS", "EXPORT_FORMATS", "QUANTIZATIONS", "DEFAULT_MAX_BPD_SHIFT",
-           "DEFAULT_MAX_AUROC_SHIFT", "EXPORT_MANIFEST", "EXPORT_FORMAT_VERSION",
+           "DEFAULT_MAX_AUROC_SHIFT", "DEFAULT_MAX_SCORE_SHIFT", "EXPORT_MANIFEST", "EXPORT_FORMAT_VERSION",
            "DEFAULT_TOLERANCE", "DEFAULT_SCORE_TOLERANCE", "ExportError", "ExportOptions", "check_export_options",
            "engines_for", "require_module", "read_manifest", "EngineDensity", "int8_dot_product", "check_int8_cpu"]
 
@@ -46,6 +46,9 @@ QUANTIZATIONS = ("none", "int8")
 DEFAULT_MAX_BPD_SHIFT = 0.05
 #: the largest |AUROC shift| from fp32, on any OOD set, an INT8 export may have.
 DEFAULT_MAX_AUROC_SHIFT = 0.005
+#: the largest |mean anomaly-score shift| from fp32, on held-out in-distribution data, an INT8 detector export may
+#: have, as a share of the spread of the detector's calibration scores.
+DEFAULT_MAX_SCORE_SHIFT = 0.05
 #: the largest difference of a detector's anomaly score between the engine and PyTorch an export may have, as a share
 #: of the spread of the detector's in-distribution calibration scores.
 DEFAULT_SCORE_TOLERANCE = 1e-3
@@ -90,26 +93,32 @@ class ExportOptions:
     seed: int = seed_option()
     quantize: str = option("none", "none, or int8: the st-networks (MAF's MADE) in INT8, calibrated on in-distribution "
                            "training inputs; couplings, log-determinants and the prior stay fp32, so the export is "
-                           "still an exact density. Checked against fp32 on held-out and OOD data, refused beyond "
-                           "max_bpd_shift or max_auroc_shift", choices=QUANTIZATIONS)
+                           "still an exact density; for a detector also its feature extractor. Checked against fp32 "
+                           "on held-out and OOD data, refused beyond max_bpd_shift (a detector: max_score_shift) or "
+                           "max_auroc_shift", choices=QUANTIZATIONS)
     calibration: int = option(1000, "in-distribution training inputs the INT8 activation ranges are calibrated on "
                               "(the demo's RealNVP moved 0.051 bits/dim with 256, 0.031 with 1000)", minimum=1)
     check_ood: list[str] = option(default_factory=list, help="OOD data sets the INT8 check measures the AUROC on "
-                                  "(default: the checkpoint's monitor_ood)")
+                                  "(a flow's default: the checkpoint's monitor_ood)")
     check_held_out: int = option(1000, "held-out in-distribution inputs, and inputs of each OOD set, the INT8 check "
                                  "scores", minimum=10)
     max_bpd_shift: float = option(DEFAULT_MAX_BPD_SHIFT, "the largest |mean bits/dim shift| from fp32, on held-out "
                                   "in-distribution data, an INT8 export may have", minimum=0.0)
+    max_score_shift: float = option(DEFAULT_MAX_SCORE_SHIFT, "a detector's largest |mean anomaly-score shift| from "
+                                    "fp32, on held-out in-distribution images, as a share of the spread of its "
+                                    "calibration scores, an INT8 export may have", minimum=0.0)
     max_auroc_shift: float = option(DEFAULT_MAX_AUROC_SHIFT, "the largest |AUROC shift| from fp32, on any OOD set, an "
                                     "INT8 export may have", minimum=0.0)
     dataset: str | None = option(None, "in-distribution data set of the INT8 calibration and check (default: the "
-                                 "checkpoint's)")
+                                 "checkpoint's, or the one the detector was fitted on)")
     data_root: str | None = data_root_option()
 
 
 #: options that only an INT8 export reads, with their defaults.
-_INT8_ONLY = ("calibration", "check_ood", "check_held_out", "max_bpd_shift", "max_auroc_shift", "dataset",
-              "data_root")
+_INT8_ONLY = ("calibration", "check_ood", "check_held_out", "max_bpd_shift", "max_score_shift", "max_auroc_shift",
+              "dataset", "data_root")
+#: the INT8 check's in-distribution tolerance of each kind of export: a flow's bits/dim, or a detector's score.
+_SHIFTS = {"flow": "max_bpd_shift", "detector": "max_score_shift"}
 
 
 #: which tolerance holds each kind of export to PyTorch: a flow's log-likelihood, or a detector's score.
@@ -139,13 +148,15 @@ def check_export_options(o: ExportOptions, kind: str) -> ExportOptions:
 
 
 def _check_quantize_options(o: ExportOptions, kind: str) -> None:
-    """Refuse an unknown quantization, INT8 for a whole detector, and INT8 options without ``quantize='int8'``."""
+    """Refuse an unknown quantization, INT8 options without ``quantize='int8'``, and the other kind's shift tolerance
+    (a flow's check holds bits/dim to ``max_bpd_shift``, a detector's its score to ``max_score_shift``)."""
     if o.quantize not in QUANTIZATIONS:
         raise ConfigError(f"unknown quantization {o.quantize!r}; choose {' or '.join(QUANTIZATIONS)}")
-    if o.quantize == "int8" and kind == "detector":
-        raise ConfigError("INT8 export is offered for a flow (a checkpoint), not yet for a whole detector; export the "
-                          "detector in fp32, or export its flow with quantize='int8' and score it on an engine")
     defaults = ExportOptions()
+    other = next(v for k, v in _SHIFTS.items() if k != kind)
+    if getattr(o, other) != getattr(defaults, other):
+        raise ConfigError(f"`{other}` applies to the INT8 check of a {'detector' if kind == 'flow' else 'flow'}; a "
+                          f"{kind}'s is held to `{_SHIFTS[kind]}`")
     stray = [k for k in _INT8_ONLY if getattr(o, k) != getattr(defaults, k)]
     if o.quantize != "int8" and stray:
         raise ConfigError(f"{', '.join(stray)} apply to an INT8 export only; add quantize='int8'")

@@ -102,22 +102,24 @@ def conditioner_nodes(graph: Any, scopes: Iterable[str]) -> set[str]:
 
 
 class _Batches:
-    """ONNX Runtime's calibration reader over an array, in batches of one size (its histogram calibrators stack the
-    batches): a last, partial batch is filled up with the first inputs."""
+    """ONNX Runtime's calibration reader over an array fed to the graph's input ``name``, in batches of one size (its
+    histogram calibrators stack the batches): a last, partial batch is filled up with the first inputs."""
 
-    def __init__(self, x: np.ndarray, batch: int) -> None:
+    def __init__(self, x: np.ndarray, batch: int, name: str) -> None:
         batch = min(batch, len(x))
         x = np.concatenate([x, x[:-len(x) % batch]]) if len(x) % batch else x
-        self._batches = iter([{"x": np.ascontiguousarray(x[i:i + batch])} for i in range(0, len(x), batch)])
+        self._batches = iter([{name: np.ascontiguousarray(x[i:i + batch])} for i in range(0, len(x), batch)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
 
 
 def quantize_density(onnx_path: str | Path, out_path: str | Path, scopes: Iterable[str], calibration: np.ndarray,
-                     batch: int = 64) -> dict[str, Any]:
-    """Quantize the conditioner networks of the density graph ``onnx_path`` into ``out_path`` (QDQ, see the module
-    docstring), calibrated on ``calibration`` (float32 inputs of the graph, in-distribution).
+                     batch: int = 64, op_types: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
+    """Quantize the nodes made inside ``scopes`` (a flow's conditioner networks; for a detector also its feature
+    extractor) of the graph ``onnx_path`` into ``out_path`` (QDQ, see the module docstring), calibrated on
+    ``calibration`` (in-distribution inputs of the graph, in its input's dtype). ``op_types`` narrows, for some of
+    the scopes, the operators quantized there (elsewhere :data:`QUANTIZED_OPS`); the others in it stay fp32.
 
     Returns:
         what the manifest records: the method, the nodes quantized, the flow's edges kept in fp32.
@@ -129,17 +131,21 @@ def quantize_density(onnx_path: str | Path, out_path: str | Path, scopes: Iterab
     quantization = require_module("onnxruntime.quantization")
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    inside = conditioner_nodes(onnx.load(str(onnx_path)), scopes)
+    graph = onnx.load(str(onnx_path))
+    inside = conditioner_nodes(graph, scopes)
+    for scope, types in (op_types or {}).items():
+        inside -= {n.name for n in graph.graph.node if scope in _scopes_of(n) and n.op_type not in types}
     with tempfile.TemporaryDirectory(prefix="flowood-quantize-") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "quantized.onnx"
         try:  # constant folding (weight norm, masks) first, so every weight is a constant the quantizer can see
             quant_pre_process(str(onnx_path), str(prepared), skip_symbolic_shape=True)
-            quantization.quantize_static(
-                str(prepared), str(quantized), _Batches(calibration.astype(np.float32), batch),
-                quant_format=quantization.QuantFormat.QDQ, nodes_to_quantize=sorted(inside),
-                op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
-                activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
-                calibrate_method=quantization.CalibrationMethod.Percentile)
+            with contextlib.redirect_stdout(io.StringIO()):  # its calibrator prints its progress
+                quantization.quantize_static(
+                    str(prepared), str(quantized), _Batches(calibration, batch, graph.graph.input[0].name),
+                    quant_format=quantization.QuantFormat.QDQ, nodes_to_quantize=sorted(inside),
+                    op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
+                    activation_type=quantization.QuantType.QUInt8, weight_type=quantization.QuantType.QInt8,
+                    calibrate_method=quantization.CalibrationMethod.Percentile)
         except Exception as err:
             raise ExportError(f"ONNX Runtime could not quantize the graph: {str(err).splitlines()[0]}") from err
         model = onnx.load(str(quantized))
@@ -238,7 +244,7 @@ def quantize_openvino(onnx_path: str | Path, xml_path: str | Path, scopes: Itera
     inside_ops = {op.get_friendly_name() for op in ops if _ov_inside(op, producers, inside)}
     outside = [op.get_friendly_name() for op in ops if op.get_friendly_name() not in inside_ops]
     other_types = sorted({op.get_type_name() for op in ops} - set(OV_QUANTIZED_TYPES))
-    x = calibration.astype(np.float32)
+    x = calibration
     try:
         with _quiet(nncf):
             quantized = nncf.quantize(model, nncf.Dataset([x[i:i + batch] for i in range(0, len(x), batch)]),
@@ -322,17 +328,27 @@ def _constant_only(node: Any) -> bool:
 
 
 def ov_fp32_leaks(model: Any, inside_ops: set[str]) -> list[str]:
-    """OpenVINO operations of the flow (outside the conditioner networks ``inside_ops``, by name) that read a
-    FakeQuantize's output: empty for a model from :func:`quantize_openvino`."""
+    """OpenVINO operations of the flow (outside the quantized networks ``inside_ops``, by name) that read a
+    FakeQuantize's copy of a tensor the flow computes (as :func:`fp32_leaks` for ONNX Runtime: a quantized network's
+    own output may be read quantized, as one value, by the flow): empty for a model from :func:`quantize_openvino`."""
     leaks = []
     for op in model.get_ordered_ops():
-        if op.get_type_name() != "FakeQuantize":
+        if op.get_type_name() != "FakeQuantize" or _ov_computed_inside(op.input(0).get_source_output().get_node(),
+                                                                        inside_ops):
             continue
         for target in op.output(0).get_target_inputs():
             node = target.get_node()
             if node.get_friendly_name() not in inside_ops and node.get_type_name() not in ("FakeQuantize", "Convert"):
                 leaks.append(node.get_friendly_name())
     return leaks
+
+
+def _ov_computed_inside(node: Any, inside_ops: set[str]) -> bool:
+    """Whether ``node`` (a FakeQuantize's input) is an operation of a quantized network, looking through the
+    conversions NNCF or OpenVINO put between them."""
+    while node.get_type_name() == "Convert":
+        node = node.input(0).get_source_output().get_node()
+    return node.get_friendly_name() in inside_ops
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,8 @@ from flowood.flows.preprocessing import dequantize
 from flowood.options import ConfigError
 from flowood.outputs import atomic_write
 
-__all__ = ["CheckSets", "check_sets", "int8_check", "check_table", "quantize_export", "IN_DISTRIBUTION"]
+__all__ = ["CheckSets", "check_sets", "int8_check", "check_table", "quantize_export", "quantize_in_place", "ood_auroc",
+           "IN_DISTRIBUTION"]
 
 #: the name of the held-out in-distribution set in the check's results.
 IN_DISTRIBUTION = "in-distribution (held-out)"
@@ -102,8 +104,9 @@ def check_sets(flow: Any, train_config: dict[str, Any], o: ExportOptions) -> Che
                      {n: _graph_inputs(flow, n, "test", root, o.check_held_out, o.seed) for n in ood})
 
 
-def _auroc(ind: np.ndarray, ood: np.ndarray) -> float:
-    """AUROC of bits/dim, OOD positive (scikit-learn's)."""
+def ood_auroc(ind: np.ndarray, ood: np.ndarray) -> float:
+    """AUROC of a score that is higher out of distribution (bits/dim, an anomaly score), OOD positive
+    (scikit-learn's)."""
     return float(roc_auc_score(np.r_[np.zeros(len(ind)), np.ones(len(ood))], np.r_[ind, ood]))
 
 
@@ -125,7 +128,7 @@ def _engine_check(fp32: EngineDensity, int8: EngineDensity, sets: CheckSets, num
         "max_abs_shift": float(np.abs(b - a).max())} for name, (a, b) in bpd.items()}, "auroc": {}}
     ind32, ind8 = bpd[IN_DISTRIBUTION]
     for name in sets.ood:
-        a, b = _auroc(ind32, bpd[name][0]), _auroc(ind8, bpd[name][1])
+        a, b = ood_auroc(ind32, bpd[name][0]), ood_auroc(ind8, bpd[name][1])
         result["auroc"][name] = {"fp32": a, "int8": b, "shift": b - a}
     return result
 
@@ -174,28 +177,47 @@ def check_table(check: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def quantize_in_place(folder: Path, scopes: list[str], calibration: np.ndarray, format: str,
+                      check: Callable[[Path, str], dict[str, Any]],
+                      onnxruntime_op_types: dict[str, tuple[str, ...]] | None = None) -> dict[str, Any]:
+    """Quantize the checked fp32 graph in ``folder`` (``model.onnx``), the nodes made inside ``scopes``, with the
+    engine's own tool (ONNX Runtime for ``onnx``, NNCF for ``openvino``), run ``check(candidate_folder, engine)`` on
+    the result (it raises to refuse) and put it in place: ``model.onnx`` replaced for ``onnx``;
+    ``model.xml``/``model.bin`` for ``openvino`` (``model.onnx`` stays the fp32 graph they were made from).
+    ``onnxruntime_op_types``: for ONNX Runtime, the operators quantized inside some scopes (see
+    :func:`~flowood.engines.quantize.quantize_density`).
+
+    Returns:
+        what the quantizer did (:func:`~flowood.engines.quantize.quantize_density`) and, under ``check``, what the
+        check returned.
+
+    Raises:
+        ExportError: quantization failed, or the check refused the INT8 graph.
+    """
+    engine = "openvino" if format == "openvino" else "onnxruntime"
+    with tempfile.TemporaryDirectory(prefix="flowood-int8-") as tmp:
+        candidate = Path(tmp)
+        if engine == "openvino":
+            method = quantize_openvino(folder / "model.onnx", candidate / "model.xml", scopes, calibration)
+        else:
+            method = quantize_density(folder / "model.onnx", candidate / "model.onnx", scopes, calibration,
+                                      op_types=onnxruntime_op_types)
+        result = check(candidate, engine)
+        for path in sorted(candidate.iterdir()):
+            with atomic_write(folder / path.name) as tmp_file:
+                shutil.copyfile(path, tmp_file)
+    return {**method, "check": result}
+
+
 def quantize_export(folder: Path, graph: Any, sets: CheckSets, format: str, o: ExportOptions) -> dict[str, Any]:
-    """Quantize the checked fp32 graph in ``folder`` (``model.onnx``) with the engine's own tool (ONNX Runtime for
-    ``onnx``, NNCF for ``openvino``), check it (see the module docstring) and put it in place: ``model.onnx`` replaced
-    for ``onnx``; ``model.xml``/``model.bin`` for ``openvino`` (``model.onnx`` stays the fp32 graph they were made
-    from). What the manifest records under ``quantization``.
+    """Quantize a flow's checked fp32 graph in ``folder`` (its st-networks, see :func:`quantize_in_place`), check it
+    against fp32 (see the module docstring) and put it in place. What the manifest records under ``quantization``.
 
     Raises:
         ExportError: quantization failed, or the check refused the INT8 graph.
     """
     flow = graph.flow
-    engine = "openvino" if format == "openvino" else "onnxruntime"
-    with tempfile.TemporaryDirectory(prefix="flowood-int8-") as tmp:
-        candidate = Path(tmp)
-        if engine == "openvino":
-            method = quantize_openvino(folder / "model.onnx", candidate / "model.xml", conditioner_scopes(graph),
-                                       sets.calibration)
-        else:
-            method = quantize_density(folder / "model.onnx", candidate / "model.onnx", conditioner_scopes(graph),
-                                      sets.calibration)
-        check = int8_check(folder, candidate, [engine], sets, flow.num_dims, o)
-        for path in sorted(candidate.iterdir()):
-            with atomic_write(folder / path.name) as tmp_file:
-                shutil.copyfile(path, tmp_file)
-    return {**method, "calibration_data": {"dataset": sets.dataset, "split": "train", "samples": len(sets.calibration),
-                                           "seed": o.seed}, "check": check}
+    done = quantize_in_place(folder, conditioner_scopes(graph), sets.calibration, format,
+                             lambda candidate, engine: int8_check(folder, candidate, [engine], sets, flow.num_dims, o))
+    return {**done, "calibration_data": {"dataset": sets.dataset, "split": "train", "samples": len(sets.calibration),
+                                         "seed": o.seed}}

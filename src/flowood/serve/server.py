@@ -38,7 +38,8 @@ __all__ = ["build_server", "serve", "server_metadata"]
 
 def server_metadata(detector_path: str | Path, options: ServeOptions) -> dict[str, Any]:
     """What ``GET /metadata`` answers: the detector (its provenance, threshold and calibration FPR), the input it
-    takes, the backend (and the export of its flow it scores on, with its precision), the batching and the limits.
+    takes, the backend (and the export of its flow it scores on, or the detector's export folder, with its
+    precision), the batching and the limits.
     Loads the detector once, so a bad file fails here, before any worker starts.
 
     Raises:
@@ -48,6 +49,7 @@ def server_metadata(detector_path: str | Path, options: ServeOptions) -> dict[st
     path = Path(detector_path)
     shape = list(detector.input_shape)
     about = detector_info(path) if path.is_file() else {"file": str(path), "kind": "export folder",
+                                                        "precision": read_manifest(path).get("precision", "fp32"),
                                                         **(getattr(detector, "provenance_", None) or {})}
     return {
         "flowood_version": __version__,
