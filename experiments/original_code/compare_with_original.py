@@ -113,8 +113,8 @@ def original_model(original: Any, cfg: dict[str, Any]) -> torch.nn.Module:
 
 
 def import_original(path: Path) -> Any:
-    if not hasattr(torch, "qr"):  # removed in torch 2.x; the original calls it on square matrices only
-        torch.qr = lambda a: torch.linalg.qr(a)  # type: ignore[attr-defined]
+    # removed in torch 2.x (newer versions keep a name that raises); the original calls it on square matrices only
+    torch.qr = lambda a, some=True: torch.linalg.qr(a, mode="reduced" if some else "complete")  # type: ignore
     sys.path.insert(0, str(path))
     import flow_ssl
     return flow_ssl

