@@ -48,7 +48,7 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	@test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
 	$(BENCH_VENV)/bin/python -c "import torch, torchvision" 2>/dev/null || $(BENCH_VENV)/bin/python -m pip install -q $(TORCH)
-	$(BENCH_VENV)/bin/python -m pip install -q -e ".[onnxruntime,openvino]" $(PEERS)
+	$(BENCH_VENV)/bin/python -m pip install -q -e ".[onnxruntime,openvino,baselines]" $(PEERS)
 	@touch $@
 
 bench: bench-setup

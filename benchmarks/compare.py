@@ -13,6 +13,10 @@ Cases:
                                       flowood vs normflows (AffineCouplingBlock)
     maf-1792                          MAF on 1792-dim vectors (the paper's EfficientNet features), 5 layers of
                                       MADE with two hidden layers of 512: flowood vs nflows and zuko
+    detector-resnet18-3x32x32         a pipeline detector, uint8 images -> ResNet-18 features -> Mahalanobis
+                                      (scoring only): pytorch-ood on the torch model vs flowood's pipeline in
+                                      PyTorch and its whole-detector export on each engine, fp32 and INT8
+                                      (backbone in INT8, see ``detector_pipeline``)
 
 flowood runs as it is by default (``flowood``), with channels-last convolutions (``flowood-cl``,
 ``FlowModel.optimize()``; what ``flowood evaluate`` uses), and with channels-last plus ``torch.compile``
@@ -81,6 +85,8 @@ CASES = {
     "realnvp-3x32x32": ("realnvp", (3, 32, 32), _IMAGE_ROWS + _PACKED_ROWS + _ENGINE_ROWS),
     "maf-1792": ("maf", (1792,), ("flowood", "flowood+malloc", "nflows", "nflows+malloc", "zuko", "zuko+malloc",
                                   "flowood-bf16+malloc", "zuko-bf16+malloc") + _ENGINE_ROWS),
+    "detector-resnet18-3x32x32": ("detector", (3, 32, 32), ("pytorch-ood+malloc", "flowood+malloc",
+                                                            *(r for r in _ENGINE_ROWS if "bf16" not in r))),
 }
 HIDDEN, STEPS_PER_LEVEL, LEVELS = 64, 8, 2
 MAF_LAYERS, MAF_HIDDEN = 5, 512
@@ -263,6 +269,8 @@ def _status(key: str) -> int:
 
 def worker(case: str, row: str, device: str, steps: int) -> dict:
     kind, shape, _ = CASES[case]
+    if kind == "detector":
+        return detector_worker(case, row, device)
     library, _, tuning = row.partition("+")
     int8 = library.endswith("-int8")
     library = library.removesuffix("-int8")
@@ -366,6 +374,86 @@ def worker(case: str, row: str, device: str, steps: int) -> dict:
     return {"case": case, "library": row, "params": sum(p.numel() for p in model.parameters()),
             "train_steps_s": 1.0 / train_s, "score_per_s": score_batch / score_s, "peak_mib": peak / 2**20,
             "rss_mib": rss / 2**20, "test_bpd": bpd, "steps": steps + 4, **(quality if engine is not None else {})}
+
+
+def detector_pipeline(shape: tuple[int, ...]):
+    """The pipeline case: torchvision's ResNet-18 (10 classes, seeded random weights: no download here) on the
+    FashionMNIST fixture's 600 training images adapted to ``shape``, Mahalanobis on its 512-dim features (fitted on
+    480, threshold calibrated on 120). Random weights make its AUROC meaningless; the speed is a ResNet-18's, and the
+    INT8 check shows how far INT8 moves the scores (its AUROC tolerance is raised to 0.02 for this case)."""
+    from flowood.data import adapt_images, load_dataset
+    from flowood.deploy import DetectorPipeline
+    from flowood.embed.backbones import Preprocess, build_backbone
+    from flowood.embed.extractors import ClassifierExtractor
+
+    torch.manual_seed(0)
+    train = load_dataset(f"npz:{ROOT}/tests/fixtures/fashionmnist-small.npz", "train")
+    extractor = ClassifierExtractor(build_backbone("resnet18", num_classes=10).eval(), Preprocess(3), "resnet18",
+                                    shape)
+    return DetectorPipeline(extractor, method="mahalanobis").fit(adapt_images(train.data, shape), train.labels)
+
+
+def detector_worker(case: str, row: str, device: str) -> dict:
+    """Scoring speed of the pipeline detector (:func:`detector_pipeline`): pytorch-ood's Mahalanobis on the torch
+    model (the peer), flowood's pipeline in PyTorch, and its whole-detector export on each engine, fp32 and INT8."""
+    if device != "cpu":
+        raise SystemExit("the detector case runs on the CPU")
+    _, shape, _ = CASES[case]
+    library, _, tuning = row.partition("+")
+    if tuning == "malloc":
+        from flowood.allocator import tune_allocator
+        tune_allocator(enabled=True)
+    from flowood.data import adapt_images, load_dataset
+    pipeline = detector_pipeline(shape)
+    images = adapt_images(load_dataset(f"npz:{ROOT}/tests/fixtures/mnist-small.npz", "test").data, shape)
+    big = images[torch.arange(1024) % len(images)]
+    quality: dict = {}
+    if library == "pytorch-ood":
+        from pytorch_ood.detector import Mahalanobis
+        extractor = pipeline.extractor
+        peer = Mahalanobis(lambda x: extractor.body(extractor.preprocess(x)).flatten(1))
+        train = load_dataset(f"npz:{ROOT}/tests/fixtures/fashionmnist-small.npz", "train")
+        with torch.no_grad():
+            peer.fit_features(extractor.body(extractor.preprocess(adapt_images(train.data, shape))).flatten(1),
+                              train.labels)
+
+        def score(x):
+            with torch.inference_mode():
+                return peer.predict(x)
+    elif library == "flowood":
+        score = pipeline.anomaly_score
+    else:
+        import tempfile
+
+        from flowood.deploy.export import ExportedDetector, export_detector
+        engine = next(e for e in ("onnxruntime", "openvino") if e in library)
+        scratch = tempfile.TemporaryDirectory(prefix="flowood-bench-")  # removed when the worker ends
+        folder = Path(scratch.name) / "export"
+        fixtures = ROOT / "tests" / "fixtures"
+        # the random weights' MNIST scores move more than a trained network's (OpenVINO's AUROC by +0.0097 at the
+        # default tolerance of 0.005): the case measures speed, so its check allows 0.02 and reports the shift
+        int8 = dict(quantize="int8", dataset=f"npz:{fixtures}/fashionmnist-small.npz",
+                    check_ood=[f"npz:{fixtures}/mnist-small.npz"], calibration=600, check_held_out=200,
+                    max_auroc_shift=0.02)
+        exported = export_detector(pipeline, folder, format="openvino" if engine == "openvino" else "onnx",
+                                   **(int8 if library.endswith("-int8") else {}))
+        if exported.quantization:
+            checked = exported.quantization["check"]["per_engine"][engine]
+            auroc = next(iter(checked["auroc"].values()))
+            quality = {"bpd_shift": next(iter(checked["scores"].values()))["mean_shift_in_spreads"],
+                       "auroc_fp32": auroc["fp32"], "auroc_int8": auroc["int8"]}
+        on_engine = ExportedDetector(folder, engine)
+        score = on_engine.anomaly_score
+    score(big[:256])
+    start = time.perf_counter()
+    reps = 3
+    for _ in range(reps):
+        score(big)
+    score_s = (time.perf_counter() - start) / reps
+    params = sum(p.numel() for p in pipeline.extractor.model.parameters())  # (its body shares the weights)
+    return {"case": case, "library": row, "params": params, "train_steps_s": float("inf"),
+            "score_per_s": len(big) / score_s, "peak_mib": float("nan"), "rss_mib": float("nan"),
+            "test_bpd": float("nan"), "steps": 0, **quality}
 
 
 def int8_options(kind: str, shape: tuple[int, ...], scratch: Path) -> dict:
@@ -490,12 +578,13 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         rss = "–" if math.isnan(r["rss_mib"]) else f"{r['rss_mib']:.1f}"
-        trained = r["train_steps_s"] > 0  # engine rows score only (their model is trained as flowood-cl)
+        # engine rows score only (their model is trained as flowood-cl), as do the detector case's rows
+        trained = 0 < r["train_steps_s"] < math.inf
         print(f"| {r['case']} | {r['library']} | {r['params']:,} | {_shown(r['train_steps_s'], '.2f')} | "
               f"{r['train_min']:.2f}-{r['train_max']:.2f} | {r['score_per_s']:.0f} | {_shown(r['peak_mib'], '.1f')} | "
               f"{rss} | {r['test_bpd']:.3f} |" if trained else
               f"| {r['case']} | {r['library']} | {r['params']:,} | – | – | {r['score_per_s']:.0f} | – | – | "
-              f"{r['test_bpd']:.3f} |")
+              f"{_shown(r['test_bpd'], '.3f')} |")
     print("\nRatios, flowood / best peer of the same precision (training and scoring: higher is better; memory: "
           "lower is better):")
     print("| case | best peer | train | score | peak memory | params |")
@@ -533,9 +622,10 @@ def main() -> None:
             f"{q['score_per_s'] / max(p['score_per_s'] for p in peers):.2f}x | "
             f"{q['score_per_s'] / fp32['score_per_s']:.2f}x | {q['bpd_shift']:+.4f} | "
             f"{q['auroc_fp32']:.4f} -> {q['auroc_int8']:.4f} ({q['auroc_int8'] - q['auroc_fp32']:+.4f}) |")
-    print_table("INT8 st-networks: scoring against the best fp32 peer and flowood's own fp32 graph on the same "
-                "engine, with the export check's mean bits/dim shift and AUROC (held-out in-distribution against the "
-                "OOD set):", "| case | row | score samples/s | / best peer | / own fp32 | bits/dim shift | AUROC fp32 "
+    print_table("INT8: scoring against the best fp32 peer and flowood's own fp32 graph on the same engine, with the "
+                "export check's mean shift on held-out in-distribution data (bits/dim; for the detector, of its score "
+                "as a share of the calibration scores' spread) and AUROC (held-out in-distribution against the OOD "
+                "set):", "| case | row | score samples/s | / best peer | / own fp32 | held-out shift | AUROC fp32 "
                 "-> INT8 |", "|---|---|---:|---:|---:|---:|---:|", int8_lines)
     print_table("Ceiling: the st-networks alone (the convolutions every implementation of the model runs) / best peer "
                 "of the same precision, and the share of flowood's time they take:", "| case | st-networks | best "
