@@ -361,7 +361,7 @@ def _cmd_export(args: argparse.Namespace, values: dict[str, Any]) -> int:
         print(f"parity with PyTorch: max |score difference| {done.max_abs_diff:.3g} = {done.max_diff_in_spreads:.3g} "
               f"of the calibration scores' spread (tolerance {done.tolerance:g})")
         if done.quantization:
-            _print_detector_int8_check(done.quantization)
+            _print_int8_check(done.quantization, detector=True)
         backend = "openvino" if values.get("format") == "openvino" else "onnxruntime"
         print(f"next: flowood score --detector {args.out} --backend {backend} NEW_IMAGES/ --out scores.csv")
         return 0
@@ -376,29 +376,22 @@ def _cmd_export(args: argparse.Namespace, values: dict[str, Any]) -> int:
     return 0
 
 
-def _print_int8_check(quantization: dict[str, Any]) -> None:
+def _print_int8_check(quantization: dict[str, Any], detector: bool = False) -> None:
+    from flowood.deploy.quantized import detector_check_table
     from flowood.engines.quantized import check_table
 
     q, check = quantization, quantization["check"]
-    print(f"INT8: {q['quantized_tensors']} tensors of the st-networks quantized ({q['method']}; "
-          f"{', '.join(q['int8_ops'])} in INT8), calibrated on {q['calibration_data']['samples']} training inputs")
-    print(f"INT8 against fp32 on {check['held_out_samples']} held-out inputs and each OOD set:")
-    print(check_table(check))
-    print(f"within the tolerances: mean bits/dim shift {check['worst_bpd_shift']:+.4f} (at most "
-          f"{check['max_bpd_shift']:g}), AUROC shift {check['worst_auroc_shift']:+.4f} (at most "
-          f"{check['max_auroc_shift']:g})")
-
-
-def _print_detector_int8_check(quantization: dict[str, Any]) -> None:
-    from flowood.deploy.quantized import detector_check_table
-
-    q, check = quantization, quantization["check"]
-    print(f"INT8: {q['quantized_tensors']} tensors of {', '.join(q['quantized'])} quantized ({q['method']}; "
-          f"{', '.join(q['int8_ops'])} in INT8), calibrated on {q['calibration_data']['samples']} training images")
-    print(f"INT8 against fp32 on {check['held_out_samples']} held-out images and each OOD set:")
-    print(detector_check_table(check))
-    print(f"within the tolerances: mean score shift {check['worst_score_shift']:+.4f} of the spread (at most "
-          f"{check['max_score_shift']:g}), AUROC shift {check['worst_auroc_shift']:+.4f} (at most "
+    what, inputs = (", ".join(q["quantized"]), "images") if detector else ("the st-networks", "inputs")
+    print(f"INT8: {q['quantized_tensors']} tensors of {what} quantized ({q['method']}; {', '.join(q['int8_ops'])} in "
+          f"INT8), calibrated on {q['calibration_data']['samples']} training {inputs}")
+    print(f"INT8 against fp32 on {check['held_out_samples']} held-out {inputs} and each OOD set:")
+    print((detector_check_table if detector else check_table)(check))
+    if detector:
+        shift = (f"mean score shift {check['worst_score_shift']:+.4f} of the spread (at most "
+                 f"{check['max_score_shift']:g})")
+    else:
+        shift = f"mean bits/dim shift {check['worst_bpd_shift']:+.4f} (at most {check['max_bpd_shift']:g})"
+    print(f"within the tolerances: {shift}, AUROC shift {check['worst_auroc_shift']:+.4f} (at most "
           f"{check['max_auroc_shift']:g})")
 
 

@@ -30,7 +30,6 @@ dot-product instructions only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ from flowood.data import fit_to_shape, load_dataset
 from flowood.deploy.pipeline import PipelineGraph
 from flowood.engines.common import EngineDensity, ExportError, ExportOptions, check_int8_cpu
 from flowood.engines.quantize import conditioner_scopes
-from flowood.engines.quantized import IN_DISTRIBUTION, ood_auroc, quantize_in_place
+from flowood.engines.quantized import IN_DISTRIBUTION, CheckSets, ood_auroc, quantize_in_place
 from flowood.options import ConfigError
 
 #: what ONNX Runtime quantizes in a feature extractor: its convolutions and the ReLUs between them. Its fully connected
@@ -51,25 +50,8 @@ from flowood.options import ConfigError
 #: OpenVINO, quantizes them with a bias correction and moved the scores by 0.02).
 ONNXRUNTIME_EXTRACTOR_OPS = ("Conv", "Relu")
 
-__all__ = ["ONNXRUNTIME_EXTRACTOR_OPS", "DetectorCheckSets", "detector_check_sets", "quantized_scopes",
+__all__ = ["ONNXRUNTIME_EXTRACTOR_OPS", "detector_check_sets", "quantized_scopes",
            "detector_int8_check", "detector_check_table", "quantize_detector_export"]
-
-
-@dataclass
-class DetectorCheckSets:
-    """The inputs of a detector's INT8 export, as the exported graph takes them (uint8 images, or float32 vectors).
-
-    Attributes:
-        dataset: the in-distribution set's name.
-        calibration: training inputs the activation ranges are calibrated on.
-        held_out: test inputs of the in-distribution set.
-        ood: test inputs of each OOD set, by name.
-    """
-
-    dataset: str
-    calibration: np.ndarray
-    held_out: np.ndarray
-    ood: dict[str, np.ndarray]
 
 
 def _graph_inputs(detector: Any, name: str, split: str, root: str | None, n: int, seed: int) -> np.ndarray:
@@ -79,7 +61,7 @@ def _graph_inputs(detector: Any, name: str, split: str, root: str | None, n: int
     return x.numpy() if x.dtype == torch.uint8 else x.float().numpy()
 
 
-def detector_check_sets(detector: Any, o: ExportOptions) -> DetectorCheckSets:
+def detector_check_sets(detector: Any, o: ExportOptions) -> CheckSets:
     """The CPU checked, and the calibration, held-out and OOD inputs of a detector's INT8 export loaded (see the
     module docstring).
 
@@ -97,7 +79,7 @@ def detector_check_sets(detector: Any, o: ExportOptions) -> DetectorCheckSets:
         raise ConfigError("an INT8 detector is checked on at least one OOD set; pass check_ood, e.g. "
                           "check_ood=['mnist']")
     root = o.data_root or provenance.get("data_root")
-    return DetectorCheckSets(name, _graph_inputs(detector, name, "train", root, o.calibration, o.seed),
+    return CheckSets(name, _graph_inputs(detector, name, "train", root, o.calibration, o.seed),
                              _graph_inputs(detector, name, "test", root, o.check_held_out, o.seed),
                              {n: _graph_inputs(detector, n, "test", root, o.check_held_out, o.seed)
                               for n in o.check_ood})
@@ -123,7 +105,7 @@ def _scores(engine: EngineDensity, x: np.ndarray, batch: int = 256) -> np.ndarra
     return np.concatenate([engine.run(x[i:i + batch])[0] for i in range(0, len(x), batch)]).astype(np.float64)
 
 
-def detector_int8_check(fp32_folder: Path, int8_folder: Path, engine: str, sets: DetectorCheckSets, detector: Any,
+def detector_int8_check(fp32_folder: Path, int8_folder: Path, engine: str, sets: CheckSets, detector: Any,
                         io: dict[str, Any], o: ExportOptions) -> dict[str, Any]:
     """Score the sets with the fp32 and the INT8 detector graph (``io``: the graph's input and outputs, as the
     manifest states them) on ``engine``, and refuse beyond the tolerances (see the module docstring).
@@ -191,7 +173,7 @@ def detector_check_table(check: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def quantize_detector_export(folder: Path, graph: nn.Module, sets: DetectorCheckSets, format: str, detector: Any,
+def quantize_detector_export(folder: Path, graph: nn.Module, sets: CheckSets, format: str, detector: Any,
                              io: dict[str, Any], o: ExportOptions) -> dict[str, Any]:
     """Quantize the checked fp32 detector graph in ``folder`` (see the module docstring), check it against fp32 and
     put it in place. What the manifest records under ``quantization``.

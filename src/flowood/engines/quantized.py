@@ -56,7 +56,8 @@ IN_DISTRIBUTION = "in-distribution (held-out)"
 
 @dataclass
 class CheckSets:
-    """The inputs of an INT8 export: float32 arrays as the graph takes them.
+    """The inputs of an INT8 export, as the graph takes them: float32 for a flow; uint8 images (or float32 vectors)
+    for a detector (:mod:`flowood.deploy.quantized`).
 
     Attributes:
         dataset: the in-distribution set's name.
