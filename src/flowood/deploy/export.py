@@ -142,9 +142,7 @@ def detector_parity_inputs(detector: Any, n: int, seed: int) -> tuple[Tensor, Te
 
 def _run(engine: EngineDensity, x: Tensor) -> np.ndarray:
     """The engine's scores of ``x``, at its batch size and again in batches of 3 (the batch size is dynamic)."""
-    whole = engine.run(x.numpy())[0]
-    parts = np.concatenate([engine.run(x[i:i + 3].numpy())[0] for i in range(0, len(x), 3)])
-    return np.concatenate([whole, parts]).astype(np.float64)
+    return np.concatenate([engine.run_batches(x.numpy(), max(1, len(x))), engine.run_batches(x.numpy(), 3)])
 
 
 def check_detector_parity(detector: Any, folder: Path, engines: list[str], inside: Tensor, outside: Tensor,
@@ -235,9 +233,9 @@ def export_detector(detector: str | Path | OODDetector | DetectorPipeline, out: 
     fitted = read_detector(source) if source is not None else detector
     graph = detector_graph(fitted).cpu().eval()
     check_size(graph)
-    if o.quantize == "int8":
-        quantized_scopes(graph)  # a detector with nothing to quantize is refused before the data are read
-    sets = detector_check_sets(fitted, o) if o.quantize == "int8" else None
+    # a detector with nothing to quantize is refused before the data are read
+    scopes = quantized_scopes(graph) if o.quantize == "int8" else None
+    sets = detector_check_sets(fitted, o) if scopes else None
     inside, outside = detector_parity_inputs(fitted, o.check_samples, o.seed)
     spec = _input_spec(fitted)
     engine_manifest = {"input": spec, "outputs": list(DETECTOR_NAMES[1])}
@@ -246,7 +244,7 @@ def export_detector(detector: str | Path | OODDetector | DetectorPipeline, out: 
     def check(folder: Path) -> dict[str, Any]:
         parity = check_detector_parity(fitted, folder, engines, inside, outside, o.score_tolerance, engine_manifest)
         if sets is not None:
-            parity["quantization"] = quantize_detector_export(folder, graph, sets, o.format, fitted, engine_manifest,
+            parity["quantization"] = quantize_detector_export(folder, scopes, sets, o.format, fitted, engine_manifest,
                                                               o)
         return parity
     path, files, parity = write_checked_export(
@@ -303,8 +301,7 @@ class EngineDetector:
         if tuple(x.shape[1:]) != self.input_shape or str(x.dtype).removeprefix("torch.") != dtype:
             raise InputError(f"the exported detector takes {dtype} inputs of shape {self.input_shape}, got "
                              f"{str(x.dtype).removeprefix('torch.')} {tuple(x.shape[1:])}")
-        parts = [self.engine.run(x[i:i + self.batch_size].numpy())[0] for i in range(0, len(x), self.batch_size)]
-        return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+        return self.engine.run_batches(x.numpy(), self.batch_size)
 
 
 def engine_pipeline(pipeline: DetectorPipeline, backend: str, precision: str = "fp32") -> EngineDetector:

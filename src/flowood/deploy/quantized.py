@@ -100,10 +100,6 @@ def quantized_scopes(graph: nn.Module) -> list[str]:
     return conditioner_scopes(graph)
 
 
-def _scores(engine: EngineDensity, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    return np.concatenate([engine.run(x[i:i + batch])[0] for i in range(0, len(x), batch)]).astype(np.float64)
-
-
 def detector_int8_check(fp32_folder: Path, int8_folder: Path, engine: str, sets: CheckSets, detector: Any,
                         io: dict[str, Any], o: ExportOptions) -> dict[str, Any]:
     """Score the sets with the fp32 and the INT8 detector graph (``io``: the graph's input and outputs, as the
@@ -124,7 +120,7 @@ def detector_int8_check(fp32_folder: Path, int8_folder: Path, engine: str, sets:
     except Exception as err:
         raise ExportError(f"{engine} could not load the INT8 graph: {str(err).splitlines()[0]}") from err
     named = {IN_DISTRIBUTION: sets.held_out, **sets.ood}
-    scores = {name: (_scores(fp32, x), _scores(int8, x)) for name, x in named.items()}
+    scores = {name: (fp32.run_batches(x, 256), int8.run_batches(x, 256)) for name, x in named.items()}
     for name, (a, b) in scores.items():
         if not (np.isfinite(a).all() and np.isfinite(b).all()):
             raise ExportError(f"the {'INT8' if np.isfinite(a).all() else 'fp32'} graph gives non-finite scores on "
@@ -172,15 +168,15 @@ def detector_check_table(check: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def quantize_detector_export(folder: Path, graph: nn.Module, sets: CheckSets, format: str, detector: Any,
+def quantize_detector_export(folder: Path, scopes: list[str], sets: CheckSets, format: str, detector: Any,
                              io: dict[str, Any], o: ExportOptions) -> dict[str, Any]:
-    """Quantize the checked fp32 detector graph in ``folder`` (see the module docstring), check it against fp32 and
-    put it in place. What the manifest records under ``quantization``.
+    """Quantize the checked fp32 detector graph in ``folder``, the parts ``scopes`` names (:func:`quantized_scopes`;
+    see the module docstring), check it against fp32 and put it in place. What the manifest records under
+    ``quantization``.
 
     Raises:
         ExportError: quantization failed, or the check refused the INT8 graph.
     """
-    scopes = quantized_scopes(graph)
     done = quantize_in_place(folder, scopes, sets.calibration, format,
                              lambda candidate, engine: detector_int8_check(folder, candidate, engine, sets, detector,
                                                                            io, o),

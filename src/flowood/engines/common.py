@@ -300,3 +300,9 @@ class EngineDensity:
             return tuple(self._session.run(None, {spec.get("name", "x"): x}))
         result = self._request.infer({0: x})
         return tuple(np.array(result[i]) for i in range(len(self._compiled.outputs)))
+
+    def run_batches(self, x: np.ndarray, batch: int) -> np.ndarray:
+        """The graph's first output (a flow's ``log_prob``, a detector's ``score``) for inputs of any number, in
+        batches of ``batch``, as float64; empty for no inputs."""
+        parts = [self.run(x[i:i + batch])[0] for i in range(0, len(x), batch)]
+        return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)

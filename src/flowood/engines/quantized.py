@@ -112,8 +112,7 @@ def ood_auroc(ind: np.ndarray, ood: np.ndarray) -> float:
 
 
 def _bits_per_dim(density: EngineDensity, x: np.ndarray, num_dims: int, batch: int = 256) -> np.ndarray:
-    log_prob = np.concatenate([density.run(x[i:i + batch])[0] for i in range(0, len(x), batch)]).astype(np.float64)
-    return -log_prob / (num_dims * math.log(2.0))
+    return -density.run_batches(x, batch) / (num_dims * math.log(2.0))
 
 
 def _engine_check(fp32: EngineDensity, int8: EngineDensity, sets: CheckSets, num_dims: int) -> dict[str, Any]:
