@@ -25,7 +25,9 @@ with glibc's allocator told to keep freed memory (``flowood.allocator.tune_alloc
 command line applies at start); every peer is measured both ways too. A ``-bf16`` row runs training and scoring
 under ``torch.autocast(dtype=torch.bfloat16)``: flowood narrows it to its st-networks (log-determinants in fp32,
 ``FlowModel.mixed_precision``), a peer runs wholly under it, as a user would run it. Each flowood row is compared
-with the best peer row of the same precision (fp32 or bf16). A ``-packed`` row is flowood's RealNVP with
+with the best peer row of the same precision (fp32 or bf16); a table of its own sets flowood's bf16 rows, which
+are what ``flowood train`` runs on a CPU with native BF16 (its default precision ``auto``), against the best peer
+in fp32, the peers' default. ``flowood-compile-bf16`` is both. A ``-packed`` row is flowood's RealNVP with
 ``mask="checkerboard_packed"``: its checkerboard couplings gather each half into a half-width tensor as
 normflows' do (same parameters, half the convolution work; a different model from the paper's masked one).
 A ``stnets`` row runs only the st-networks of flowood's model (channels-last), on stored inputs of the shapes the
@@ -77,11 +79,11 @@ _ENGINE_ROWS = ("flowood-onnxruntime+malloc", "flowood-openvino+malloc", "flowoo
                 "flowood-onnxruntime-int8+malloc", "flowood-openvino-int8+malloc")
 _PACKED_ROWS = ("flowood-cl-packed+malloc", "flowood-cl-packed-bf16+malloc", "stnets-cl-packed+malloc",
                 "stnets-cl-packed-bf16+malloc")
+_COMPILE_ROWS = ("flowood-compile+malloc", "flowood-compile-bf16+malloc")
 CASES = {
-    "glow-1x28x28": ("glow", (1, 28, 28), _IMAGE_ROWS + ("flowood-compile+malloc",) + _ENGINE_ROWS),
-    "glow-3x32x32": ("glow", (3, 32, 32), _IMAGE_ROWS + ("flowood-compile+malloc",) + _ENGINE_ROWS),
-    "realnvp-1x28x28": ("realnvp", (1, 28, 28), _IMAGE_ROWS + ("flowood-compile+malloc",) + _PACKED_ROWS
-                        + _ENGINE_ROWS),
+    "glow-1x28x28": ("glow", (1, 28, 28), _IMAGE_ROWS + _COMPILE_ROWS + _ENGINE_ROWS),
+    "glow-3x32x32": ("glow", (3, 32, 32), _IMAGE_ROWS + _COMPILE_ROWS + _ENGINE_ROWS),
+    "realnvp-1x28x28": ("realnvp", (1, 28, 28), _IMAGE_ROWS + _COMPILE_ROWS + _PACKED_ROWS + _ENGINE_ROWS),
     "realnvp-3x32x32": ("realnvp", (3, 32, 32), _IMAGE_ROWS + _PACKED_ROWS + _ENGINE_ROWS),
     "maf-1792": ("maf", (1792,), ("flowood", "flowood+malloc", "nflows", "nflows+malloc", "zuko", "zuko+malloc",
                                   "flowood-bf16+malloc", "zuko-bf16+malloc") + _ENGINE_ROWS),
@@ -627,6 +629,26 @@ def main() -> None:
                 "as a share of the calibration scores' spread) and AUROC (held-out in-distribution against the OOD "
                 "set):", "| case | row | score samples/s | / best peer | / own fp32 | held-out shift | AUROC fp32 "
                 "-> INT8 |", "|---|---|---:|---:|---:|---:|---:|", int8_lines)
+    default_lines = []
+    for ours in (r for r in rows if r["library"].startswith("flowood") and "-bf16" in r["library"]
+                 and 0 < r["train_steps_s"] < math.inf):
+        fp32_peers = [r for r in rows if r["case"] == ours["case"] and "-bf16" not in r["library"]
+                      and not r["library"].startswith(("flowood", "stnets"))]
+        own_name = ours["library"].replace("-bf16", "")
+        own = next((r for r in rows if r["case"] == ours["case"] and r["library"] == own_name), None)
+        if not fp32_peers or own is None:
+            continue
+        best = max(fp32_peers, key=lambda r: r["train_steps_s"])
+        default_lines.append(
+            f"| {ours['case']} | {ours['library']} | {best['library']} | "
+            f"{ours['train_steps_s'] / best['train_steps_s']:.2f}x | "
+            f"{ours['train_steps_s'] / own['train_steps_s']:.2f}x | "
+            f"{ours['test_bpd']:.3f} | {own['test_bpd']:.3f} | {best['test_bpd']:.3f} |")
+    print_table("Training at the defaults: flowood's bf16 st-networks (`flowood train`'s precision on a CPU with "
+                "native BF16) against the fastest peer in fp32 (the peers' default) and flowood's own fp32 row, "
+                "with bits/dim after the same steps:",
+                "| case | flowood row | best fp32 peer | train / peer | / own fp32 | bits/dim | own fp32 | peer |",
+                "|---|---|---|---:|---:|---:|---:|---:|", default_lines)
     print_table("Ceiling: the st-networks alone (the convolutions every implementation of the model runs) / best peer "
                 "of the same precision, and the share of flowood's time they take:", "| case | st-networks | best "
                 "peer | train | score | flowood row | its train | its score |", "|---|---|---|---:|---:|---|---:|---:|",
