@@ -61,6 +61,37 @@ def test_one_vocabulary_for_devices_and_precision():
         resolve_device("tpu7")
 
 
+def test_training_precision_auto_is_bf16_only_on_a_cpu_with_native_bf16(tmp_path, monkeypatch):
+    import torch
+
+    from flowood import runtime
+    from flowood.training import load_config
+
+    x86 = tmp_path / "cpuinfo_x86"
+    x86.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n\n"
+                   "processor\t: 1\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
+    arm = tmp_path / "cpuinfo_arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd asimddp bf16\n")
+    assert {"avx512_bf16", "avx2"} <= runtime.cpu_flags(x86) and "bf16" in runtime.cpu_flags(arm)
+    assert runtime.cpu_flags(tmp_path / "missing") is None
+    for flags, expected in ((frozenset({"avx2", "avx512_bf16"}), "bf16"), (frozenset({"avx2", "amx_bf16"}), "bf16"),
+                            (frozenset({"avx2", "avx512_vnni"}), "fp32"), (frozenset({"asimd", "bf16"}), "fp32"),
+                            (None, "fp32")):
+        monkeypatch.setattr(runtime, "cpu_flags", lambda flags=flags: flags)
+        assert runtime.native_bf16() is (expected == "bf16")
+        assert runtime.resolve_precision("auto", "cpu") == expected
+        assert runtime.resolve_precision("auto", torch.device("cpu")) == expected
+        assert runtime.resolve_precision("AUTO", "cuda:1") == "fp32"  # a GPU: fp32, without asking for CUDA here
+        assert runtime.resolve_precision("bf16-mixed", "cpu") == "bf16"  # an explicit choice is kept
+        assert runtime.resolve_precision("fp32", "cpu") == "fp32"
+        assert load_config(None, {"device": "cpu"}).precision == expected
+        assert load_config(None, {"device": "cpu", "precision": "32-true"}).precision == "fp32"
+    with pytest.raises(ConfigError, match="auto is a training precision"):
+        check_precision("auto")  # where a concrete precision is needed (evaluate, engines)
+    with pytest.raises(ConfigError, match="choose fp32, bf16 or fp16"):
+        runtime.resolve_precision("bf8", "cpu")
+
+
 def test_a_help_line_can_list_names_as_they_are_when_read():
     """A help line given as a function is written when read, so a registry's later entries are listed."""
     from dataclasses import dataclass, fields

@@ -34,6 +34,30 @@ def test_paper_scale_keeps_the_original_hyper_parameters():
     assert cpu.train["max_steps"] == 600 and cpu.train["max_minutes"] == 15  # fixed steps: repeatable seeds
 
 
+def test_long_scale_is_the_cpu_scale_trained_longer(tmp_path):
+    """``long`` applies an experiment's own entry on top of its cpu entry, key by key; without one it is cpu."""
+    chosen = ["bottleneck_l10_fashionmnist", "bottleneck_l50_fashionmnist", "bottleneck_l100_fashionmnist",
+              "realnvp_fashionmnist"]
+    cpu = {e.name: e for e in load_experiments(None, "cpu", "all", only=chosen)}
+    long = {e.name: e for e in load_experiments(None, "long", "all", only=chosen)}
+    for name in chosen[:3]:  # the l-sweep: 3000 steps, everything else as at cpu
+        assert long[name].train == dict(cpu[name].train, max_steps=3000, max_minutes=120)
+        assert long[name].evaluate == cpu[name].evaluate and long[name].inspect == cpu[name].inspect
+        assert long[name].scale == "long"
+    assert long["realnvp_fashionmnist"].train == cpu["realnvp_fashionmnist"].train
+    configs = tmp_path / "c"
+    configs.mkdir()
+    (configs / "x.yaml").write_text("name: x\ntitle: t\ntrain: {dataset: digits, lr: 0.1}\nevaluate: {ood: [noise]}\n"
+                                    "scales: {cpu: {train: {lr: 0.01, max_steps: 5}}, long: {train: {max_steps: 50}},"
+                                    " smoke: {train: {max_steps: 1}}}\n")
+    (exp,) = load_experiments(configs, "long")
+    assert exp.train == {"dataset": "digits", "lr": 0.01, "max_steps": 50}
+    (configs / "x.yaml").write_text("name: x\ntitle: t\ntrain: {dataset: digits}\nevaluate: {ood: [noise]}\n"
+                                    "scales: {long: {training: {max_steps: 50}}}\n")
+    with pytest.raises(ConfigError, match="scales.long may override train, evaluate, embed, inspect; got 'training'"):
+        load_experiments(configs, "cpu")  # a mistake in any scale's entry is refused, whichever scale runs
+
+
 def test_cli_reproduce_list_and_errors(tmp_path, capsys):
     assert main(["reproduce", "--list", "--suite", "inductive_bias"]) == 0
     assert "cycle_mask_fashionmnist" in capsys.readouterr().out

@@ -100,6 +100,23 @@ def test_training_with_lightning_bf16_mixed_precision(tmp_path, train_config):
     assert results["bf16-mixed"] != results["32-true"]
 
 
+def test_default_precision_is_resolved_and_recorded(tmp_path, train_config):
+    """``auto`` (the default) trains in bf16 on a CPU with native BF16 and in fp32 elsewhere; the run records what
+    it used, in config.yaml (so a resumed run keeps it), train_summary.json and the result."""
+    import yaml
+
+    from flowood.runtime import native_bf16
+    from flowood.training import TrainConfig
+
+    expected = "bf16" if native_bf16() else "fp32"
+    cfg = TrainConfig(**{**vars(train_config(tmp_path / "unused")), "precision": "auto", "out": str(tmp_path / "r"),
+                         "max_steps": 2})  # not checked: train() resolves it
+    result = train(cfg, progress=False)
+    assert cfg.precision == "auto" and result.precision == expected  # the caller's config is left as it was
+    assert yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["precision"] == expected
+    assert json.loads((tmp_path / "r" / "train_summary.json").read_text())["precision"] == expected
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path, fashionmnist_npz):
     """2-process DDP (gloo) through Lightning, with Glow's ActNorm initialised identically on both ranks."""
@@ -112,6 +129,8 @@ def test_ddp_two_processes_on_cpu(tmp_path, fashionmnist_npz):
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test bits/dim" in result.stdout
+    from flowood.runtime import native_bf16  # the default precision, said in the last line
+    assert ("bf16 st-networks: the default on this CPU" if native_bf16() else "precision fp32") in result.stdout
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 4
     loaded = load_flow(out / "checkpoints" / "last.ckpt")

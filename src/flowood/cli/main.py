@@ -151,6 +151,15 @@ def _help_of(cls: type, name: str) -> str:
 
 
 # -- what each command does after parsing ------------------------------------------------------------------------
+def _precision_note(precision: str) -> str:
+    """What a training run computed in, for its closing line."""
+    from flowood.runtime import native_bf16
+
+    if precision == "bf16" and native_bf16():
+        return "bf16 st-networks: the default on this CPU, which has native BF16; --precision fp32 trains in fp32"
+    return f"precision {precision}"
+
+
 def _cmd_train(args: argparse.Namespace, values: dict[str, Any]) -> int:
     from flowood.training import load_config, train
     from flowood.training.config import config_path
@@ -159,7 +168,8 @@ def _cmd_train(args: argparse.Namespace, values: dict[str, Any]) -> int:
     config = load_config(path, dict(values, out=args.out))
     result = train(config, resume=args.resume, overwrite=args.overwrite, progress=args.progress,
                    inputs=[path] if path else [])
-    print(f"test bits/dim: {result.test_bpd:.4f} after {result.steps} steps ({result.seconds:.0f} s)")
+    print(f"test bits/dim: {result.test_bpd:.4f} after {result.steps} steps ({result.seconds:.0f} s, "
+          f"{_precision_note(result.precision)})")
     print(f"checkpoint: {result.checkpoint}")
     print(f"logs: {result.out / 'logs'} (tensorboard --logdir {result.out / 'logs' / 'tensorboard'})")
     return 0

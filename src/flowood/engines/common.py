@@ -21,7 +21,7 @@ import torch
 
 from flowood.errors import FlowoodError
 from flowood.options import ConfigError, option
-from flowood.runtime import data_root_option, seed_option
+from flowood.runtime import cpu_flags, data_root_option, seed_option
 
 __all__ = ["ENGINES", "ENGINE_PRECISIONS", "EXPORT_FORMATS", "QUANTIZATIONS", "DEFAULT_MAX_BPD_SHIFT",
            "DEFAULT_MAX_AUROC_SHIFT", "DEFAULT_MAX_SCORE_SHIFT", "EXPORT_MANIFEST", "EXPORT_FORMAT_VERSION",
@@ -167,15 +167,8 @@ def _check_quantize_options(o: ExportOptions, kind: str) -> None:
 def int8_dot_product() -> bool | None:
     """Whether this CPU has INT8 dot-product instructions (x86 VNNI or AMX, Arm's dot product): None where the
     flags cannot be read (not Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.split(":", 1)[-1].split())
-    return any(flag in flags for flag in _INT8_FLAGS)
+    flags = cpu_flags()
+    return None if flags is None else any(flag in flags for flag in _INT8_FLAGS)
 
 
 def check_int8_cpu() -> None:

@@ -11,6 +11,7 @@ One file per experiment::
     train: {...}                 # TrainConfig at the paper's scale (the original's hyper-parameters)
     scales:                      # overrides of `train` (and `evaluate`, `embed`) per scale
       cpu: {train: {...}, evaluate: {...}}
+      long: {train: {...}}       # applied on top of cpu's (an experiment without it runs as at cpu)
       smoke: {train: {...}}
     evaluate: {ood: [mnist, notmnist], scores: [likelihood]}
     inspect: {images: [fashionmnist:test:0-7, mnist:test:0-7]}
@@ -47,7 +48,10 @@ from flowood.resources import paper_configs_dir
 __all__ = ["Experiment", "Check", "PaperNumber", "load_experiments", "parse_paper_numbers", "default_config_dir",
            "run_folder", "SCALES"]
 
-SCALES = ("smoke", "cpu", "paper")
+SCALES = ("smoke", "cpu", "long", "paper")
+#: a scale whose overrides are applied on top of another's: ``long`` is the cpu scale trained longer, where an
+#: experiment's claim needs it (the bottleneck l-sweep); an experiment without a ``long`` entry runs as at cpu.
+_EXTENDS = {"long": "cpu"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _KEYS = {"name", "title", "paper", "suites", "embed", "train", "scales", "evaluate", "inspect", "checks",
          "paper_numbers", "paper_numbers_note", "notes"}
@@ -199,6 +203,20 @@ def parse_paper_numbers(path: Path, raw: Any) -> list[PaperNumber]:
     raise ConfigError(f"{path}: paper_numbers must be a list of {{metric, value, source}} entries, got {raw!r}")
 
 
+_SECTIONS = ("train", "evaluate", "embed", "inspect")
+
+
+def _scale_override(scales: dict[str, Any], scale: str) -> dict[str, Any]:
+    """The overrides of ``scale`` for each section (``train``, ...): its own entry, on top of the entry of the scale it
+    extends (``long`` extends ``cpu``), key by key within each section; none for ``paper``."""
+    if scale == "paper":
+        return {}
+    base = _scale_override(scales, _EXTENDS[scale]) if scale in _EXTENDS else {}
+    own = scales.get(scale) or {}
+    return {key: {**(base.get(key) or {}), **(own.get(key) or {})} for key in _SECTIONS
+            if key in base or key in own}
+
+
 def _parse(path: Path, scale: str) -> Experiment:
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
@@ -216,10 +234,11 @@ def _parse(path: Path, scale: str) -> Experiment:
     for s in scales:
         if s not in SCALES:
             raise ConfigError(f"{path}: unknown scale {s!r}{closest(s, SCALES)}; scales are {', '.join(SCALES)}")
-    override = scales.get(scale, {}) if scale != "paper" else {}
-    for key in override:
-        if key not in ("train", "evaluate", "embed", "inspect"):
-            raise ConfigError(f"{path}: scales.{scale} may override train, evaluate, embed, inspect; got {key!r}")
+    for name, entry in scales.items():
+        for key in entry or {}:
+            if key not in _SECTIONS:
+                raise ConfigError(f"{path}: scales.{name} may override {', '.join(_SECTIONS)}; got {key!r}")
+    override = _scale_override(scales, scale)
     checks = []
     for c in raw.get("checks") or []:
         bad = set(c) - _CHECK_KEYS
@@ -247,7 +266,7 @@ def load_experiments(config_dir: str | Path | None = None, scale: str = "cpu", s
                      only: list[str] | None = None) -> list[Experiment]:
     """The experiments of ``suite`` in ``config_dir`` (sorted by file name), resolved for ``scale``."""
     if scale not in SCALES:
-        raise ConfigError(f"unknown scale {scale!r}{closest(scale, SCALES)}; choose smoke, cpu or paper")
+        raise ConfigError(f"unknown scale {scale!r}{closest(scale, SCALES)}; choose {', '.join(SCALES)}")
     folder = Path(config_dir) if config_dir else default_config_dir()
     if not folder.is_dir():
         raise ConfigError(f"experiment folder {folder} not found; pass `configs` (a folder of experiment YAML files)")

@@ -109,7 +109,8 @@ class ReproduceOptions:
     """Which experiments :func:`reproduce` runs: every field is an option (``flowood reproduce --help``)."""
 
     suite: str = option("all", "suite of experiments (see --list)", metavar="SUITE")
-    scale: str = option("cpu", "smoke (minutes), cpu (hours on 2 cores), paper (GPU)", choices=SCALES)
+    scale: str = option("cpu", "smoke (minutes), cpu (hours on 2 cores), long (cpu, with longer training where a "
+                        "claim needs it), paper (GPU)", choices=SCALES)
     configs: str | None = option(None, "experiment folder (default: the paper's experiments shipped with flowood)",
                                  metavar="DIR")
     only: list[str] | None = option(None, "run only these experiments", metavar="EXPERIMENT")

@@ -20,7 +20,7 @@ from flowood.errors import closest
 from flowood.flows import FlowConfig
 from flowood.options import ConfigError, from_mapping, option, to_mapping
 from flowood.resources import shipped_config, shipped_config_names
-from flowood.runtime import check_precision, data_root_option, device_option, precision_option, seed_option
+from flowood.runtime import data_root_option, device_option, resolve_precision, seed_option, training_precision_option
 
 __all__ = ["TrainConfig", "load_config", "read_yaml", "config_path", "OPTIMIZERS", "LOGGERS"]
 
@@ -60,7 +60,7 @@ class TrainConfig:
     devices: int | str = option(1, "devices per node for multi-GPU training: a number, a list such as 0,1, or auto")
     num_nodes: int = option(1, "machines to train on (with --strategy ddp)", minimum=1)
     strategy: str = option("auto", "Lightning's distribution strategy, e.g. ddp")
-    precision: str = precision_option()
+    precision: str = training_precision_option()
     num_workers: int = option(0, "DataLoader worker processes (data sit in memory; 0 is usually fastest)",
                               minimum=0)
     save_freq: int = option(0, "also keep a checkpoint every this many epochs (last.ckpt is always kept)",
@@ -116,7 +116,7 @@ class TrainConfig:
         """Refuse values that cannot work, with a message that names the fix."""
         if not 0.0 < float(self.nan_lr_factor) <= 1.0:
             raise ConfigError(f"nan_lr_factor must be in (0, 1], got {self.nan_lr_factor}")
-        self.precision = check_precision(self.precision)
+        self.precision = resolve_precision(self.precision, self.device)  # auto: what this machine runs best
         unknown = [name for name in self.loggers if name not in LOGGERS]
         if unknown:
             raise ConfigError(f"unknown logger {unknown[0]!r}{closest(unknown[0], LOGGERS)}; choose from "

@@ -6,7 +6,7 @@ import json
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from flowood.data import dataset_inputs, fit_to_shape, load_dataset
 from flowood.flows.layers import set_standardization
 from flowood.options import ConfigError, merge_options
 from flowood.outputs import OutputExistsError, OutputFolder, open_output_folder, write_text_atomic
-from flowood.runtime import CoreShare, lightning_accelerator, lightning_precision
+from flowood.runtime import CoreShare, lightning_accelerator, lightning_precision, resolve_precision
 from flowood.training.callbacks import (
     InvertibilityCheck,
     NonFiniteGuard,
@@ -46,9 +46,10 @@ class TrainResult:
     Attributes:
         out: the output directory.
         checkpoint: ``checkpoints/last.ckpt``, the final state (use it for evaluate and --resume).
-        test_bpd: test bits/dim of the final model.
+        test_bpd: test bits/dim of the final model (measured at the training precision).
         steps: optimizer steps taken in total (a resumed run counts the earlier ones).
         seconds: wall-clock time of this call.
+        precision: the precision it trained at (``auto`` resolved: ``bf16`` or ``fp32``).
     """
 
     out: Path
@@ -56,6 +57,7 @@ class TrainResult:
     test_bpd: float
     steps: int
     seconds: float
+    precision: str = "fp32"
 
 
 def _is_launched_child() -> bool:
@@ -116,6 +118,9 @@ def train(config: TrainConfig | None = None, *, resume: str | bool | None = None
     start = time.time()
     if config is None or option_values:
         config = merge_options(TrainConfig, config, option_values).check()
+    precision = resolve_precision(config.precision, config.device)  # `auto` in a config that was not checked
+    if precision != config.precision:
+        config = replace(config, precision=precision)
     out = Path(config.out)
     resume_path = _resume_checkpoint(out, resume)
     folder = _open_out(config, resume_path, overwrite, inputs)
@@ -237,12 +242,12 @@ def _fit(config: TrainConfig, out: Path, resume_path: Path | None, folder: Outpu
     if folder is not None:
         folder.record_tree("logs")  # the final validation may open a new event file
     result = TrainResult(out, last, float(final[0]["test_bpd"]) if final else float("nan"), int(trainer.global_step),
-                         time.time() - start)
+                         time.time() - start, config.precision)
     if trainer.is_global_zero:
         summary = {"test_bpd": result.test_bpd, "steps": result.steps, "epochs": int(trainer.current_epoch),
                    "seconds": round(result.seconds, 1), "skipped_nonfinite_steps": guard.skipped,
                    "rollbacks": guard.rollbacks, "invertibility_error": inverse_check.error,
-                   "checkpoint": str(last), "dataset": config.dataset,
+                   "checkpoint": str(last), "dataset": config.dataset, "precision": config.precision,
                    "train_samples": len(data.train_set), "test_samples": len(data.test_set)}
         write_text_atomic(out / "train_summary.json", json.dumps(summary, indent=2))
     return result
