@@ -26,12 +26,18 @@ apart only as rounding differences grow in a chaotic optimisation. Needs a check
 
     git clone https://github.com/PolinaKirichenko/flows_ood /path/to/flows_ood
     .venv/bin/python experiments/original_code/train_side_by_side.py --original /path/to/flows_ood \\
-        [--configs realnvp_fashionmnist ...] [--steps 300] [--json curves.json]
+        [--configs realnvp_fashionmnist ...] [--steps 300] [--seeds 0 1 2] [--json curves.json]
+        [--with earlier.json ...]
+
+With two or more seeds of a config (this run's, and those of earlier runs' ``--json`` files given with ``--with``)
+it prints, per config, both codes' test bits/dim and AUROC over the seeds and their paired difference with its
+standard error and p-value.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import re
@@ -176,7 +182,14 @@ def lockstep(original: Any, utils: Any, exp: Any, data: dict[str, torch.Tensor],
                 value = float(loss)
             opt.step()
             curves[name].append(value / per_dim)
-    return {**curves, "init": init, "evaluation": evaluate(net, module.flow, loss_fn, data)}
+    evaluation = evaluate(net, module.flow, loss_fn, data)
+    # the original's final weights (BatchNorm's running statistics included) scored by flowood's code: equal to the
+    # original's own scores when the two evaluations are the same, so a difference between the codes' results
+    # lies in training
+    crossed = copy.deepcopy(module.flow)
+    load_original_state_dict(crossed, net.state_dict())
+    evaluation["original_weights_in_flowood"] = evaluate(net, crossed, loss_fn, data)["flowood"]
+    return {**curves, "init": init, "evaluation": evaluation}
 
 
 def evaluate(net: torch.nn.Module, flow: Any, loss_fn: Any, data: dict[str, torch.Tensor]) -> dict[str, list[float]]:
@@ -211,9 +224,38 @@ def summary(name: str, curves: dict[str, Any]) -> str:
     shown = [s for s in SHOWN_STEPS if s <= len(a)] + ([len(a)] if len(a) not in SHOWN_STEPS else [])
     path = ", ".join(f"{s}: {a[s - 1]:.3f} / {b[s - 1]:.3f}" for s in shown)
     (o_in, o_ood, o_auc), (f_in, f_ood, f_auc) = curves["evaluation"]["original"], curves["evaluation"]["flowood"]
+    crossed = curves["evaluation"].get("original_weights_in_flowood")
+    cross = "" if crossed is None else f" {crossed[0] - o_in:+.1e} / {crossed[2] - o_auc:+.1e} |"
     mean, std, where = curves["init"]
     return (f"| {name} | {mean:.1f} / {std:.1f} (`{where}`) | {first:.1e} | {last:.3f} | {path} | {o_in:.3f} / "
-            f"{f_in:.3f} | {o_ood:.2f} / {f_ood:.2f} | {o_auc:.3f} / {f_auc:.3f} |")
+            f"{f_in:.3f} | {o_ood:.2f} / {f_ood:.2f} | {o_auc:.3f} / {f_auc:.3f} |{cross}")
+
+
+def across_seeds(curves: dict[str, dict[str, Any]]) -> list[str]:
+    """Per config with two or more seeds: the original's and flowood's test bits/dim and AUROC, mean +- sd over the
+    seeds, and the paired difference (flowood - original, seed by seed) with its standard error and a two-sided
+    paired t-test's p-value; ``within 2 SE`` when the mean difference is at most twice its standard error."""
+    from scipy import stats
+
+    by_config: dict[str, list[dict[str, Any]]] = {}
+    for key, curve in curves.items():
+        by_config.setdefault(key.rsplit(", seed ", 1)[0], []).append(curve["evaluation"])
+    lines = []
+    for name, evaluations in by_config.items():
+        if len(evaluations) < 2:
+            continue
+        cells = []
+        for index, label in ((0, "test bits/dim"), (2, "AUROC")):
+            a = torch.tensor([e["original"][index] for e in evaluations], dtype=torch.float64)
+            b = torch.tensor([e["flowood"][index] for e in evaluations], dtype=torch.float64)
+            d = b - a
+            se = float(d.std() / math.sqrt(len(d)))
+            p = float(stats.ttest_rel(b.numpy(), a.numpy()).pvalue)
+            cells.append(f"{label} {a.mean():.3f} +- {a.std():.3f} / {b.mean():.3f} +- {b.std():.3f}, difference "
+                         f"{d.mean():+.4f} +- {se:.4f} (SE), p = {p:.2g}, "
+                         f"{'within' if abs(float(d.mean())) <= 2 * se else 'outside'} 2 SE")
+        lines.append(f"{name} ({len(evaluations)} seeds), original / flowood: " + "; ".join(cells))
+    return lines
 
 
 def main() -> None:
@@ -223,6 +265,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="initial weights and batch order")
     parser.add_argument("--json", type=Path, default=None, help="write every loss curve here")
+    parser.add_argument("--with", dest="earlier", type=Path, nargs="*", default=[], metavar="JSON",
+                        help="curves of earlier runs (their --json) to combine with this run's in the summary over "
+                             "seeds")
     args = parser.parse_args()
     if not (args.original / "flow_ssl").is_dir():
         raise SystemExit(f"{args.original} is not a checkout of the original code (no flow_ssl)")
@@ -244,10 +289,14 @@ def main() -> None:
     header = ("config", "initial weights: largest z of mean / std difference (pooled kind)",
               "training loss: max difference, steps 1-2", "mean difference, last 50 steps",
               "training bits/dim, original / flowood, at step ...", "test FashionMNIST bits/dim", "MNIST bits/dim",
-              "AUROC")
-    print(f"\n| {' | '.join(header)} |\n|---|---|---:|---:|---|---|---|---|\n" + "\n".join(rows))
+              "AUROC", "the original's final weights scored by flowood: test bits/dim / AUROC minus the original's")
+    print(f"\n| {' | '.join(header)} |\n|---|---|---:|---:|---|---|---|---|---:|\n" + "\n".join(rows))
     if args.json:
         args.json.write_text(json.dumps(curves))
+    combined = {k: v for path in args.earlier for k, v in json.loads(path.read_text()).items()}
+    combined.update(curves)
+    for line in across_seeds(combined):
+        print(line)
 
 
 if __name__ == "__main__":
