@@ -27,7 +27,7 @@ apart only as rounding differences grow in a chaotic optimisation. Needs a check
     git clone https://github.com/PolinaKirichenko/flows_ood /path/to/flows_ood
     .venv/bin/python experiments/original_code/train_side_by_side.py --original /path/to/flows_ood \\
         [--configs realnvp_fashionmnist ...] [--steps 300] [--seeds 0 1 2] [--json curves.json]
-        [--with earlier.json ...]
+        [--with earlier.json ...] [--flowood_set channels_last=false ...]
 
 With two or more seeds of a config (this run's, and those of earlier runs' ``--json`` files given with ``--with``)
 it prints, per config, both codes' test bits/dim and AUROC over the seeds and their paired difference with its
@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -79,11 +80,12 @@ def images(name: str, split: str = "train") -> torch.Tensor:
     return load_dataset(name, split).data.float().div(255).reshape(-1, 1, 28, 28)
 
 
-def build_pair(original: Any, utils: Any, exp: Any, seed: int
+def build_pair(original: Any, utils: Any, exp: Any, seed: int, flowood_set: dict[str, Any] | None = None
                ) -> tuple[torch.nn.Module, FlowModule, Any, torch.optim.Optimizer, torch.optim.Optimizer, tuple]:
     """The original's model and optimizer, flowood's module (holding the original's initial weights) and optimizer,
-    and how far flowood's own initial weights were from the original's (:func:`pooled_difference`)."""
-    train = dict(exp.train)
+    and how far flowood's own initial weights were from the original's (:func:`pooled_difference`).
+    ``flowood_set``: training options that override the experiment's for flowood only (e.g. ``channels_last``)."""
+    train = {**exp.train, **(flowood_set or {})}
     torch.manual_seed(seed)
     module = FlowModule(train, (1, 28, 28))
     own = {n: p.detach().clone() for n, p in module.flow.named_parameters()}
@@ -154,11 +156,11 @@ def flowood_loss(module: FlowModule, x: torch.Tensor, x_ood: torch.Tensor | None
     return negative_training_loss(both[:len(x)], both[len(x):], module.config.negative_val)[0]
 
 
-def lockstep(original: Any, utils: Any, exp: Any, data: dict[str, torch.Tensor], steps: int, seed: int
-             ) -> dict[str, Any]:
+def lockstep(original: Any, utils: Any, exp: Any, data: dict[str, torch.Tensor], steps: int, seed: int,
+             flowood_set: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train both side by side; the per-step training losses in bits/dim (the original's in flowood's convention),
     then both evaluated (:func:`evaluate`)."""
-    net, module, loss_fn, opt_original, opt_flowood, init = build_pair(original, utils, exp, seed)
+    net, module, loss_fn, opt_original, opt_flowood, init = build_pair(original, utils, exp, seed, flowood_set)
     negative = bool(module.config.ood_dataset)
     batch, clip, per_dim = module.config.batch_size, module.config.max_grad_norm, 784 * math.log(2)
     g = torch.Generator().manual_seed(seed)
@@ -189,7 +191,7 @@ def lockstep(original: Any, utils: Any, exp: Any, data: dict[str, torch.Tensor],
     crossed = copy.deepcopy(module.flow)
     load_original_state_dict(crossed, net.state_dict())
     evaluation["original_weights_in_flowood"] = evaluate(net, crossed, loss_fn, data)["flowood"]
-    return {**curves, "init": init, "evaluation": evaluation}
+    return {**curves, "init": init, "evaluation": evaluation, "flowood_set": flowood_set or {}}
 
 
 def evaluate(net: torch.nn.Module, flow: Any, loss_fn: Any, data: dict[str, torch.Tensor]) -> dict[str, list[float]]:
@@ -268,7 +270,16 @@ def main() -> None:
     parser.add_argument("--with", dest="earlier", type=Path, nargs="*", default=[], metavar="JSON",
                         help="curves of earlier runs (their --json) to combine with this run's in the summary over "
                              "seeds")
+    parser.add_argument("--flowood_set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="flowood training options for this run (YAML values), e.g. channels_last=false: what "
+                             "changes when one of flowood's own choices is switched; the original is untouched")
     args = parser.parse_args()
+    flowood_set = {}
+    for item in args.flowood_set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--flowood_set {item!r}: expected KEY=VALUE")
+        flowood_set[key] = yaml.safe_load(value)
     if not (args.original / "flow_ssl").is_dir():
         raise SystemExit(f"{args.original} is not a checkout of the original code (no flow_ssl)")
     warnings.filterwarnings("ignore")  # Lightning's "self.log outside a trainer", torch's weight_norm deprecation
@@ -283,7 +294,7 @@ def main() -> None:
     for name in args.configs:
         for seed in args.seeds:
             key = f"{name}, seed {seed}"
-            curves[key] = lockstep(original, utils, experiments[name], data, args.steps, seed)
+            curves[key] = lockstep(original, utils, experiments[name], data, args.steps, seed, flowood_set)
             rows.append(summary(key, curves[key]))
             print(rows[-1], flush=True)
     header = ("config", "initial weights: largest z of mean / std difference (pooled kind)",

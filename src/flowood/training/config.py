@@ -77,8 +77,10 @@ class TrainConfig:
                                      "pass: the paper's failure as a curve over training", metavar="NAME")
     test_every_n_epochs: int = option(1, "measure test bits/dim every this many epochs", minimum=1)
     aug: bool = option(False, "random horizontal flips of training images (CIFAR-10, CelebA; not digits)")
-    channels_last: bool = option(True, "keep convolutions in channels-last memory (same numbers, faster on CPUs)")
-    compile: bool = option(False, "train through torch.compile (same numbers; slow first steps)")
+    channels_last: bool = option(True, "keep convolutions in channels-last memory (the same model, faster on "
+                                 "CPUs; float rounding differs from contiguous memory's)")
+    compile: bool = option(False, "train through torch.compile (the same model, float rounding may "
+                                 "differ; slow first steps)")
     nan_policy: str = option("skip", "on a NaN/Inf or exploding step: skip it, or rollback to the last good state "
                              "with a lower learning rate", choices=("skip", "rollback"))
     nan_tolerance: int = option(10, "bad steps in a row before the run stops", minimum=1)
