@@ -306,6 +306,10 @@ def main() -> None:
         args.json.write_text(json.dumps(curves))
     combined = {k: v for path in args.earlier for k, v in json.loads(path.read_text()).items()}
     combined.update(curves)
+    settings = {json.dumps(v.get("flowood_set", {}), sort_keys=True) for v in combined.values()}
+    if len(settings) > 1:  # seeds of different flowood settings are not one sample
+        raise SystemExit(f"--with: the runs combined used different --flowood_set ({', '.join(sorted(settings))}); "
+                         "combine runs of one setting")
     for line in across_seeds(combined):
         print(line)
 
