@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_with_original import import_original
-from train_side_by_side import CONFIGS, build_pair, images, original_loss, original_utils
+from train_side_by_side import CONFIGS, build_pair, flowood_loss, images, original_loss, original_utils, parameter_kind
 
 from flowood.flows.original import load_original_state_dict
 from flowood.reproduce.experiments import load_experiments
@@ -50,7 +49,7 @@ def first_gradients(original, utils, exp, data: torch.Tensor, seed: int, channel
     original_loss(net, loss_fn, x, None, module.config.negative_val)[0].backward()
     torch.manual_seed(1000)
     opt_flowood.zero_grad()
-    module.training_step((x, None), 0).backward()
+    flowood_loss(module, x, None, 0).backward()
     grads = {n: torch.zeros_like(v) for n, v in net.state_dict().items()}
     grads.update({n: p.grad.detach().clone() for n, p in net.named_parameters() if p.grad is not None})
     mapped = copy.deepcopy(module.flow)
@@ -66,7 +65,7 @@ def by_kind(pairs: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> dict[s
     pools: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for seed_pairs in pairs:
         for name, pair in seed_pairs.items():
-            pools.setdefault(re.sub(r"\.\d+\.", ".*.", name), []).append(pair)
+            pools.setdefault(parameter_kind(name), []).append(pair)
     out = {}
     for kind, items in pools.items():
         ours = torch.cat([a.flatten() for a, _ in items]).double()

@@ -106,6 +106,12 @@ def build_pair(original: Any, utils: Any, exp: Any, seed: int, flowood_set: dict
     return net, module, original.FlowLoss(prior), opt_original, module.configure_optimizers(), init
 
 
+def parameter_kind(name: str) -> str:
+    """A parameter's name with its layer indices pooled: ``steps.3.st_net.blocks.0.in_conv.bias`` ->
+    ``steps.*.st_net.blocks.*.in_conv.bias``."""
+    return re.sub(r"\.\d+\.", ".*.", name)
+
+
 def pooled_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float, str]:
     """How far two random initialisations of one model are from the same distribution, per kind of parameter (one
     name in every layer, pooled): the largest z-score of the difference of means (in standard errors,
@@ -113,7 +119,7 @@ def pooled_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
     kind where it is largest. Around 1-3 for draws from one distribution; 0 where both drew the same numbers."""
     pools: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
     for name in a:
-        key = re.sub(r"\.\d+\.", ".*.", name)
+        key = parameter_kind(name)
         pools.setdefault(key, ([], []))
         pools[key][0].append(a[name].flatten())
         pools[key][1].append(b[name].flatten())
