@@ -29,19 +29,14 @@ def test_the_gpu_checks_dry_run_runs_every_step_and_summarises_them(tmp_path):
     assert (tmp_path / "ddp" / "checkpoints" / "last.ckpt").is_file()
 
 
-def test_the_gpu_runs_rows_are_rows_of_compare():
+def test_the_gpu_runs_rows_are_rows_of_compare(compare):
     """The dry run times only the fp32 rows; the GPU run's rows must still be rows that compare.py knows."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        from compare import CASES
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
     script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
     row_lists = [line.split("(", 1)[1].split(")", 1)[0].split() for line in script.splitlines()
                  if line.strip().startswith("COMPARE_ROWS=(")]
     assert len(row_lists) == 2 and len(row_lists[1]) == 5  # dry run, GPU run
     for rows in row_lists:
-        assert set(rows) <= set(CASES["glow-1x28x28"][2]), rows
+        assert set(rows) <= set(compare.CASES["glow-1x28x28"][2]), rows
     assert {"flowood-cl-bf16+malloc", "flowood-compile+malloc", "normflows-bf16+malloc"} <= set(row_lists[1])
 
 
