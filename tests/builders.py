@@ -8,6 +8,7 @@ Importable from any test file (pyproject's pytest ``pythonpath`` holds ``tests/`
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import struct
 import subprocess
@@ -29,6 +30,31 @@ def fixture_arrays(name: str, split: str = "train") -> tuple[np.ndarray, np.ndar
     """Images ``[N, 1, 28, 28]`` (uint8) and labels of ``tests/fixtures/{name}-small.npz`` (fashionmnist, mnist)."""
     with np.load(FIXTURES / f"{name}-small.npz") as f:
         return f[f"images_{split}"], f[f"labels_{split}"]
+
+
+def original_model_case(name: str) -> dict:
+    """A model case of ``tests/fixtures/original_models.json.gz``: the original code's parameter names and shapes,
+    flowood's options for the same model, inputs and the original's log-likelihoods
+    (``experiments/original_code/compare_with_original.py``)."""
+    with gzip.open(FIXTURES / "original_models.json.gz", "rt") as f:
+        return json.load(f)["cases"][name]
+
+
+def original_pattern_weights(case: dict) -> dict[str, torch.Tensor]:
+    """The original model's state dict under the reference protocol of ``original_models.json.gz``: parameter k is
+    ``amp * sin(0.37 i + k)`` (plus the identity for Glow's 1x1 convolutions), BatchNorm statistics as
+    initialised."""
+    import math
+    state = {}
+    eye = set(case["eye_k"])
+    for k, (name, shape) in enumerate(case["parameters"]):
+        numel = math.prod(shape)
+        value = case["amp"] * torch.sin(torch.arange(numel, dtype=torch.float64) * 0.37 + k).reshape(shape)
+        state[name] = (value + torch.eye(shape[0], dtype=torch.float64) if k in eye else value).float()
+    for name, shape in case["buffers"]:
+        fill = 1.0 if name.endswith("running_var") else 0.0
+        state[name] = torch.tensor(0) if name.endswith("num_batches_tracked") else torch.full(shape, fill)
+    return state
 
 
 # -- small flows ------------------------------------------------------------------------------------------------------

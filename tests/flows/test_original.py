@@ -8,16 +8,13 @@ The reference values were produced by experiments/original_code/compare_with_ori
 
 from __future__ import annotations
 
-import gzip
-import json
-import math
-
 import pytest
 import torch
+from builders import original_model_case, original_pattern_weights
 
 from flowood.errors import ModelError
 from flowood.flows import build_flow
-from flowood.flows.original import load_original_state_dict, original_state_dict
+from flowood.flows.original import load_original_state_dict, original_loglik_offset, original_state_dict
 from flowood.reproduce.experiments import load_experiments
 from flowood.training.config import TrainConfig
 
@@ -54,26 +51,6 @@ def test_every_paper_config_builds_the_original_network():
         assert count == ORIGINAL_PARAMETER_COUNTS[exp.name], exp.name
 
 
-def _fixture(fixtures_dir) -> dict:
-    with gzip.open(fixtures_dir / "original_models.json.gz", "rt") as f:
-        return json.load(f)["cases"]
-
-
-def _original_weights(case: dict) -> dict[str, torch.Tensor]:
-    """The original model's state dict under the reference protocol: parameter k is amp * sin(0.37 i + k) (plus the
-    identity for Glow's 1x1 convolutions), BatchNorm statistics as initialised."""
-    state = {}
-    eye = set(case["eye_k"])
-    for k, (name, shape) in enumerate(case["parameters"]):
-        numel = math.prod(shape)
-        value = case["amp"] * torch.sin(torch.arange(numel, dtype=torch.float64) * 0.37 + k).reshape(shape)
-        state[name] = (value + torch.eye(shape[0], dtype=torch.float64) if k in eye else value).float()
-    for name, shape in case["buffers"]:
-        fill = 1.0 if name.endswith("running_var") else 0.0
-        state[name] = torch.tensor(0) if name.endswith("num_batches_tracked") else torch.full(shape, fill)
-    return state
-
-
 CASES = ["realnvp_fashionmnist", "cycle_mask_fashionmnist", "horizontal_mask_fashionmnist",
          "bottleneck_l10_fashionmnist", "bottleneck_l50_fashionmnist", "bottleneck_l100_fashionmnist",
          "glow_fashionmnist", "tabular_miniboone", "small_realnvp_1x8x8", "small_realnvp_3x16x16",
@@ -83,17 +60,16 @@ CASES = ["realnvp_fashionmnist", "cycle_mask_fashionmnist", "horizontal_mask_fas
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_log_likelihoods_equal_the_original_code(name, fixtures_dir):
-    case = _fixture(fixtures_dir)[name]
-    flow = load_original_state_dict(build_flow(case["flowood_config"]), _original_weights(case)).eval()
+def test_log_likelihoods_equal_the_original_code(name):
+    case = original_model_case(name)
+    flow = load_original_state_dict(build_flow(case["flowood_config"]), original_pattern_weights(case)).eval()
     x = torch.tensor(case["x"], dtype=torch.uint8 if flow.discrete else torch.float32)
-    d = flow.num_dims
-    with torch.no_grad():
-        if flow.discrete:  # the original's convention adds D log(255/256) (its logit layer's k/255 -> k/256)
-            ours = flow.log_prob(x, noise="center") + d * math.log(255 / 256)
+    with torch.no_grad():  # the original's log-likelihood: flowood's plus a constant (original_loglik_offset)
+        if flow.discrete:  # its logit layer's k/255 -> k/256 adds D log(255/256)
+            ours = flow.log_prob(x, noise="center") + original_loglik_offset(flow)
             expected = torch.tensor(case["loglik"]["center"])
-        else:  # and subtracts D log 256 from densities of vectors too
-            ours = flow.log_prob(x) - d * math.log(256)
+        else:  # and it subtracts D log 256 from densities of vectors too
+            ours = flow.log_prob(x) + original_loglik_offset(flow)
             expected = torch.tensor(case["loglik"]["none"])
     assert torch.allclose(ours, expected, rtol=0, atol=2e-3), (ours, expected)
 

@@ -18,6 +18,7 @@ Conventions that differ (the numbers do not depend on them, or differ by a const
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -30,9 +31,17 @@ from flowood.flows.coupling import AffineCoupling
 from flowood.flows.layers import ActNorm, InvertibleConv1x1, Standardize
 from flowood.flows.model import FlowModel
 
-__all__ = ["load_original_state_dict", "original_state_dict"]
+__all__ = ["load_original_state_dict", "original_loglik_offset", "original_state_dict"]
 
 _WRAPPER = re.compile(r"\.conv(?=\.(weight_g|weight_v|weight|bias)$)")
+
+
+def original_loglik_offset(flow: FlowModel) -> float:
+    """What to add to ``flow.log_prob`` to get the original code's log-likelihood of the same input (nats):
+    ``D log(255/256)`` for images, ``-D log 256`` for vectors (the conventions above). Thresholds taken from the
+    original, such as negative training's ``negative_val``, are in its convention."""
+    d = flow.num_dims
+    return d * math.log(255 / 256) if flow.discrete else -d * math.log(256)
 
 
 def original_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:

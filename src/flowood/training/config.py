@@ -94,8 +94,9 @@ class TrainConfig:
     ood_dataset: str | None = option(None, "negative training (the paper's Appendix B): a data set whose "
                                      "likelihood is pushed down", metavar="NAME")
     negative_val: float = option(-100000.0, "negative training pushes down only OOD samples whose log-likelihood "
-                                 "(nats per image) is above this (the original: -100000 for CIFAR-10, CelebA, "
-                                 "SVHN; -30000 for MNIST, FashionMNIST)")
+                                 "(nats per image, in the original code's convention: flowood's log_prob plus "
+                                 "D log(255/256) for images) is above this (the original: -100000 for CIFAR-10, "
+                                 "CelebA, SVHN; -30000 for MNIST, FashionMNIST)")
     recompute_batchnorm: int = option(0, "at the end of training, recompute BatchNorm's running statistics at the "
                                       "final weights over this many training batches (with negative training, "
                                       "in- and out-of-distribution halves as in its steps); 0: keep the running "

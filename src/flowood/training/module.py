@@ -14,6 +14,7 @@ from flowood import __version__
 from flowood.data import ArrayDataset, adapt_images, load_dataset
 from flowood.errors import DataError
 from flowood.flows import build_flow
+from flowood.flows.original import original_loglik_offset
 from flowood.training.callbacks import NonFiniteLossError
 from flowood.training.config import TrainConfig
 from flowood.training.optim import make_optimizer, weight_decay_groups
@@ -138,6 +139,13 @@ class FlowModule(pl.LightningModule):
         """A training loss (nats per sample) in bits per dimension."""
         return loss / (self.flow.num_dims * math.log(2.0))
 
+    @property
+    def negative_threshold(self) -> float:
+        """``negative_val`` as a threshold on this flow's ``log_prob``: the option is in the original code's
+        convention (``flowood.flows.original.original_loglik_offset``), so that its values (-30000, -100000) mean
+        what they mean there."""
+        return self.config.negative_val - original_loglik_offset(self.flow)
+
     def _loss(self, x: torch.Tensor) -> torch.Tensor:
         """The original's objective: the mean negative log-likelihood in nats per sample; with an OOD set, the
         negative-training objective in the same units. (The units matter: gradient clipping at
@@ -150,7 +158,7 @@ class FlowModule(pl.LightningModule):
         x_ood = self.ood_data[idx].to(x.device)
         both = self.flow.log_prob(torch.cat((x, x_ood.to(x.dtype))), validate=False)
         loglik_in, loglik_ood = both[: x.shape[0]], both[x.shape[0]:]
-        loss, share = negative_training_loss(loglik_in, loglik_ood, self.config.negative_val)
+        loss, share = negative_training_loss(loglik_in, loglik_ood, self.negative_threshold)
         self.log("train_bpd_in", self.bits_per_dim(-loglik_in.mean().detach()), on_step=True, on_epoch=True,
                  batch_size=x.shape[0])
         self.log("train_ood_loglik", loglik_ood.mean().detach(), prog_bar=True, on_step=True, on_epoch=True,
