@@ -20,7 +20,10 @@ per kind of parameter pooled over layers (z-scores of the differences of means a
 :func:`pooled_difference`); the training loss in bits/dim of both at steps 1, 2, 10, 50, ... and the last, the
 largest difference over the first two steps (where nothing but the procedure can differ), and the mean over the
 last 50 steps; and at the end, both in evaluation mode (BatchNorm's running statistics) on the same 2,000
-FashionMNIST and MNIST test images and noise: mean bits/dim and the AUROC. Identical procedures give identical
+FashionMNIST and MNIST test images and noise: mean bits/dim and the AUROC. Where the config's cpu scale recomputes
+BatchNorm's running statistics at the end of training (``recompute_batchnorm``, negative training), both are then
+evaluated a second time after recomputing them from the same training batches and noise
+(:func:`recompute_both`), so the two codes are compared under each evaluation. Identical procedures give identical
 first steps (up to float rounding and the original's constant ``D log(255/256)``, taken out here) and then drift
 apart only as rounding differences grow in a chaotic optimisation. Needs a checkout of the original code::
 
@@ -58,6 +61,7 @@ from flowood.data import load_dataset
 from flowood.flows.layers import ActNorm
 from flowood.flows.original import load_original_state_dict
 from flowood.reproduce.experiments import load_experiments
+from flowood.training.callbacks import recompute_running_statistics
 from flowood.training.module import FlowModule, negative_training_loss
 
 CONFIGS = ("realnvp_fashionmnist", "horizontal_mask_fashionmnist", "cycle_mask_fashionmnist",
@@ -144,7 +148,7 @@ def original_loss(net: torch.nn.Module, loss_fn: Any, x: torch.Tensor, x_ood: to
     """The original script's training loss (nats per image), negative training's when there is an OOD batch, and
     what to add to it for flowood's convention: the original's log-likelihood is flowood's plus ``D log(255/256)``
     (``flowood.flows.original``), which cancels in negative training's half-and-half loss."""
-    shift = 784 * math.log(255 / 256)
+    shift = x[0].numel() * math.log(255 / 256)
     if x_ood is None:
         return loss_fn(net(x), sldj=net.logdet()), shift
     loss = loss_fn(net(torch.cat((x, x_ood))), sldj=net.logdet(), mean=False)
@@ -159,7 +163,7 @@ def flowood_loss(module: FlowModule, x: torch.Tensor, x_ood: torch.Tensor | None
     if x_ood is None:
         return module.training_step((x, None), step)
     both = module.flow.log_prob(torch.cat((x, x_ood)), validate=False)
-    return negative_training_loss(both[:len(x)], both[len(x):], module.config.negative_val)[0]
+    return negative_training_loss(both[:len(x)], both[len(x):], module.negative_threshold)[0]
 
 
 def lockstep(original: Any, utils: Any, exp: Any, data: dict[str, torch.Tensor], steps: int, seed: int,
@@ -197,7 +201,35 @@ def lockstep(original: Any, utils: Any, exp: Any, data: dict[str, torch.Tensor],
     crossed = copy.deepcopy(module.flow)
     load_original_state_dict(crossed, net.state_dict())
     evaluation["original_weights_in_flowood"] = evaluate(net, crossed, loss_fn, data)["flowood"]
+    if module.config.recompute_batchnorm:
+        recompute_both(net, module.flow, data, module.config.recompute_batchnorm, batch, negative, seed)
+        evaluation["recomputed"] = evaluate(net, module.flow, loss_fn, data)
     return {**curves, "init": init, "evaluation": evaluation, "flowood_set": flowood_set or {}}
+
+
+def recompute_both(net: torch.nn.Module, flow: Any, data: dict[str, torch.Tensor], batches: int, batch: int,
+                   negative: bool, seed: int) -> None:
+    """Replace both models' BatchNorm running statistics with their cumulative average over the same ``batches``
+    training batches (``batch`` FashionMNIST images, plus as many MNIST images with negative training) and the same
+    dequantization noise, at the final weights: what ``flowood train --recompute_batchnorm`` does at the end of
+    training (:class:`flowood.training.callbacks.RecomputeBatchNorm`), applied to both codes."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + 17)
+    drawn = []
+    for _ in range(batches):
+        x = data["train"][torch.randint(0, len(data["train"]), (batch,), generator=g)]
+        if negative:
+            x = torch.cat((x, data["ood"][torch.randint(0, len(data["ood"]), (batch,), generator=g)]))
+        drawn.append(x)
+
+    def run(forward: Any) -> Any:
+        def run_batches() -> None:
+            for i, x in enumerate(drawn):
+                torch.manual_seed(2000 + i)  # the same noise for both
+                forward(x)
+        return run_batches
+
+    recompute_running_statistics(net, run(net))
+    recompute_running_statistics(flow, run(lambda x: flow.log_prob(x, validate=False)))
 
 
 def evaluate(net: torch.nn.Module, flow: Any, loss_fn: Any, data: dict[str, torch.Tensor]) -> dict[str, list[float]]:
@@ -234,6 +266,10 @@ def summary(name: str, curves: dict[str, Any]) -> str:
     (o_in, o_ood, o_auc), (f_in, f_ood, f_auc) = curves["evaluation"]["original"], curves["evaluation"]["flowood"]
     crossed = curves["evaluation"].get("original_weights_in_flowood")
     cross = "" if crossed is None else f" {crossed[0] - o_in:+.1e} / {crossed[2] - o_auc:+.1e} |"
+    recomputed = curves["evaluation"].get("recomputed")
+    if recomputed is not None:
+        (r_in, r_ood, r_auc), (s_in, s_ood, s_auc) = recomputed["original"], recomputed["flowood"]
+        cross += f" {r_in:.3f} / {s_in:.3f}, {r_ood:.2f} / {s_ood:.2f}, {r_auc:.3f} / {s_auc:.3f} |"
     mean, std, where = curves["init"]
     return (f"| {name} | {mean:.1f} / {std:.1f} (`{where}`) | {first:.1e} | {last:.3f} | {path} | {o_in:.3f} / "
             f"{f_in:.3f} | {o_ood:.2f} / {f_ood:.2f} | {o_auc:.3f} / {f_auc:.3f} |{cross}")
@@ -247,7 +283,11 @@ def across_seeds(curves: dict[str, dict[str, Any]]) -> list[str]:
 
     by_config: dict[str, list[dict[str, Any]]] = {}
     for key, curve in curves.items():
-        by_config.setdefault(key.rsplit(", seed ", 1)[0], []).append(curve["evaluation"])
+        name = key.rsplit(", seed ", 1)[0]
+        by_config.setdefault(name, []).append(curve["evaluation"])
+        if "recomputed" in curve["evaluation"]:
+            by_config.setdefault(f"{name}, recomputed BatchNorm statistics", []).append(
+                curve["evaluation"]["recomputed"])
     lines = []
     for name, evaluations in by_config.items():
         if len(evaluations) < 2:
@@ -307,7 +347,11 @@ def main() -> None:
               "training loss: max difference, steps 1-2", "mean difference, last 50 steps",
               "training bits/dim, original / flowood, at step ...", "test FashionMNIST bits/dim", "MNIST bits/dim",
               "AUROC", "the original's final weights scored by flowood: test bits/dim / AUROC minus the original's")
-    print(f"\n| {' | '.join(header)} |\n|---|---|---:|---:|---|---|---|---|---:|\n" + "\n".join(rows))
+    align = "|---|---|---:|---:|---|---|---|---|---:|"
+    if any("recomputed" in c["evaluation"] for c in curves.values()):
+        header += ("recomputed BatchNorm statistics: test FashionMNIST bits/dim, MNIST bits/dim, AUROC",)
+        align += "---|"
+    print(f"\n| {' | '.join(header)} |\n{align}\n" + "\n".join(rows))
     if args.json:
         args.json.write_text(json.dumps(curves))
     combined = {k: v for path in args.earlier for k, v in json.loads(path.read_text()).items()}
