@@ -7,8 +7,10 @@ Importable from any test file (pyproject's pytest ``pythonpath`` holds ``tests/`
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
+import math
 import os
 import struct
 import subprocess
@@ -32,19 +34,23 @@ def fixture_arrays(name: str, split: str = "train") -> tuple[np.ndarray, np.ndar
         return f[f"images_{split}"], f[f"labels_{split}"]
 
 
-def original_model_case(name: str) -> dict:
-    """A model case of ``tests/fixtures/original_models.json.gz``: the original code's parameter names and shapes,
-    flowood's options for the same model, inputs and the original's log-likelihoods
-    (``experiments/original_code/compare_with_original.py``)."""
+@functools.cache
+def _original_models() -> dict:
     with gzip.open(FIXTURES / "original_models.json.gz", "rt") as f:
-        return json.load(f)["cases"][name]
+        return json.load(f)["cases"]
+
+
+def original_model_case(name: str) -> dict:
+    """A model case of ``tests/fixtures/original_models.json.gz`` (read once; do not modify it): the original code's
+    parameter names and shapes, flowood's options for the same model, inputs and the original's log-likelihoods
+    (``experiments/original_code/compare_with_original.py``)."""
+    return _original_models()[name]
 
 
 def original_pattern_weights(case: dict) -> dict[str, torch.Tensor]:
     """The original model's state dict under the reference protocol of ``original_models.json.gz``: parameter k is
     ``amp * sin(0.37 i + k)`` (plus the identity for Glow's 1x1 convolutions), BatchNorm statistics as
     initialised."""
-    import math
     state = {}
     eye = set(case["eye_k"])
     for k, (name, shape) in enumerate(case["parameters"]):
