@@ -4,8 +4,8 @@
 same weights, batches and noise, the first losses agree to float rounding. That needs the original's checkout. This
 script records the same kind of evidence, on models small enough for a unit test, in
 ``tests/fixtures/original_training.json.gz``; ``tests/training/test_original_training.py`` then trains flowood's
-``FlowModule`` on the recorded batches and checks its losses and its evaluation against the original's without the
-checkout.
+``FlowModule`` on the recorded batches and checks its losses (and, for the Glow, its evaluation) against the
+original's without the checkout.
 
 Each case starts from the deterministic weights of ``compare_with_original.py``'s small models (parameter ``k`` is
 ``amp * sin(0.37 i + k)``, BatchNorm statistics as initialised, ActNorm initialised from the first batch) and runs

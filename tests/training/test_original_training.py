@@ -1,5 +1,6 @@
 """flowood's training procedure is the original code's: from the same weights, batches and noise, ``FlowModule``'s
-training steps give the original's losses, and its evaluation the original's log-likelihoods.
+training steps give the original's losses (and, for a model without BatchNorm, its evaluation the original's
+log-likelihoods).
 
 The reference values were produced by experiments/original_code/record_training_steps.py from the original code
 (PolinaKirichenko/flows_ood @ 26a920a) and are recorded in tests/fixtures/original_training.json.gz: a small
@@ -29,9 +30,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*self.log.*")
 #: near 350 where recorded); what a difference in procedure does is larger by 100x or more
 #: (test_each_part_of_the_procedure_shows_in_the_losses)
 LOSS_TOLERANCE = 1e-3
-#: evaluation uses BatchNorm's running statistics, which follow the biases feeding each BatchNorm: their gradient
-#: is rounding only (zero in exact arithmetic), so Adam moves them by about +-lr in either code, differently
-EVAL_TOLERANCE = 5e-2
+#: the log-likelihoods in evaluation mode are compared for the model without BatchNorm (Glow): a BatchNorm's running
+#: mean follows the bias of the convolution that feeds it, whose gradient is rounding only (zero in exact
+#: arithmetic), and Adam moves such a bias by about +-lr whatever that rounding is, differently in each code; after
+#: three steps at lr 1e-2 that moves the RealNVP's evaluated log-likelihoods by up to 0.24 nats between two ways of
+#: computing the same weight normalisation, while its training losses agree to 3e-5
+EVAL_TOLERANCE = 1e-3
 
 
 def recorded(name: str) -> dict:
@@ -82,8 +86,9 @@ def test_training_steps_give_the_original_codes_losses(name):
     expected = torch.tensor(case["losses"], dtype=torch.float64)
     assert torch.allclose(torch.tensor(losses, dtype=torch.float64), expected, rtol=0, atol=LOSS_TOLERANCE), \
         (losses, case["losses"])
-    assert torch.allclose(loglik.double(), torch.tensor(case["eval_loglik_centre"], dtype=torch.float64), rtol=0,
-                          atol=EVAL_TOLERANCE), (loglik, case["eval_loglik_centre"])
+    if name == "glow":
+        assert torch.allclose(loglik.double(), torch.tensor(case["eval_loglik_centre"], dtype=torch.float64), rtol=0,
+                              atol=EVAL_TOLERANCE), (loglik, case["eval_loglik_centre"])
 
 
 def largest_difference(case: dict, **changes) -> float:
@@ -98,7 +103,7 @@ def test_each_part_of_the_procedure_shows_in_the_losses(monkeypatch):
     realnvp, negative = recorded("realnvp"), recorded("realnvp_negative")
     from flowood.training import module as module_file
     assert largest_difference(realnvp, weight_decay=0.0) > 5 * LOSS_TOLERANCE
-    assert largest_difference(realnvp, max_grad_norm=1e9) > 5 * LOSS_TOLERANCE
+    assert largest_difference(negative, max_grad_norm=1e9) > 5 * LOSS_TOLERANCE
     with monkeypatch.context() as m:
         m.setattr(module_file, "weight_decay_groups", lambda flow, wd: [{"params": list(flow.parameters()),
                                                                          "weight_decay": wd}])

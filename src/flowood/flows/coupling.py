@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from flowood.flows.base import FlowLayer, per_sample_sum
 from flowood.flows.masks import CouplingMask
+from flowood.flows.nets import weight_norm
 from flowood.flows.precision import run_st_net
 
 __all__ = ["AffineCoupling", "MaskedCoupling", "ChannelCoupling", "PackedCheckerboardCoupling", "Rescale",
@@ -48,11 +49,8 @@ class Rescale(nn.Module):
 
     def forward(self) -> Tensor:
         """The scale, of the parameters' shape: ``g * v / |v|`` with the norm over all but the first dimension (of a
-        vector, each entry's own absolute value). Written out rather than ``torch._weight_norm``, whose ONNX export
-        takes the norm of a whole vector."""
-        v = self.weight_v
-        norm = torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1).reshape((-1,) + (1,) * (v.dim() - 1))
-        return v * (self.weight_g / norm)
+        vector, each entry's own absolute value), as :func:`flowood.flows.nets.weight_norm` computes it."""
+        return weight_norm(self.weight_v, self.weight_g)
 
 
 class AffineCoupling(FlowLayer):
