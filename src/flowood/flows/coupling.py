@@ -50,7 +50,7 @@ class Rescale(nn.Module):
     def forward(self) -> Tensor:
         """The scale, of the parameters' shape: ``g * v / |v|`` with the norm over all but the first dimension (of a
         vector, each entry's own absolute value), as :func:`flowood.flows.nets.weight_norm` computes it."""
-        return weight_norm(self.weight_v, self.weight_g)
+        return weight_norm(self)
 
 
 class AffineCoupling(FlowLayer):

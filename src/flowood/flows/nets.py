@@ -35,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.weight_norm import WeightNorm
 
 from flowood.options import ConfigError
 from flowood.variants import Registry, declared_parameters
@@ -69,9 +70,14 @@ def register_st_net(name: str, *, replace: bool = False) -> Any:
     return ST_NETWORKS.register(name, replace=replace)
 
 
-def weight_norm(v: Tensor, g: Tensor) -> Tensor:
-    """``g * v / ||v||``, the norm over every dimension but the first, computed as the original code's
-    ``torch.nn.utils.weight_norm`` computes it: with PyTorch's ``_weight_norm`` kernel.
+#: torch.nn.utils.weight_norm's computation (the original code's), reached through its public class
+_WEIGHT_NORM = WeightNorm("weight", 0)
+
+
+def weight_norm(layer: nn.Module) -> Tensor:
+    """A layer's weight ``g * v / ||v||`` from its parameters ``weight_g`` and ``weight_v``, the norm over every
+    dimension but the first, computed as the original code's ``torch.nn.utils.weight_norm`` computes it: with
+    PyTorch's ``_weight_norm`` kernel.
 
     The written-out product is the same function, but not the same arithmetic: on a CPU with AVX-512, a RealNVP
     trained 200 steps side by side with the original code (the same weights, batches and noise, 6 seeds) gave MNIST
@@ -79,8 +85,9 @@ def weight_norm(v: Tensor, g: Tensor) -> Tensor:
     kernel (docs/results/side_by_side_training.md). Under ``torch.export`` (ONNX export), and for vectors, the form is
     written out: the exporter's decomposition of ``_weight_norm`` takes the norm of a whole vector.
     """
+    v, g = layer.weight_v, layer.weight_g
     if v.dim() > 1 and not torch.compiler.is_exporting():
-        w = torch._weight_norm(v, g, 0)
+        w = _WEIGHT_NORM.compute_weight(layer)  # PyTorch's _weight_norm(v, g, 0)
         if v.dim() == 4 and not v.is_contiguous() and v.is_contiguous(memory_format=torch.channels_last):
             w = w.contiguous(memory_format=torch.channels_last)  # the kernel returns contiguous memory
         return w
@@ -123,7 +130,7 @@ class WeightNormConv2d(nn.Module):
     @property
     def weight(self) -> Tensor:
         """The effective convolution weight ``g * v / ||v||`` (:func:`weight_norm`)."""
-        return weight_norm(self.weight_v, self.weight_g)
+        return weight_norm(self)
 
     def zero_(self) -> WeightNormConv2d:
         """Make the output exactly zero (``g = 0``, bias 0): the layer starts at zero and still learns."""
