@@ -200,13 +200,19 @@ def flow_config_of(exp: Any) -> dict[str, Any] | None:
     return train.flow_config(shape).resolved().to_dict()
 
 
-def run_case(original: Any, name: str, options: dict[str, Any], amp: float) -> dict[str, Any]:
-    cfg = build_flow(options).config
+def patterned_original_model(original: Any, cfg: dict[str, Any], amp: float) -> tuple[torch.nn.Module, list[int]]:
+    """The original's model for ``cfg`` with every parameter set to the deterministic pattern (:func:`pattern_weights`,
+    the identity added to Glow's square 1x1-convolution weights), and the indices that got the identity."""
     torch.manual_seed(0)
     model = original_model(original, cfg)
     square = {n for n, p in model.named_parameters() if p.dim() == 2 and p.shape[0] == p.shape[1]
               and n.endswith("module1.weight")}
-    eye_k = pattern_weights(model, amp, square)
+    return model, pattern_weights(model, amp, square)
+
+
+def run_case(original: Any, name: str, options: dict[str, Any], amp: float) -> dict[str, Any]:
+    cfg = build_flow(options).config
+    model, eye_k = patterned_original_model(original, cfg, amp)
     for module in model.modules():
         if hasattr(module, "inited"):  # the original's ActNorm: use the weights set, not a data-dependent init
             module.inited = True

@@ -38,10 +38,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_with_original import CASES as MODELS
-from compare_with_original import import_original, original_loglik, original_model, pattern_weights
-from train_side_by_side import original_loss, original_utils
+from compare_with_original import import_original, original_loglik, patterned_original_model
+from train_side_by_side import original_loss, original_optimizer, original_utils
 
 from flowood.flows import build_flow
+from flowood.flows.original import original_loglik_offset
 
 FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "original_training.json.gz"
 STEPS, BATCH, OOD_POOL = 3, 8, 32
@@ -81,20 +82,13 @@ def ood_logliks(net: torch.nn.Module, loss_fn: Any, x: torch.Tensor, pool: torch
 def run_case(original: Any, utils: Any, model_name: str, settings: dict[str, Any], negative: bool
              ) -> dict[str, Any]:
     options, amp = MODELS[model_name]
-    cfg = build_flow(options).config
-    torch.manual_seed(0)
-    net = original_model(original, cfg)
-    square = {n for n, p in net.named_parameters() if p.dim() == 2 and p.shape[0] == p.shape[1]
-              and n.endswith("module1.weight")}
-    pattern_weights(net, amp, square)
+    flow = build_flow(options)
+    cfg = flow.config
+    net, _ = patterned_original_model(original, cfg, amp)
     shape = tuple(cfg["input_shape"])
     d = math.prod(shape)
     x, pool = batches(shape, negative)
-    lr, wd, clip = settings["lr"], settings["weight_decay"], settings["max_grad_norm"]
-    if cfg["flow"] == "Glow":
-        opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=wd)
-    else:
-        opt = torch.optim.Adam(utils.get_param_groups(net, wd, norm_suffix="weight_g"), lr=lr)
+    opt = original_optimizer(utils, net, cfg["flow"], "Adam", settings["lr"], settings["weight_decay"])
     prior = torch.distributions.MultivariateNormal(torch.zeros(d), torch.eye(d))
     loss_fn = original.FlowLoss(prior)
     record = {"model": model_name, "train": dict(settings), "x": x.tolist(), "losses": []}
@@ -113,13 +107,13 @@ def run_case(original: Any, utils: Any, model_name: str, settings: dict[str, Any
         loss, shift = original_loss(net, loss_fn, x[step].float() / 255, x_ood,
                                     record["train"].get("negative_val", 0.0))
         loss.backward()
-        utils.clip_grad_norm(opt, clip)
+        utils.clip_grad_norm(opt, settings["max_grad_norm"])
         opt.step()
         record["losses"].append(float(loss) + shift)
     net.eval()
     centre = torch.full(x[0].shape, 0.5)
     loglik, _ = original_loglik(net, x[0], centre)
-    record["eval_loglik_centre"] = (loglik - d * math.log(255 / 256)).tolist()  # flowood's convention
+    record["eval_loglik_centre"] = (loglik - original_loglik_offset(flow)).tolist()  # flowood's convention
     if negative:
         record["closest_to_threshold"] = closest
     return record

@@ -100,14 +100,20 @@ def build_pair(original: Any, utils: Any, exp: Any, seed: int, flowood_set: dict
         if isinstance(layer, ActNorm):
             layer.load_state_dict({**layer.state_dict(), "initialized": torch.tensor(False)})
     init = pooled_difference(own, {n: p.detach() for n, p in module.flow.named_parameters()})
-    lr, wd = module.config.lr, module.config.weight_decay
-    optim = getattr(torch.optim, module.config.optim)
-    if module.flow.config["flow"] == "Glow":
-        opt_original = optim(net.parameters(), lr=lr, weight_decay=wd)
-    else:
-        opt_original = optim(utils.get_param_groups(net, wd, norm_suffix="weight_g"), lr=lr)
+    c = module.config
+    opt_original = original_optimizer(utils, net, module.flow.config["flow"], c.optim, c.lr, c.weight_decay)
     prior = torch.distributions.MultivariateNormal(torch.zeros(784), torch.eye(784))
     return net, module, original.FlowLoss(prior), opt_original, module.configure_optimizers(), init
+
+
+def original_optimizer(utils: Any, net: torch.nn.Module, flow: str, optim: str, lr: float, weight_decay: float
+                       ) -> torch.optim.Optimizer:
+    """The original training scripts' optimizer: weight decay on every parameter of a Glow, on a RealNVP's
+    weight-normalisation scales only (``utils.get_param_groups``)."""
+    cls = getattr(torch.optim, optim)
+    if flow == "Glow":
+        return cls(net.parameters(), lr=lr, weight_decay=weight_decay)
+    return cls(utils.get_param_groups(net, weight_decay, norm_suffix="weight_g"), lr=lr)
 
 
 def parameter_kind(name: str) -> str:

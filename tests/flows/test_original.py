@@ -64,13 +64,9 @@ def test_log_likelihoods_equal_the_original_code(name):
     case = original_model_case(name)
     flow = load_original_state_dict(build_flow(case["flowood_config"]), original_pattern_weights(case)).eval()
     x = torch.tensor(case["x"], dtype=torch.uint8 if flow.discrete else torch.float32)
-    with torch.no_grad():  # the original's log-likelihood: flowood's plus a constant (original_loglik_offset)
-        if flow.discrete:  # its logit layer's k/255 -> k/256 adds D log(255/256)
-            ours = flow.log_prob(x, noise="center") + original_loglik_offset(flow)
-            expected = torch.tensor(case["loglik"]["center"])
-        else:  # and it subtracts D log 256 from densities of vectors too
-            ours = flow.log_prob(x) + original_loglik_offset(flow)
-            expected = torch.tensor(case["loglik"]["none"])
+    with torch.no_grad():  # the original's log-likelihood is flowood's plus a constant (original_loglik_offset)
+        ours = (flow.log_prob(x, noise="center") if flow.discrete else flow.log_prob(x)) + original_loglik_offset(flow)
+    expected = torch.tensor(case["loglik"]["center" if flow.discrete else "none"])
     assert torch.allclose(ours, expected, rtol=0, atol=2e-3), (ours, expected)
 
 
